@@ -1,0 +1,199 @@
+"""The attack protocol (template method) shared by every attack.
+
+``result = attack(model, x, y, threat, *, targeted=None, generator=None)``
+
+* ``model``: any ``torch.nn.Module`` mapping inputs in ``threat.bounds`` to logits ``(N, C)``.
+* ``x``: inputs ``(N, ...)`` in the threat's bounds; ``y``: labels ``(N,)`` int64.
+* ``targeted``: ``None`` (untargeted) or target labels ``(N,)``.
+* returns :class:`AttackResult`.
+
+:meth:`Attack.__call__` is final: it validates, switches the model to eval mode (restoring every
+module's ``training`` flag and every parameter's ``requires_grad`` afterwards), runs the subclass'
+search :meth:`Attack._run` only on the points not already misclassified (or already on target),
+projects onto the threat model and scores success. Subclasses implement ``_run`` against an
+:class:`Oracle`, which is the only way they touch the model and which counts queries and
+gradient evaluations. Attacks never write ``param.grad`` (gradients are taken with
+``torch.autograd.grad`` on the input), never move the model and never print.
+"""
+from __future__ import annotations
+
+import abc
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from fortify.errors import InputError, ThreatModelError
+from fortify.threat import ThreatModel
+from fortify.validation import check_images, check_labels, check_logits
+
+
+@dataclass
+class AttackResult:
+    """Outcome of one attack call.
+
+    x_adv: ``(N, ...)`` adversarial inputs, inside the threat model and bounds.
+    success: ``(N,)`` bool; misclassified (untargeted) or classified as the target (targeted).
+    grad_evals: total per-sample input-gradient evaluations (a batch of B rows counts B).
+    queries: total per-sample forward evaluations, gradient ones included.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    grad_evals: int
+    queries: int
+
+    @property
+    def robust(self) -> torch.Tensor:
+        return ~self.success
+
+
+class Oracle:
+    """Counting access to a model for attacks. Forward passes run under the caller's grad mode."""
+
+    def __init__(self, model: nn.Module, num_classes: int) -> None:
+        self._model = model
+        self.num_classes = num_classes
+        self.queries = 0
+        self.grad_evals = 0
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` without gradient (score-based access)."""
+        self.queries += x.shape[0]
+        with torch.no_grad():
+            return self._model(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Hard labels ``(B,)`` (decision-based access)."""
+        return self.logits(x).argmax(dim=1)
+
+    def value_and_grad(
+        self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(logits, loss, grad)`` where ``loss = loss_fn(logits)`` is per-sample ``(B,)``
+        and ``grad`` is d(sum loss)/dx shaped like ``x``. Uses ``autograd.grad``: no ``param.grad``."""
+        self.queries += x.shape[0]
+        self.grad_evals += x.shape[0]
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            logits = self._model(xg)
+            loss = loss_fn(logits)
+            (grad,) = torch.autograd.grad(loss.sum(), xg)
+        return logits.detach(), loss.detach(), grad.detach()
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters for the duration; every flag restored exactly afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for m, _ in modes:
+            m.training = False
+        for p, _ in grads:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, flag in modes:
+            m.training = flag
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return None
+
+
+class Attack(abc.ABC):
+    """Base class: subclasses set the class attributes and implement :meth:`_run`."""
+
+    #: registry name
+    name: ClassVar[str] = ""
+    #: norms this attack supports
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    #: "gradient" (white-box), "score" (logits only) or "decision" (labels only)
+    access: ClassVar[str] = "gradient"
+    #: whether a tensor of target labels may be passed as ``targeted``
+    supports_targeted: ClassVar[bool] = False
+    #: minimum-norm attacks search for the smallest perturbation; ``threat.eps`` caps it
+    minimum_norm: ClassVar[bool] = False
+
+    @property
+    def needs_grad(self) -> bool:
+        return self.access == "gradient"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        *,
+        targeted: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        if not isinstance(threat, ThreatModel):
+            raise ThreatModelError(f"threat must be a fortify.ThreatModel, got {type(threat).__name__}")
+        if threat.norm not in self.norms:
+            raise ThreatModelError(
+                f"{self.name or type(self).__name__} does not support norm {threat.norm!r}; "
+                f"supported: {', '.join(self.norms)}"
+            )
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_images(x, threat.bounds)
+        n = x.shape[0]
+        dev = model_device(model)
+        if dev is not None and x.device != dev:
+            raise InputError(f"x is on {x.device} but the model is on {dev}; fortify never moves the model")
+        x = x.detach()
+        with frozen_eval(model):
+            clean = check_logits(model(x).detach(), n)
+            num_classes = clean.shape[1]
+            y = check_labels(y, n, num_classes).to(x.device)
+            if targeted is not None:
+                if not self.supports_targeted:
+                    raise InputError(f"{self.name or type(self).__name__} has no targeted mode")
+                targeted = check_labels(targeted, n, num_classes, name="targeted").to(x.device)
+            oracle = Oracle(model, num_classes)
+            oracle.queries += n
+            done = self._is_success(clean, y, targeted)
+            x_adv = x.clone()
+            todo = (~done).nonzero().squeeze(1)
+            if todo.numel():
+                xs, ys = x[todo], y[todo]
+                ts = targeted[todo] if targeted is not None else None
+                found = self._run(oracle, xs, ys, threat, ts, generator)
+                if found.shape != xs.shape:
+                    raise RuntimeError(f"{type(self).__name__}._run returned shape {tuple(found.shape)}")
+                x_adv[todo] = threat.project(found.detach().to(x.dtype), xs)
+            final = oracle.logits(x_adv)
+            success = self._is_success(final, y, targeted)
+        return AttackResult(x_adv=x_adv, success=success, grad_evals=oracle.grad_evals, queries=oracle.queries)
+
+    @staticmethod
+    def _is_success(logits: torch.Tensor, y: torch.Tensor, targeted: torch.Tensor | None) -> torch.Tensor:
+        pred = logits.argmax(dim=1)
+        return pred == targeted if targeted is not None else pred != y
+
+    @abc.abstractmethod
+    def _run(
+        self,
+        oracle: Oracle,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        targeted: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Search adversarial inputs for a batch ``x (B, ...)`` that is currently classified ``y``
+        (or not yet as ``targeted``); return ``x_adv`` shaped like ``x``. Keep the best point found
+        per sample; the base class projects the result onto the threat model and scores it."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"

@@ -1,0 +1,169 @@
+"""ThreatModel: projections checked against independent references, sampling, validation."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from scipy.optimize import linprog
+
+from fortify import ThreatModel
+from fortify.errors import InputError, ThreatModelError
+
+torch.set_default_dtype(torch.float32)
+
+
+def _ref_l1_box(z, x, eps, lo=0.0, hi=1.0):
+    """Reference: bisection on the soft-threshold level of the KKT conditions (independent of the
+    sort-based implementation)."""
+    dz = z - x
+    cap = torch.where(dz >= 0, hi - x, x - lo)
+    lam_lo = torch.zeros(z.shape[0], 1, dtype=z.dtype)
+    lam_hi = torch.full((z.shape[0], 1), float(dz.abs().max()) + 1, dtype=z.dtype)
+    for _ in range(200):
+        mid = (lam_lo + lam_hi) / 2
+        g = (dz.abs() - mid).clamp(min=0).minimum(cap).sum(1, keepdim=True)
+        lam_lo = torch.where(g > eps, mid, lam_lo)
+        lam_hi = torch.where(g > eps, lam_hi, mid)
+    return x + dz.sign() * (dz.abs() - lam_hi).clamp(min=0).minimum(cap)
+
+
+def _brute_force_l1_box(z, x, eps, grid=41):
+    """Brute force on 2-D vectors: best feasible point of a fine grid, refined by the exact
+    objective. Returns the minimal squared distance found."""
+    best = float("inf")
+    xs = torch.linspace(0, 1, grid, dtype=torch.float64)
+    for a, b in itertools.product(xs, xs):
+        p = torch.stack([a, b])
+        if (p - x).abs().sum() <= eps + 1e-12:
+            best = min(best, float(((p - z) ** 2).sum()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_l1_projection_matches_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(16, 1, 5, 5, generator=g, dtype=torch.float64)
+    z = x + torch.randn(x.shape, generator=g, dtype=torch.float64) * 0.7
+    for eps in (0.0, 0.3, 2.0, 50.0):
+        tm = ThreatModel("l1", eps)
+        p = tm.project(z, x)
+        ref = _ref_l1_box(z.reshape(16, -1), x.reshape(16, -1), eps).reshape(x.shape)
+        assert torch.allclose(p, ref, atol=1e-9)
+        assert tm.contains(p, x).all()
+
+
+def test_l1_projection_is_optimal_on_tiny_vectors_by_brute_force():
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x = torch.rand(1, 2, generator=g, dtype=torch.float64)
+        z = x + torch.randn(1, 2, generator=g, dtype=torch.float64)
+        eps = float(torch.rand(1, generator=g)) * 0.8
+        p = ThreatModel("l1", eps).project(z, x)
+        ours = float(((p - z) ** 2).sum())
+        # the grid only contains feasible points, so it can never beat the exact projection
+        assert ours <= _brute_force_l1_box(z[0], x[0], eps) + 1e-9
+
+
+def test_l1_projection_first_order_optimality_via_lp():
+    """At the projection p, no feasible direction decreases ||p - z||^2: min_q <p - z, q - p> over
+    the feasible set (an LP) must be >= 0."""
+    g = torch.Generator().manual_seed(2)
+    d = 6
+    for _ in range(10):
+        x = torch.rand(1, d, generator=g, dtype=torch.float64)
+        z = x + torch.randn(1, d, generator=g, dtype=torch.float64)
+        eps = 0.5
+        p = ThreatModel("l1", eps).project(z, x)[0].numpy()
+        c = (p - z[0].numpy())
+        # variables q = x + u - v, u, v >= 0, sum(u + v) <= eps, 0 <= q <= 1
+        x0 = x[0].numpy()
+        import numpy as np
+
+        cost = np.concatenate([c, -c])
+        a_ub = [np.ones(2 * d)]
+        b_ub = [eps]
+        bounds = [(0, 1 - x0[i]) for i in range(d)] + [(0, x0[i]) for i in range(d)]
+        res = linprog(cost, A_ub=np.array(a_ub), b_ub=b_ub, bounds=bounds)
+        assert res.status == 0
+        assert res.fun + float(c @ x0) - float(c @ p) >= -1e-7
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_projection_feasible_idempotent_and_closest(norm):
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(32, 1, 4, 4, generator=g, dtype=torch.float64)
+    z = (x + torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(-1, 2)
+    tm = ThreatModel(norm, {"linf": 0.1, "l2": 0.8, "l1": 2.0}[norm])
+    p = tm.project(z, x)
+    assert tm.contains(p, x).all()
+    assert torch.allclose(tm.project(p, x), p, atol=1e-8)
+    # any random feasible point is no closer to z than the projection
+    for _ in range(20):
+        q = tm.random_init(x, g)
+        assert (((p - z) ** 2).flatten(1).sum(1) <= ((q - z) ** 2).flatten(1).sum(1) + 1e-9).all()
+
+
+def test_linf_projection_is_exact_clamp():
+    x = torch.tensor([[0.05, 0.5, 0.98]])
+    z = torch.tensor([[-0.5, 0.9, 1.5]])
+    p = ThreatModel("linf", 0.1).project(z, x)
+    assert torch.allclose(p, torch.tensor([[0.0, 0.6, 1.0]]))
+
+
+def test_l2_projection_analytic_when_box_inactive():
+    x = torch.full((1, 4), 0.5, dtype=torch.float64)
+    z = x + torch.tensor([[0.3, 0.4, 0.0, 0.0]], dtype=torch.float64)  # ||d|| = 0.5
+    p = ThreatModel("l2", 0.25).project(z, x)
+    assert torch.allclose(p - x, torch.tensor([[0.15, 0.2, 0.0, 0.0]], dtype=torch.float64), atol=1e-8)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_random_init_inside_and_spread(norm):
+    x = torch.full((256, 10), 0.5)
+    tm = ThreatModel(norm, 0.3)
+    g = torch.Generator().manual_seed(0)
+    r = tm.random_init(x, g)
+    assert tm.contains(r, x).all()
+    assert (tm.distance(r, x) > 0).all()
+    r2 = tm.random_init(x, torch.Generator().manual_seed(0))
+    assert torch.equal(r, r2)  # seeded
+
+
+def test_distance_values():
+    a = torch.zeros(1, 3)
+    b = torch.tensor([[0.3, -0.4, 0.0]])
+    assert float(ThreatModel("linf", 1).distance(a, b)) == pytest.approx(0.4)
+    assert float(ThreatModel("l2", 1).distance(a, b)) == pytest.approx(0.5)
+    assert float(ThreatModel("l1", 1).distance(a, b)) == pytest.approx(0.7)
+
+
+def test_contains_rejects_outside_ball_and_box():
+    x = torch.full((2, 3), 0.5)
+    tm = ThreatModel("linf", 0.1)
+    assert tm.contains(x + 0.05, x).all()
+    assert not tm.contains(x + 0.2, x).any()
+    tm2 = ThreatModel("linf", 1.0)
+    assert not tm2.contains(x + 0.6, x).any()  # ball allows it, box does not
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("linf", -0.1), ("l3", 0.1), ("linf", float("nan")), ("l2", "big"), ("linf", 0.1, (1.0, 0.0))],
+)
+def test_invalid_threat_models_raise_typed_errors(args):
+    with pytest.raises(ThreatModelError):
+        ThreatModel(*args)
+
+
+def test_parse():
+    assert ThreatModel.parse("linf:0.3") == ThreatModel("linf", 0.3)
+    assert str(ThreatModel.parse("L2=2")) == "l2:2"
+    for bad in ("linf", "linf:abc", "lp:0.3", "linf:-1"):
+        with pytest.raises(ThreatModelError):
+            ThreatModel.parse(bad)
+
+
+def test_shape_mismatch_is_input_error():
+    with pytest.raises(InputError):
+        ThreatModel("l2", 1).project(torch.zeros(2, 3), torch.zeros(2, 4))
