@@ -30,6 +30,10 @@ class DatasetUnavailableError(FortifyError):
     """A registered dataset cannot be found on this machine; the message names what to install."""
 
 
+class DataFileError(FortifyError):
+    """A data file (IDX, CSV, pickle) is corrupt, truncated, hostile or of an unexpected layout."""
+
+
 class ModelFileError(FortifyError):
     """A model or checkpoint file is missing, corrupt, hostile or of an unknown format."""
 
@@ -49,6 +53,7 @@ __all__ = [
     "InputError",
     "ThreatModelError",
     "DatasetUnavailableError",
+    "DataFileError",
     "ModelFileError",
     "UnsupportedLayerError",
     "OutputError",
