@@ -1,0 +1,196 @@
+"""Attack benchmark (run by hand; never part of the test suite).
+
+(a) PGD-linf-40 (eps 0.3, step 0.01, random start) wall time on the same model and images:
+    a plain PyTorch loop, fortify, torchattacks, foolbox and ART, run interleaved, medians.
+(b) fortify's ``standard`` preset vs AutoAttack-standard (pyautoattack) on a standard and a robust
+    model: robust accuracy and wall time.
+
+Peers live in an optional extra: ``pip install --no-deps torchattacks foolbox eagerpy pyautoattack
+adversarial-robustness-toolbox GitPython gitdb smmap`` plus ``tqdm six requests``.
+
+    .venv/bin/python benchmarks/attacks.py --n 1024 --threads 2            # everything
+    .venv/bin/python benchmarks/attacks.py --n 256 --part a                # only timings
+
+Models are trained once (standard: 2 epochs; robust: fortify's fast adversarial training) and
+cached as safetensors under benchmarks/.cache/.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import fortify
+from fortify import ThreatModel
+from fortify import data as fdata
+from fortify import models as fmodels
+
+CACHE = Path(__file__).parent / ".cache"
+EPS, STEP, STEPS = 0.3, 0.01, 40
+
+
+# ----------------------------------------------------------------------------- models
+def get_model(kind: str, dataset: str, epochs: int) -> torch.nn.Module:
+    """Train (or load from the cache) a Normalized small-cnn: ``standard`` or ``robust`` (fast AT)."""
+    from fortify.train import TrainConfig, Trainer
+    from fortify.train.tasks import create as create_task
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"{dataset}-{kind}-small-cnn-e{epochs}.safetensors"
+    if path.exists():
+        return fmodels.load(path)
+    spec = fdata.info(dataset)
+    x, y = fdata.load(dataset, split="train")
+    torch.manual_seed(0)
+    model = fmodels.Normalized(
+        fmodels.create("small-cnn", in_shape=spec.input_shape, num_classes=spec.num_classes), spec.mean, spec.std
+    )
+    if kind == "standard":
+        task = create_task("standard")
+    else:
+        task = create_task("fast_at", threat=ThreatModel("linf", EPS))
+    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-3, schedule="onecycle", seed=0)
+    Trainer(model, task, cfg, progress=True).fit(train=(x, y))
+    fmodels.save(model, path, {"dataset": dataset, "training": kind})
+    return fmodels.load(path)
+
+
+# ----------------------------------------------------------------------------- PGD implementations
+def plain_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The textbook loop most papers ship: loss.backward() on the input, sign step, clamp."""
+    x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
+    for _ in range(STEPS):
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y)
+        loss.backward()
+        x_adv = x_adv + STEP * x_adv.grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - EPS), x + EPS).clamp(0, 1)
+    model.zero_grad(set_to_none=True)
+    return x_adv.detach()
+
+
+def runners(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    threat = ThreatModel("linf", EPS)
+    pgd = fortify.attacks.create("pgd", steps=STEPS, step_size=STEP, random_start=True, restarts=1)
+    out: dict[str, Callable] = {
+        "plain loop": lambda x, y: plain_pgd(model, x, y),
+        "fortify": lambda x, y: pgd(model, x, y, threat).x_adv,
+    }
+    try:
+        import torchattacks
+
+        ta = torchattacks.PGD(model, eps=EPS, alpha=STEP, steps=STEPS, random_start=True)
+        out["torchattacks"] = lambda x, y: ta(x, y)
+    except Exception as e:  # noqa: BLE001 - peers are optional
+        print(f"torchattacks unavailable: {e}")
+    try:
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        fpgd = fb.attacks.LinfPGD(rel_stepsize=STEP / EPS, steps=STEPS, random_start=True)
+        out["foolbox"] = lambda x, y: fpgd(fmodel, x, y, epsilons=EPS)[1]
+    except Exception as e:  # noqa: BLE001
+        print(f"foolbox unavailable: {e}")
+    try:
+        import numpy as np
+        from art.attacks.evasion import ProjectedGradientDescentPyTorch
+        from art.estimators.classification import PyTorchClassifier
+
+        clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
+                                clip_values=(0.0, 1.0), device_type="cpu")
+        apgd = ProjectedGradientDescentPyTorch(clf, norm=np.inf, eps=EPS, eps_step=STEP, max_iter=STEPS,
+                                               num_random_init=1, batch_size=1024, verbose=False)
+        out["ART"] = lambda x, y: torch.from_numpy(apgd.generate(x.numpy(), y.numpy()))
+    except Exception as e:  # noqa: BLE001
+        print(f"ART unavailable: {e}")
+    return out
+
+
+def robust_acc(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x_adv).argmax(1) == y).float().mean())
+
+
+def part_a(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[dict]:
+    run = runners(model)
+    times: dict[str, list[float]] = {k: [] for k in run}
+    accs: dict[str, float] = {}
+    for r in range(repeats):  # interleaved: every implementation once per round
+        for name, fn in run.items():
+            torch.manual_seed(r)
+            t0 = time.perf_counter()
+            x_adv = fn(x, y)
+            times[name].append(time.perf_counter() - t0)
+            assert (x_adv - x).abs().max() <= EPS + 1e-5, name
+            accs[name] = robust_acc(model, x_adv, y)
+    base = statistics.median(times["plain loop"])
+    rows = []
+    for name in run:
+        med = statistics.median(times[name])
+        rows.append({"impl": name, "median_s": med, "speed_vs_plain": base / med, "robust_acc": accs[name]})
+    return rows
+
+
+def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str) -> list[dict]:
+    from fortify.evaluate import robust_accuracy
+
+    rows = []
+    t0 = time.perf_counter()
+    rep = robust_accuracy(model, x, y, ThreatModel("linf", EPS), preset="standard", seed=0)
+    t_f = time.perf_counter() - t0
+    rows.append({"model": label, "impl": "fortify standard", "robust_acc": rep.robust_accuracy, "wall_s": t_f})
+    try:
+        from pyautoattack import AutoAttack
+
+        aa = AutoAttack(model, norm="Linf", eps=EPS, version="standard", seed=0)
+        t0 = time.perf_counter()
+        x_adv = aa.run_standard_evaluation(x, y, batch_size=len(x))
+        t_a = time.perf_counter() - t0
+        rows.append({"model": label, "impl": "AutoAttack standard", "robust_acc": robust_acc(model, x_adv, y),
+                     "wall_s": t_a})
+    except ImportError as e:
+        print(f"AutoAttack unavailable: {e}")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1024)
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--part", choices=["a", "b", "ab"], default="ab")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} threads, n={args.n}, dataset={args.dataset}")
+    x, y = fdata.load(args.dataset, split="test", limit=args.n)
+    std = get_model("standard", args.dataset, args.epochs).eval()
+    rob = get_model("robust", args.dataset, args.epochs).eval()
+    if "a" in args.part:
+        for label, m in (("standard", std), ("robust", rob)):
+            print(f"\n(a) PGD-linf-40 eps={EPS} on the {label} model, {args.repeats} interleaved rounds")
+            print(table(part_a(m, x, y, args.repeats)))
+    if "b" in args.part:
+        rows = part_b(std, x, y, "standard") + part_b(rob, x, y, "robust")
+        print("\n(b) standard preset vs AutoAttack-standard")
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
