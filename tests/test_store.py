@@ -74,8 +74,8 @@ def test_default_path_and_ids(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert default_store_path(tmp_path) == tmp_path / "fortify.db"
     monkeypatch.setenv("FORTIFY_STORE", str(tmp_path / "x.db"))
     assert default_store_path("elsewhere") == tmp_path / "x.db"
-    ids = {new_run_id() for _ in range(200)}
-    assert len(ids) == 200 and all(len(i) == 20 for i in ids)
+    ids = {new_run_id() for _ in range(50)}
+    assert len(ids) == 50 and all(len(i) == 22 for i in ids)
 
 
 def _writer(path: str, worker: int, n: int) -> None:

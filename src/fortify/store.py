@@ -93,9 +93,9 @@ def package_versions() -> dict[str, str]:
 
 
 def new_run_id(now: float | None = None) -> str:
-    """A short, readable, sortable id: ``YYYYmmdd-HHMMSS-xxxx`` (UTC time plus 4 random hex digits)."""
+    """A short, readable, sortable id: ``YYYYmmdd-HHMMSS-xxxxxx`` (UTC time plus 6 random hex digits)."""
     t = time.gmtime(time.time() if now is None else now)
-    return time.strftime("%Y%m%d-%H%M%S", t) + f"-{random.SystemRandom().getrandbits(16):04x}"
+    return time.strftime("%Y%m%d-%H%M%S", t) + f"-{random.SystemRandom().getrandbits(24):06x}"
 
 
 @dataclass
