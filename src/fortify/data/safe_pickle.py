@@ -1,0 +1,94 @@
+"""A restricted unpickler that can rebuild numpy arrays and nothing else.
+
+Pickle runs arbitrary code through ``GLOBAL``/``REDUCE`` opcodes (see the Python docs, "Restricting
+Globals"). This unpickler resolves only the globals needed to rebuild plain ``numpy.ndarray``
+objects -- ``numpy.core.multiarray._reconstruct`` (or ``numpy._core.multiarray._reconstruct``),
+``numpy.ndarray`` and ``numpy.dtype`` -- and refuses every other global and persistent id with
+:class:`fortify.errors.DataFileError` *before* anything is called. Containers (tuples, lists, dicts)
+and scalars need no globals and are allowed.
+
+``_reconstruct`` is additionally only allowed to build exact ``numpy.ndarray`` instances, so a
+pickle cannot smuggle in a subclass with a custom ``__setstate__``.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fortify.errors import DataFileError
+
+try:  # numpy >= 2 keeps the implementation in numpy._core
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # pragma: no cover - numpy < 2
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct  # type: ignore[no-redef]
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """``_reconstruct`` restricted to exact ``numpy.ndarray`` (no subclasses)."""
+    if subtype is not np.ndarray:
+        raise DataFileError(f"restricted unpickler: refusing to reconstruct {subtype!r}")
+    return _np_reconstruct(subtype, shape, dtype)
+
+
+_ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` whose ``find_class`` knows only the numpy array globals above."""
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle hook
+        """Resolve an allowed global or raise DataFileError naming the refused one."""
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise DataFileError(
+                f"restricted unpickler: refusing global {module}.{name} (only numpy arrays allowed)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        """Persistent ids can load arbitrary objects; always refused."""
+        raise DataFileError("restricted unpickler: persistent ids are not allowed")
+
+
+def safe_loads(data: bytes, *, source: str = "<bytes>", encoding: str = "latin1") -> Any:
+    """Unpickle ``data`` allowing only numpy arrays and plain containers.
+
+    ``encoding="latin1"`` reads Python-2 pickles whose array payloads are 8-bit strings.
+    Any refusal or malformed stream raises DataFileError.
+    """
+    try:
+        return NumpyOnlyUnpickler(io.BytesIO(data), encoding=encoding).load()
+    except DataFileError as exc:
+        raise DataFileError(f"{source}: {exc}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"{source}: not a valid numpy pickle ({type(exc).__name__}: {exc})") from None
+
+
+def safe_load_file(path: str | Path) -> Any:
+    """Read a (optionally gzip-compressed) pickle file with :func:`safe_loads`."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DataFileError(f"cannot read {p}: {exc}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataFileError(f"corrupt or truncated gzip stream in {p}: {exc}") from None
+    return safe_loads(raw, source=str(p))
+
+
+__all__ = ["NumpyOnlyUnpickler", "safe_loads", "safe_load_file"]
