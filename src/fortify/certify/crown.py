@@ -1,0 +1,185 @@
+"""CROWN: backward linear bound propagation (Zhang et al. 2018, "Efficient neural network robustness
+certification with general activation functions"; Weng et al. 2018, "Towards fast computation of
+certified robustness for ReLU networks").
+
+A lower bound of ``a . z_t`` (``a (B', S, *shape_t)``, S specification rows) is propagated backward
+through the operators: linear operators map ``a -> a W`` and add ``a . b`` to a constant; each
+ReLU with pre-activation bounds ``[l, u]`` is replaced by linear bounds
+
+* upper: ``y <= u / (u - l) * (x - l)`` (the chord) for unstable neurons (``l < 0 < u``);
+* lower: ``y >= alpha x`` with the adaptive slope ``alpha = 1[u > -l]`` (CROWN-Ada);
+* stable neurons are exact (``y = x`` or ``y = 0``);
+
+and positive / negative coefficients take the lower / upper relaxation. At the input the linear
+function is concretised over the threat set (:meth:`InputSet.concretize`: box and dual norm).
+
+MaxPool2d (sound relaxation): with ``j*`` the window element of largest lower bound,
+``y >= x_{j*}``; ``y <= x_{j*}`` when ``l_{j*} >= u_k`` for every other element ``k`` (the max is
+decided), else the constant ``y <= max_k u_k``.
+
+Intermediate (pre-activation) bounds are computed layer by layer with the same backward pass
+(specification = identity rows, both signs), only for neurons that the IBP interval leaves
+unstable, intersected with IBP. Memory: a backward pass holds ``a`` of ``B * S * max_t numel(z_t)``
+floats; the specification rows are chunked so that this stays under ``memory_budget`` bytes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fortify.certify.bounds import InputSet, ibp_margin, linear_prefix, prefix_dual
+from fortify.certify.graph import MaxPoolOp, Op, ReLUOp, numel
+
+#: bytes of live temporaries per float of a backward coefficient tensor (a, a+, a-, new a)
+_TEMP_FACTOR = 4
+
+
+def relu_relax(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Slopes/intercept of the CROWN-Ada ReLU relaxation: ``(lower_slope, upper_slope, upper_bias)``,
+    each shaped like ``lo``; ``lower_slope * x <= relu(x) <= upper_slope * x + upper_bias``."""
+    active = lo >= 0
+    unstable = (lo < 0) & (hi > 0)
+    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    su = torch.where(unstable, hi / denom, active.to(lo.dtype))
+    bu = torch.where(unstable, -su * lo, torch.zeros_like(lo))
+    sl = torch.where(unstable, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
+    return sl, su, bu
+
+
+def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    sl, su, bu = (t.unsqueeze(1) for t in relu_relax(lo, hi))
+    ap, an = a.clamp(min=0), a.clamp(max=0)
+    const = const + (an * bu).reshape(an.shape[0], an.shape[1], -1).sum(-1)
+    return ap * sl + an * su, const
+
+
+def _windows(t: torch.Tensor, op: MaxPoolOp, fill: float) -> torch.Tensor:
+    """``(B, C, k*k, L)`` pooling windows of ``t (B, C, H, W)`` (padding filled with ``fill``)."""
+    b, c = t.shape[:2]
+    ph, pw = (op.padding, op.padding) if isinstance(op.padding, int) else op.padding
+    tp = F.pad(t, (pw, pw, ph, ph), value=fill)
+    u = F.unfold(tp, op.kernel, dilation=op.dilation, padding=0, stride=op.stride or op.kernel)
+    return u.reshape(b, c, -1, u.shape[-1])
+
+
+def maxpool_relax(op: MaxPoolOp, lo: torch.Tensor, hi: torch.Tensor):
+    """``(index (B, C, L), decided (B, C, L) bool, upper_const (B, C, L))`` of the MaxPool relaxation:
+    index is the flat input position of ``j*`` per window."""
+    b, c, h, w = lo.shape
+    lw = _windows(lo, op, float("-inf"))
+    uw = _windows(hi, op, float("-inf"))
+    pos = torch.arange(h * w, device=lo.device, dtype=lo.dtype).reshape(1, 1, h, w).expand(1, c, h, w)
+    pw = _windows(pos, op, -1.0)[0]  # (C, kk, L)
+    jstar = lw.argmax(dim=2, keepdim=True)  # (B, C, 1, L)
+    lstar = lw.gather(2, jstar).squeeze(2)
+    others = uw.scatter(2, jstar, float("-inf")).amax(dim=2)
+    decided = lstar >= others
+    index = pw.unsqueeze(0).expand(b, -1, -1, -1).gather(2, jstar).squeeze(2).long()
+    return index, decided, uw.amax(dim=2)
+
+
+def _maxpool_back(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    index, decided, upper = maxpool_relax(op, lo, hi)
+    bsz, s = max(a.shape[0], lo.shape[0]), a.shape[1]
+    c, h, w = op.in_shape
+    af = a.reshape(a.shape[0], s, c, -1).expand(bsz, s, c, -1)
+    ap, an = af.clamp(min=0), af.clamp(max=0)
+    dec = decided.unsqueeze(1).to(a.dtype)
+    coef = ap + an * dec
+    const = const + (an * (1 - dec) * upper.unsqueeze(1)).sum(dim=(-1, -2))
+    out = a.new_zeros(bsz, s, c, h * w)
+    out.scatter_add_(3, index.unsqueeze(1).expand(bsz, s, c, -1), coef)
+    return out.reshape((bsz, s) + tuple(op.in_shape)), const
+
+
+def backward_lower(
+    ops: list[Op], upto: int, a: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor]], inp: InputSet
+) -> torch.Tensor:
+    """Lower bound ``(B, S)`` of ``a . z_upto`` over the input set, ``z_upto`` the input of
+    ``ops[upto]`` (the output when ``upto == len(ops)``); ``bounds[t]`` bounds the input of ``ops[t]``."""
+    b = inp.x.shape[0]
+    const = a.new_zeros(b, a.shape[1])
+    for t in reversed(range(upto)):
+        op = ops[t]
+        if op.linear:
+            const = const + op.bias(a)
+            a = op.back(a)
+        elif isinstance(op, ReLUOp):
+            a, const = _relu_back(a, const, *bounds[t])
+        elif isinstance(op, MaxPoolOp):
+            a, const = _maxpool_back(op, a, const, *bounds[t])
+        else:  # pragma: no cover - graph.py only builds the operators above
+            raise TypeError(f"no CROWN relaxation for {op!r}")
+    return inp.concretize(a, const)
+
+
+def _row_bytes(ops: list[Op], upto: int) -> int:
+    """Bytes of backward temporaries per (sample, specification row) down to the input."""
+    sizes = [numel(ops[0].in_shape)] + [numel(op.out_shape) for op in ops[:upto]]
+    return max(sizes) * 4 * _TEMP_FACTOR
+
+
+def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int):
+    """Tighten ``[lo, hi]`` (input of ``ops[t]``, ``(B, *shape)``) by CROWN on its unstable rows."""
+    b = lo.shape[0]
+    lf, hf = lo.reshape(b, -1), hi.reshape(b, -1)
+    if isinstance(ops[t], ReLUOp):
+        rows = ((lf < 0) & (hf > 0)).any(dim=0).nonzero().squeeze(1)
+    else:
+        rows = torch.arange(lf.shape[1], device=lo.device)
+    if rows.numel() == 0:
+        return lo, hi
+    n = lf.shape[1]
+    per = max(1, memory_budget // (max(b, 1) * 2 * _row_bytes(ops, t)))
+    new_l, new_h = lf.clone(), hf.clone()
+    for s in range(0, rows.numel(), per):
+        r = rows[s:s + per]
+        k = r.numel()
+        a = lo.new_zeros(1, 2 * k, n)
+        idx = torch.arange(k, device=lo.device)
+        a[0, idx, r] = 1.0
+        a[0, idx + k, r] = -1.0
+        low = backward_lower(ops, t, a.reshape((1, 2 * k) + tuple(ops[t].in_shape)), bounds, inp)
+        new_l[:, r] = torch.maximum(new_l[:, r], low[:, :k])
+        new_h[:, r] = torch.minimum(new_h[:, r], -low[:, k:])
+    return new_l.reshape(lo.shape), new_h.reshape(hi.shape)
+
+
+def layer_bounds(
+    ops: list[Op], inp: InputSet, *, intermediate: str = "crown", memory_budget: int = 2 << 30
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Bounds of the input of every operator (plus the output, last entry). ``intermediate="crown"``
+    refines the pre-activation bounds of each nonlinearity fed by a linear operator with CROWN;
+    ``"ibp"`` keeps IBP (the CROWN-IBP setting of Zhang et al. 2020)."""
+    k = linear_prefix(ops) if inp.norm != "linf" else -1
+    bounds = []
+    lo, hi = inp.lo, inp.hi
+    for t, op in enumerate(ops):
+        if intermediate == "crown" and not op.linear and t > 0 and ops[t - 1].linear and t != k:
+            with torch.no_grad():
+                lo, hi = _refine(ops, t, lo, hi, bounds, inp, memory_budget)
+        bounds.append((lo, hi))
+        lo, hi = op.interval(lo, hi)
+        if t + 1 == k:
+            lo, hi = prefix_dual(ops[:k], inp, lo, hi)
+    bounds.append((lo, hi))
+    return bounds
+
+
+def crown_margin(
+    ops: list[Op],
+    inp: InputSet,
+    c: torch.Tensor,
+    *,
+    intermediate: str = "crown",
+    intersect_ibp: bool = True,
+    memory_budget: int = 2 << 30,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Lower bound ``(B, S)`` of ``C z`` (``C (B, S, K)``, folded into the last layer) and the
+    per-layer bounds used. With ``intersect_ibp`` the result is the elementwise maximum with the IBP
+    margin bound (both are sound, so the maximum is)."""
+    bounds = layer_bounds(ops, inp, intermediate=intermediate, memory_budget=memory_budget)
+    low = backward_lower(ops, len(ops), c, bounds, inp)
+    if intersect_ibp:
+        low = torch.maximum(low, ibp_margin(ops, inp, c))
+    return low, bounds
