@@ -1,0 +1,145 @@
+"""Training configuration: one frozen dataclass validated at construction.
+
+Every invalid value raises :class:`fortify.errors.ConfigError` naming the field and the allowed
+values or range, so a bad recipe key or CLI override fails before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from fortify.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "onecycle")
+#: fraction of the steps spent warming up to the peak for ``onecycle`` when ``warmup`` is None
+#: (Smith & Topin 2019, "Super-convergence"; also PyTorch's ``OneCycleLR`` default ``pct_start``).
+ONECYCLE_DEFAULT_WARMUP = 0.3
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Resolved hyper-parameters of one training run.
+
+    Fields
+    ------
+    epochs: passes over the training data, ``>= 1``. For tasks that replay each minibatch
+        (``task.replays = m > 1``, free adversarial training, Shafahi et al. 2019) one epoch is one
+        pass *including replays*: it performs as many optimiser steps as a plain epoch but sees
+        ``1/m`` of the data, each minibatch ``m`` times, so ``m`` epochs cover the data once.
+    batch_size: minibatch size, ``>= 1`` (the last batch of an epoch may be smaller).
+    optimizer: ``"sgd"`` (heavy-ball momentum) or ``"adam"`` (Kingma & Ba 2015; ``momentum`` unused).
+    lr: peak learning rate, ``> 0``.
+    momentum: SGD momentum in ``[0, 1)``.
+    weight_decay: L2 penalty coefficient, ``>= 0`` (coupled, as in ``torch.optim``).
+    schedule: per-step learning-rate schedule, one of ``constant``, ``cosine`` (Loshchilov &
+        Hutter 2017, SGDR without restarts) or ``onecycle`` (Smith & Topin 2019; linear up from
+        ``lr/25`` to ``lr`` then linear down to 0, the cyclic schedule of Wong et al. 2020).
+    warmup: fraction of all steps in ``[0, 1)`` spent ramping up linearly to ``lr``; ``None``
+        means 0 for ``constant``/``cosine`` and 0.3 for ``onecycle`` (where it places the peak).
+    seed: non-negative integer; fixes data order, the task's generator and torch's global RNG
+        inside :meth:`fortify.train.Trainer.fit` (the caller's global RNG is left untouched).
+    grad_clip: ``None`` or a positive max global L2 norm of the parameter gradient.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup: float | None = None
+    seed: int = 0
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.epochs) or self.epochs < 1:
+            raise ConfigError(f"TrainConfig.epochs must be an integer >= 1, got {self.epochs!r}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ConfigError(f"TrainConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"
+            )
+        if not _is_real(self.lr) or self.lr <= 0:
+            raise ConfigError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if not _is_real(self.momentum) or not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"TrainConfig.momentum must lie in [0, 1), got {self.momentum!r}")
+        if not _is_real(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}"
+            )
+        if self.warmup is not None and (not _is_real(self.warmup) or not 0.0 <= self.warmup < 1.0):
+            raise ConfigError(f"TrainConfig.warmup must be None or a fraction in [0, 1), got {self.warmup!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError(f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}")
+        if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
+            raise ConfigError(f"TrainConfig.grad_clip must be None or a finite number > 0, got {self.grad_clip!r}")
+        # normalise ints given for float fields so checkpoints and comparisons are stable
+        for name in ("lr", "momentum", "weight_decay", "warmup", "grad_clip"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, float(v))
+
+    @property
+    def warmup_fraction(self) -> float:
+        """The effective warmup fraction (``warmup`` with the schedule's default filled in)."""
+        if self.warmup is not None:
+            return float(self.warmup)
+        return ONECYCLE_DEFAULT_WARMUP if self.schedule == "onecycle" else 0.0
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Build a config from a mapping (recipe section, CLI overrides).
+
+        Unknown keys raise ConfigError naming the allowed ones. Numeric strings for float fields
+        (YAML 1.1 reads ``1e-3`` as a string) are converted.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"training config must be a mapping, got {type(d).__name__}")
+        allowed = cls.field_names()
+        unknown = sorted(str(k) for k in d if k not in allowed)
+        if unknown:
+            raise ConfigError(f"unknown training config key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        kwargs = dict(d)
+        for name in ("lr", "momentum", "weight_decay", "warmup", "grad_clip"):
+            v = kwargs.get(name)
+            if isinstance(v, str):
+                try:
+                    kwargs[name] = float(v)
+                except ValueError:
+                    raise ConfigError(f"TrainConfig.{name} must be a number, got {v!r}") from None
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``dict`` of the fields (JSON / ``torch.save(weights_only)``-safe)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        unknown = sorted(k for k in changes if k not in self.field_names())
+        if unknown:
+            raise ConfigError(
+                f"unknown training config key(s) {', '.join(unknown)}; allowed: {', '.join(self.field_names())}"
+            )
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "ONECYCLE_DEFAULT_WARMUP"]

@@ -1,0 +1,88 @@
+"""Rich progress display for :class:`fortify.train.Trainer`: one bar per epoch with ETA, the running
+loss/accuracy of the epoch and the metrics of the last finished epoch. Writes to stderr; a
+disabled display prints nothing."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+_SHOWN = ("train_loss", "train_acc", "val_acc")
+_SKIP = {"epoch", "lr", "wall_s", "samples", "grad_evals", "rolled_back"}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def summarize(record: dict[str, Any]) -> str:
+    """One-line summary of an epoch record: headline metrics first, then task/callback extras."""
+    keys = [k for k in _SHOWN if record.get(k) is not None]
+    keys += [k for k in record if k not in _SHOWN and k not in _SKIP and isinstance(record[k], (int, float))]
+    text = " ".join(f"{k} {_fmt(record[k])}" for k in keys)
+    return text + (" [rolled back]" if record.get("rolled_back") else "")
+
+
+class EpochProgress:
+    """Context manager; ``start_epoch`` adds a bar, ``step`` advances it, ``end_epoch`` finishes it."""
+
+    def __init__(self, enabled: bool, epochs: int, name: str) -> None:
+        self.enabled = bool(enabled)
+        self.epochs = epochs
+        self.name = name
+        self.last = ""
+        self._bar: TaskID | None = None
+        self._progress: Progress | None = None
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True),
+            )
+
+    def __enter__(self) -> "EpochProgress":
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        if self._progress is None:
+            return
+        desc = f"{self.name} epoch {epoch + 1}/{self.epochs}"
+        self._bar = self._progress.add_task(desc, total=steps, info=self.last)
+
+    def step(self, loss: float, acc: float | None) -> None:
+        if self._progress is None or self._bar is None:
+            return
+        now = f"loss {loss:.4f}" + (f" acc {acc:.3f}" if acc is not None else "")
+        info = now + (f" | last: {self.last}" if self.last else "")
+        self._progress.update(self._bar, advance=1, info=info)
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        self.last = summarize(record)
+        if self._progress is None or self._bar is None:
+            return
+        self._progress.update(self._bar, info=self.last)
+
+
+__all__ = ["EpochProgress", "summarize"]

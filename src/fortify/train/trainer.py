@@ -1,0 +1,466 @@
+"""The training loop shared by every task.
+
+``Trainer(model, task, config).fit(train=(x, y), val=(x, y))`` trains ``model`` *in place* with
+the task's objective and returns one record per epoch. The Trainer owns the optimiser, the
+per-step LR schedule, seeding, checkpoints, callbacks and progress; a :class:`Task` only maps
+``(model, x, y)`` to ``{"loss", "logits", ...}``.
+
+Determinism: the data order of epoch ``e`` is a permutation drawn from a ``torch.Generator``
+seeded by ``(seed, e)`` (``(seed, pass)`` for replaying tasks, see below); tasks draw their
+randomness from ``task.generator`` (= ``trainer.generator``, set before every step) and torch's
+global RNG is seeded from ``seed`` inside :meth:`Trainer.fit` (the caller's RNG state is
+restored afterwards). Generator, RNG, optimiser, schedule and task state are checkpointed after
+every epoch, so a run killed at any point and resumed is bit-identical to an uninterrupted one.
+
+Replays (free adversarial training, Shafahi et al. 2019, "Adversarial training for free!"): a
+task with an integer attribute ``replays = m > 1`` gets every minibatch ``m`` times in a row
+(one optimiser step each). ``epochs`` then counts passes *including replays*: an epoch performs
+as many steps as a plain epoch but covers ``1/m`` of a data pass, so ``m`` consecutive epochs
+are one pass over the data (drawn from the generator seeded by ``(seed, pass)``) and the total
+gradient cost equals that of ``epochs`` plain epochs, as in the paper's comparison.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from fortify.errors import ConfigError, InputError, ModelFileError
+from fortify.train import checkpoint as ckpt
+from fortify.train.config import TrainConfig
+from fortify.train.progress import EpochProgress
+from fortify.train.schedules import StepLR
+from fortify.train.tasks import Task, create as create_task
+from fortify.validation import check_images, check_labels
+
+_MASK64 = (1 << 64) - 1
+_RESERVED = {"epoch", "train_loss", "train_acc", "val_acc", "val_loss", "lr", "wall_s", "samples",
+             "grad_evals", "rolled_back", "loss", "logits"}
+
+
+def derive_seed(*parts: int) -> int:
+    """Mix integers into a 63-bit seed (SplitMix64 finaliser, Steele et al. 2014)."""
+    h = 0x243F6A8885A308D3
+    for p in parts:
+        h = ((h ^ (int(p) & _MASK64)) + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+def _check_pair(data: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise InputError(f"{name} must be a pair (x, y) of tensors, got {type(data).__name__}")
+    x = check_images(data[0], (-math.inf, math.inf), name=f"{name} x")
+    y = check_labels(data[1], x.shape[0], name=f"{name} y")
+    return x, y
+
+
+def _scalar(v: object) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex() and v.dtype != torch.bool:
+        return float(v.detach())
+    return None
+
+
+class Trainer:
+    """Train ``model`` in place on a :class:`Task` objective under a :class:`TrainConfig`.
+
+    Attributes readable by callbacks: ``model``, ``task``, ``config``, ``optimizer``,
+    ``scheduler`` (:class:`fortify.train.schedules.StepLR`), ``generator`` (the task's
+    ``torch.Generator``, on the model's device), ``history`` (records so far), ``epoch`` (epochs
+    completed), ``global_step`` (optimiser steps done), ``grad_evals`` (cumulative), ``device``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task | str,
+        config: TrainConfig | Mapping[str, Any],
+        *,
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+        callbacks: Sequence[object] = (),
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.task: Task = create_task(task) if isinstance(task, str) else task
+        if not isinstance(self.task, Task):
+            raise ConfigError(f"task must be a Task or a registered task name, got {type(task).__name__}")
+        self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        replays = getattr(self.task, "replays", 1)
+        if not isinstance(replays, int) or isinstance(replays, bool) or replays < 1:
+            raise ConfigError(f"task attribute replays must be an integer >= 1, got {replays!r}")
+        self.replays = replays
+        self.model = model
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.progress = bool(progress)
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not (hasattr(cb, "on_epoch_end") or hasattr(cb, "on_step_end")):
+                raise ConfigError(f"callback {cb!r} has neither on_epoch_end nor on_step_end")
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.generator = torch.Generator(device=self.device)
+        self.optimizer = self._build_optimizer()
+        self.scheduler: StepLR | None = None
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.global_step = 0
+        self.grad_evals = 0
+        self.stopped = False
+        self._snapshot: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("model has no trainable parameters (requires_grad=True)")
+        c = self.config
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+
+    def _batches_per_pass(self, n: int) -> int:
+        return -(-n // self.config.batch_size)
+
+    def _chunk(self, epoch: int, nb: int) -> tuple[int, int, int]:
+        """``(pass, first_batch, end_batch)`` of ``epoch`` (see module doc on replays)."""
+        m = self.replays
+        c = epoch % m
+        return epoch // m, c * nb // m, (c + 1) * nb // m
+
+    def _steps_in(self, epoch: int, nb: int) -> int:
+        _, a, b = self._chunk(epoch, nb)
+        return (b - a) * self.replays
+
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"generator": self.generator.get_state(), "cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["cpu"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def _run_state(self, n_train: int) -> dict[str, Any]:
+        assert self.scheduler is not None
+        return {
+            "config": self.config.to_dict(),
+            "task": type(self.task).__name__,
+            "n_train": int(n_train),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "task_state": self.task.state_dict(),
+            "rng": self._rng_state(),
+            "history": copy.deepcopy(self.history),
+            "global_step": self.global_step,
+            "grad_evals": self.grad_evals,
+            "stopped": self.stopped,
+        }
+
+    def _save(self, n_train: int) -> None:
+        """Checkpoint after ``self.epoch`` epochs (disk if a folder was given, else memory for rollback)."""
+        if self.checkpoint_dir is not None:
+            ckpt.save(self.checkpoint_dir, self.epoch, self.model, self._run_state(n_train))
+        elif any(hasattr(cb, "on_epoch_end") for cb in self.callbacks):
+            self._snapshot = copy.deepcopy({
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "task_state": self.task.state_dict(),
+            })
+
+    def _resume(self, n_train: int) -> bool:
+        """Load the newest complete checkpoint; False when there is none."""
+        assert self.checkpoint_dir is not None and self.scheduler is not None
+        epochs = ckpt.complete_epochs(self.checkpoint_dir)
+        if not epochs:
+            return False
+        epoch = epochs[-1]
+        state = ckpt.load_state(self.checkpoint_dir, epoch)
+        mine = self.config.to_dict()
+        saved = state.get("config")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"checkpoint in {self.checkpoint_dir} has no training config")
+        diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
+            raise ConfigError(f"cannot resume: config differs from the checkpoint's ({detail})")
+        if state.get("task") != type(self.task).__name__ or state.get("n_train") != n_train:
+            raise ConfigError(
+                f"cannot resume: checkpoint was made with task {state.get('task')} on "
+                f"{state.get('n_train')} training samples, now {type(self.task).__name__} on {n_train}"
+            )
+        try:
+            ckpt.load_model_into(self.checkpoint_dir, epoch, self.model)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.task.load_state_dict(state["task_state"])
+            self._set_rng_state(state["rng"])
+            self.history = list(state["history"])
+            self.global_step = int(state["global_step"])
+            self.grad_evals = int(state["grad_evals"])
+            self.stopped = bool(state["stopped"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ModelFileError(f"checkpoint of epoch {epoch} in {self.checkpoint_dir} is inconsistent: {e}") from None
+        self.epoch = epoch
+        return True
+
+    def _rollback(self) -> None:
+        """Restore model, optimiser and task state of the last good checkpoint (the previous epoch)."""
+        if self.checkpoint_dir is not None:
+            state = ckpt.load_state(self.checkpoint_dir, self.epoch)
+            ckpt.load_model_into(self.checkpoint_dir, self.epoch, self.model)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.task.load_state_dict(state["task_state"])
+        elif self._snapshot is not None:
+            snap = copy.deepcopy(self._snapshot)
+            self.model.load_state_dict(snap["model"])
+            self.optimizer.load_state_dict(snap["optimizer"])
+            self.task.load_state_dict(snap["task_state"])
+
+    # ------------------------------------------------------------------ public
+    def fit(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        resume: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Train for ``config.epochs`` epochs; return the per-epoch records (see :meth:`_run_epoch`).
+
+        ``train``/``val``: ``(x (N, ...), y (N,) int)``; ``val`` is scored on clean inputs.
+        ``resume``: continue from the newest complete checkpoint in ``checkpoint_dir`` (a fresh
+        start when there is none); otherwise any earlier checkpoints of this folder are removed.
+        The model is left in eval mode.
+        """
+        x, y = _check_pair(train, "train")
+        vx_vy = _check_pair(val, "val") if val is not None else None
+        if resume and self.checkpoint_dir is None:
+            raise ConfigError("fit(resume=True) needs Trainer(checkpoint_dir=...)")
+        n, nb = x.shape[0], self._batches_per_pass(x.shape[0])
+        if self.replays > nb:
+            raise ConfigError(
+                f"task replays={self.replays} exceeds the {nb} minibatches per pass; lower batch_size"
+            )
+        c = self.config
+        total = sum(self._steps_in(e, nb) for e in range(c.epochs))
+        self.optimizer = self._build_optimizer()
+        self.scheduler = StepLR(self.optimizer, c.schedule, total, c.lr, c.warmup_fraction)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if not (resume and self._resume(n)):
+                self.history, self.epoch, self.global_step, self.grad_evals, self.stopped = [], 0, 0, 0, False
+                self.generator.manual_seed(derive_seed(c.seed, 1))
+                torch.default_generator.manual_seed(derive_seed(c.seed, 2))
+                if self.device.type == "cuda":
+                    torch.cuda.manual_seed(derive_seed(c.seed, 3))
+                if self.checkpoint_dir is not None:
+                    ckpt.clear(self.checkpoint_dir)
+                self._save(n)  # epoch 0: the rollback target of the first epoch
+            name = getattr(self.task, "name", "") or type(self.task).__name__
+            display = EpochProgress(self.progress, c.epochs, name) if self.progress else nullcontext()
+            with display as bar:
+                for epoch in range(self.epoch, c.epochs):
+                    if self.stopped:
+                        break
+                    record = self._run_epoch(epoch, x, y, vx_vy, nb, total, bar)
+                    self._end_epoch(record)
+                    self.history.append(record)
+                    self.epoch = epoch + 1
+                    self._save(n)
+                    if bar is not None:
+                        bar.end_epoch(record)
+        self.model.eval()
+        return copy.deepcopy(self.history)
+
+    # ------------------------------------------------------------------ loop
+    def _end_epoch(self, record: dict[str, Any]) -> None:
+        rollback = False
+        for cb in self.callbacks:
+            fn = getattr(cb, "on_epoch_end", None)
+            extra = fn(self, record) if fn is not None else None
+            if extra is None:
+                continue
+            if not isinstance(extra, Mapping):
+                raise ConfigError(f"callback {cb!r}.on_epoch_end must return a dict or None")
+            for k, v in extra.items():
+                if k == "rollback":
+                    rollback = rollback or bool(v)
+                elif k == "stop":
+                    self.stopped = self.stopped or bool(v)
+                elif isinstance(v, (str, bool)) or v is None:
+                    record[k] = v
+                elif _scalar(v) is not None:
+                    record[k] = _scalar(v)
+                else:
+                    raise ConfigError(f"callback {cb!r} returned non-scalar metric {k!r}")
+        if rollback:
+            self._rollback()
+        record["rolled_back"] = rollback
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, epoch: int, total: int) -> tuple[dict, float, int, int]:
+        """One optimiser step on ``xb (B, ...)``, ``yb (B,)``; returns (out, loss, correct, rows)."""
+        assert self.scheduler is not None
+        self.scheduler.apply()
+        self.task.set_progress(self.global_step / total, epoch)
+        self.task.generator = self.generator  # type: ignore[attr-defined]
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.task(self.model, xb, yb)
+        if not isinstance(out, Mapping) or "loss" not in out or "logits" not in out:
+            raise InputError(f"task {type(self.task).__name__} must return a dict with 'loss' and 'logits'")
+        loss = out["loss"]
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+            raise InputError("task loss must be a scalar tensor with a graph to the parameters")
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise ConfigError(
+                f"training diverged: loss is {lv} at epoch {epoch + 1}, step {self.global_step + 1}; "
+                "lower lr or set grad_clip"
+            )
+        loss.backward()
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.advance()
+        self.global_step += 1
+        logits = out["logits"]
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
+            raise InputError(f"task logits must be a (rows, C>=2) tensor, got {getattr(logits, 'shape', logits)}")
+        rows, b = logits.shape[0], yb.shape[0]
+        correct = 0
+        if rows % b == 0 and rows > 0:
+            target = yb.repeat(rows // b).to(logits.device)
+            correct = int((logits.detach().argmax(1) == target).sum())
+        else:
+            rows = 0
+        task_ge = out.get("grad_evals", 0)
+        self.grad_evals += b + int(task_ge.item() if isinstance(task_ge, torch.Tensor) else task_ge)
+        return dict(out), lv, correct, rows
+
+    def _run_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor, val: Any, nb: int, total: int,
+                   bar: EpochProgress | None) -> dict[str, Any]:
+        """Run epoch ``epoch`` (0-based) and return its record.
+
+        Record keys: ``epoch`` (1-based), ``train_loss``/``train_acc`` (sample-weighted means over
+        the epoch's steps, accuracy of the task's logits, e.g. adversarial ones), ``val_acc`` and
+        ``val_loss`` (clean, ``None`` without val data), ``lr`` (of the epoch's last step),
+        ``wall_s``, ``samples`` (rows stepped on, replays included), ``grad_evals`` (cumulative:
+        one per sample per step plus the task's reported ``grad_evals``), every scalar extra the
+        task returned (sample-weighted mean; names clashing with these get a ``task_`` prefix),
+        ``rolled_back`` and whatever callbacks add.
+        """
+        t0 = time.perf_counter()
+        self.model.train()
+        pass_idx, first, end = self._chunk(epoch, nb)
+        gen = torch.Generator().manual_seed(derive_seed(self.config.seed, pass_idx))
+        perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
+        if bar is not None:
+            bar.start_epoch(epoch, (end - first) * self.replays)
+        sums: dict[str, float] = {}
+        weights: dict[str, int] = {}
+        loss_sum, samples, correct, rows, lr = 0.0, 0, 0, 0, self.scheduler.current_lr() if self.scheduler else 0.0
+        bs = self.config.batch_size
+        for bi in range(first, end):
+            idx = perm[bi * bs:(bi + 1) * bs]
+            xb, yb = x[idx].to(self.device), y[idx].to(self.device)
+            for _ in range(self.replays):
+                lr = self.scheduler.current_lr() if self.scheduler else lr
+                out, lv, c, r = self._step(xb, yb, epoch, total)
+                b = yb.shape[0]
+                loss_sum += lv * b
+                samples += b
+                correct += c
+                rows += r
+                for k, v in out.items():
+                    if k in ("loss", "logits", "grad_evals"):
+                        continue
+                    s = _scalar(v)
+                    if s is None:
+                        continue
+                    key = f"task_{k}" if k in _RESERVED else k
+                    sums[key] = sums.get(key, 0.0) + s * b
+                    weights[key] = weights.get(key, 0) + b
+                for cb in self.callbacks:
+                    fn = getattr(cb, "on_step_end", None)
+                    if fn is not None:
+                        fn(self, self.global_step, out)
+                if bar is not None:
+                    bar.step(loss_sum / samples, correct / rows if rows else None)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(samples, 1),
+            "train_acc": correct / rows if rows else None,
+            "val_acc": None,
+            "val_loss": None,
+            "lr": lr,
+        }
+        if val is not None:
+            record["val_acc"], record["val_loss"] = self.evaluate(*val)
+        record.update({k: sums[k] / weights[k] for k in sums})
+        record.update({"wall_s": time.perf_counter() - t0, "samples": samples, "grad_evals": self.grad_evals})
+        return record
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """Clean ``(accuracy, mean cross-entropy)`` of the model on ``x (N, ...)``, ``y (N,)``.
+
+        Runs in eval mode and restores the model's previous mode.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        correct, loss = 0, 0.0
+        try:
+            for i in range(0, x.shape[0], self.config.batch_size):
+                xb = x[i:i + self.config.batch_size].to(self.device)
+                yb = y[i:i + self.config.batch_size].to(self.device)
+                logits = self.model(xb)
+                correct += int((logits.argmax(1) == yb).sum())
+                loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        finally:
+            self.model.train(was_training)
+        return correct / x.shape[0], loss / x.shape[0]
+
+
+def train(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    task: Task | str = "standard",
+    *,
+    task_options: Mapping[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    callbacks: Iterable[object] = (),
+    resume: bool = False,
+    **config_fields: Any,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place and return the per-epoch records.
+
+    ``task``: a :class:`Task` or a registered name (instantiated with ``task_options``);
+    ``config_fields``: :class:`TrainConfig` fields (unknown ones raise ConfigError naming the
+    allowed ones). Example: ``train(net, (x, y), task="standard", epochs=5, lr=0.05)``.
+    """
+    if isinstance(task, str):
+        task = create_task(task, **dict(task_options or {}))
+    elif task_options:
+        raise ConfigError("task_options are only used with a task name, not a Task instance")
+    config = TrainConfig.from_dict(config_fields)
+    trainer = Trainer(model, task, config, checkpoint_dir=checkpoint_dir, progress=progress,
+                      callbacks=tuple(callbacks))
+    return trainer.fit(train, val, resume=resume)
+
+
+__all__ = ["Trainer", "train", "derive_seed"]
