@@ -6,7 +6,15 @@
 """
 from __future__ import annotations
 
+from fortify.certify.accuracy import (
+    CertifiedCurve,
+    certified_accuracy,
+    certified_accuracy_curve,
+    certify,
+    plot_certified_curves,
+)
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
+from fortify.certify.milp import MILPVerifier
 from fortify.certify.propagation import (
     CROWNCertifier,
     CROWNIBPCertifier,
@@ -14,6 +22,7 @@ from fortify.certify.propagation import (
     margin_lower_bound,
     robust_logits,
 )
+from fortify.certify.smoothing import Smoothing, SmoothingResult, clopper_pearson_lower
 
 __all__ = [
     "CERTIFIERS",
@@ -24,4 +33,13 @@ __all__ = [
     "CROWNIBPCertifier",
     "margin_lower_bound",
     "robust_logits",
+    "Smoothing",
+    "SmoothingResult",
+    "clopper_pearson_lower",
+    "MILPVerifier",
+    "certify",
+    "certified_accuracy",
+    "CertifiedCurve",
+    "certified_accuracy_curve",
+    "plot_certified_curves",
 ]
