@@ -1,0 +1,80 @@
+"""``train`` stage: build the configured model (unless one is given) and fit it with the Trainer."""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from fortify.errors import ConfigError
+from fortify.pipeline.base import RunContext, register_stage
+from fortify.report.sections import Section, Table
+
+
+def build_model(ctx: RunContext) -> torch.nn.Module:
+    """``models.create(model.name, in_shape, num_classes, **model.args)``, wrapped in
+    ``Normalized(mean, std)`` of the dataset when ``model.normalize``; seeded by ``train.seed``."""
+    from fortify import data as fdata
+    from fortify import models
+
+    cfg = ctx.config
+    spec = fdata.info(cfg.data.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        try:
+            net = models.create(cfg.model.name, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
+                                **cfg.model.args)
+        except TypeError as e:
+            raise ConfigError(f"model.args: {e}") from None
+    if cfg.model.normalize:
+        net = models.Normalized(net, spec.mean, spec.std)
+    ctx.model_meta.update({"dataset": cfg.data.name, "architecture": cfg.model.name, "args": dict(cfg.model.args),
+                           "in_shape": list(spec.input_shape), "num_classes": spec.num_classes,
+                           "normalized": bool(cfg.model.normalize)})
+    return net
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+@register_stage
+class TrainStage:
+    """Train the model on the train split (task and hyper-parameters from the recipe)."""
+
+    name: ClassVar[str] = "train"
+    config_class: ClassVar[type | None] = None  # uses the core ``train`` and ``task`` sections
+
+    def run(self, ctx: RunContext) -> None:
+        from fortify.train import Trainer
+        from fortify.train import tasks
+
+        cfg = ctx.config
+        if ctx.model is None:
+            ctx.model = build_model(ctx)
+        try:
+            task = tasks.create(cfg.task.name, **cfg.task.args)
+        except TypeError as e:
+            raise ConfigError(f"task.args: {e}") from None
+        train, test = ctx.data("train"), ctx.data("test")
+        trainer = Trainer(ctx.model, task, cfg.train, checkpoint_dir=ctx.path("checkpoints"),
+                          progress=not ctx.quiet)
+        history = trainer.fit(train=train, val=test)
+        ctx.history = [dict(h) for h in history]
+        for i, h in enumerate(ctx.history):
+            nums = {k: float(v) for k, v in h.items() if k != "epoch" and _finite(v)}
+            step = int(h["epoch"]) if _finite(h.get("epoch")) else i + 1
+            if nums and ctx.store is not None:
+                ctx.store.log_metrics(ctx.run_id, nums, stage=self.name, step=step)
+        last = {k: v for k, v in (ctx.history[-1] if ctx.history else {}).items() if k != "epoch" and _finite(v)}
+        ctx.log_metrics({**last, "epochs": len(ctx.history), "train_examples": int(train[0].shape[0])})
+        ctx.model_meta["training"] = {"task": cfg.task.name, "task_args": dict(cfg.task.args),
+                                      "train": cfg.train.to_dict(), "run_id": ctx.run_id}
+        keys = sorted({k for h in ctx.history for k in h if k != "epoch" and _finite(h[k])})
+        rows = [[h.get("epoch", i + 1)] + [h.get(k) for k in keys] for i, h in enumerate(ctx.history)]
+        ctx.add_section(Section(
+            "Training",
+            text=f"{cfg.model.name} on {cfg.data.name} ({train[0].shape[0]} images), task {cfg.task.name}, "
+                 f"{cfg.train.optimizer} lr {cfg.train.lr} {cfg.train.schedule}, {cfg.train.epochs} epochs, "
+                 f"seed {cfg.seed}. Validation columns are measured on the test split (monitoring only).",
+            tables=[Table(["epoch"] + keys, rows, "per epoch")]))
