@@ -1,0 +1,71 @@
+"""Attacks against the analytic answer of a linear classifier (issue 3, item 8).
+
+For ``z = W x + b`` with ``y = argmax z`` and no active box constraint, the exact smallest
+adversarial perturbation in norm p has size ``min_{j != y} (z_y - z_j) / ||w_y - w_j||_q`` with
+``q`` the dual norm (linf -> 1, l2 -> 2, l1 -> inf). The inputs sit at 0.5 +- 0.1 and every
+minimal perturbation is < 0.3 per coordinate, so the box [0, 1] never binds.
+Minimum-norm attacks must find it within 1%; fixed-eps attacks must succeed exactly on the points
+whose distance is below eps (tested away from the boundary: eps = 0.97 d fails, 1.03 d succeeds).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fortify.attacks as A
+from fortify.threat import ThreatModel
+
+C, D, N = 4, 20, 48
+DUAL = {"linf": 1.0, "l2": 2.0, "l1": math.inf}
+
+
+def linear_problem(dtype: torch.dtype = torch.float64) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A 4-class linear model on 20-dim inputs, ``N`` points, labels = predictions."""
+    g = torch.Generator().manual_seed(0)
+    model = nn.Linear(D, C).to(dtype)
+    with torch.no_grad():
+        model.weight.copy_(2 * torch.randn(C, D, generator=g))
+        model.bias.copy_(-model.weight.sum(1) * 0.5 + 0.05 * torch.randn(C, generator=g))
+    x = (0.5 + 0.1 * (2 * torch.rand(N, D, generator=g) - 1)).to(dtype)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    assert len(set(y.tolist())) == C
+    return model, x, y
+
+
+def exact_distance(model: nn.Linear, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
+    """Analytic minimal adversarial distance ``(N,)`` in ``norm`` (box inactive)."""
+    with torch.no_grad():
+        z = model(x)
+        w = model.weight
+        dw = w[y][:, None, :] - w[None, :, :]  # (N, C, D)
+        d = (z.gather(1, y[:, None]) - z) / dw.norm(p=DUAL[norm], dim=2).clamp_min(1e-30)
+        d[torch.arange(x.shape[0]), y] = math.inf
+        return d.min(dim=1).values
+
+
+def test_problem_keeps_box_inactive() -> None:
+    model, x, y = linear_problem()
+    for norm in DUAL:
+        assert float(exact_distance(model, x, y, norm).max()) < 0.3
+
+
+def _check_fixed_eps(attack: A.Attack, norm: str) -> None:
+    model, x, y = linear_problem()
+    d = exact_distance(model, x, y, norm)
+    gen = torch.Generator().manual_seed(1)
+    for eps in d.quantile(torch.tensor([0.25, 0.5, 0.75], dtype=d.dtype)).tolist():
+        threat = ThreatModel(norm, eps)
+        res = attack(model, x, y, threat, generator=gen)
+        assert bool(threat.contains(res.x_adv, x).all())
+        below, above = d <= eps / 1.03, d >= eps / 0.97
+        assert bool(res.success[below].all()), f"{norm} eps={eps:.4f}: missed points with d < eps"
+        assert not bool(res.success[above].any()), f"{norm} eps={eps:.4f}: 'broke' points with d > eps"
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_pgd_succeeds_exactly_below_eps(norm: str) -> None:
+    _check_fixed_eps(A.PGD(steps=50, restarts=5, loss="margin"), norm)
