@@ -120,6 +120,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, *, compress: bool
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(body)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

@@ -3,8 +3,10 @@
 Pickle runs arbitrary code through ``GLOBAL``/``REDUCE`` opcodes (see the Python docs, "Restricting
 Globals"). This unpickler resolves only the globals needed to rebuild plain ``numpy.ndarray``
 objects -- ``numpy.core.multiarray._reconstruct`` (or ``numpy._core.multiarray._reconstruct``),
-``numpy.ndarray`` and ``numpy.dtype`` -- and refuses every other global and persistent id with
-:class:`fortify.errors.DataFileError` *before* anything is called. Containers (tuples, lists, dicts)
+``numpy.ndarray`` and ``numpy.dtype``, plus ``_codecs.encode`` restricted to latin-1 and
+argument-less ``bytes()`` (how Python 3 writes ``bytes`` in protocol 0-2 pickles) -- and refuses
+every other global and persistent id with :class:`fortify.errors.DataFileError` *before* anything is
+called. Containers (tuples, lists, dicts)
 and scalars need no globals and are allowed.
 
 ``_reconstruct`` is additionally only allowed to build exact ``numpy.ndarray`` instances, so a
@@ -36,11 +38,28 @@ def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     return _np_reconstruct(subtype, shape, dtype)
 
 
+def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 emits it for bytes in protocol < 3 pickles, latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise DataFileError("restricted unpickler: _codecs.encode is allowed only for latin-1 text")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()`` as Python 3 emits it for ``b""`` in protocol 0-2 pickles; arguments refused."""
+    if args:
+        raise DataFileError("restricted unpickler: bytes(...) is allowed only without arguments")
+    return b""
+
+
 _ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 

@@ -1,0 +1,259 @@
+"""Safe model files: one ``.safetensors`` file whose header carries fortify's JSON metadata.
+
+Safetensors (Hugging Face, https://github.com/huggingface/safetensors) stores raw tensors behind a
+JSON header, so loading a file never executes code (unlike pickle-based ``torch.save``). fortify
+puts its own record under the header key ``"fortify"`` of ``__metadata__``::
+
+    {"format": "fortify.model", "format_version": 1,
+     "architecture": {"name": "mlp", "args": {...}}, "in_shape": [1, 28, 28], "num_classes": 10,
+     "normalization": {"mean": [...], "std": [...]} | null,
+     "dataset": ..., "training": ..., "fortify_version": "0.1.0", "user": {...}}
+
+``load`` rebuilds the module from :data:`fortify.models.MODELS` and loads the state dict strictly.
+Legacy ``.pt``/``.pth`` files are accepted only as plain state dicts read with
+``torch.load(weights_only=True)`` plus an explicit ``architecture=``. Every failure is a
+:class:`fortify.errors.ModelFileError` with one clear message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fortify.errors import ConfigError, FortifyError, ModelFileError, OutputError
+from fortify.models.normalized import Normalized
+from fortify.models.registry import architecture, create
+
+FORMAT = "fortify.model"
+FORMAT_VERSION = 1
+_META_KEY = "fortify"
+_MAX_HEADER = 100 * 1024 * 1024
+_TORCH_SUFFIXES = (".pt", ".pth")
+
+
+def _fortify_version() -> str:
+    import fortify
+
+    return str(getattr(fortify, "__version__", "unknown"))
+
+
+def save(model: nn.Module, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (weights + metadata) to a single ``.safetensors`` file, atomically.
+
+    Args:
+        model: a model built by :func:`fortify.models.create`, optionally wrapped in
+            :class:`Normalized` (its mean/std are recorded as ``normalization``).
+        path: destination; written to a temporary file in the same folder, then ``os.replace``-d,
+            so readers never see a half-written file.
+        meta: free-form JSON-serialisable dict; the keys ``dataset`` and ``training`` are lifted to
+            the top level of the record, the rest is kept under ``user``.
+    Returns:
+        The path written.
+    Raises:
+        ConfigError if the model has no architecture record or ``meta`` is not JSON-serialisable;
+        OutputError if the destination cannot be written.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"save needs an nn.Module, got {type(model).__name__}")
+    arch = architecture(model)
+    if arch is None:
+        raise ConfigError(
+            f"cannot save {type(model).__name__}: it carries no architecture record; build it with "
+            "fortify.models.create(name, ...) (optionally wrapped in Normalized) so it can be rebuilt on load"
+        )
+    user = dict(meta or {})
+    if not all(isinstance(k, str) for k in user):
+        raise ConfigError("meta keys must be strings")
+    normalization = None
+    if isinstance(model, Normalized):
+        normalization = {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()}
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": {"name": arch["name"], "args": arch["args"]},
+        "in_shape": arch["in_shape"],
+        "num_classes": arch["num_classes"],
+        "normalization": normalization,
+        "dataset": user.pop("dataset", None),
+        "training": user.pop("training", None),
+        "fortify_version": _fortify_version(),
+        "user": user,
+    }
+    try:
+        header = json.dumps(record, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"meta must be JSON-serialisable: {exc}") from None
+    from safetensors.torch import save as st_save
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    blob = st_save(tensors, metadata={_META_KEY: header})
+    dest = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write model file {dest}: {exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is an ordinary readable file
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise OutputError(f"cannot write model file {dest}: {exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {path}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {path}: {exc}") from None
+
+
+def _parse_header(blob: bytes, path: Path) -> dict[str, Any]:
+    """Validate the safetensors framing (8-byte little-endian length + JSON) and return the header."""
+    if len(blob) < 8:
+        raise ModelFileError(f"{path}: not a safetensors file (only {len(blob)} bytes)")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n == 0 or n > _MAX_HEADER or 8 + n > len(blob):
+        raise ModelFileError(f"{path}: not a safetensors file or truncated (header length {n}, file {len(blob)} bytes)")
+    try:
+        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: corrupt safetensors header (not a JSON object)")
+    return header
+
+
+def _meta_from_header(header: dict[str, Any], path: Path) -> dict[str, Any]:
+    raw = (header.get("__metadata__") or {}).get(_META_KEY) if isinstance(header.get("__metadata__"), dict) else None
+    if raw is None:
+        raise ModelFileError(f"{path}: safetensors file without fortify metadata (was it written by fortify.models.save?)")
+    try:
+        meta = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: corrupt fortify metadata in the safetensors header") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: metadata is not a {FORMAT} record")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: unsupported format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+    return meta
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the fortify metadata record of a ``.safetensors`` model file (without loading weights)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            blob = head + fh.read(min(n, _MAX_HEADER + 1))
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {p}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {p}: {exc}") from None
+    if n + 8 > p.stat().st_size:
+        raise ModelFileError(f"{p}: not a safetensors file or truncated")
+    return _meta_from_header(_parse_header(blob, p), p)
+
+
+def _build(arch: Mapping[str, Any], in_shape: Any, num_classes: Any, normalization: Any, path: Path) -> nn.Module:
+    """Rebuild the (optionally Normalized) module described by a record; errors become ModelFileError."""
+    if not isinstance(arch, Mapping) or not isinstance(arch.get("name"), str):
+        raise ModelFileError(f"{path}: missing or malformed architecture record")
+    args = arch.get("args") or {}
+    if not isinstance(args, Mapping):
+        raise ModelFileError(f"{path}: architecture args must be a mapping")
+    try:
+        shape = tuple(in_shape) if isinstance(in_shape, (list, tuple)) else in_shape
+        model = create(arch["name"], in_shape=shape, num_classes=num_classes, **dict(args))
+        if normalization is not None:
+            model = Normalized(model, normalization["mean"], normalization["std"])
+    except FortifyError as exc:
+        raise ModelFileError(f"{path}: cannot rebuild architecture {arch['name']!r}: {exc}") from None
+    except (TypeError, KeyError) as exc:
+        raise ModelFileError(f"{path}: malformed architecture/normalization record: {exc}") from None
+    return model
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> nn.Module:
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ModelFileError(f"{path}: weights do not match the architecture: {detail}") from None
+    model.eval()
+    return model
+
+
+def _load_torch_state_dict(path: Path, architecture_arg: str | Mapping[str, Any] | None) -> nn.Module:
+    if architecture_arg is None:
+        raise ModelFileError(
+            f"{path}: .pt/.pth files hold no architecture; pass architecture='mlp' (or a dict with name, "
+            "args, in_shape, num_classes), or re-save as .safetensors with fortify.models.save"
+        )
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means: refuse the file
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: refused: not a plain tensor state dict ({msg})") from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelFileError(f"{path}: expected a state dict mapping names to tensors")
+    spec: dict[str, Any] = {"name": architecture_arg} if isinstance(architecture_arg, str) else dict(architecture_arg)
+    normalization = None
+    if "mean" in state and "std" in state and all(k in ("mean", "std") or k.startswith("inner.") for k in state):
+        normalization = {"mean": state["mean"].flatten().tolist(), "std": state["std"].flatten().tolist()}
+    model = _build(spec, spec.get("in_shape", (1, 28, 28)), spec.get("num_classes", 10), normalization, path)
+    return _load_state(model, state, path)
+
+
+def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] | None = None) -> nn.Module:
+    """Load a model file and return the rebuilt module in eval mode.
+
+    Args:
+        path: a ``.safetensors`` file written by :func:`save`, or a ``.pt``/``.pth`` plain state
+            dict (read with ``torch.load(weights_only=True)``).
+        architecture: only for ``.pt``/``.pth``: a registry name (defaults ``in_shape=(1, 28, 28)``,
+            ``num_classes=10``) or a dict ``{"name", "args", "in_shape", "num_classes"}``. A state
+            dict of a ``Normalized`` model (keys ``mean``, ``std``, ``inner.*``) is rewrapped.
+    Returns:
+        ``nn.Module`` mapping ``(N, *in_shape)`` to ``(N, num_classes)``; ``Normalized`` if the file
+        records a normalisation.
+    Raises:
+        ModelFileError: missing, corrupt, truncated or hostile file, unknown architecture, or
+        weights that do not fit the architecture. Nothing from the file is ever executed.
+    """
+    p = Path(path)
+    if p.suffix.lower() in _TORCH_SUFFIXES:
+        return _load_torch_state_dict(p, architecture)
+    blob = _read_file(p)
+    meta = _meta_from_header(_parse_header(blob, p), p)
+    from safetensors.torch import load as st_load
+
+    try:
+        state = st_load(blob)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ModelFileError(f"{p}: corrupt or truncated safetensors data ({exc})") from None
+    model = _build(meta.get("architecture"), meta.get("in_shape"), meta.get("num_classes"), meta.get("normalization"), p)
+    return _load_state(model, state, p)
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "load", "read_meta", "save"]
