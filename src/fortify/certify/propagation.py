@@ -44,8 +44,10 @@ def margin_lower_bound(
     if not math.isfinite(e) or e < 0:
         raise ThreatModelError(f"eps must be a finite number >= 0, got {eps!r}")
     ops = build_ops(model, tuple(x.shape[1:]), x)
-    with torch.no_grad():
-        k = model(x[:1]).shape[1]
+    if not ops or len(ops[-1].out_shape) != 1:
+        raise ConfigError(f"the model must end in a layer producing logits (N, K); got output shape "
+                          f"{ops[-1].out_shape if ops else 'unchanged input'}")
+    k = ops[-1].out_shape[0]
     c = margin_spec(y, k, keep_true_row=keep_true_row).to(x.dtype)
     inp = InputSet.from_threat(x, threat, e)
     if method == "ibp":
