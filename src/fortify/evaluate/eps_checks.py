@@ -1,0 +1,77 @@
+"""Eps-sweep sanity checks (Carlini et al. 2019, "On evaluating adversarial robustness", sec. 5):
+accuracy must not increase with eps, and an eps that covers the whole input box must reach ~0%.
+
+One gradient attack (the preset's first) is run on up to ``points`` clean-correct inputs at
+``eps * (0.5, 1, 2)`` and at the box-covering radius (linf: ``hi - lo``; l2: ``(hi - lo) sqrt(d)``;
+l1: ``(hi - lo) d``).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fortify.evaluate import sanity as S
+from fortify.evaluate.presets import AttackSpec, build_attack
+from fortify.evaluate.report import SanityFlag
+from fortify.threat import ThreatModel
+
+FACTORS: tuple[float, ...] = (0.5, 1.0, 2.0)
+#: accuracy at the box-covering eps above which ``large_eps_not_broken`` fires
+LARGE_EPS_MAX_ACC = 0.1
+
+
+def box_covering_eps(threat: ThreatModel, dim: int) -> float:
+    """The radius whose ball contains the whole input box, for ``dim`` input coordinates."""
+    span = threat.bounds[1] - threat.bounds[0]
+    return {"linf": span, "l2": span * math.sqrt(dim), "l1": span * dim}[threat.norm]
+
+
+def sweep(model: nn.Module, predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+          threat: ThreatModel, spec: AttackSpec, eps_list: list[float], budget: float, batch_size: int,
+          seed: int) -> list[float]:
+    """Accuracy of ``predict`` on ``x (M, ...)`` after attacking at each eps of ``eps_list``."""
+    attack, _ = build_attack(spec, budget)
+    accs = []
+    for eps in eps_list:
+        thr = threat.with_eps(eps)
+        s = (seed * 7919 + zlib.crc32(f"sweep:{eps:.6g}".encode())) % (2**62)
+        torch.manual_seed(s)
+        gen = torch.Generator(device=x.device).manual_seed(s)
+        robust = 0
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            res = attack(model, xb, yb, thr, generator=gen)
+            ok = thr.contains(res.x_adv, xb) & (predict(res.x_adv) != yb)
+            robust += int((~ok).sum())
+        accs.append(robust / max(1, x.shape[0]))
+    return accs
+
+
+def eps_sweep_flags(model: nn.Module, predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor, clean_correct: torch.Tensor, threat: ThreatModel, spec: AttackSpec | None,
+                    budget: float, batch_size: int, seed: int, points: int) -> list[SanityFlag]:
+    """``non_monotone_in_eps`` and ``large_eps_not_broken`` for ``threat`` (see module doc)."""
+    names = ("non_monotone_in_eps", "large_eps_not_broken")
+    if spec is None:
+        return [S.not_run(n, "no gradient attack is registered") for n in names]
+    idx = clean_correct.nonzero().squeeze(1)[:points].to(x.device)
+    if idx.numel() == 0 or threat.eps == 0:
+        return [S.not_run(n, "no correctly classified points or eps = 0") for n in names]
+    xs, ys = x[idx], y[idx]
+    eps_list = [threat.eps * f for f in FACTORS]
+    big = box_covering_eps(threat, xs[0].numel())
+    accs = sweep(model, predict, xs, ys, threat, spec, eps_list + [big], budget, batch_size, seed)
+    curve = [1.0] + accs[:-1]
+    grid = [0.0] + eps_list
+    tol = max(1, math.ceil(0.02 * idx.numel())) / idx.numel()
+    rises = [(grid[i], grid[i + 1], curve[i], curve[i + 1]) for i in range(len(curve) - 1) if curve[i + 1] > curve[i] + tol]
+    ev = {"attack": spec.label, "points": int(idx.numel()), "eps": grid, "accuracy": curve}
+    return [
+        S.make_flag("non_monotone_in_eps", bool(rises), {**ev, "rises": rises}),
+        S.make_flag("large_eps_not_broken", accs[-1] > LARGE_EPS_MAX_ACC,
+                    {"attack": spec.label, "eps": big, "accuracy": accs[-1], "max_allowed": LARGE_EPS_MAX_ACC}),
+    ]

@@ -1,0 +1,158 @@
+"""Attack presets for the cascade evaluation (:func:`fortify.evaluate.robust_accuracy`).
+
+A preset is an ordered list of :class:`AttackSpec` per norm. Attacks run in that order, each only
+on the points still robust, so cheap-and-strong attacks come first and expensive ones only see the
+few survivors (the cascade of Croce & Hein 2020, "Reliable evaluation of adversarial robustness
+with an ensemble of diverse parameter-free attacks", AutoAttack).
+
+* ``fast``: APGD-CE then APGD-T (DLR, 3 target classes), one restart each, 50 iterations.
+* ``standard``: the AutoAttack-standard suite -- APGD-CE, APGD-T (9 targets), FAB-T (9 targets),
+  Square (5,000 queries) -- at AutoAttack's budgets; it is cheaper than AutoAttack because every
+  attack only sees survivors and the white-box attacks stop per sample at first success.
+* ``thorough``: ``standard`` with more restarts plus untargeted APGD-DLR, NES, and the hard-label
+  HopSkipJump and Sign-OPT attacks (robust to gradient masking and to output saturation).
+
+Budgets use *semantic* keys (``steps``, ``restarts``, ``queries``, ``n_target_classes``,
+``loss``); :func:`build_attack` maps each onto the constructor parameter of the registered attack
+by name (``steps`` also matches ``n_iter``/``iterations``, ...), multiplies the iteration/query
+counts by the ``budget`` knob, and drops (and reports) keys the attack does not take. Attacks not
+(yet) registered or not supporting the norm are skipped and listed in the report.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from fortify.attacks import ATTACKS, Attack
+from fortify.errors import ConfigError, UnknownNameError
+
+PRESETS: tuple[str, ...] = ("fast", "standard", "thorough")
+
+#: semantic budget key -> accepted constructor parameter names, in order of preference
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "steps": ("steps", "n_iter", "iterations", "max_iter", "num_steps", "n_steps"),
+    "restarts": ("restarts", "n_restarts", "num_restarts"),
+    "queries": ("queries", "n_queries", "max_queries", "query_budget", "max_num_queries"),
+    "n_target_classes": ("n_target_classes", "n_targets", "num_targets", "target_classes"),
+    "loss": ("loss",),
+    "samples": ("samples", "n_samples", "population"),
+}
+#: keys whose value is multiplied by the budget scale
+SCALED: frozenset[str] = frozenset({"steps", "queries"})
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One cascade stage: a label for tables, the registry name and semantic kwargs."""
+
+    label: str
+    attack: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: registry name used instead when ``attack`` is not registered (e.g. APGD-CE -> PGD-CE)
+    fallback: str | None = None
+    #: kwargs overriding ``kwargs`` for the fallback (e.g. ``loss="margin"`` for PGD)
+    fallback_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self, norm: str) -> "AttackSpec | None":
+        """This spec, or its fallback when ``attack`` is not registered or lacks ``norm``, or None."""
+        if self.attack in ATTACKS and norm in getattr(ATTACKS.get(self.attack), "norms", ()):
+            return self
+        fb = self.fallback
+        if fb and fb in ATTACKS and norm in getattr(ATTACKS.get(fb), "norms", ()):
+            return AttackSpec(f"{self.label}[{fb}]", fb, {**self.kwargs, **self.fallback_kwargs})
+        return self if self.attack in ATTACKS else None
+
+    @property
+    def access(self) -> str:
+        """``gradient``/``score``/``decision`` of the registered class (``unknown`` if absent)."""
+        return getattr(ATTACKS.get(self.attack), "access", "unknown") if self.attack in ATTACKS else "unknown"
+
+
+def _s(label: str, attack: str, fallback: str | None = None, fb_kw: dict[str, Any] | None = None,
+       **kw: Any) -> AttackSpec:
+    return AttackSpec(label, attack, dict(kw), fallback, dict(fb_kw or {}))
+
+
+_FAST = [
+    _s("apgd-ce", "apgd", "pgd", loss="ce", steps=50, restarts=1),
+    _s("apgd-t", "apgd-t", steps=50, restarts=1, n_target_classes=3),
+]
+_STANDARD = [
+    _s("apgd-ce", "apgd", "pgd", loss="ce", steps=100, restarts=1),
+    _s("apgd-t", "apgd-t", steps=100, restarts=1, n_target_classes=9),
+    _s("fab-t", "fab", steps=100, restarts=1, n_target_classes=9),
+    _s("square", "square", queries=5000, restarts=1),
+]
+_THOROUGH = [
+    _s("apgd-ce", "apgd", "pgd", loss="ce", steps=100, restarts=5),
+    _s("apgd-dlr", "apgd", "pgd", {"loss": "margin"}, loss="dlr", steps=100, restarts=2),
+    _s("apgd-t", "apgd-t", steps=100, restarts=3, n_target_classes=9),
+    _s("fab-t", "fab", steps=100, restarts=2, n_target_classes=9),
+    _s("square", "square", queries=5000, restarts=2),
+    _s("nes", "nes", queries=5000),
+    _s("hopskipjump", "hopskipjump", queries=5000),
+    _s("signopt", "signopt", queries=5000),
+]
+_TABLE: dict[str, list[AttackSpec]] = {"fast": _FAST, "standard": _STANDARD, "thorough": _THOROUGH}
+
+
+def preset_specs(preset: str, norm: str) -> tuple[list[AttackSpec], list[tuple[str, str]]]:
+    """Return ``(runnable specs, skipped)`` for ``preset`` and ``norm``.
+
+    ``skipped`` lists ``(label, reason)`` for attacks not registered or not supporting ``norm``.
+    Raises :class:`UnknownNameError` for an unknown preset.
+    """
+    if preset not in _TABLE:
+        raise UnknownNameError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    run: list[AttackSpec] = []
+    skipped: list[tuple[str, str]] = []
+    for spec0 in _TABLE[preset]:
+        spec = spec0.resolved(norm)
+        if spec is None:
+            skipped.append((spec0.label, f"attack {spec0.attack!r} is not registered"))
+            continue
+        norms = getattr(ATTACKS.get(spec.attack), "norms", ())
+        if norm not in norms:
+            skipped.append((spec.label, f"{spec.attack} does not support {norm}"))
+            continue
+        run.append(spec)
+    return run, skipped
+
+
+def _accepted(cls: type) -> tuple[set[str], bool]:
+    sig = inspect.signature(cls.__init__)
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}, var_kw
+
+
+def resolve_kwargs(attack: str, kwargs: dict[str, Any], budget: float = 1.0) -> tuple[dict[str, Any], list[str]]:
+    """Map semantic ``kwargs`` onto the constructor of ``ATTACKS[attack]``; scale budgets.
+
+    Returns ``(constructor kwargs, notes)`` where notes name dropped keys.
+    """
+    if not (budget > 0):
+        raise ConfigError(f"budget must be > 0, got {budget!r}")
+    cls = ATTACKS.get(attack)
+    accepted, var_kw = _accepted(cls)
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    for key, value in kwargs.items():
+        if key in SCALED and isinstance(value, int):
+            value = max(1, int(round(value * budget)))
+        names = SYNONYMS.get(key, (key,))
+        hit = next((n for n in names if n in accepted), None)
+        if hit is None and var_kw:
+            hit = key
+        if hit is None:
+            notes.append(f"{attack}: ignored {key}={value!r} (not a constructor parameter)")
+            continue
+        out[hit] = value
+    return out, notes
+
+
+def build_attack(spec: AttackSpec, budget: float = 1.0) -> tuple[Attack, list[str]]:
+    """Instantiate the attack of ``spec`` with budget-scaled kwargs; returns ``(attack, notes)``."""
+    kwargs, notes = resolve_kwargs(spec.attack, spec.kwargs, budget)
+    return ATTACKS.get(spec.attack)(**kwargs), notes
