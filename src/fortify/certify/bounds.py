@@ -127,7 +127,14 @@ def row_norms(prefix: list[Op], q: float, chunk: int = 2048) -> torch.Tensor:
 
 def ibp_margin(ops: list[Op], inp: InputSet, c: torch.Tensor) -> torch.Tensor:
     """IBP lower bound of ``C z`` over the set, with ``C (B, S, K)`` folded into the last affine
-    layer when it is a Linear (tighter than bounding the logits first). Returns ``(B, S)``."""
+    layer when it is a Linear (tighter than bounding the logits first); a network without any
+    nonlinearity is one affine map, bounded exactly over the set. Returns ``(B, S)``."""
+    if linear_prefix(ops) == len(ops):
+        a, const = c, c.new_zeros(c.shape[:2])
+        for op in reversed(ops):
+            const = const + op.bias(a)
+            a = op.back(a)
+        return inp.concretize(a, const)
     if ops and isinstance(ops[-1], LinearOp) and len(ops) > 1:
         lo, hi = ibp_intervals(ops, inp, upto=len(ops) - 1)[-1]
         last = ops[-1]
