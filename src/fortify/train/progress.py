@@ -6,23 +6,24 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.table import Column
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
+        TimeRemainingColumn,
 )
 
 _SHOWN = ("train_loss", "train_acc", "val_acc")
+_SHORT = {"train_loss": "loss", "train_acc": "acc", "val_acc": "val", "val_loss": "val_loss"}
 _SKIP = {"epoch", "lr", "wall_s", "samples", "grad_evals", "rolled_back"}
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:.3g}"
     return str(v)
 
 
@@ -30,7 +31,7 @@ def summarize(record: dict[str, Any]) -> str:
     """One-line summary of an epoch record: headline metrics first, then task/callback extras."""
     keys = [k for k in _SHOWN if record.get(k) is not None]
     keys += [k for k in record if k not in _SHOWN and k not in _SKIP and isinstance(record[k], (int, float))]
-    text = " ".join(f"{k} {_fmt(record[k])}" for k in keys)
+    text = " ".join(f"{_SHORT.get(k, k)} {_fmt(record[k])}" for k in keys)
     return text + (" [rolled back]" if record.get("rolled_back") else "")
 
 
@@ -46,13 +47,12 @@ class EpochProgress:
         self._progress: Progress | None = None
         if self.enabled:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
+                TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(table_column=Column(no_wrap=True)),
+                TextColumn("eta", table_column=Column(no_wrap=True)),
+                TimeRemainingColumn(table_column=Column(no_wrap=True)),
+                TextColumn("{task.fields[info]}", table_column=Column(ratio=1, overflow="fold")),
                 console=Console(stderr=True),
             )
 
@@ -68,7 +68,7 @@ class EpochProgress:
     def start_epoch(self, epoch: int, steps: int) -> None:
         if self._progress is None:
             return
-        desc = f"{self.name} epoch {epoch + 1}/{self.epochs}"
+        desc = f"{self.name} {epoch + 1}/{self.epochs}"
         self._bar = self._progress.add_task(desc, total=steps, info=self.last)
 
     def step(self, loss: float, acc: float | None) -> None:
