@@ -20,6 +20,7 @@ import json
 import os
 import struct
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -200,6 +201,17 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path)
     return model
 
 
+def _torch_reason(exc: BaseException) -> str:
+    """The informative line of torch's weights-only refusal (never its 'use weights_only=False' advice)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("Unsupported", "WeightsUnpickler error: Unsupported")) or "GLOBAL" in ln:
+            return ln.replace("WeightsUnpickler error: ", "")[:160]
+    if lines and "weights_only" not in lines[0]:
+        return lines[0][:160]
+    return type(exc).__name__
+
+
 def _load_torch_state_dict(path: Path, architecture_arg: str | Mapping[str, Any] | None) -> nn.Module:
     if architecture_arg is None:
         raise ModelFileError(
@@ -209,10 +221,14 @@ def _load_torch_state_dict(path: Path, architecture_arg: str | Mapping[str, Any]
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means: refuse the file
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: refused: not a plain tensor state dict ({msg})") from None
+        raise ModelFileError(
+            f"{path}: refused: not a plain tensor state dict ({_torch_reason(exc)}); fortify never "
+            "unpickles arbitrary objects -- re-export the weights with fortify.models.save"
+        ) from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
