@@ -25,7 +25,7 @@ from fortify.attacks import ATTACKS, Attack
 from fortify.attacks.base import frozen_eval, model_device
 from fortify.errors import ConfigError, InputError, ThreatModelError
 from fortify.evaluate import sanity as S
-from fortify.evaluate.presets import AttackSpec, build_attack, preset_specs, PRESETS
+from fortify.evaluate.presets import AttackSpec, build_attack, preset_specs
 from fortify.evaluate.report import AttackRow, EvaluationReport, SanityFlag, ThreatResult
 from fortify.evaluate.state import fingerprint, load_state, save_state
 from fortify.evaluate.surrogate import train_surrogate
@@ -61,7 +61,8 @@ def _as_threats(threat: ThreatLike | Sequence[ThreatLike]) -> list[ThreatModel]:
 
 class _Scorer:
     """Predictions of the unwrapped model; for randomized models the argmax of the mean softmax over
-    ``samples`` draws (the EoT prediction)."""
+    ``samples`` draws (the EoT prediction; the cascade uses ``4 * eot_samples`` so that a point is
+    not counted as broken by sampling noise alone)."""
 
     def __init__(self, model: nn.Module, randomized: bool, samples: int, batch_size: int) -> None:
         self.model, self.randomized, self.samples, self.bs = model, randomized, samples, batch_size
@@ -89,7 +90,7 @@ def _doubled(spec: AttackSpec) -> AttackSpec:
     return AttackSpec(spec.label + "-x2", spec.attack, kw)
 
 
-def _plan(preset: str, norm: str, budget: float, sanity: bool) -> tuple[list[_Stage], list[tuple[str, str]]]:
+def _plan(preset: str | Sequence[AttackSpec], norm: str, budget: float, sanity: bool) -> tuple[list[_Stage], list[tuple[str, str]]]:
     specs, skipped = preset_specs(preset, norm)
     white = [s for s in specs if s.access == "gradient"]
     black = [s for s in specs if s.access != "gradient"]
@@ -131,7 +132,7 @@ def robust_accuracy(
     y: torch.Tensor,
     threat: ThreatLike | Sequence[ThreatLike],
     *,
-    preset: str = "fast",
+    preset: str | Sequence[AttackSpec] = "fast",
     budget: float = 1.0,
     batch_size: int = 256,
     state_path: str | None = None,
@@ -148,7 +149,8 @@ def robust_accuracy(
     Args:
         threat: a :class:`ThreatModel`, a ``"linf:0.3"`` string or a list of them (each evaluated,
             plus their union: a point is robust only if robust under every threat).
-        preset: ``"fast"``, ``"standard"`` or ``"thorough"`` (see :mod:`fortify.evaluate.presets`).
+        preset: ``"fast"``, ``"standard"`` or ``"thorough"`` (see :mod:`fortify.evaluate.presets`),
+            or a custom list of :class:`AttackSpec` run in that order.
         budget: multiplies every attack's iterations and queries (``0.1`` for smoke tests).
         batch_size: points per attack call.
         state_path: safetensors file for resumable state; finished stages are skipped on rerun.
@@ -161,8 +163,7 @@ def robust_accuracy(
     Raises: UnknownNameError (preset), ThreatModelError, InputError, ConfigError,
     :class:`fortify.evaluate.state.StateMismatchError`.
     """
-    if preset not in PRESETS:
-        preset_specs(preset, "linf")  # raises UnknownNameError with the choices
+    preset_specs(preset, "linf")  # UnknownNameError / ConfigError for a bad preset, before any work
     threats = _as_threats(threat)
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -188,16 +189,24 @@ def robust_accuracy(
             logits = check_logits(model(x[:batch_size]), min(n, batch_size))
         y = check_labels(y, n, logits.shape[1]).to(x.device)
         num_classes = logits.shape[1]
+        sur: list[nn.Module | None] = [surrogate]
+
+        def get_surrogate() -> nn.Module:
+            if sur[0] is None:
+                sur[0] = train_surrogate(x, y, num_classes, seed=seed)
+            return sur[0]
+
         if sanity:
-            remedy = S.pre_checks(model, x, y, eot_samples=eot_samples)
+            remedy = S.pre_checks(model, x, y, eot_samples=eot_samples, surrogate_factory=get_surrogate)
         else:
             remedy = S.Remedy(flags=[], attack_model=model)
-        scorer = _Scorer(model, remedy.randomized, eot_samples, batch_size)
+        scorer = _Scorer(model, remedy.randomized, 4 * eot_samples, batch_size)
         torch.manual_seed(seed)
         clean_correct = scorer.predict(x) == y
         plans = [_plan(preset, t.norm, budget, sanity) for t in threats]
         config = {
-            "threats": [[t.norm, t.eps, list(t.bounds)] for t in threats], "preset": preset, "budget": budget,
+            "threats": [[t.norm, t.eps, list(t.bounds)] for t in threats],
+            "preset": preset if isinstance(preset, str) else [[s.label, s.attack, s.kwargs] for s in preset], "budget": budget,
             "batch_size": batch_size, "seed": seed, "sanity": sanity, "eot_samples": eot_samples,
             "stages": [[s.label for s in p[0]] for p in plans], "wrappers": remedy.wrappers,
         }
@@ -205,7 +214,6 @@ def robust_accuracy(
         loaded = load_state(state_path, fp) if state_path else None
         doc: dict[str, Any] = loaded[0] if loaded else {"fingerprint": fp, "threats": [{} for _ in threats]}
         tensors: dict[str, torch.Tensor] = dict(loaded[1]) if loaded else {}
-        sur: list[nn.Module | None] = [surrogate]
 
         results: list[ThreatResult] = []
         for ti, (thr, (stages, skipped)) in enumerate(zip(threats, plans)):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from fortify.attacks import ATTACKS, Attack
 from fortify.errors import ConfigError, UnknownNameError
@@ -97,17 +97,29 @@ _THOROUGH = [
 _TABLE: dict[str, list[AttackSpec]] = {"fast": _FAST, "standard": _STANDARD, "thorough": _THOROUGH}
 
 
-def preset_specs(preset: str, norm: str) -> tuple[list[AttackSpec], list[tuple[str, str]]]:
+def preset_specs(preset: "str | Sequence[AttackSpec]", norm: str) -> tuple[list[AttackSpec], list[tuple[str, str]]]:
     """Return ``(runnable specs, skipped)`` for ``preset`` and ``norm``.
 
+    ``preset`` is a preset name or a custom sequence of :class:`AttackSpec` (a user-defined cascade).
     ``skipped`` lists ``(label, reason)`` for attacks not registered or not supporting ``norm``.
-    Raises :class:`UnknownNameError` for an unknown preset.
+    Raises :class:`UnknownNameError` for an unknown preset or attack name.
     """
-    if preset not in _TABLE:
-        raise UnknownNameError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    if isinstance(preset, str):
+        if preset not in _TABLE:
+            raise UnknownNameError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+        table = _TABLE[preset]
+    else:
+        table = list(preset)
+        if not table or not all(isinstance(s, AttackSpec) for s in table):
+            raise ConfigError("a custom preset must be a non-empty sequence of AttackSpec")
+        labels = [s.label for s in table]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"custom preset labels must be unique, got {labels}")
+        for s in table:
+            ATTACKS.get(s.attack)  # UnknownNameError for a misspelt attack
     run: list[AttackSpec] = []
     skipped: list[tuple[str, str]] = []
-    for spec0 in _TABLE[preset]:
+    for spec0 in table:
         spec = spec0.resolved(norm)
         if spec is None:
             skipped.append((spec0.label, f"attack {spec0.attack!r} is not registered"))

@@ -12,6 +12,9 @@ stronger but never makes a point look broken when it is not.
 * :class:`EoT` -- Expectation over Transformation (Athalye et al. 2018, "Synthesizing robust
   adversarial examples"): the output is ``log(mean_k softmax(f_k(x)))`` over ``samples`` random
   forward passes, whose gradient is the Monte-Carlo gradient of the expected prediction.
+* :class:`SurrogateGradient` -- BPDA with a learned differentiable approximation (Athalye et al.
+  2018, sec. 4.1): forward values of the model, backward pass through a surrogate trained on the
+  same task. Used when gradients are dead and no non-differentiable submodule can be isolated.
 * :class:`LogitRescale` -- outputs that are probabilities (softmax already applied) are mapped
   back to logits with ``log``; saturated logits (huge temperature) are divided by a fixed scale.
   Both are strictly increasing per row, so ``argmax`` is unchanged.
@@ -70,6 +73,22 @@ class EoT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.stack([torch.softmax(self.model(x), dim=1) for _ in range(self.samples)]).mean(0)
         return torch.log(probs.clamp_min(1e-30))
+
+
+class SurrogateGradient(nn.Module):
+    """``out = model(x).detach() + surrogate(x) - surrogate(x).detach()``: the model's values with the
+    surrogate's input gradient. ``model`` and ``surrogate`` map ``(N, ...)`` to ``(N, C)``."""
+
+    def __init__(self, model: nn.Module, surrogate: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.surrogate = surrogate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            value = self.model(x)
+        s = self.surrogate(x)
+        return value + (s - s.detach())
 
 
 class LogitRescale(nn.Module):
