@@ -28,9 +28,11 @@ class Callback:
     """No-op base class; override what you need."""
 
     def on_step_end(self, trainer: "Trainer", step: int, out: dict[str, Any]) -> None:
+        """After every optimiser step; ``step`` counts steps of the whole run (1-based)."""
         return None
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> dict[str, Any] | None:
+        """After every epoch; return metrics to merge or commands (``rollback``/``stop``)."""
         return None
 
 
@@ -49,6 +51,7 @@ class RollbackOnDrop(Callback):
     def __init__(
         self, metric: str, max_drop: float, metric_fn: Callable[["Trainer"], float] | None = None
     ) -> None:
+        """See the class docstring."""
         if not isinstance(metric, str) or not metric:
             raise ConfigError(f"RollbackOnDrop.metric must be a non-empty record key, got {metric!r}")
         if not isinstance(max_drop, (int, float)) or isinstance(max_drop, bool) or not max_drop >= 0:

@@ -34,6 +34,7 @@ KEEP = 2  # the newest checkpoint and the one before it (rollback target)
 
 
 def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, streamed."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -42,6 +43,7 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -55,6 +57,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _commit(tmp: Path, final: Path) -> None:
+    """fsync ``tmp`` and atomically move it to ``final``."""
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)

@@ -20,10 +20,12 @@ ONECYCLE_DEFAULT_WARMUP = 0.3
 
 
 def _is_int(v: object) -> bool:
+    """True for ints that are not bools."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_real(v: object) -> bool:
+    """True for finite ints/floats that are not bools."""
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
 
 
@@ -64,6 +66,7 @@ class TrainConfig:
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
+        """Validate every field (ConfigError naming field and allowed values)."""
         if not _is_int(self.epochs) or self.epochs < 1:
             raise ConfigError(f"TrainConfig.epochs must be an integer >= 1, got {self.epochs!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -103,6 +106,7 @@ class TrainConfig:
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """Names of all fields, in declaration order."""
         return [f.name for f in fields(cls)]
 
     @classmethod

@@ -22,6 +22,7 @@ _SKIP = {"epoch", "lr", "wall_s", "samples", "grad_evals", "rolled_back"}
 
 
 def _fmt(v: Any) -> str:
+    """Three significant digits for floats."""
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
@@ -39,6 +40,7 @@ class EpochProgress:
     """Context manager; ``start_epoch`` adds a bar, ``step`` advances it, ``end_epoch`` finishes it."""
 
     def __init__(self, enabled: bool, epochs: int, name: str) -> None:
+        """``enabled=False`` makes every method a no-op."""
         self.enabled = bool(enabled)
         self.epochs = epochs
         self.name = name
@@ -57,21 +59,25 @@ class EpochProgress:
             )
 
     def __enter__(self) -> "EpochProgress":
+        """Start drawing."""
         if self._progress is not None:
             self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop drawing (leaves the finished bars on screen)."""
         if self._progress is not None:
             self._progress.stop()
 
     def start_epoch(self, epoch: int, steps: int) -> None:
+        """Add the bar of ``epoch`` (0-based) with ``steps`` steps."""
         if self._progress is None:
             return
         desc = f"{self.name} {epoch + 1}/{self.epochs}"
         self._bar = self._progress.add_task(desc, total=steps, info=self.last)
 
     def step(self, loss: float, acc: float | None) -> None:
+        """Advance one step showing the epoch's running loss / accuracy."""
         if self._progress is None or self._bar is None:
             return
         now = f"loss {loss:.4f}" + (f" acc {acc:.3f}" if acc is not None else "")
@@ -79,6 +85,7 @@ class EpochProgress:
         self._progress.update(self._bar, advance=1, info=info)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
+        """Show the finished epoch's metrics on its bar and remember them for the next bars."""
         self.last = summarize(record)
         if self._progress is None or self._bar is None:
             return

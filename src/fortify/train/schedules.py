@@ -67,6 +67,7 @@ class StepLR:
     def __init__(
         self, optimizer: torch.optim.Optimizer, name: str, total_steps: int, peak: float, warmup: float = 0.0
     ) -> None:
+        """``total_steps`` = T of the whole run, ``peak`` = config lr, ``warmup`` = fraction in [0, 1)."""
         self.optimizer = optimizer
         self.name = name
         self.total_steps = int(total_steps)
@@ -87,9 +88,11 @@ class StepLR:
         return lr
 
     def advance(self) -> None:
+        """Count one finished optimiser step."""
         self.step_count += 1
 
     def state_dict(self) -> dict[str, Any]:
+        """Plain-dict state (the step counter plus the schedule's definition for checks)."""
         return {
             "name": self.name,
             "total_steps": self.total_steps,
@@ -99,6 +102,7 @@ class StepLR:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the step counter; ConfigError when the schedule definition differs."""
         mine = self.state_dict()
         for key in ("name", "total_steps", "peak", "warmup"):
             if state.get(key) != mine[key]:

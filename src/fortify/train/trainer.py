@@ -56,6 +56,7 @@ def derive_seed(*parts: int) -> int:
 
 
 def _check_pair(data: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a ``(x (N, ...), y (N,))`` data pair; InputError otherwise."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise InputError(f"{name} must be a pair (x, y) of tensors, got {type(data).__name__}")
     x = check_images(data[0], (-math.inf, math.inf), name=f"{name} x")
@@ -64,6 +65,7 @@ def _check_pair(data: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _scalar(v: object) -> float | None:
+    """``float`` of a Python number or one-element tensor; None for anything else (bools too)."""
     if isinstance(v, bool):
         return None
     if isinstance(v, (int, float)):
@@ -92,6 +94,7 @@ class Trainer:
         progress: bool = True,
         callbacks: Sequence[object] = (),
     ) -> None:
+        """Validate arguments and build the optimiser; no training happens here."""
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.task: Task = create_task(task) if isinstance(task, str) else task
@@ -122,6 +125,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build_optimizer(self) -> torch.optim.Optimizer:
+        """SGD with momentum or Adam over the trainable parameters (one group)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("model has no trainable parameters (requires_grad=True)")
@@ -131,6 +135,7 @@ class Trainer:
         return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def _batches_per_pass(self, n: int) -> int:
+        """``ceil(n / batch_size)``: minibatches in one pass over ``n`` samples."""
         return -(-n // self.config.batch_size)
 
     def _chunk(self, epoch: int, nb: int) -> tuple[int, int, int]:
@@ -140,22 +145,26 @@ class Trainer:
         return epoch // m, c * nb // m, (c + 1) * nb // m
 
     def _steps_in(self, epoch: int, nb: int) -> int:
+        """Optimiser steps of ``epoch`` (replays included)."""
         _, a, b = self._chunk(epoch, nb)
         return (b - a) * self.replays
 
     def _rng_state(self) -> dict[str, Any]:
+        """RNG states to checkpoint: the task generator and torch's global CPU (and CUDA) RNG."""
         state = {"generator": self.generator.get_state(), "cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def _set_rng_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`_rng_state`."""
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["cpu"])
         if self.device.type == "cuda" and "cuda" in state:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
     def _run_state(self, n_train: int) -> dict[str, Any]:
+        """Everything but the weights, as plain containers (``torch.load(weights_only=True)``-safe)."""
         assert self.scheduler is not None
         return {
             "config": self.config.to_dict(),
@@ -288,6 +297,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _end_epoch(self, record: dict[str, Any]) -> None:
+        """Run the ``on_epoch_end`` callbacks, merge their metrics, then roll back / stop if asked.
+
+        While they run, ``trainer.epoch`` and ``trainer.history`` still exclude this epoch.
+        """
         rollback = False
         for cb in self.callbacks:
             fn = getattr(cb, "on_epoch_end", None)
