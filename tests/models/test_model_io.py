@@ -162,3 +162,23 @@ def test_pt_that_is_not_a_state_dict_refused(tmp_path: Path) -> None:
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
     with pytest.raises(ModelFileError, match="state dict"):
         models.load(tmp_path / "list.pt", architecture="mlp")
+
+
+def test_pruned_model_saves_its_effective_weights(tmp_path: Path) -> None:
+    from torch.nn.utils import prune
+
+    model = models.create("lenet5", in_shape=(1, 8, 8)).eval()
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    back = models.load(models.save(model, tmp_path / "p.safetensors"))
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(back(x), model(x))
+    assert float((back[0].weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    assert not any(k.endswith(("_orig", "_mask")) for k in back.state_dict())
+
+
+def test_model_changed_after_create_is_refused_at_save(tmp_path: Path) -> None:
+    model = models.create("mlp")
+    model[1] = nn.Linear(784, 50)  # e.g. a structured pruning that forgot to update the record
+    with pytest.raises(ConfigError, match="no longer matches"):
+        models.save(model, tmp_path / "q.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,9 @@ puts its own record under the header key ``"fortify"`` of ``__metadata__``::
      "normalization": {"mean": [...], "std": [...]} | null,
      "dataset": ..., "training": ..., "fortify_version": "0.1.0", "user": {...}}
 
-``load`` rebuilds the module from :data:`fortify.models.MODELS` and loads the state dict strictly.
+``save`` folds ``torch.nn.utils.prune`` masks into the weights and refuses a model whose layers no
+longer match its architecture record, so every file it writes can be loaded. ``load`` rebuilds the
+module from :data:`fortify.models.MODELS` and loads the state dict strictly.
 Legacy ``.pt``/``.pth`` files are accepted only as plain state dicts read with
 ``torch.load(weights_only=True)`` plus an explicit ``architecture=``. Every failure is a
 :class:`fortify.errors.ModelFileError` with one clear message.
@@ -92,7 +94,8 @@ def save(model: nn.Module, path: str | os.PathLike[str], meta: Mapping[str, Any]
         raise ConfigError(f"meta must be JSON-serialisable: {exc}") from None
     from safetensors.torch import save as st_save
 
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = _effective_state(model)
+    _check_structure(tensors, arch, normalization)
     blob = st_save(tensors, metadata={_META_KEY: header})
     dest = Path(path)
     try:
@@ -112,6 +115,37 @@ def save(model: nn.Module, path: str | os.PathLike[str], meta: Mapping[str, Any]
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dest
+
+
+def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copy of the state dict with ``torch.nn.utils.prune`` reparametrisations folded in.
+
+    A pruned module stores ``weight_orig`` and ``weight_mask``; the saved ``weight`` is their product
+    (exactly the weight the pruned model uses), so the file loads into the plain architecture.
+    """
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    for key in [k for k in state if k.endswith("_orig")]:
+        base = key[: -len("_orig")]
+        if base + "_mask" in state:
+            state[base] = state.pop(key) * state.pop(base + "_mask")
+    return {k: v.contiguous().clone() for k, v in state.items()}
+
+
+def _check_structure(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], normalization: Any) -> None:
+    """Refuse to write a file that :func:`load` could not rebuild (e.g. a layer was replaced)."""
+    with torch.device("meta"):
+        ref = create(arch["name"], in_shape=tuple(arch["in_shape"]), num_classes=arch["num_classes"], **arch["args"])
+        if normalization is not None:
+            ref = Normalized(ref, normalization["mean"], normalization["std"])
+    expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != actual:
+        diff = sorted(set(expected.items()) ^ set(actual.items()))[:4]
+        raise ConfigError(
+            f"the model no longer matches its architecture record {arch['name']!r} {arch['args']} "
+            f"(differences: {diff}); rebuild it with fortify.models.create(...) using the new widths "
+            "and copy the weights before saving"
+        )
 
 
 def _read_file(path: Path) -> bytes:
