@@ -215,7 +215,7 @@ def build_section(cls: type, data: Any, where: str) -> Any:
         return factory(values) if callable(factory) else cls(**values)
     except FortifyError as e:
         msg = str(e)
-        raise type(e)(msg if where in msg or cls.__name__ in msg else f"{where}: {msg}") from None
+        raise type(e)(msg if msg.startswith(where) else f"{where}: {msg}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 

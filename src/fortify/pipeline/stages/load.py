@@ -2,22 +2,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
-from fortify.errors import ConfigError
 from fortify.pipeline.base import RunContext, register_stage
+from fortify.errors import ConfigError
 
 
 @dataclass
 class LoadConfig:
-    """``load`` section: path of a model written by ``fortify.models.save`` (``.safetensors``)."""
+    """``load`` section: the model file and, for plain ``.pt``/``.pth`` state dicts, its architecture.
+
+    ``path``: a ``.safetensors`` file written by ``fortify.models.save`` (architecture, shapes and
+    normalisation are read from its metadata) or a ``.pt``/``.pth`` tensor state dict (read with
+    ``torch.load(weights_only=True)``; anything else is refused). ``architecture``: a model
+    registry name, required for ``.pt``/``.pth``.
+    """
 
     path: str | None = None
+    architecture: str | None = None
 
 
 @register_stage
 class LoadStage:
-    """Load a saved model (safetensors + JSON metadata) given by load.path."""
+    """Load a saved model (safetensors + JSON metadata, or a plain .pt state dict) from load.path."""
 
     name: ClassVar[str] = "load"
     config_class: ClassVar[type | None] = LoadConfig
@@ -28,7 +36,12 @@ class LoadStage:
         sec: LoadConfig | None = ctx.config.section(self.name)
         if sec is None or not sec.path:
             raise ConfigError("load.path is required: the saved model file to load")
-        meta = models.read_meta(sec.path)
-        ctx.model = models.load(sec.path)
-        ctx.model_meta.update(dict(meta) if isinstance(meta, dict) else {})
+        if Path(sec.path).suffix.lower() in (".pt", ".pth"):
+            ctx.model = models.load(sec.path, architecture=sec.architecture)
+            meta = dict(models.architecture(ctx.model) or {})
+        else:
+            meta = dict(models.read_meta(sec.path))
+            ctx.model = models.load(sec.path)
+        ctx.model_meta.update({k: meta[k] for k in ("in_shape", "num_classes", "dataset", "training",
+                                                    "architecture", "normalization") if k in meta})
         ctx.add_artefact("input_model", sec.path, kind="input")

@@ -1,0 +1,75 @@
+"""The ``fortify`` command line: ``fortify <verb> [options] [KEY=VALUE ...]``.
+
+Each verb is one module in this package registering a class in :data:`VERBS` (see
+:mod:`fortify.cli.base`); every module here is imported, so a pillar adds a verb by adding a file.
+Any :class:`fortify.errors.FortifyError` (and any usage error) becomes one line
+``fortify: error: ...`` on stderr and exit status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import Sequence
+
+from fortify.cli.base import VERBS, Parser, UsageError, register_verb
+from fortify.errors import FortifyError
+
+_INFRA = {"base", "output"}
+
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in _INFRA and not _m.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+
+def build_parser() -> Parser:
+    """The top-level parser with one sub-parser per registered verb."""
+    import fortify
+
+    p = Parser(prog="fortify", description="fortify: make neural networks robust, compact and trustworthy, and "
+               "prove it with measured numbers. Runs go to fortify-runs/<run-id>/ and the run store "
+               "fortify-runs/fortify.db.",
+               epilog="Run 'fortify <verb> --help' for a verb's options. Start with: fortify run")
+    p.add_argument("--version", action="version", version=f"fortify {fortify.__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    for name, cls in VERBS.items():
+        verb = cls()
+        sp = sub.add_parser(name, help=cls.help, description=getattr(cls, "description", cls.help))
+        verb.add_arguments(sp)
+        sp.set_defaults(_verb=verb)
+    return p
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split()) or "unknown error"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fortify`` console script; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        if not args_list:
+            parser.print_help()
+            return 0
+        args, extra = parser.parse_known_args(args_list)
+        if extra:
+            if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+                args.overrides = [*args.overrides, *extra]
+            else:
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(args, "_verb", None) is None:
+            parser.print_help()
+            return 2
+        args.argv = args_list
+        return int(args._verb.run(args) or 0)
+    except FortifyError as e:
+        print(f"fortify: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fortify: error: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser", "VERBS", "register_verb"]

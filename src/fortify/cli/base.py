@@ -1,0 +1,126 @@
+"""Shared CLI machinery: the verb registry, an argparse parser that raises instead of exiting,
+the common run options, and turning parsed arguments into a validated Config and a RunStore."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn, Protocol, Sequence
+
+from fortify.errors import FortifyError
+from fortify.registry import Registry
+
+
+class UsageError(FortifyError):
+    """A command-line usage mistake (unknown option, missing argument, bad choice)."""
+
+
+class Verb(Protocol):
+    """A CLI verb: ``fortify <name> ...``. ``run`` returns the process exit code."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+VERBS: Registry[type] = Registry("verb")
+
+
+def register_verb(cls: type) -> type:
+    """Class decorator: register a verb under its ``name`` with its one-line ``help``."""
+    VERBS.register(cls.name, cls, help=getattr(cls, "help", ""))  # type: ignore[attr-defined]
+    return cls
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors raise :class:`UsageError` (printed as one line by ``main``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog.split(' ', 1)[-1] if ' ' in self.prog else self.prog}: {message}")
+
+
+def add_run_options(p: argparse.ArgumentParser, *, recipe: bool = True) -> None:
+    """Options shared by the verbs that run the pipeline."""
+    if recipe:
+        p.add_argument("--recipe", metavar="NAME|PATH", default=None,
+                       help="YAML recipe: a shipped name (default: 'default') or a path to a file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, values parsed as YAML (e.g. train.epochs=3 model.name=lenet5)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="runs folder; each run writes DIR/<run-id>/ (default: fortify-runs)")
+    add_store_option(p)
+    p.add_argument("--seed", type=int, default=None, help="random seed (same as train.seed=N)")
+    p.add_argument("--data-dir", metavar="DIR", default=None,
+                   help="folder with dataset files, e.g. MNIST IDX files (same as data.data_dir=DIR)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary table")
+
+
+def add_store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="PATH", default=None,
+                   help="run store SQLite file (default: $FORTIFY_STORE or <out>/fortify.db)")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """Explicit options as overrides (applied after the KEY=VALUE ones, so they win)."""
+    out: list[str] = []
+    if getattr(args, "out", None) is not None:
+        out.append(f"output.dir={_quote(args.out)}")
+    if getattr(args, "seed", None) is not None:
+        out.append(f"train.seed={int(args.seed)}")
+    if getattr(args, "data_dir", None) is not None:
+        out.append(f"data.data_dir={_quote(args.data_dir)}")
+    return out
+
+
+def _quote(s: str) -> str:
+    """A YAML scalar that parses back to the string ``s``."""
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def build_raw(args: argparse.Namespace, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Recipe (``--recipe``) + ``KEY=VALUE`` overrides + ``extra`` + flag overrides, unvalidated."""
+    from fortify.config import apply_overrides, read_recipe
+
+    raw = read_recipe(getattr(args, "recipe", None))
+    return apply_overrides(raw, [*getattr(args, "overrides", []), *extra, *flag_overrides(args)])
+
+
+def store_path(args: argparse.Namespace, out_dir: str | Path | None, configured: str | None = None) -> Path:
+    """``--store`` > ``output.store`` > ``$FORTIFY_STORE`` > ``<out_dir>/fortify.db``."""
+    from fortify.store import default_store_path
+
+    if getattr(args, "store", None):
+        return Path(args.store)
+    if configured:
+        return Path(configured)
+    if out_dir is None and getattr(args, "out", None):
+        out_dir = args.out
+    return default_store_path(out_dir)
+
+
+def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], raw: dict[str, Any],
+                    stages: Sequence[str] | None = None) -> int:
+    """Validate ``raw``, open the store, run the pipeline and print the summary."""
+    from rich.console import Console
+
+    from fortify.cli.output import print_summary
+    from fortify.config import resolve
+    from fortify.pipeline import prepare_out_dir, run_pipeline
+    from fortify.store import RunStore
+
+    if stages is not None:
+        raw = {**raw, "stages": list(stages)}
+    cfg = resolve(raw)
+    prepare_out_dir(cfg.output.dir)
+    store = RunStore(store_path(args, cfg.output.dir, cfg.output.store))
+    err = Console(stderr=True)
+    ctx = run_pipeline(cfg, verb=verb, argv=list(argv), store=store, console=err, quiet=args.quiet)
+    print_summary(ctx, store, quiet=args.quiet)
+    return 0
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,131 @@
+"""Rich tables printed by the CLI (run summary, ``runs ls``, ``runs show``)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from fortify.pipeline.base import RunContext
+from fortify.store import RunRecord, RunStore
+
+
+def fmt(v: Any) -> str:
+    """Compact display of a metric value."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e12:
+            return str(int(v))
+        return f"{v:.4g}"
+    return str(v)
+
+
+def when(t: float | None) -> str:
+    return "–" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def print_summary(ctx: RunContext, store: RunStore, *, quiet: bool = False) -> None:
+    """The end-of-run table on stdout (one line with ``--quiet``)."""
+    out = Console()
+    acc = ctx.metrics.get("evaluate", {}).get("clean_accuracy")
+    if quiet:
+        extra = f" clean_accuracy={acc:.4f}" if acc is not None else ""
+        out.print(f"run {ctx.run_id} ok{extra} in {ctx.run_dir}", highlight=False, soft_wrap=True)
+        return
+    c = ctx.config
+    t = Table(title=f"fortify {ctx.verb} · {ctx.run_id}", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("status", "[green]ok[/green]")
+    t.add_row("stages", " → ".join(ctx.state.get("stages", c.stages)))
+    t.add_row("data", f"{c.data.name}")
+    if "train" in ctx.metrics:
+        t.add_row("model", f"{c.model.name}{' (normalized)' if c.model.normalize else ''}, task {c.task.name}, "
+                           f"epochs {int(ctx.metrics['train'].get('epochs', 0))}, seed {c.seed}")
+    elif ctx.model_meta.get("architecture"):
+        arch = ctx.model_meta["architecture"]
+        t.add_row("model", str(arch.get("name", arch)) if isinstance(arch, dict) else str(arch))
+    if acc is not None:
+        n = ctx.metrics["evaluate"].get("test_examples")
+        t.add_row("clean test accuracy", f"[bold]{acc:.2%}[/bold] ({fmt(n)} images)")
+    tr = ctx.metrics.get("train", {})
+    if "train_loss" in tr:
+        t.add_row("final train loss / acc", f"{fmt(tr.get('train_loss'))} / {fmt(tr.get('train_acc'))}")
+    t.add_row("wall time", ", ".join(f"{k} {v:.1f}s" for k, v in ctx.timing.items()))
+    t.add_row("run folder", str(ctx.run_dir))
+    for name in ("model", "report_html", "report_json"):
+        if name in ctx.artefacts:
+            t.add_row(name.replace("_", "."), ctx.artefacts[name])
+    t.add_row("run store", f"{store.path}  (fortify runs show {ctx.run_id})")
+    out.print(t)
+
+
+def _headline(rec: RunRecord, store: RunStore) -> str:
+    m = store.final_metrics(rec.id)
+    acc = m.get("evaluate/clean_accuracy")
+    return "–" if acc is None else f"{acc:.2%}"
+
+
+def print_runs(store: RunStore, limit: int | None) -> None:
+    runs = store.list_runs(limit=limit)
+    out = Console()
+    if not runs:
+        out.print(f"no runs in {store.path}")
+        return
+    failed = any(r.error for r in runs)
+    t = Table(title=f"runs in {store.path}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = ["id", "verb", "status", "seed", "clean acc", "time"] + (["error"] if failed else [])
+    for col in cols:
+        t.add_column(col, overflow="fold", no_wrap=col == "id")
+    for r in runs:
+        style = {"ok": "green", "failed": "red"}.get(r.status, "yellow")
+        row = [r.id, r.verb, f"[{style}]{r.status}[/{style}]", fmt(r.seed), _headline(r, store),
+               "–" if r.duration is None else f"{r.duration:.1f}s"]
+        t.add_row(*(row + ([(r.error or "")[:80]] if failed else [])))
+    out.print(t)
+
+
+def print_run(rec: RunRecord, *, as_json: bool = False) -> None:
+    out = Console()
+    if as_json:
+        d = {k: getattr(rec, k) for k in ("id", "created", "finished", "verb", "argv", "config", "seed", "versions",
+                                          "status", "error", "run_dir")}
+        d["metrics"] = [vars(m) for m in rec.metrics]
+        d["artefacts"] = [vars(a) for a in rec.artefacts]
+        print(json.dumps(d, indent=2))
+        return
+    t = Table(title=f"run {rec.id}", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value", overflow="fold")
+    style = {"ok": "green", "failed": "red"}.get(rec.status, "yellow")
+    t.add_row("status", f"[{style}]{rec.status}[/{style}]" + (f": {rec.error}" if rec.error else ""))
+    t.add_row("verb / argv", f"{rec.verb}  {' '.join(rec.argv)}")
+    t.add_row("started / took", f"{when(rec.created)} / " + ("–" if rec.duration is None else f"{rec.duration:.1f}s"))
+    t.add_row("seed", fmt(rec.seed))
+    t.add_row("run folder", rec.run_dir or "–")
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in rec.versions.items()))
+    out.print(t)
+    out.print("[bold]config[/bold]")
+    out.print_json(json.dumps(rec.config))
+    final = [m for m in rec.metrics if m.step is None]
+    per_step = [m for m in rec.metrics if m.step is not None]
+    mt = Table(title="metrics", title_justify="left")
+    for col in ("stage", "metric", "value"):
+        mt.add_column(col)
+    for m in final:
+        mt.add_row(m.stage, m.key, fmt(m.value))
+    out.print(mt)
+    if per_step:
+        steps = sorted({m.step for m in per_step if m.step is not None})
+        out.print(f"(+{len(per_step)} per-step values over steps {steps[0]}..{steps[-1]}; "
+                  f"see report.json or --json)")
+    at = Table(title="artefacts", title_justify="left")
+    for col in ("name", "kind", "path"):
+        at.add_column(col, overflow="fold")
+    for a in rec.artefacts:
+        at.add_row(a.name, a.kind, a.path)
+    out.print(at)
