@@ -182,3 +182,11 @@ def test_model_changed_after_create_is_refused_at_save(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no longer matches"):
         models.save(model, tmp_path / "q.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_absurd_widths_in_record_refused_without_allocating(saved: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    model, path = saved
+    record = dict(models.read_meta(path), architecture={"name": "mlp", "args": {"hidden": [10**10]}})
+    crafted = _craft(tmp_path / "huge.safetensors", record, dict(model.state_dict()))
+    with pytest.raises(ModelFileError, match="do not match"):  # 10**10 x 64 floats would be 2.5 TB
+        models.load(crafted)

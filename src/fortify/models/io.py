@@ -174,9 +174,13 @@ def _parse_header(blob: bytes, path: Path) -> dict[str, Any]:
 
 
 def _meta_from_header(header: dict[str, Any], path: Path) -> dict[str, Any]:
-    raw = (header.get("__metadata__") or {}).get(_META_KEY) if isinstance(header.get("__metadata__"), dict) else None
+    """Extract and validate fortify's JSON record from a parsed safetensors header."""
+    header_meta = header.get("__metadata__")
+    raw = header_meta.get(_META_KEY) if isinstance(header_meta, dict) else None
     if raw is None:
-        raise ModelFileError(f"{path}: safetensors file without fortify metadata (was it written by fortify.models.save?)")
+        raise ModelFileError(
+            f"{path}: safetensors file without fortify metadata (was it written by fortify.models.save?)"
+        )
     try:
         meta = json.loads(raw)
     except (TypeError, json.JSONDecodeError):
@@ -184,7 +188,9 @@ def _meta_from_header(header: dict[str, Any], path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: metadata is not a {FORMAT} record")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: unsupported format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+        raise ModelFileError(
+            f"{path}: unsupported format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})"
+        )
     return meta
 
 
@@ -205,23 +211,42 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _meta_from_header(_parse_header(blob, p), p)
 
 
-def _build(arch: Mapping[str, Any], in_shape: Any, num_classes: Any, normalization: Any, path: Path) -> nn.Module:
-    """Rebuild the (optionally Normalized) module described by a record; errors become ModelFileError."""
+def _build(
+    arch: Mapping[str, Any], in_shape: Any, num_classes: Any, normalization: Any,
+    state: Mapping[str, torch.Tensor], path: Path,
+) -> nn.Module:
+    """Rebuild the (optionally Normalized) module described by a record; errors become ModelFileError.
+
+    The module is first built on the ``meta`` device (no memory) and its parameter shapes compared
+    with the tensors in the file, so a record asking for absurd widths never allocates anything.
+    """
     if not isinstance(arch, Mapping) or not isinstance(arch.get("name"), str):
         raise ModelFileError(f"{path}: missing or malformed architecture record")
     args = arch.get("args") or {}
-    if not isinstance(args, Mapping):
-        raise ModelFileError(f"{path}: architecture args must be a mapping")
-    try:
-        shape = tuple(in_shape) if isinstance(in_shape, (list, tuple)) else in_shape
+    if not isinstance(args, Mapping) or not all(isinstance(k, str) for k in args):
+        raise ModelFileError(f"{path}: architecture args must be a mapping with string keys")
+    shape = tuple(in_shape) if isinstance(in_shape, (list, tuple)) else in_shape
+
+    def make() -> nn.Module:
         model = create(arch["name"], in_shape=shape, num_classes=num_classes, **dict(args))
         if normalization is not None:
             model = Normalized(model, normalization["mean"], normalization["std"])
+        return model
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in make().state_dict().items()}
+        actual = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != actual:
+            diff = sorted(set(expected.items()) ^ set(actual.items()), key=str)[:4]
+            raise ModelFileError(f"{path}: weights do not match the architecture {arch['name']!r}: {diff}")
+        return make()
+    except ModelFileError:
+        raise
     except FortifyError as exc:
         raise ModelFileError(f"{path}: cannot rebuild architecture {arch['name']!r}: {exc}") from None
-    except (TypeError, KeyError) as exc:
+    except (TypeError, KeyError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: malformed architecture/normalization record: {exc}") from None
-    return model
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> nn.Module:
@@ -271,7 +296,7 @@ def _load_torch_state_dict(path: Path, architecture_arg: str | Mapping[str, Any]
     normalization = None
     if "mean" in state and "std" in state and all(k in ("mean", "std") or k.startswith("inner.") for k in state):
         normalization = {"mean": state["mean"].flatten().tolist(), "std": state["std"].flatten().tolist()}
-    model = _build(spec, spec.get("in_shape", (1, 28, 28)), spec.get("num_classes", 10), normalization, path)
+    model = _build(spec, spec.get("in_shape", (1, 28, 28)), spec.get("num_classes", 10), normalization, state, path)
     return _load_state(model, state, path)
 
 
@@ -302,7 +327,9 @@ def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] 
         state = st_load(blob)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise ModelFileError(f"{p}: corrupt or truncated safetensors data ({exc})") from None
-    model = _build(meta.get("architecture"), meta.get("in_shape"), meta.get("num_classes"), meta.get("normalization"), p)
+    model = _build(
+        meta.get("architecture"), meta.get("in_shape"), meta.get("num_classes"), meta.get("normalization"), state, p
+    )
     return _load_state(model, state, p)
 
 

@@ -15,7 +15,7 @@ from fortify.errors import ConfigError
 
 
 def _as_channel_tensor(values: Sequence[float] | torch.Tensor, what: str) -> torch.Tensor:
-    t = torch.as_tensor(values, dtype=torch.float32).detach().clone().reshape(-1)
+    t = torch.as_tensor(values, dtype=torch.float32, device="cpu").detach().clone().reshape(-1)
     if t.numel() == 0 or not bool(torch.isfinite(t).all()):
         raise ConfigError(f"{what} must be a non-empty list of finite numbers, got {values!r}")
     return t
@@ -34,7 +34,9 @@ class Normalized(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, model: nn.Module, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> None:
+    def __init__(
+        self, model: nn.Module, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+    ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Normalized needs an nn.Module, got {type(model).__name__}")
