@@ -92,3 +92,18 @@ def check_positive_float(name: str, value: object, *, allow_zero: bool = False) 
     if not (v == v and abs(v) != float("inf")) or v < 0 or (v == 0 and not allow_zero):
         raise ConfigError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
     return v
+
+
+def peer_starts(q: QueryBudget, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targeted starting points from the batch itself: for sample ``i`` the first peer ``x_j``
+    classified as ``target_i`` (one query per sample). Returns ``(x_start (B, ...), found (B,))``;
+    ``x_start`` is ``x`` where nothing was found."""
+    b = x.shape[0]
+    if b < 2:
+        return x.clone(), torch.zeros(b, dtype=torch.bool, device=x.device)
+    pred = q.predict(x, torch.arange(b, device=x.device))
+    match = pred[None, :] == target[:, None]
+    found = match.any(dim=1)
+    start = x.clone()
+    start[found] = x[match.to(torch.int8).argmax(dim=1)[found]]
+    return start, found

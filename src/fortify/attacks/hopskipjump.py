@@ -31,6 +31,7 @@ from fortify.attacks._blackbox import (
     flat,
     is_adversarial,
     lp_norm,
+    peer_starts,
     view_b,
 )
 from fortify.attacks.base import Attack, Oracle
@@ -158,15 +159,10 @@ class HopSkipJump(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_adv (B, ...), found (B,))``: a batch peer classified as the target (targeted mode),
         else uniform noise in the box, ``init_tries`` draws at most (only unfound samples query)."""
-        b = x.shape[0]
-        all_idx = torch.arange(b, device=x.device)
-        x_adv = x.clone()
-        found = torch.zeros(b, dtype=torch.bool, device=x.device)
-        if t is not None and b > 1:
-            pred = q.predict(x, all_idx)
-            match = pred[None, :] == t[:, None]
-            found = match.any(dim=1)
-            x_adv[found] = x[match.to(torch.int8).argmax(dim=1)[found]]
+        if t is not None:
+            x_adv, found = peer_starts(q, x, t)
+        else:
+            x_adv, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         lo, hi = bounds
         for _ in range(self.init_tries):
             todo = (~found).nonzero().squeeze(1)
