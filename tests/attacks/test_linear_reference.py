@@ -79,3 +79,35 @@ def test_apgd_succeeds_exactly_below_eps(norm: str) -> None:
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_apgd_t_succeeds_exactly_below_eps(norm: str) -> None:
     _check_fixed_eps(A.APGDT(steps=50), norm)
+
+
+def _check_min_norm(attack: A.Attack, norm: str, rtol: float = 0.01) -> torch.Tensor:
+    model, x, y = linear_problem()
+    d = exact_distance(model, x, y, norm)
+    found = attack.min_norm(model, x, y, norm, generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(found).all())
+    assert bool((found >= d * (1 - 1e-6)).all()), "found a point closer than the exact minimum"
+    ratio = found / d
+    assert float(ratio.max()) <= 1 + rtol, f"{norm}: worst ratio {float(ratio.max()):.4f}"
+    return ratio
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_finds_exact_minimal_distance(norm: str) -> None:
+    _check_min_norm(A.FAB(steps=20, n_target_classes=3), norm)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_untargeted_fab_finds_exact_minimal_distance(norm: str) -> None:
+    _check_min_norm(A.FAB(steps=20, n_target_classes=0), norm)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_eps_caps_the_minimum_norm_search(norm: str) -> None:
+    model, x, y = linear_problem()
+    d = exact_distance(model, x, y, norm)
+    eps = float(d.median())
+    threat = ThreatModel(norm, eps)
+    res = A.FAB(steps=20)(model, x, y, threat)
+    assert bool(threat.contains(res.x_adv, x).all())
+    assert bool(res.success[d <= eps / 1.03].all()) and not bool(res.success[d >= eps / 0.97].any())
