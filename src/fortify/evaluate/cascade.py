@@ -8,7 +8,10 @@ surrogates can only make the evaluation stronger, never falsely break a point.
 
 Stages per threat: the preset's gradient attacks; with ``sanity=True`` then an FGSM probe, the
 first gradient attack with doubled iterations, a transfer attack from a standard-trained
-surrogate; then the preset's score- and decision-based attacks. The state is saved atomically
+surrogate; then the preset's score- and decision-based attacks (a cheap Square probe if the preset
+has none); finally, only if the probes, transfer or black-box attacks broke points the gradient
+attacks missed (masked gradients the pre-checks could not remedy), the first gradient attack again
+through BPDA with the surrogate's gradients (:class:`SurrogateGradient`). The state is saved atomically
 after each stage, so a rerun with the same ``state_path`` resumes where it stopped.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from fortify.evaluate.presets import AttackSpec, build_attack, preset_specs
 from fortify.evaluate.report import AttackRow, EvaluationReport, SanityFlag, ThreatResult
 from fortify.evaluate.state import fingerprint, load_state, save_state
 from fortify.evaluate.surrogate import train_surrogate
+from fortify.evaluate.wrappers import SurrogateGradient
 from fortify.threat import ThreatModel
 from fortify.validation import check_images, check_labels, check_logits
 
@@ -38,7 +42,7 @@ ThreatLike = ThreatModel | str
 @dataclass
 class _Stage:
     label: str
-    kind: str  # whitebox | blackbox | fgsm-probe | double-probe | transfer
+    kind: str  # whitebox | blackbox | fgsm-probe | double-probe | transfer | adaptive
     spec: AttackSpec
     budget: float
     on_surrogate: bool = False
@@ -107,6 +111,10 @@ def _plan(preset: str | Sequence[AttackSpec], norm: str, budget: float, sanity: 
         if probe is not None:
             stages.append(_Stage(probe.label, "blackbox", probe, budget))
     stages += [_Stage(s.label, "blackbox", s, budget) for s in black]
+    if sanity and white:
+        a = white[0]
+        stages.append(_Stage(f"{a.label}+bpda(surrogate)", "adaptive", AttackSpec(a.label + "+bpda", a.attack,
+                                                                                  dict(a.kwargs)), budget))
     return stages, skipped
 
 
@@ -258,9 +266,16 @@ def _evaluate_threat(ti: int, thr: ThreatModel, stages: list[_Stage], skipped: l
         rows = []
         tdoc.update({"done": [], "rows": []})
     skipped = list(skipped)
+    kind_of = {s.label: s.kind for s in stages}
     for stage in stages:
         if stage.label in tdoc["done"]:
             continue
+        if stage.kind == "adaptive":
+            missed = sum(r.broken for r in rows if kind_of.get(r.label) in ("transfer", "blackbox", "double-probe",
+                                                                               "fgsm-probe"))
+            if missed < S.count_threshold(int(clean_correct.sum())):
+                tdoc["done"].append(stage.label)  # not needed: nothing suggests masked gradients
+                continue
         row = _run_stage(ti, thr, stage, attack_model, scorer, x, y, robust, x_adv, distance, code,
                          labels, num_classes, batch_size, seed, sur, clean_correct.cpu())
         if row is None:
@@ -299,10 +314,10 @@ def _run_stage(ti: int, thr: ThreatModel, stage: _Stage, attack_model: nn.Module
     torch.manual_seed(sseed)
     gen = torch.Generator(device=x.device).manual_seed(sseed)
     target_model = attack_model
-    if stage.on_surrogate:
+    if stage.on_surrogate or stage.kind == "adaptive":
         if sur[0] is None:
             sur[0] = train_surrogate(x, y, num_classes, seed=seed)
-        target_model = sur[0]
+        target_model = sur[0] if stage.on_surrogate else SurrogateGradient(attack_model, sur[0])
     idx = (clean_correct if stage.scope == "all" else robust).nonzero().squeeze(1)
     attacked = int(idx.numel())
     broken, succeeded, grad_evals, queries = 0, 0, 0, 0
