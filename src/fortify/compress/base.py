@@ -1,0 +1,162 @@
+"""The Transform protocol, :class:`TransformResult`, the ``TRANSFORMS`` registry and layer helpers.
+
+``result = transform(model, example_inputs, *, data=None)`` returns ``TransformResult(model,
+report)``: ``model`` is a new module (deep copy), ``report`` a JSON-ready dict of what the transform
+did (sparsity, ranks, bytes, ...). The input model is never mutated: :meth:`Transform.__call__`
+(a final template method) deep-copies it, runs the subclass's :meth:`Transform._apply` on the copy
+and verifies with parameter hashes and train/eval flags that the input is unchanged.
+
+Compression works on fortify's model family: an ``nn.Sequential`` of ``Conv2d``, ``Linear``,
+``ReLU``, ``MaxPool2d``, ``Flatten`` (and ``Dropout``/``Identity``), optionally inside
+:class:`fortify.models.Normalized`. Anything else raises :class:`UnsupportedLayerError`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from fortify.errors import ConfigError, InputError, UnsupportedLayerError
+from fortify.models import Normalized
+from fortify.registry import Registry
+
+#: Layers compression can walk (parametric: Conv2d, Linear; the rest are shape/activation ops).
+SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class TransformResult:
+    """Outcome of a transform: the new ``model`` and a JSON-ready ``report`` dict."""
+
+    model: nn.Module
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def sequential_of(model: nn.Module) -> nn.Sequential:
+    """The ``nn.Sequential`` compression operates on (``model.inner`` for :class:`Normalized`).
+
+    Raises UnsupportedLayerError naming the first layer that is not in :data:`SUPPORTED`.
+    """
+    seq = model.inner if isinstance(model, Normalized) else model
+    if not isinstance(seq, nn.Sequential):
+        raise UnsupportedLayerError(
+            f"compression needs an nn.Sequential (optionally inside Normalized), got {type(seq).__name__}"
+        )
+    for i, layer in enumerate(seq):
+        if not isinstance(layer, SUPPORTED):
+            raise UnsupportedLayerError(
+                f"layer {i} ({type(layer).__name__}) is not supported by compression; supported: "
+                + ", ".join(c.__name__ for c in SUPPORTED)
+            )
+        if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or layer.padding_mode != "zeros"):
+            raise UnsupportedLayerError(f"layer {i}: grouped or non-zero-padded Conv2d is not supported")
+    return seq
+
+
+def weight_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
+    """``(index, layer)`` of every Conv2d/Linear in the compressible Sequential, in order."""
+    return [(i, m) for i, m in enumerate(sequential_of(model)) if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def param_fingerprint(model: nn.Module) -> tuple[str, tuple[bool, ...]]:
+    """SHA-256 over every parameter/buffer (names, shapes, bytes) plus each module's ``training`` flag."""
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(str(t.requires_grad).encode())
+    return h.hexdigest(), tuple(m.training for m in model.modules())
+
+
+def check_fraction(value: object, name: str, *, allow_one: bool = False) -> float:
+    """A float in ``[0, 1)`` (``[0, 1]`` with ``allow_one``); ConfigError otherwise."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    hi_ok = ok and (float(value) <= 1.0 if allow_one else float(value) < 1.0)
+    if not (ok and float(value) >= 0.0 and hi_ok):
+        rng = "[0, 1]" if allow_one else "[0, 1)"
+        raise ConfigError(f"{name} must be a number in {rng}, got {value!r}")
+    return float(value)
+
+
+def check_int(value: object, name: str, lo: int = 1) -> int:
+    """An int ``>= lo`` (bools refused); ConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def check_data(data: object, name: str = "data") -> Data:
+    """Validate ``(x (N, ...), y (N,))``; ConfigError if missing, InputError if malformed."""
+    if data is None:
+        raise ConfigError(f"this transform needs {name}=(x, y) training data")
+    if not isinstance(data, (tuple, list)) or len(data) != 2 or not all(isinstance(t, torch.Tensor) for t in data):
+        raise InputError(f"{name} must be a pair (x, y) of tensors")
+    x, y = data
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise InputError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0]}")
+    return x, y
+
+
+class Transform:
+    """Base class of compression transforms; subclasses implement :meth:`_apply` on a private copy.
+
+    ``needs_data``: whether ``data=(x, y)`` is required. ``name``: the registry name.
+    """
+
+    name: str = ""
+    needs_data: bool = False
+
+    def __call__(self, model: nn.Module, example_inputs: torch.Tensor, *, data: Data | None = None) -> TransformResult:
+        """Validate, copy ``model``, apply, and check the input was left untouched.
+
+        ``example_inputs``: ``(B, C, H, W)`` in [0, 1], used for shape tracing and reports.
+        """
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"transform needs an nn.Module, got {type(model).__name__}")
+        if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 2:
+            raise InputError("example_inputs must be a batched tensor (B, ...)")
+        if self.needs_data:
+            data = check_data(data)
+        before = param_fingerprint(model)
+        work = copy.deepcopy(model)
+        with torch.random.fork_rng():
+            result = self._apply(work, example_inputs.detach(), data)
+        if param_fingerprint(model) != before:  # pragma: no cover - a bug in a transform, not user input
+            raise RuntimeError(f"transform {self.name!r} mutated its input model")
+        result.model.eval()
+        result.report.setdefault("transform", self.name or type(self).__name__)
+        return result
+
+    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+TRANSFORMS: Registry[Callable[..., Transform]] = Registry("transform")
+
+
+def create(name: str, **kwargs: Any) -> Transform:
+    """Instantiate the transform registered as ``name`` with its hyper-parameters."""
+    return TRANSFORMS.get(name)(**kwargs)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """``(nonzero, total)`` parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    return nonzero, total
+
+
+__all__ = [
+    "SUPPORTED", "TRANSFORMS", "Transform", "TransformResult", "check_data", "check_fraction", "check_int",
+    "count_params", "create", "param_fingerprint", "sequential_of", "weight_layers",
+]
