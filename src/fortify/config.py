@@ -240,9 +240,11 @@ def check_value(tp: Any, v: Any, key: str) -> Any:
             try:
                 return check_value(a, v, key)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"bad value {v!r} for {key!r}; expected {_describe(tp)}")
+                errors.append((a, str(e)))
+        if len(errors) == 1 and (typing.get_origin(errors[0][0]) in (Literal, list, tuple) or
+                                 errors[0][0] in (list, tuple)):
+            raise ConfigError(errors[0][1])  # the specific message (allowed values, bad element)
+        raise ConfigError(f"bad value {v!r} for {key!r}; expected {_describe(tp)}")
     if tp is bool:
         if isinstance(v, bool):
             return v

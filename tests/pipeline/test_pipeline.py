@@ -1,0 +1,130 @@
+"""Pipeline: stages run in the listed order, metrics/artefacts are recorded, a failure marks the run
+failed, keeps what was written, and the remaining stages do not run."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+from torch import nn
+
+from fortify.config import resolve
+from fortify.errors import ConfigError, InputError
+from fortify.pipeline import STAGES, RunContext, Stage, register_stage, run_pipeline
+from fortify.pipeline.stages.evaluate import clean_accuracy
+from fortify.report.sections import Section
+from fortify.store import RunStore
+
+
+@dataclass
+class _MarkConfig:
+    label: str = "x"
+
+
+class _Mark:
+    """Test stage: appends its name to ctx.state['order'] and writes a file."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type | None] = _MarkConfig
+
+    def run(self, ctx: RunContext) -> None:
+        ctx.state.setdefault("order", []).append(self.name)
+        p = ctx.path(f"{self.name}.txt")
+        p.write_text(self.name)
+        ctx.add_artefact(self.name, p, kind="test")
+        ctx.log_metrics({"value": len(ctx.state["order"])})
+        ctx.add_section(Section(self.name, text="hello"))
+
+
+def _mk(name: str) -> type:
+    return type(f"Stage_{name}", (_Mark,), {"name": name})
+
+
+class _Boom:
+    name: ClassVar[str] = "t-boom"
+    config_class: ClassVar[type | None] = None
+
+    def run(self, ctx: RunContext) -> None:
+        raise InputError("boom: bad input\nsecond line")
+
+
+for _cls in (_mk("t-a"), _mk("t-b"), _mk("t-c"), _Boom):
+    if _cls.name not in STAGES:
+        register_stage(_cls)
+
+
+def _cfg(tmp_path: Path, stages: list[str], **sections: dict) -> object:
+    return resolve({"stages": stages, "output": {"dir": str(tmp_path / "runs")}, **sections})
+
+
+def test_stages_run_in_listed_order_and_are_recorded(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "fortify.db")
+    cfg = _cfg(tmp_path, ["t-c", "t-a", "t-b"], **{"t-a": {"label": "y"}})
+    assert cfg.section("t-a").label == "y" and cfg.section("t-c").label == "x"
+    ctx = run_pipeline(cfg, verb="run", argv=["run"], store=store, quiet=True)
+    assert ctx.state["order"] == ["t-c", "t-a", "t-b"]
+    assert isinstance(_mk("zz")(), Stage)
+    rec = store.get_run(ctx.run_id)
+    assert rec.status == "ok" and rec.error is None and rec.run_dir == str(ctx.run_dir)
+    assert rec.config["stages"] == ["t-c", "t-a", "t-b"] and rec.config["t-a"] == {"label": "y"}
+    vals = {(m.stage, m.key): m.value for m in rec.metrics}
+    assert vals[("t-c", "value")] == 1 and vals[("t-a", "value")] == 2 and vals[("t-b", "value")] == 3
+    assert all(("t-" + s, "seconds") in vals for s in "abc") and ("run", "total_seconds") in vals
+    assert [a.name for a in rec.artefacts] == ["config", "t-c", "t-a", "t-b"]
+    assert json.loads((ctx.run_dir / "config.json").read_text())["stages"] == ["t-c", "t-a", "t-b"]
+    assert [s.stage for s in ctx.sections] == ["t-c", "t-a", "t-b"]
+
+
+def test_failure_marks_run_failed_and_keeps_files(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "fortify.db")
+    cfg = _cfg(tmp_path, ["t-a", "t-boom", "t-b"])
+    with pytest.raises(InputError, match="boom"):
+        run_pipeline(cfg, store=store, quiet=True)
+    (rec,) = store.list_runs()
+    assert rec.status == "failed" and rec.error == "[t-boom] boom: bad input"
+    run_dir = Path(rec.run_dir)
+    assert (run_dir / "t-a.txt").read_text() == "t-a" and not (run_dir / "t-b.txt").exists()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "failed" and report["error"] == "[t-boom] boom: bad input"
+    assert report["metrics"]["t-a"]["value"] == 1 and "t-b" not in report["metrics"]
+    assert [a.name for a in store.get_run(rec.id).artefacts] == ["config", "t-a"]
+
+
+def test_unwritable_output_creates_no_run(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    store = RunStore(tmp_path / "fortify.db")
+    cfg = resolve({"stages": ["t-a"], "output": {"dir": str(blocker / "runs")}})
+    from fortify.errors import OutputError
+
+    with pytest.raises(OutputError, match="not writable"):
+        run_pipeline(cfg, store=store, quiet=True)
+    assert store.list_runs() == [] and blocker.read_text() == "keep me"
+
+
+def test_evaluate_stage_matches_independent_count(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(50, 1, 4, 4), torch.randint(0, 3, (50,))
+    with torch.no_grad():
+        expected = float((model(x).argmax(1) == y).float().mean())
+    model.train()
+    assert clean_accuracy(model, x, y, batch_size=7) == pytest.approx(expected)
+    assert model.training  # flags restored
+    cfg = _cfg(tmp_path, ["evaluate"], evaluate={"batch_size": 8})
+    ctx = RunContext(config=cfg, run_dir=tmp_path, run_id="r", model=model, quiet=True)
+    ctx.set_data("test", x, y)
+    STAGES.get("evaluate")().run(ctx)
+    assert ctx.metrics[""]["clean_accuracy"] == pytest.approx(expected)
+    ctx.model_meta["in_shape"] = [1, 28, 28]
+    with pytest.raises(InputError, match=r"inputs of shape \(1, 4, 4\) but the model expects \(1, 28, 28\)"):
+        STAGES.get("evaluate")().run(ctx)
+    ctx.set_data("test", x * 2, y)  # out of [0, 1]
+    with pytest.raises(InputError, match=r"values must lie in \[0, 1\]"):
+        STAGES.get("evaluate")().run(ctx)
+    ctx.model = None
+    with pytest.raises(ConfigError, match="needs a model"):
+        STAGES.get("evaluate")().run(ctx)

@@ -1,0 +1,126 @@
+"""Config: recipes, dotted overrides (YAML-typed), validation messages naming keys and allowed values."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+import yaml
+
+from fortify.config import (apply_overrides, build_section, check_value, find_recipe, list_recipes, load_config,
+                            read_recipe, recipes_dir, resolve)
+from fortify.errors import ConfigError, UnknownNameError
+
+
+def test_default_recipe_resolves_to_its_file_values() -> None:
+    raw = yaml.safe_load((recipes_dir() / "default.yaml").read_text())
+    cfg = load_config()
+    assert "default" in list_recipes() and find_recipe("default").name == "default.yaml"
+    assert cfg.data.name == raw["data"]["name"] == "mnist-5k"
+    assert cfg.model.name == "small-cnn" and cfg.model.normalize is True
+    assert cfg.stages == ["train", "evaluate", "save", "report"]
+    assert cfg.train.epochs == raw["train"]["epochs"] and cfg.seed == raw["train"]["seed"]
+    d = cfg.to_dict()
+    assert set(d) >= {"data", "model", "task", "train", "stages", "output", "evaluate", "save", "report"}
+    assert d["train"]["lr"] == pytest.approx(raw["train"]["lr"])
+
+
+def test_overrides_are_yaml_typed_and_nested() -> None:
+    cfg = load_config(overrides=["train.epochs=3", "train.lr=1e-3", "model.args.hidden=64", "data.test_limit=null",
+                                 "stages=[train, save]", "output.dir='my runs'", "model.normalize=false",
+                                 "task.args={label_smoothing: 0.1}"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string: converted for float fields
+    assert cfg.model.args == {"hidden": 64} and cfg.model.normalize is False
+    assert cfg.data.test_limit is None and cfg.stages == ["train", "save"]
+    assert cfg.output.dir == "my runs" and cfg.task.args == {"label_smoothing": 0.1}
+    assert "evaluate" in cfg.sections  # given in the recipe: validated and kept even when not listed
+    assert set(resolve({"stages": ["train", "save"]}).sections) == {"save"}  # only listed/given stages
+    raw = apply_overrides({"a": {"b": 1}}, ["a.c.d=2", "a.b=x=y"])
+    assert raw == {"a": {"b": "x=y", "c": {"d": 2}}}
+
+
+def test_unknown_key_names_key_and_allowed_keys() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["train.epoch=3"])
+    msg = str(e.value)
+    assert "'train.epoch'" in msg and "epochs" in msg and "batch_size" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match=r"unknown config key 'evaluate\.bs'.*batch_size"):
+        load_config(overrides=["evaluate.bs=3"])
+    with pytest.raises(ConfigError, match=r"unknown config section 'trian'.*train"):
+        load_config(overrides=["trian.epochs=3"])
+
+
+def test_bad_values_name_allowed_values() -> None:
+    with pytest.raises(ConfigError, match="sgd, adam"):
+        load_config(overrides=["train.optimizer=rmsprop"])
+    with pytest.raises(UnknownNameError, match=r"data\.name: unknown dataset 'nope'; allowed: .*mnist-5k"):
+        load_config(overrides=["data.name=nope"])
+    with pytest.raises(UnknownNameError, match=r"model\.name: .*small-cnn"):
+        load_config(overrides=["model.name=nope"])
+    with pytest.raises(UnknownNameError, match=r"stages: unknown stage 'bogus'; allowed: .*train"):
+        load_config(overrides=["stages=[train, bogus]"])
+    with pytest.raises(ConfigError, match=r"bad value 'abc' for 'data.train_limit'; expected an integer or null"):
+        load_config(overrides=["data.train_limit=abc"])
+    with pytest.raises(ConfigError, match=r"evaluate.batch_size must be an integer >= 1"):
+        load_config(overrides=["evaluate.batch_size=0"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(overrides=["train.epochs.x=1"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        load_config(overrides=["train.epochs"])
+
+
+@dataclass
+class _Demo:
+    mode: Literal["fast", "exact"] = "fast"
+    flag: bool = True
+    n: Optional[int] = None
+    xs: list[float] | None = None
+
+
+def test_build_section_against_annotations() -> None:
+    d = build_section(_Demo, {"mode": "exact", "n": 3, "xs": [1, 2.5]}, "demo")
+    assert (d.mode, d.flag, d.n, d.xs) == ("exact", True, 3, [1.0, 2.5])
+    with pytest.raises(ConfigError, match=r"bad value 'slow' for 'demo.mode'; allowed values: fast, exact"):
+        build_section(_Demo, {"mode": "slow"}, "demo")
+    with pytest.raises(ConfigError, match="'demo.flag'; expected true/false"):
+        build_section(_Demo, {"flag": 1}, "demo")  # no silent int -> bool
+    with pytest.raises(ConfigError, match=r"'demo.xs\[1\]'"):
+        build_section(_Demo, {"xs": [1, "a"]}, "demo")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        build_section(_Demo, [1], "demo")
+    assert check_value(int, 3, "k") == 3
+    with pytest.raises(ConfigError):
+        check_value(int, True, "k")
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  name: mnist-5k\ntrain:\n  epochs: [1,\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        read_recipe(bad)
+    msg = str(e.value)
+    assert msg.startswith(f"malformed YAML in {bad}") and "\n" not in msg
+    line = int(msg.split("at line ")[1].split(":")[0])
+    assert 4 <= line <= 6  # the unclosed list starting on line 4
+    tabs = tmp_path / "tabs.yaml"
+    tabs.write_text("train:\n\tepochs: 3\n")
+    with pytest.raises(ConfigError, match="at line 2"):
+        read_recipe(tabs)
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        (tmp_path / "list.yaml").write_text("- a\n- b\n")
+        read_recipe(tmp_path / "list.yaml")
+
+
+def test_recipe_by_path_and_unknown_name(tmp_path: Path) -> None:
+    p = tmp_path / "mine.yaml"
+    p.write_text("data: {name: digits}\ntrain: {epochs: 2}\nstages: [train]\n")
+    cfg = load_config(str(p))
+    assert cfg.data.name == "digits" and cfg.train.epochs == 2 and cfg.stages == ["train"]
+    assert cfg.model.name == "small-cnn"  # defaults fill what the recipe leaves out
+    with pytest.raises(UnknownNameError, match="unknown recipe 'nope'; allowed: default"):
+        find_recipe("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_recipe(str(tmp_path / "missing.yaml"))
+    assert resolve({}).stages == ["train", "evaluate", "save", "report"]
