@@ -88,6 +88,18 @@ def test_targeted_hits_target(norm: str, gen: torch.Generator) -> None:
     assert bool((dist[res.success] >= d[res.success] * (1 - 1e-4)).all())
 
 
+@pytest.mark.parametrize("budget", [1, 60, 250])
+def test_budget_is_a_hard_cap(budget: int, gen: torch.Generator) -> None:
+    lin, x, y, d = linear_problem("l2", n=7)
+    model = Counting(lin)
+    threat = ThreatModel("l2", 10.0)
+    res = HopSkipJump(n_queries=budget)(model, x, y, threat, targeted=(y + 1) % 4, generator=gen)
+    assert res.queries == model.rows <= (budget + 2) * len(y)
+    assert bool(threat.contains(res.x_adv, x).all())
+    with torch.no_grad():
+        assert torch.equal(res.success, lin(res.x_adv).argmax(1) == (y + 1) % 4)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ConfigError):
         HopSkipJump(steps=0)

@@ -38,6 +38,7 @@ def test_linear_succeeds_above_and_never_below_min_distance(norm: str, gen: torc
     above = atk(model, x, y, ThreatModel(norm, 1.5 * float(d.max())), generator=gen)
     assert bool(above.success.all())
     assert above.queries == model.rows <= (500 + 2) * len(y)
+    assert above.queries < 250 * len(y)  # successful samples stop querying
     model.rows = 0
     threat = ThreatModel(norm, 0.9 * float(d.min()))
     below = atk(model, x, y, threat, generator=gen)

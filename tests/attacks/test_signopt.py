@@ -88,6 +88,18 @@ def test_targeted_hits_target(norm: str, gen: torch.Generator) -> None:
     assert bool((dist[res.success] >= d[res.success] * (1 - 1e-4)).all())
 
 
+@pytest.mark.parametrize("budget", [1, 60, 250])
+def test_budget_is_a_hard_cap(budget: int, gen: torch.Generator) -> None:
+    lin, x, y, d = linear_problem("l2", n=7)
+    model = Counting(lin)
+    threat = ThreatModel("l2", 10.0)
+    res = SignOPT(n_queries=budget)(model, x, y, threat, targeted=(y + 1) % 4, generator=gen)
+    assert res.queries == model.rows <= (budget + 2) * len(y)
+    assert bool(threat.contains(res.x_adv, x).all())
+    with torch.no_grad():
+        assert torch.equal(res.success, lin(res.x_adv).argmax(1) == (y + 1) % 4)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ConfigError):
         SignOPT(steps=0)
@@ -96,3 +108,13 @@ def test_bad_arguments() -> None:
     lin, x, y, _ = linear_problem("linf", n=3)
     with pytest.raises(ThreatModelError):
         SignOPT()(lin, x, y, ThreatModel("l1", 1.0))
+
+
+def test_affordable_counts_rows_per_sample() -> None:
+    from fortify.attacks._blackbox import QueryBudget
+    from fortify.attacks.base import Oracle
+
+    q = QueryBudget(Oracle(torch.nn.Identity(), 2), 3, budget=2, device=torch.device("cpu"))
+    q.spent[1] = 1
+    got = q.affordable(torch.tensor([0, 1, 0, 1, 0, 2, 2, 2]))
+    assert got.tolist() == [True, True, True, False, False, True, True, False]

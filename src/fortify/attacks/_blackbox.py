@@ -37,6 +37,21 @@ class QueryBudget:
         """``(B,)`` queries each sample may still make."""
         return self.budget - self.spent
 
+    def affordable(self, idx: torch.Tensor) -> torch.Tensor:
+        """``(R,)`` bool: row ``r`` (charged to sample ``idx[r]``) still fits in that sample's budget,
+        counting the earlier rows of the same sample in ``idx``."""
+        r = idx.shape[0]
+        if r == 0:
+            return torch.zeros(0, dtype=torch.bool, device=idx.device)
+        srt = torch.sort(idx, stable=True)
+        pos = torch.arange(r, device=idx.device)
+        start = torch.ones(r, dtype=torch.bool, device=idx.device)
+        start[1:] = srt.values[1:] != srt.values[:-1]
+        first = torch.where(start, pos, torch.zeros_like(pos)).cummax(dim=0).values
+        rank = torch.empty_like(pos)
+        rank[srt.indices] = pos - first
+        return rank < self.remaining()[idx]
+
     def logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Logits ``(R, C)`` of rows ``x (R, ...)``; row ``r`` is charged to sample ``idx[r]``."""
         if x.shape[0] == 0:

@@ -159,13 +159,13 @@ class HopSkipJump(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_adv (B, ...), found (B,))``: a batch peer classified as the target (targeted mode),
         else uniform noise in the box, ``init_tries`` draws at most (only unfound samples query)."""
-        if t is not None:
+        if t is not None and self.n_queries > 1:
             x_adv, found = peer_starts(q, x, t)
         else:
             x_adv, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         lo, hi = bounds
         for _ in range(self.init_tries):
-            todo = (~found).nonzero().squeeze(1)
+            todo = (~found & (q.remaining() > 0)).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             noise = torch.rand(x[todo].shape, generator=gen, device=x.device, dtype=x.dtype) * (hi - lo) + lo
@@ -185,10 +185,13 @@ class HopSkipJump(Attack):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """HopSkipJump on ``x (B, ...)``; returns the closest adversarial point per sample."""
+        if threat.eps == 0:  # x itself is correctly classified: nothing to find
+            return x.clone()
         b, d = x.shape[0], flat(x).shape[1]
         norm, bounds = threat.norm, threat.bounds
         theta = self.gamma / (d * math.sqrt(d)) if norm == "l2" else self.gamma / d**2
-        bs_cost = int(math.ceil(math.log2(1.0 / theta))) + 2
+        # bisection steps: log2(range / tolerance); the linf range is at most the box width
+        bs_cost = int(math.ceil(math.log2(max(1.0, bounds[1] - bounds[0]) / theta))) + 2
         q = QueryBudget(oracle, b, self.n_queries, x.device)
         x_adv, alive = self._starting_points(q, x, y, targeted, generator, bounds)
         best = x.clone()

@@ -64,7 +64,7 @@ class _Problem:
         """``(R,)`` bool: the point is adversarial. Rows whose sample has no budget left are not
         queried and count as not adversarial (so only verified points are ever accepted)."""
         out = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        ok = (self.q.remaining()[idx] > 0).nonzero().squeeze(1)
+        ok = self.q.affordable(idx).nonzero().squeeze(1)
         if ok.numel():
             i = idx[ok]
             pred = self.q.predict(self.point(i, theta[ok], lam[ok]), i)
@@ -237,6 +237,8 @@ class SignOPT(Attack):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Sign-OPT on ``x (B, ...)``; returns the closest adversarial point found per sample."""
+        if threat.eps == 0:  # x itself is correctly classified: nothing to find
+            return x.clone()
         b = x.shape[0]
         p = _Problem(QueryBudget(oracle, b, self.n_queries, x.device), x, y, targeted, threat)
         theta, g = self._initial(p, generator)

@@ -30,10 +30,9 @@ from fortify.attacks._blackbox import (
 )
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.losses import margin_loss
+from fortify.attacks.registry import ATTACKS
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
-
-from fortify.attacks.registry import ATTACKS
 
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -64,7 +63,7 @@ def _window_sides(p: float, c: int, h: int, w: int, minimum: int, odd: bool) -> 
         s = max(int(round(p * length)), minimum)
         s = max(1, min(s, length - 1 if length > 1 else 1))
         return (1, s) if h == 1 else (s, 1)
-    s = max(int(round(math.sqrt(p * c * h * w / c))), minimum)
+    s = max(int(round(math.sqrt(p * h * w))), minimum)
     if odd and s % 2 == 0:
         s += 1
     s = max(1, min(s, min(h, w) - 1))
