@@ -77,14 +77,18 @@ def test_intermediate_bounds_contain_sampled_activations() -> None:
             z = op.forward(z)
 
 
-def test_memory_budget_chunking_gives_identical_bounds() -> None:
-    net = convnet(seed=7)
-    x = torch.rand(4, 1, 8, 8)
-    y = net(x).argmax(1)
-    th = ThreatModel("linf", 0.03)
-    big = CERTIFIERS.get("crown")(memory_budget=1 << 30)(net, x, y, th).lower_margin
-    small = CERTIFIERS.get("crown")(memory_budget=1 << 20)(net, x, y, th).lower_margin  # 1 MiB: many row chunks
-    torch.testing.assert_close(big, small, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("threat", THREATS[:2], ids=str)
+def test_chunking_and_batching_give_identical_bounds(threat: ThreatModel) -> None:
+    """Row chunks (memory budget) and batch composition must not change any sample's bound."""
+    for net, shape in ((convnet(seed=7), (1, 8, 8)), (mlp(seed=2, h=20), (1, 3, 4))):
+        x = torch.rand((5,) + shape)
+        y = net(x).argmax(1)
+        crown = CERTIFIERS.get("crown")(intersect_ibp=False)
+        big = crown(net, x, y, threat).lower_margin
+        small = CERTIFIERS.get("crown")(memory_budget=1 << 20, intersect_ibp=False)(net, x, y, threat).lower_margin
+        single = torch.cat([crown(net, x[i:i + 1], y[i:i + 1], threat).lower_margin for i in range(len(x))])
+        torch.testing.assert_close(big, small, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(big, single, atol=1e-6, rtol=1e-5)
 
 
 def test_model_not_mutated_and_flags_restored() -> None:

@@ -49,7 +49,8 @@ def relu_relax(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.
 def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
     sl, su, bu = (t.unsqueeze(1) for t in relu_relax(lo, hi))
     ap, an = a.clamp(min=0), a.clamp(max=0)
-    const = const + (an * bu).reshape(an.shape[0], an.shape[1], -1).sum(-1)
+    shift = an * bu  # (B, S, *shape): broadcast over the batch when ``a`` is batch-free (B' = 1)
+    const = const + shift.reshape(shift.shape[0], shift.shape[1], -1).sum(-1)
     return ap * sl + an * su, const
 
 
