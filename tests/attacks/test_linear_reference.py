@@ -111,3 +111,26 @@ def test_fab_eps_caps_the_minimum_norm_search(norm: str) -> None:
     res = A.FAB(steps=20)(model, x, y, threat)
     assert bool(threat.contains(res.x_adv, x).all())
     assert bool(res.success[d <= eps / 1.03].all()) and not bool(res.success[d >= eps / 0.97].any())
+
+
+def test_cw_finds_exact_minimal_l2_distance() -> None:
+    """Adam's lr is scaled to this problem's distances (~0.02, the default 1e-2 suits ~1)."""
+    _check_min_norm(A.CW(steps=200, lr=1e-3, n_target_classes=3), "l2")
+
+
+def test_plain_cw_reaches_the_boundary_of_the_strongest_other_class() -> None:
+    """The original objective follows the top wrong class: exact where that class' boundary is
+    the nearest one, never below the exact distance elsewhere."""
+    model, x, y = linear_problem()
+    d = exact_distance(model, x, y, "l2")
+    found = A.CW(steps=200, lr=1e-3).min_norm(model, x, y, "l2")
+    with torch.no_grad():
+        z = model(x)
+        dw = model.weight[y][:, None, :] - model.weight[None, :, :]
+        pair = (z.gather(1, y[:, None]) - z) / dw.norm(dim=2).clamp_min(1e-30)
+        pair[torch.arange(N), y] = math.inf
+        z[torch.arange(N), y] = -math.inf
+    same = pair.argmin(1) == z.argmax(1)
+    assert 0.7 * N < int(same.sum()) < N  # both cases occur
+    assert bool((found >= d * (1 - 1e-6)).all())
+    assert float((found / d)[same].max()) <= 1.01
