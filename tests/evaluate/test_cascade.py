@@ -158,7 +158,7 @@ def test_presets_cover_autoattack_and_skip_unsupported() -> None:
 
 def test_report_dict_and_render(problem) -> None:
     model, x, y = problem
-    rep = robust_accuracy(model, x[:30], y[:30], ["linf:0.05", "l2:0.2"], preset="fast", budget=0.1)
+    rep = robust_accuracy(model, x[:30], y[:30], ["linf:0.05", "l2:0.2"], preset="fast", budget=0.1, progress=True)
     d = rep.to_dict()
     text = json.dumps(d)
     assert "flags" in d and "attacks" in d["threats"][0] and "robust_accuracy_by_threat" in d

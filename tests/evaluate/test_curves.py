@@ -77,3 +77,19 @@ def test_curve_checks_and_errors(tmp_path) -> None:
         robustness_curve(model, x, y, "l2", [0.1], checks=-1)
     with pytest.raises(ConfigError):
         plot_curves([], tmp_path / "c.png")
+
+
+def test_run_evaluation_writes_artifacts(tmp_path) -> None:
+    import json
+
+    from _eval_cases import trained_mlp
+    from fortify.evaluate import run_evaluation
+
+    model, x, y = trained_mlp()
+    run = run_evaluation(model, x[:24], y[:24], ["linf:0.05", "l2:0.2"], out_dir=tmp_path / "ev", budget=0.1,
+                         curve_points=12)
+    doc = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert doc["robust_accuracy"] == pytest.approx(run.report.robust_accuracy)
+    assert [c["norm"] for c in doc["curves"]] == ["linf", "l2"]
+    assert (tmp_path / "ev" / "robustness_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "ev" / "state.safetensors").exists()

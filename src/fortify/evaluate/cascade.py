@@ -151,6 +151,7 @@ def robust_accuracy(
     eot_samples: int = 16,
     eps_check_points: int = 64,
     callback: Callable[[str, AttackRow], None] | None = None,
+    progress: bool = False,
 ) -> EvaluationReport:
     """Robust accuracy of ``model`` on ``x (N, ...)``, ``y (N,)`` under one or several threats.
 
@@ -167,6 +168,7 @@ def robust_accuracy(
         surrogate: standard-trained model for the transfer check (trained on ``x, y`` if None).
         eot_samples: draws per EoT forward and per randomized-model prediction.
         callback: called as ``callback(threat, row)`` after each stage's state is saved.
+        progress: show a rich progress bar (one step per stage) on stderr.
 
     Raises: UnknownNameError (preset), ThreatModelError, InputError, ConfigError,
     :class:`fortify.evaluate.state.StateMismatchError`.
@@ -224,10 +226,22 @@ def robust_accuracy(
         tensors: dict[str, torch.Tensor] = dict(loaded[1]) if loaded else {}
 
         results: list[ThreatResult] = []
-        for ti, (thr, (stages, skipped)) in enumerate(zip(threats, plans)):
-            results.append(_evaluate_threat(
-                ti, thr, stages, skipped, remedy.attack_model, scorer, x, y, clean_correct, num_classes,
-                batch_size, seed, doc, tensors, state_path, sur, callback))
+        bar = _progress_bar(progress, sum(len(p[0]) for p in plans))
+
+        def on_stage(t: str, row: AttackRow) -> None:
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, description=f"{t} {row.label}")
+            if callback is not None:
+                callback(t, row)
+
+        try:
+            for ti, (thr, (stages, skipped)) in enumerate(zip(threats, plans)):
+                results.append(_evaluate_threat(
+                    ti, thr, stages, skipped, remedy.attack_model, scorer, x, y, clean_correct, num_classes,
+                    batch_size, seed, doc, tensors, state_path, sur, on_stage))
+        finally:
+            if bar is not None:
+                bar[0].stop()
         flags = list(remedy.flags)
         if sanity:
             flags += _post_flags(results, remedy.attack_model, scorer, x, y, clean_correct, threats, plans,
@@ -235,6 +249,18 @@ def robust_accuracy(
     union = torch.stack([r.robust for r in results]).all(dim=0)
     return EvaluationReport(threats=results, union_robust=union, flags=flags, wrappers=remedy.wrappers,
                             config=config, seconds=time.perf_counter() - t0)
+
+
+def _progress_bar(enabled: bool, total: int) -> tuple[Any, Any] | None:
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import Progress
+
+    prog = Progress(console=Console(stderr=True), transient=True)
+    task = prog.add_task("evaluating", total=total)
+    prog.start()
+    return prog, task
 
 
 def _surrogate_id(surrogate: nn.Module | None) -> str:

@@ -1,0 +1,76 @@
+"""One call for the CLI verb and the ``fortify run`` evaluation stage: evaluate, plot, write files.
+
+``run_evaluation(model, x, y, ["linf:0.3"], out_dir=...)`` runs :func:`robust_accuracy` (resumable
+through ``out_dir/state.safetensors``), one :func:`robustness_curve` per norm, and writes
+``evaluation.json`` (the report's ``to_dict()`` plus the curves) and ``robustness_curves.png``.
+Returns the report, the curves and the written paths, for the run store and the HTML report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from fortify.errors import OutputError
+from fortify.evaluate.cascade import ThreatLike, _as_threats, robust_accuracy
+from fortify.evaluate.curves import RobustnessCurve, plot_curves, robustness_curve
+from fortify.evaluate.report import EvaluationReport
+
+
+@dataclass
+class EvaluationRun:
+    """What :func:`run_evaluation` produced: the report, one curve per norm, written files by kind."""
+
+    report: EvaluationReport
+    curves: list[RobustnessCurve]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**self.report.to_dict(), "curves": [c.to_dict() for c in self.curves],
+                "files": {k: str(v) for k, v in self.files.items()}}
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def run_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   threats: ThreatLike | Sequence[ThreatLike], *, out_dir: str | Path | None = None,
+                   preset: str = "fast", budget: float = 1.0, batch_size: int = 256, seed: int = 0,
+                   curves: bool = True, curve_points: int = 256) -> EvaluationRun:
+    """Evaluate ``model`` on ``x (N, ...)``, ``y (N,)`` under ``threats`` and write the artifacts.
+
+    ``curves``: also compute accuracy-vs-eps per norm on the first ``curve_points`` inputs.
+    ``out_dir`` None: nothing is written (no resumable state either)."""
+    thr = _as_threats(threats)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create {out}: {e}") from None
+    report = robust_accuracy(model, x, y, thr, preset=preset, budget=budget, batch_size=batch_size, seed=seed,
+                             state_path=str(out / "state.safetensors") if out is not None else None)
+    result = EvaluationRun(report=report, curves=[])
+    if curves:
+        for norm in dict.fromkeys(t.norm for t in thr):
+            bounds = next(t.bounds for t in thr if t.norm == norm)
+            result.curves.append(robustness_curve(model, x[:curve_points], y[:curve_points], norm, None,
+                                                  bounds=bounds, budget=budget, batch_size=batch_size,
+                                                  seed=seed, label=norm))
+    if out is not None:
+        if result.curves:
+            result.files["curves_png"] = plot_curves(result.curves, out / "robustness_curves.png")
+        result.files["state"] = out / "state.safetensors"
+        result.files["json"] = out / "evaluation.json"
+        _write_json(out / "evaluation.json", result.to_dict())
+    return result
