@@ -134,3 +134,10 @@ def test_plain_cw_reaches_the_boundary_of_the_strongest_other_class() -> None:
     assert 0.7 * N < int(same.sum()) < N  # both cases occur
     assert bool((found >= d * (1 - 1e-6)).all())
     assert float((found / d)[same].max()) <= 1.01
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_deepfool_finds_exact_minimal_distance(norm: str) -> None:
+    """One exact step onto the closest boundary, times (1 + overshoot)."""
+    ratio = _check_min_norm(A.DeepFool(overshoot=0.005), norm)
+    assert torch.allclose(ratio, torch.full_like(ratio, 1.005), rtol=1e-6)
