@@ -1,0 +1,50 @@
+"""TRADES (Zhang et al. 2019, "Theoretically principled trade-off between robustness and accuracy").
+
+``loss = CE(f(x), y) + beta * KL(p(x) || p(x'))`` with ``x'`` maximising the KL term inside the
+threat set (K steps of the shared inner loop, started at ``x + 0.001 * N(0, I)`` as in the
+reference code). ``beta`` trades clean accuracy for robustness (6 in the paper; 1/lambda).
+Shapes: ``x (B, ...)``, ``y (B,)``; ``logits (B, C)`` of the adversarial inputs.
+Cost: ``K * B`` input-gradient evaluations per step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fortify.train.adversarial.base import AdversarialTask, positive
+from fortify.train.adversarial.inner import kl_per_sample
+from fortify.train.tasks.registry import TASKS
+
+#: scale of the Gaussian start of the TRADES inner maximisation (reference implementation)
+START_STD = 1e-3
+
+
+@TASKS.register("trades", help="TRADES: CE + beta * KL(clean || adversarial) (Zhang et al. 2019)")
+class TRADES(AdversarialTask):
+    """TRADES. Args: see :class:`AdversarialTask`; ``beta > 0`` weights the robustness term."""
+
+    name = "trades"
+
+    def __init__(self, threat: object = "linf:0.3", steps: int = 10, step_ratio: float | None = None,
+                 schedule: object = None, beta: float = 6.0) -> None:
+        super().__init__(threat, steps, step_ratio, schedule)
+        self.beta = positive(beta, "beta")
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            clean_ref = model(x)
+            model.train(was)
+        noise = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype) * START_STD
+        x_adv, evals = self.attack(model, x, kl_per_sample(clean_ref), x_init=(x + noise).clamp(0, 1))
+        logits_clean = model(x)
+        logits_adv = model(x_adv)
+        natural = F.cross_entropy(logits_clean, y)
+        robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+        loss = natural + self.beta * robust
+        return self.output(loss, logits_adv, y, evals, natural=float(natural.detach()),
+                           robust_kl=float(robust.detach()))
