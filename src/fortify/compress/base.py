@@ -32,10 +32,15 @@ Data = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class TransformResult:
-    """Outcome of a transform: the new ``model`` and a JSON-ready ``report`` dict."""
+    """Outcome of a transform: the new ``model``, a JSON-ready ``report`` dict and ``extras``.
+
+    ``extras`` holds non-JSON companions, e.g. ``extras["float_twin"]``: the float model an int8
+    ONNX model was quantized from (the surrogate of transfer attacks).
+    """
 
     model: nn.Module
     report: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def sequential_of(model: nn.Module) -> nn.Sequential:

@@ -1,0 +1,70 @@
+"""ONNX export of fortify models (``fortify export --onnx``).
+
+:func:`export_onnx` writes the model with the TorchScript-based exporter (no ``onnxscript``
+needed), input ``x`` ``(N, C, H, W)`` in [0, 1] with a dynamic batch axis and output ``logits``
+``(N, K)``; the ``Normalized`` standardisation is part of the graph. The exported graph is checked
+with ``onnx.checker`` and, optionally, against the PyTorch outputs on ``example_inputs``.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fortify.errors import ConfigError, OutputError
+
+OPSET = 17
+
+
+def onnx_bytes(model: nn.Module, example_inputs: torch.Tensor, *, opset: int = OPSET) -> bytes:
+    """Serialise ``model`` (eval mode, CPU) to ONNX bytes; ``example_inputs`` ``(B, C, H, W)`` fixes the shape."""
+    import onnx
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"export needs an nn.Module, got {type(model).__name__}")
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example_inputs[:1].detach().float(),), buf, dynamo=False,
+                              input_names=["x"], output_names=["logits"],
+                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
+    finally:
+        for m, flag in was:
+            m.training = flag
+    blob = buf.getvalue()
+    onnx.checker.check_model(onnx.load_from_string(blob))
+    return blob
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: torch.Tensor, *,
+                opset: int = OPSET, check: bool = True, atol: float = 1e-4) -> Path:
+    """Write ``model`` as ONNX to ``path``; with ``check`` compare ONNX Runtime and PyTorch logits.
+
+    Raises ConfigError if the runtime disagrees with PyTorch by more than ``atol``, OutputError if
+    the file cannot be written.
+    """
+    blob = onnx_bytes(model, example_inputs, opset=opset)
+    if check:
+        from fortify.compress.quantize.runtime import OnnxModule
+
+        with torch.no_grad():
+            ref = model.eval()(example_inputs.float())
+        got = OnnxModule(blob)(example_inputs.float())
+        if not torch.allclose(ref, got, atol=atol, rtol=1e-3):
+            raise ConfigError(f"ONNX export disagrees with PyTorch (max diff {float((ref - got).abs().max()):.3g})")
+    dest = Path(path)
+    try:
+        dest.write_bytes(blob)
+    except OSError as exc:
+        raise OutputError(f"cannot write {dest}: {exc}") from None
+    return dest
+
+
+__all__ = ["OPSET", "export_onnx", "onnx_bytes"]

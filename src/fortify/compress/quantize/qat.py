@@ -1,0 +1,98 @@
+"""Quantization-aware (adversarial) fine-tuning, then a real int8 export.
+
+Fake quantization (Jacob et al. 2018, "Quantization and training of neural networks for efficient
+integer-arithmetic-only inference"): during training every Conv2d/Linear sees
+
+* weights rounded to symmetric per-output-channel int8, ``scale_u = max|W_u| / 127``;
+* inputs rounded to asymmetric uint8 with a per-layer range tracked by an exponential moving
+  average of the batch min/max (the ranges ONNX Runtime's static calibration will find),
+
+with straight-through gradients (``torch.fake_quantize_*``). The task can be adversarial
+(``pgd_at``, ``trades``: the attack runs against the fake-quantized network), which is the
+quantization-aware adversarial fine-tuning of Lin et al. 2019 ("Defensive quantization"). The
+fine-tuned float weights are then quantized for real with :func:`quantize_onnx` (static, calibrated).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fortify.compress.base import TRANSFORMS, Data, Transform, TransformResult, check_data, check_int
+from fortify.compress.quantize.ptq import quantize_onnx
+from fortify.compress.reparam import ReparamNet
+from fortify.train import Trainer, TrainConfig
+from fortify.train.tasks import create as create_task
+
+
+class FakeQuant:
+    """Weight and activation fake-quantizers for :class:`ReparamNet` (state: per-layer EMA ranges)."""
+
+    def __init__(self, momentum: float = 0.1) -> None:
+        self.momentum = momentum
+        self.ranges: dict[int, tuple[float, float]] = {}
+        self.training = True
+
+    def weight(self, i: int, w: torch.Tensor) -> torch.Tensor:
+        """Symmetric per-channel int8 fake quantization of ``w (U, ...)``."""
+        scale = (w.detach().reshape(w.shape[0], -1).abs().amax(1) / 127.0).clamp_min(1e-8)
+        zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+        return torch.fake_quantize_per_channel_affine(w, scale.float(), zero, 0, -128, 127)
+
+    def act(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Asymmetric uint8 fake quantization of a layer input with an EMA min/max range."""
+        lo, hi = float(x.detach().min()), float(x.detach().max())
+        if i not in self.ranges:
+            self.ranges[i] = (lo, hi)
+        elif self.training:
+            a, b = self.ranges[i]
+            self.ranges[i] = (a + self.momentum * (lo - a), b + self.momentum * (hi - b))
+        a, b = self.ranges[i]
+        a, b = min(a, 0.0), max(b, 0.0)
+        scale = max((b - a) / 255.0, 1e-8)
+        zero = int(round(-a / scale))
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+
+
+class QATNet(ReparamNet):
+    """A :class:`ReparamNet` with :class:`FakeQuant`; observers update only in train mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.fq = FakeQuant()
+        super().__init__(model, self.fq.weight, self.fq.act)
+
+    def train(self, mode: bool = True) -> "QATNet":
+        super().train(mode)
+        self.fq.training = mode
+        return self
+
+
+@TRANSFORMS.register("qat_int8", help="quantization-aware (adversarial) fine-tuning, then real int8 export")
+class QuantAwareInt8(Transform):
+    """Args: ``epochs`` of fake-quant fine-tuning, ``task``/``task_args`` (``pgd_at`` for adversarial
+    QAT), ``config`` (TrainConfig fields), ``calibration_size``, ``threads``."""
+
+    name = "qat_int8"
+    needs_data = True
+
+    def __init__(self, epochs: int = 1, task: str = "standard", task_args: Mapping[str, Any] | None = None,
+                 config: Mapping[str, Any] | None = None, calibration_size: int = 256, threads: int = 2) -> None:
+        self.epochs = check_int(epochs, "epochs")
+        self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
+        self.calibration_size, self.threads = check_int(calibration_size, "calibration_size"), check_int(threads, "threads")
+
+    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        x, y = check_data(data)
+        net = QATNet(model)
+        cfg = TrainConfig.from_dict({"lr": 0.005, "weight_decay": 0.0, "batch_size": 128, **self.config,
+                                     "epochs": self.epochs})
+        hist = Trainer(net, create_task(self.task, **self.task_args), cfg, progress=False).fit((x, y))
+        q = quantize_onnx(model, example_inputs, mode="static", calibration=x[: self.calibration_size],
+                          threads=self.threads)
+        return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "qat-static",
+                                   "qat_train_acc": hist[-1].get("train_acc")},
+                               extras={"float_twin": model})
+
+
+__all__ = ["FakeQuant", "QATNet", "QuantAwareInt8"]
