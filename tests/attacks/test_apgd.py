@@ -2,6 +2,7 @@
 against PGD on a small trained MLP, targeted modes and the threat model."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -68,8 +69,10 @@ def test_step_halving_converges_to_interior_maximum(norm: str, eps: float) -> No
     assert not bool(res.success.any())
 
 
+@functools.lru_cache(maxsize=1)
 def trained_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A 20-32-5 MLP trained 300 Adam steps on Gaussian clusters; returns correctly classified test points."""
+    """A 20-32-5 MLP trained 300 Adam steps on Gaussian clusters; returns correctly classified test
+    points. Cached: callers must not modify the returned model or tensors in place."""
     g = torch.Generator().manual_seed(0)
     centres = 0.5 + 0.15 * (2 * torch.rand(5, 20, generator=g) - 1)
     yt = torch.randint(0, 5, (600,), generator=g)

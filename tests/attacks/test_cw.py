@@ -22,7 +22,7 @@ def mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def test_cw_distances_consistent_and_stronger_than_pgd(mlp) -> None:
     model, x, y = mlp
-    cw = A.CW(steps=100, search_steps=6)
+    cw = A.CW(steps=100, binary_search_steps=6)
     dist = cw.min_norm(model, x, y, "l2")
     assert bool(torch.isfinite(dist).all())
     eps = float(dist.median())
@@ -38,13 +38,13 @@ def test_cw_targeted_and_kappa(mlp) -> None:
     model, x, y = mlp
     target = (y + 1) % 5
     threat = ThreatModel("l2", 5.0)
-    res = A.CW(steps=100, search_steps=6, kappa=1.0)(model, x, y, threat, targeted=target)
+    res = A.CW(steps=100, binary_search_steps=6, kappa=1.0)(model, x, y, threat, targeted=target)
     with torch.no_grad():
         z = model(res.x_adv)
     assert torch.equal(res.success, z.argmax(1) == target)
     assert float(res.success.float().mean()) > 0.9
     assert float(targeted_margin_loss(z, target)[res.success].min()) >= 1.0 - 1e-4
-    plain = A.CW(steps=100, search_steps=6, kappa=0.5)(model, x, y, threat)
+    plain = A.CW(steps=100, binary_search_steps=6, kappa=0.5)(model, x, y, threat)
     with torch.no_grad():
         assert float(margin_loss(model(plain.x_adv), y)[plain.success].min()) >= 0.5 - 1e-4
 
@@ -56,7 +56,7 @@ def test_cw_stays_in_box(mlp) -> None:
     x[:, 1::4] = 1.0
     with torch.no_grad():
         y = model(x).argmax(1)
-    res = A.CW(steps=30, search_steps=3)(model, x, y, ThreatModel("l2", 10.0))
+    res = A.CW(steps=30, binary_search_steps=3)(model, x, y, ThreatModel("l2", 10.0))
     assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
     with torch.no_grad():
         assert torch.equal(res.success, model(res.x_adv).argmax(1) != y)
@@ -67,7 +67,7 @@ def test_cw_stays_in_box(mlp) -> None:
 
 def test_cw_bad_config(mlp) -> None:
     model, x, y = mlp
-    for kwargs in ({"steps": 0}, {"search_steps": 0}, {"lr": 0.0}, {"kappa": -1.0}, {"n_target_classes": -1}):
+    for kwargs in ({"steps": 0}, {"binary_search_steps": 0}, {"lr": 0.0}, {"kappa": -1.0}, {"n_target_classes": -1}):
         with pytest.raises(ConfigError):
             A.CW(**kwargs)
     with pytest.raises(ThreatModelError):

@@ -40,7 +40,7 @@ class CW(MinNormMixin, Attack):
 
     Args:
         steps: Adam iterations per binary-search step (default 200).
-        search_steps: binary-search steps on ``c`` (default 9).
+        binary_search_steps: binary-search steps on ``c`` (default 9).
         initial_const: first ``c`` (default 1e-2). lr: Adam step size in w-space (default 1e-2).
         kappa: confidence margin (default 0).
         abort_early: stop a search step when the total loss stalls (checked every ``steps // 10``).
@@ -54,17 +54,17 @@ class CW(MinNormMixin, Attack):
     supports_targeted = True
     minimum_norm = True
 
-    def __init__(self, steps: int = 200, search_steps: int = 9, initial_const: float = 1e-2, lr: float = 1e-2,
+    def __init__(self, steps: int = 200, binary_search_steps: int = 9, initial_const: float = 1e-2, lr: float = 1e-2,
                  kappa: float = 0.0, abort_early: bool = True, n_target_classes: int = 0) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
-        if not isinstance(search_steps, int) or search_steps < 1:
-            raise ConfigError(f"search_steps must be an integer >= 1, got {search_steps!r}")
+        if not isinstance(binary_search_steps, int) or binary_search_steps < 1:
+            raise ConfigError(f"binary_search_steps must be an integer >= 1, got {binary_search_steps!r}")
         if not float(initial_const) > 0 or not float(lr) > 0:
             raise ConfigError(f"initial_const and lr must be > 0, got {initial_const!r}, {lr!r}")
         if not float(kappa) >= 0:
             raise ConfigError(f"kappa must be >= 0, got {kappa!r}")
-        self.steps, self.search_steps = steps, search_steps
+        self.steps, self.binary_search_steps = steps, binary_search_steps
         self.initial_const, self.lr, self.kappa = float(initial_const), float(lr), float(kappa)
         self.abort_early = bool(abort_early)
         if not isinstance(n_target_classes, int) or n_target_classes < 0:
@@ -107,7 +107,7 @@ class CW(MinNormMixin, Attack):
         upper = torch.full_like(const, math.inf)
         kappa = self.kappa
         check = max(self.steps // 10, 1)
-        for _ in range(self.search_steps):
+        for _ in range(self.binary_search_steps):
             w = w0.clone()
             m1, m2 = torch.zeros_like(w), torch.zeros_like(w)
             hit_round = torch.zeros(b, dtype=torch.bool, device=x.device)

@@ -24,6 +24,7 @@ import torch
 
 from fortify.attacks._minnorm import MinNormMixin, hyperplane_box_step
 from fortify.attacks.base import Attack, Oracle
+from fortify.attacks.losses import targeted_margin_loss
 from fortify.attacks.registry import ATTACKS
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
@@ -81,15 +82,18 @@ class FAB(MinNormMixin, Attack):
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
-    def _boundaries(oracle: Oracle, x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor
+    def _boundaries(oracle: Oracle, x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, explicit: bool
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Differences ``f_j - f_y`` ``(B, K)`` and their input gradients ``(B, K, D)`` for the
-        classes ``classes (B, K)``; one gradient evaluation per column."""
+        classes ``classes (B, K)``; one gradient evaluation per column. For ``explicit`` targets
+        the difference is ``f_t - max_{j != t} f_j`` (the boundary that must be crossed)."""
         dfs, dgs = [], []
         for k in range(classes.shape[1]):
             cls = classes[:, k]
 
             def diff(z: torch.Tensor, cls: torch.Tensor = cls) -> torch.Tensor:
+                if explicit:
+                    return targeted_margin_loss(z, cls)
                 return z.gather(1, cls[:, None]).squeeze(1) - z.gather(1, y[:, None]).squeeze(1)
 
             _, df, dg = oracle.value_and_grad(x, diff)
@@ -110,7 +114,7 @@ class FAB(MinNormMixin, Attack):
         rows = torch.arange(b, device=x.device)
         lo, hi = threat.bounds
         for _ in range(self.steps):
-            df, dg = self._boundaries(oracle, x1.reshape(shape), y, classes)
+            df, dg = self._boundaries(oracle, x1.reshape(shape), y, classes, goal is not None)
             j = (df.abs() / (_dual(dg, threat.norm) + 1e-12)).argmin(dim=1)
             f, w = df[rows, j], dg[rows, j]
             d1 = hyperplane_box_step(x1, w, -f, threat.norm, threat.bounds)
