@@ -193,7 +193,8 @@ def robust_accuracy(
     x = x.detach()
     n = x.shape[0]
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]), frozen_eval(model):
+    rng_devices = [x.device.index or 0] if x.is_cuda else []
+    with torch.random.fork_rng(devices=rng_devices), frozen_eval(model):
         torch.manual_seed(seed)
         with torch.no_grad():
             logits = check_logits(model(x[:batch_size]), min(n, batch_size))
@@ -291,7 +292,8 @@ def _evaluate_threat(ti: int, thr: ThreatModel, stages: list[_Stage], skipped: l
         code = torch.where(clean_correct.cpu(), -1, -2).long()
         rows = []
         tdoc.update({"done": [], "rows": []})
-    skipped = list(skipped)
+    skipped = list(skipped) + [(r.label, f"attack {r.attack!r} could not be built with these parameters")
+                               for r in rows if r.access == "-"]
     kind_of = {s.label: s.kind for s in stages}
     for stage in stages:
         if stage.label in tdoc["done"]:

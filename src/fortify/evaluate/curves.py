@@ -100,7 +100,7 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
     x = x.detach()
     n, dim = x.shape[0], x[0].numel()
     cap = ThreatModel(norm, box_covering_eps(ThreatModel(norm, 0.0, bounds), dim), bounds)
-    with torch.random.fork_rng(devices=[]), frozen_eval(model):
+    with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []), frozen_eval(model):
         with torch.no_grad():
             logits = check_logits(model(x), n)
         y = check_labels(y, n, logits.shape[1]).to(x.device)
