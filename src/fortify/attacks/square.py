@@ -17,6 +17,7 @@ vectorised over the batch; a sample stops querying as soon as it is adversarial.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -83,8 +84,10 @@ def _random_windows(
     return (mh[:, :, None] & mw[:, None, :])[:, None], h0, w0
 
 
+@functools.lru_cache(maxsize=256)
 def _pseudo_gaussian(a: int, b: int) -> torch.Tensor:
-    """The paper's ``a x b`` bump: nested centred rectangles weighted ``1/(k+1)^2``, unit l2 norm."""
+    """The paper's ``a x b`` bump: nested centred rectangles weighted ``1/(k+1)^2``, unit l2 norm
+    (cached: callers must not modify the result in place)."""
     out = torch.zeros(a, b, dtype=torch.float64)
     ca, cb = a // 2, b // 2
     for k in range(max(ca, cb) + 1):
@@ -92,6 +95,7 @@ def _pseudo_gaussian(a: int, b: int) -> torch.Tensor:
     return out / out.norm()
 
 
+@functools.lru_cache(maxsize=256)
 def _meta_pattern(a: int, b: int, split_rows: bool) -> torch.Tensor:
     """Two bumps of opposite sign (split along rows or columns), unit l2 norm; ``(a, b)``."""
     out = torch.zeros(a, b, dtype=torch.float64)
@@ -215,18 +219,17 @@ class Square(Attack):
         sh, sw = _window_sides(p, c, h, w, minimum=1, odd=False)
         mask, _, _ = _random_windows(r, h, w, sh, sw, gen, x.device)
         delta = xb - x
-        new_delta = delta
-        pending = torch.ones(r, dtype=torch.bool, device=x.device)
-        # as in the reference: re-draw while the proposal would not change the current point
-        for _ in range(10):
-            vals = eps * _random_sign((r, c, 1, 1), gen, x)
-            cand = torch.where(mask, vals.expand(r, c, h, w), delta)
-            new_delta = torch.where(pending[:, None, None, None], cand, new_delta)
-            changed = flat(((x + new_delta).clamp(lo, hi) - xb).abs() > 1e-7).any(dim=1)
-            pending = pending & ~changed
-            if not bool(pending.any()):
+        vals = eps * _random_sign((r, c, 1, 1), gen, x)
+        # the reference re-draws while the proposal would not change the current point; here one
+        # re-draw, then the opposite corner (which always changes an unclipped window)
+        for attempt in range(3):
+            x_new = (x + torch.where(mask, vals, delta)).clamp(lo, hi)
+            same = ~flat((x_new - xb).abs() > 1e-7).any(dim=1)
+            if attempt == 2 or not bool(same.any()):
                 break
-        return (x + new_delta).clamp(lo, hi)
+            redraw = eps * _random_sign((r, c, 1, 1), gen, x) if attempt == 0 else -vals
+            vals = torch.where(same[:, None, None, None], redraw, vals)
+        return x_new
 
     # ------------------------------------------------------------------ l2
     @staticmethod
