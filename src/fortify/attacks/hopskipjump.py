@@ -193,15 +193,14 @@ class HopSkipJump(Attack):
         # bisection steps: log2(range / tolerance); the linf range is at most the box width
         bs_cost = int(math.ceil(math.log2(max(1.0, bounds[1] - bounds[0]) / theta))) + 2
         q = QueryBudget(oracle, b, self.n_queries, x.device)
-        x_adv, alive = self._starting_points(q, x, y, targeted, generator, bounds)
-        best = x.clone()
-        best_dist = torch.full((b,), float("inf"), device=x.device, dtype=x.dtype)
-        idx = (alive & (q.remaining() >= bs_cost)).nonzero().squeeze(1)
-        alive &= q.remaining() >= bs_cost
+        x_adv, found = self._starting_points(q, x, y, targeted, generator, bounds)
+        alive = found & (q.remaining() >= bs_cost)
+        idx = alive.nonzero().squeeze(1)
         tt = None if targeted is None else targeted[idx]
         x_adv[idx] = self._binary_search(q, x[idx], x_adv[idx], idx, y[idx], tt, norm, theta)
         dist = lp_norm(x_adv - x, norm)
-        best[alive], best_dist[alive] = x_adv[alive], dist[alive]
+        best = x_adv.clone()  # x itself where no adversarial start was found
+        best_dist = torch.where(found, dist, torch.full_like(dist, float("inf")))
         for step in range(1, self.steps + 1):
             n_evals = int(min(self.init_evals * math.sqrt(step), self.max_evals))
             need = n_evals + _MAX_HALVINGS + bs_cost

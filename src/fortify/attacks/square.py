@@ -123,7 +123,8 @@ class Square(Attack):
     """Square attack (Andriushchenko et al. 2020), score-based, ``linf`` and ``l2``.
 
     Args:
-        n_queries: query budget per sample inside the search (the initial point counts as one).
+        n_queries: query budget per sample and restart inside the search (the initial point
+            counts as one); a sample stops querying as soon as it is adversarial.
         p_init: initial fraction of coordinates changed per iteration. The paper's defaults are
             0.05 (linf) / 0.1 (l2) for standard models; 0.8 (the default here, as in AutoAttack)
             is better against adversarially trained ones.
