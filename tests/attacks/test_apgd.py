@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fortify.attacks as A
-from fortify.attacks.apgd import checkpoints, halving_decision
+from fortify.attacks.apgd import checkpoints, halving_decision, l1_direction
 from fortify.errors import ConfigError, ThreatModelError
 from fortify.threat import ThreatModel
 
@@ -138,12 +138,35 @@ def test_apgd_t_untargeted_and_explicit_targets(mlp) -> None:
         assert bool(big.contains(r.x_adv, x).all())
 
 
-def test_apgd_rejects_bad_config_and_l1(mlp) -> None:
-    model, x, y = mlp
+def test_apgd_rejects_bad_config(mlp) -> None:
     for kwargs in ({"steps": 0}, {"restarts": 0}, {"loss": "cw"}, {"rho": 0.0}, {"momentum": 2.0}):
         with pytest.raises(ConfigError):
             A.APGD(**kwargs)
     with pytest.raises(ConfigError):
         A.APGDT(n_target_classes=0)
     with pytest.raises(ThreatModelError):
-        A.APGD()(model, x, y, ThreatModel("l1", 1.0))
+        A.APGD()(*mlp, "l1:1.0")  # type: ignore[arg-type]  # a string is not a ThreatModel
+
+
+def test_l1_direction_is_sparse_unit_mass_and_respects_box() -> None:
+    g = torch.tensor([[3.0, -2.0, 1.0, 0.5, -4.0, 0.1, 0.0, 2.5, -0.2, 1.5]])
+    x_adv = torch.full_like(g, 0.5)
+    x_adv[0, 4] = 0.0  # at the lower edge, gradient points further down: blocked
+    d = l1_direction(g, x_adv, torch.tensor([0.3]), (0.0, 1.0))
+    assert torch.allclose(d.abs().sum(), torch.tensor(1.0))
+    assert d.nonzero()[:, 1].tolist() == [0, 1, 7]  # top 3 of the movable coordinates
+    assert torch.equal(d[0, [0, 1, 7]].sign(), torch.tensor([1.0, -1.0, 1.0]))
+
+
+def test_apgd_l1_at_least_as_strong_as_sparse_pgd(mlp) -> None:
+    model, x, y = mlp
+    threat = ThreatModel("l1", 0.5)
+    gen = torch.Generator().manual_seed(0)
+    pgd = A.PGD(steps=20)(model, x, y, threat, generator=gen)
+    apgd = A.APGD(steps=20)(model, x, y, threat, generator=gen)
+    tgt = A.APGDT(steps=20, n_target_classes=4)(model, x, y, threat, generator=gen)
+    assert 0.1 * len(y) < int(pgd.success.sum()) < 0.9 * len(y)
+    assert int(apgd.success.sum()) >= int(pgd.success.sum()) - 2
+    assert int(tgt.success.sum()) >= int(pgd.success.sum())
+    for r in (apgd, tgt):
+        assert bool(threat.contains(r.x_adv, x).all())

@@ -71,12 +71,12 @@ def test_pgd_succeeds_exactly_below_eps(norm: str) -> None:
     _check_fixed_eps(A.PGD(steps=50, restarts=5, loss="margin"), norm)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_apgd_succeeds_exactly_below_eps(norm: str) -> None:
     _check_fixed_eps(A.APGD(steps=50, restarts=5, loss="dlr"), norm)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_apgd_t_succeeds_exactly_below_eps(norm: str) -> None:
     _check_fixed_eps(A.APGDT(steps=50), norm)
 

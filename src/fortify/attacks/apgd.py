@@ -14,6 +14,13 @@ restarts from its best point) when either
 1. the loss increased in fewer than ``rho * (w_j - w_{j-1})`` of the steps since ``w_{j-1}``, or
 2. its step size was not halved at ``w_{j-1}`` and its best loss did not improve since then.
 
+``l1`` follows l1-APGD (Croce & Hein 2021, "Mind the box: l1-APGD for sparse adversarial
+attacks on image classifiers"): the step moves unit L1 mass spread over the top ``k`` coordinates
+by ``|grad|`` (ignoring coordinates blocked by the box), ``k`` adapts to the sparsity of the best
+point (``k = ||x_best - x||_0 / 1.5``, initially 20% of the coordinates), the initial step is
+``eps`` and every ``max(0.04 N, 1)`` iterations the step resets to ``eps`` (and the iterate to the
+best point) when the best point got >5% sparser, else shrinks by 1.5 (never below ``eps / 10``).
+
 Samples that become adversarial are stored and drop out; restarts run on the rest. Shapes:
 ``x (B, ...)``, ``y (B,)`` -> ``x_adv (B, ...)``.
 """
@@ -28,6 +35,7 @@ from fortify.attacks._dlr import dlr_loss, dlr_targeted_loss, strongest_other
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.losses import ce_loss
 from fortify.attacks.registry import ATTACKS
+from fortify.attacks.pgd import slide_mask
 from fortify.attacks.steps import steepest_ascent
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
@@ -65,6 +73,20 @@ def halving_decision(
     return cond1 | cond2
 
 
+def l1_direction(g: torch.Tensor, x_adv: torch.Tensor, frac: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """Unit-L1 sparse ascent direction ``(B, ...)``: sign of ``g`` on the top ``frac (B,)``
+    fraction of coordinates by ``|g|`` that the box still lets move (l1-APGD)."""
+    b = g.shape[0]
+    flat = slide_mask(g, x_adv, bounds).reshape(b, -1)
+    n = flat.shape[1]
+    a = flat.abs()
+    k = (frac * n).long().clamp(1, n)
+    thresh = a.sort(dim=1, descending=True).values.gather(1, (k - 1)[:, None])
+    mask = (a >= thresh) & (a > 0)
+    d = flat.sign() * mask / mask.sum(dim=1, keepdim=True).clamp_min(1)
+    return d.reshape(g.shape)
+
+
 def apgd_run(
     oracle: Oracle,
     x: torch.Tensor,
@@ -92,7 +114,13 @@ def apgd_run(
     out = x_adv.clone()
     done = success(logits, rows)
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), cur.clone()
-    eta = torch.full(view, 2 * threat.eps, dtype=x.dtype, device=x.device)
+    l1 = threat.norm == "l1"
+    eta0 = (1.0 if l1 else 2.0) * threat.eps
+    eta = torch.full(view, eta0, dtype=x.dtype, device=x.device)
+    n_fts = x[0].numel()
+    frac = torch.full((b,), 0.2, dtype=x.dtype, device=x.device)  # l1: fraction of coordinates moved
+    sp_old = torch.full((b,), float(n_fts), dtype=x.dtype, device=x.device)
+    l1_every = max(int(0.04 * steps), 1)
     x_prev = x_adv.clone()
     best_last, reduced_last = loss_best.clone(), torch.zeros(b, dtype=torch.bool, device=x.device)
     ckpts, last_ck = checkpoints(steps), 0
@@ -102,7 +130,11 @@ def apgd_run(
             break
         xa, xs = x_adv[act], x[act]
         a = 1.0 if i == 0 else momentum
-        z = threat.project(xa + eta[act] * steepest_ascent(grad[act], threat.norm), xs)
+        if l1:
+            direction = l1_direction(grad[act], xa, frac[act], threat.bounds)
+        else:
+            direction = steepest_ascent(grad[act], threat.norm)
+        z = threat.project(xa + eta[act] * direction, xs)
         new = threat.project(xa + a * (z - xa) + (1 - a) * (xa - x_prev[act]), xs)
         x_prev[act] = xa
         logits, cur, g = oracle.value_and_grad(new, lambda zz: loss(zz, act))
@@ -113,7 +145,16 @@ def apgd_run(
         up = cur > loss_best[act]
         iu = act[up]
         x_best[iu], grad_best[iu], loss_best[iu] = new[up], g[up], cur[up]
-        if i + 1 in ckpts:
+        if l1 and (i + 1) % l1_every == 0:
+            sp = ((x_best[act] - x[act]).reshape(act.numel(), -1) != 0).sum(dim=1).to(x.dtype)
+            sparser = sp / sp_old[act] < 0.95
+            frac[act] = (sp / n_fts / 1.5).clamp(min=1.0 / n_fts)
+            e = torch.where(sparser.view((-1,) + view[1:]), torch.full_like(eta[act], eta0), eta[act] / 1.5)
+            eta[act] = e.clamp(eta0 / 10, eta0)
+            sp_old[act] = sp
+            ir = act[sparser]
+            x_adv[ir], grad[ir] = x_best[ir], grad_best[ir]
+        elif not l1 and i + 1 in ckpts:
             w = i + 1
             halve = halving_decision(hist[last_ck : w + 1, act], loss_best[act], best_last[act], reduced_last[act], rho)
             ih = act[halve]
@@ -128,7 +169,9 @@ def apgd_run(
 
 
 class _APGDBase(Attack):
-    norms = ("linf", "l2")
+    """Shared validation and restart loop of APGD and APGD-T."""
+
+    norms = ("linf", "l2", "l1")
     access = "gradient"
     supports_targeted = True
 
@@ -164,7 +207,7 @@ class _APGDBase(Attack):
             won[idx[ok]] = True
 
 
-@ATTACKS.register("apgd", help="Auto-PGD with CE or DLR loss (Croce & Hein 2020), linf / l2")
+@ATTACKS.register("apgd", help="Auto-PGD with CE or DLR loss (Croce & Hein 2020/2021), linf / l2 / l1")
 class APGD(_APGDBase):
     """APGD-CE / APGD-DLR.
 
