@@ -87,6 +87,7 @@ def test_within_threat_and_state_untouched(name: str, norm: str, n: int) -> None
     model.train()
     model[2].eval()  # a mix of flags: BN in eval, the rest in train
     model[1].weight.requires_grad_(False)
+    model[5].bias.grad = torch.full_like(model[5].bias, 0.5)  # a stale gradient must survive untouched
     before = snapshot(model)
     x, y = inputs(n)
     thr = ThreatModel(norm, EPS[norm])
@@ -103,7 +104,8 @@ def test_within_threat_and_state_untouched(name: str, norm: str, n: int) -> None
     assert before["training"] == after["training"]
     assert before["requires_grad"] == after["requires_grad"]
     assert before["device"] == after["device"]
-    assert all(p.grad is None for p in model.parameters()), f"{name} wrote param.grad"
+    assert torch.equal(model[5].bias.grad, torch.full_like(model[5].bias, 0.5))
+    assert all(p.grad is None for p in model.parameters() if p is not model[5].bias), f"{name} wrote param.grad"
     model.eval()
     with torch.no_grad():
         pred = model(res.x_adv).argmax(1)

@@ -6,6 +6,7 @@ distances) stay on the objects for programmatic use. :func:`render` draws rich t
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,6 +125,14 @@ class EvaluationReport:
         raise KeyError(name)
 
     @property
+    def union_broken_by(self) -> list[str]:
+        """Per sample, the first threat (in the given order) under which it was broken ("" if robust)."""
+        out = []
+        for i in range(int(self.union_robust.numel())):
+            out.append(next((t.threat for t in self.threats if not bool(t.robust[i])), ""))
+        return out
+
+    @property
     def fired(self) -> list[str]:
         return [f.name for f in self.flags if f.fired]
 
@@ -132,6 +141,7 @@ class EvaluationReport:
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
             "robust_accuracy_by_threat": self.by_threat(),
+            "n_robust_union": int(self.union_robust.sum()),
             "threats": [t.to_dict() for t in self.threats],
             "flags": [asdict(f) for f in self.flags],
             "fired": self.fired,
@@ -162,14 +172,19 @@ def render(report: EvaluationReport, console: Any = None) -> None:
         for r in t.rows:
             tab.add_row(r.label, r.access, str(r.attacked), str(r.broken), str(r.robust_after),
                         f"{r.seconds:.2f}", str(r.grad_evals), str(r.queries))
-        for label, reason in t.skipped:
-            tab.add_row(label, "-", "-", "-", "-", "-", "-", f"skipped: {reason}")
+        if t.skipped:
+            tab.caption = "skipped: " + "; ".join(f"{label} ({reason})" for label, reason in t.skipped)
         console.print(tab)
     flags = Table(title="sanity checks" + (f" (wrappers: {', '.join(report.wrappers)})" if report.wrappers else ""))
     flags.add_column("check")
     flags.add_column("status")
-    flags.add_column("explanation")
+    flags.add_column("explanation / evidence")
     for f in report.flags:
         status = "[red]FIRED[/red]" if f.fired else ("ok" if f.ran else "not run")
-        flags.add_row(f.name, status, f.explanation if (f.fired or not f.ran) else "")
+        if f.fired:
+            ev = json.dumps(f.evidence, default=str)
+            text = f"{f.explanation}\n[dim]{ev[:160] + ('...' if len(ev) > 160 else '')}[/dim]"
+        else:
+            text = "" if f.ran else str(f.evidence.get("reason", ""))
+        flags.add_row(f.name, status, text)
     console.print(flags)
