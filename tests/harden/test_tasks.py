@@ -112,3 +112,20 @@ def test_bad_values_raise_config_error(name: str, args: dict, error: type, match
 def test_unknown_task_names_the_choices() -> None:
     with pytest.raises(UnknownNameError, match="allowed: .*fast_at.*pgd_at"):
         tasks.create("pgd-at")
+
+
+def test_tasks_build_their_monitor_and_guard_callbacks() -> None:
+    from fortify.train.adversarial import CatastrophicOverfittingGuard, callbacks_for
+
+    x, y = blobs(16)
+    fast = tasks.create("fast_at", monitor={"n": 8, "steps": 2})
+    cbs = callbacks_for(fast, (x, y))
+    assert [type(c).__name__ for c in cbs] == ["RobustnessMonitor", "CatastrophicOverfittingGuard"]
+    assert cbs[0].x.shape[0] == 8 and isinstance(cbs[1], CatastrophicOverfittingGuard)
+    assert [type(c).__name__ for c in callbacks_for(tasks.create("pgd_at"), (x, y))] == ["RobustnessMonitor"]
+    assert callbacks_for(tasks.create("pgd_at", monitor=False), (x, y)) == []
+    assert callbacks_for(tasks.create("standard"), (x, y)) == []
+    with pytest.raises(ConfigError, match="unknown co_guard option.*allowed: max_drop"):
+        tasks.create("fast_at", co_guard={"drop": 0.1})
+    with pytest.raises(ConfigError, match="monitor must be"):
+        tasks.create("trades", monitor="yes")

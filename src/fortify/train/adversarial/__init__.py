@@ -10,8 +10,6 @@
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from fortify.train.adversarial.base import AdversarialTask, parse_threat
@@ -22,18 +20,11 @@ from fortify.train.adversarial.overfitting import CatastrophicOverfittingGuard
 from fortify.train.adversarial.schedules import SCHEDULES, Schedule, make_schedule
 
 
-def callbacks_for(task: object, val: tuple[torch.Tensor, torch.Tensor], *, monitor: bool | dict[str, Any] = True,
-                  co_guard: bool | dict[str, Any] = False) -> list[object]:
-    """The harden callbacks for a training run: a :class:`RobustnessMonitor` on the first points of
-    ``val`` (options in ``monitor``) and, if asked, a :class:`CatastrophicOverfittingGuard`
-    (options in ``co_guard``; on by default for ``fast_at``). Tasks without a threat get none."""
-    if getattr(task, "threat", None) is None or (not monitor and not co_guard):
-        return []
-    mon = RobustnessMonitor(val[0], val[1], **(monitor if isinstance(monitor, dict) else {}))
-    out: list[object] = [mon]
-    if co_guard:
-        out.append(CatastrophicOverfittingGuard(mon, **(co_guard if isinstance(co_guard, dict) else {})))
-    return out
+def callbacks_for(task: object, val: tuple[torch.Tensor, torch.Tensor]) -> list[object]:
+    """The harden callbacks a task asks for (its ``monitor`` / ``co_guard`` options), measuring on
+    ``val = (x, y)``; ``[]`` for tasks without them (e.g. ``standard``, ``rse``)."""
+    make = getattr(task, "callbacks", None)
+    return list(make(val)) if callable(make) else []
 
 
 __all__ = [

@@ -47,6 +47,24 @@ def positive(value: object, name: str, *, allow_zero: bool = False) -> float:
     return v
 
 
+MONITOR_KEYS = ("n", "steps", "every", "seed")
+GUARD_KEYS = ("max_drop", "action", "max_recoveries")
+
+
+def _options(value: object, name: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """``True`` -> ``{}``, ``False``/``None`` -> ``None``, a mapping -> checked copy."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, Mapping):
+        bad = sorted(set(value) - set(keys))
+        if bad:
+            raise ConfigError(f"unknown {name} option(s) {', '.join(map(str, bad))}; allowed: {', '.join(keys)}")
+        return dict(value)
+    raise ConfigError(f"{name} must be true, false or a mapping of options ({', '.join(keys)}), got {value!r}")
+
+
 class AdversarialTask(Task):
     """Base for tasks that train on adversarial inputs.
 
@@ -55,6 +73,12 @@ class AdversarialTask(Task):
         steps: nominal number of attack steps ``K`` (>= 1).
         step_ratio: attack step size as a fraction of eps; default ``2.5 / K`` (1.25 for K = 1).
         schedule: adaptive-strength schedule (see :func:`make_schedule`), default constant.
+        monitor: per-epoch robustness measurement: ``True``, ``False`` or options of
+            :class:`~fortify.train.adversarial.monitor.RobustnessMonitor` (``n``, ``steps``, ``every``, ``seed``).
+        co_guard: catastrophic-overfitting guard: ``False``, ``True`` or options of
+            :class:`~fortify.train.adversarial.overfitting.CatastrophicOverfittingGuard`
+            (``max_drop``, ``action``, ``max_recoveries``). Both become Trainer callbacks through
+            :meth:`callbacks`.
     """
 
     def __init__(
@@ -63,12 +87,19 @@ class AdversarialTask(Task):
         steps: int = 10,
         step_ratio: float | None = None,
         schedule: object = None,
+        *,
+        monitor: object = True,
+        co_guard: object = False,
     ) -> None:
         super().__init__()
         self.threat = parse_threat(threat)
         self.steps = check_steps(steps)
         self.step_ratio = None if step_ratio is None else positive(step_ratio, "step_ratio")
         self.schedule: Schedule = make_schedule(schedule)
+        self.monitor_options = _options(monitor, "monitor", MONITOR_KEYS)
+        self.co_guard_options = _options(co_guard, "co_guard", GUARD_KEYS)
+        if self.co_guard_options is not None and self.monitor_options is None:
+            self.monitor_options = {}
         self.generator: torch.Generator | None = None
         self.grad_evals_total = 0
         self._adv_correct = 0
@@ -107,6 +138,19 @@ class AdversarialTask(Task):
             random_start=random_start, x_init=x_init, generator=self.generator,
         )
         return x_adv, evals
+
+    def callbacks(self, val: tuple[torch.Tensor, torch.Tensor]) -> list[object]:
+        """Trainer callbacks asked for by ``monitor`` / ``co_guard``, measuring on the first points
+        of ``val = (x (N, ...), y (N,))``: a RobustnessMonitor and, if enabled, a CO guard after it."""
+        from fortify.train.adversarial.monitor import RobustnessMonitor
+        from fortify.train.adversarial.overfitting import CatastrophicOverfittingGuard
+
+        if self.monitor_options is None:
+            return []
+        mon = RobustnessMonitor(val[0], val[1], **self.monitor_options)
+        if self.co_guard_options is None:
+            return [mon]
+        return [mon, CatastrophicOverfittingGuard(mon, **self.co_guard_options)]
 
     # ------------------------------------------------------------------ accounting
     def output(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, grad_evals: int,

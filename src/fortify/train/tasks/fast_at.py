@@ -45,8 +45,9 @@ class FastAT(AdversarialTask):
     name = "fast_at"
 
     def __init__(self, threat: object = "linf:0.3", step_ratio: float = 1.25, random_start: bool = True,
-                 grad_align: float = 0.0, grad_align_on_co: float = 0.5, schedule: object = None) -> None:
-        super().__init__(threat, 1, step_ratio, schedule)
+                 grad_align: float = 0.0, grad_align_on_co: float = 0.5, schedule: object = None,
+                 monitor: object = True, co_guard: object = True) -> None:
+        super().__init__(threat, 1, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         self.random_start = bool(random_start)
         self.grad_align = positive(grad_align, "grad_align", allow_zero=True)
         self.grad_align_on_co = positive(grad_align_on_co, "grad_align_on_co")

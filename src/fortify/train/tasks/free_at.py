@@ -41,8 +41,9 @@ class FreeAT(AdversarialTask):
     name = "free_at"
 
     def __init__(self, threat: object = "linf:0.3", replays: int = 4, step_ratio: float = 1.0,
-                 schedule: object = None) -> None:
-        super().__init__(threat, 1, step_ratio, schedule)
+                 schedule: object = None,
+                 monitor: object = True, co_guard: object = False) -> None:
+        super().__init__(threat, 1, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         if isinstance(replays, bool) or not isinstance(replays, int) or replays < 1:
             raise ConfigError(f"replays must be an integer >= 1, got {replays!r}")
         self.replays = replays

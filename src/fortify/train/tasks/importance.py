@@ -40,8 +40,9 @@ class ImportanceAT(AdversarialTask):
     name = "importance"
 
     def __init__(self, threat: object = "linf:0.3", steps: int = 10, step_ratio: float | None = None,
-                 schedule: object = None, fraction: float = 0.3) -> None:
-        super().__init__(threat, steps, step_ratio, schedule)
+                 schedule: object = None, fraction: float = 0.3,
+                 monitor: object = True, co_guard: object = False) -> None:
+        super().__init__(threat, steps, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         try:
             f = float(fraction)
         except (TypeError, ValueError):

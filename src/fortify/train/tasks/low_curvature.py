@@ -44,8 +44,9 @@ class LowCurvature(AdversarialTask):
     name = "low_curvature"
 
     def __init__(self, threat: object = "linf:0.3", grad_weight: float = 1.0, curvature_weight: float = 1.0,
-                 h: float | None = None, adversarial: bool = False, schedule: object = None) -> None:
-        super().__init__(threat, 1, None, schedule)
+                 h: float | None = None, adversarial: bool = False, schedule: object = None,
+                 monitor: object = True, co_guard: object = False) -> None:
+        super().__init__(threat, 1, None, schedule, monitor=monitor, co_guard=co_guard)
         self.grad_weight = positive(grad_weight, "grad_weight", allow_zero=True)
         self.curvature_weight = positive(curvature_weight, "curvature_weight", allow_zero=True)
         if self.grad_weight == 0 and self.curvature_weight == 0:

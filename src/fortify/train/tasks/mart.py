@@ -29,8 +29,9 @@ class MART(AdversarialTask):
     name = "mart"
 
     def __init__(self, threat: object = "linf:0.3", steps: int = 10, step_ratio: float | None = None,
-                 schedule: object = None, beta: float = 6.0) -> None:
-        super().__init__(threat, steps, step_ratio, schedule)
+                 schedule: object = None, beta: float = 6.0,
+                 monitor: object = True, co_guard: object = False) -> None:
+        super().__init__(threat, steps, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         self.beta = positive(beta, "beta")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:

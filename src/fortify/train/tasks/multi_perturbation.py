@@ -54,11 +54,12 @@ class MultiPerturbation(AdversarialTask):
     name = "multi_perturbation"
 
     def __init__(self, threats: Sequence[object] = ("linf:0.3", "l2:2.0", "l1:10"), mode: str = "msd",
-                 steps: int = 10, schedule: object = None, consistency: float = 1.0) -> None:
+                 steps: int = 10, schedule: object = None, consistency: float = 1.0,
+                 monitor: object = True, co_guard: object = False) -> None:
         if isinstance(threats, (str, ThreatModel)) or not isinstance(threats, Sequence) or not threats:
             raise ConfigError(f"threats must be a non-empty list like ['linf:0.3', 'l2:2.0'], got {threats!r}")
         parsed = [parse_threat(t) for t in threats]
-        super().__init__(parsed[0], steps, None, schedule)
+        super().__init__(parsed[0], steps, None, schedule, monitor=monitor, co_guard=co_guard)
         self.threats = parsed
         if mode not in MODES:
             raise ConfigError(f"unknown multi_perturbation mode {mode!r}; allowed: {', '.join(MODES)}")

@@ -27,8 +27,9 @@ class PGDAT(AdversarialTask):
     name = "pgd_at"
 
     def __init__(self, threat: object = "linf:0.3", steps: int = 10, step_ratio: float | None = None,
-                 schedule: object = None, clean_weight: float = 0.0) -> None:
-        super().__init__(threat, steps, step_ratio, schedule)
+                 schedule: object = None, clean_weight: float = 0.0,
+                 monitor: object = True, co_guard: object = False) -> None:
+        super().__init__(threat, steps, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         self.clean_weight = positive(clean_weight, "clean_weight", allow_zero=True)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
