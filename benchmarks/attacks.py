@@ -77,10 +77,13 @@ def plain_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
 
 def runners(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     threat = ThreatModel("linf", EPS)
-    pgd = fortify.attacks.create("pgd", steps=STEPS, step_size=STEP, random_start=True, restarts=1)
+    pgd = fortify.attacks.create("pgd", steps=STEPS, step_ratio=STEP / EPS, random_start=True, restarts=1)
+    pgd_full = fortify.attacks.create("pgd", steps=STEPS, step_ratio=STEP / EPS, random_start=True, restarts=1,
+                                      early_stop=False)
     out: dict[str, Callable] = {
         "plain loop": lambda x, y: plain_pgd(model, x, y),
         "fortify": lambda x, y: pgd(model, x, y, threat).x_adv,
+        "fortify (no early stop)": lambda x, y: pgd_full(model, x, y, threat).x_adv,
     }
     try:
         import torchattacks
