@@ -175,3 +175,16 @@ def test_report_dict_and_render(problem) -> None:
     out = buf.getvalue()
     assert "linf:0.05" in out and "union" in out and "sanity checks" in out
     assert len(text) > 100
+
+
+def test_thorough_preset_runs_every_registered_attack(problem) -> None:
+    model, x, y = problem
+    rep = robust_accuracy(model, x[:30], y[:30], ["linf:0.1", "l2:0.4"], preset="thorough", budget=0.03)
+    for res, norm in zip(rep.threats, ("linf", "l2")):
+        run, skipped = preset_specs("thorough", norm)
+        labels = [r.label for r in res.rows]
+        assert [s.label for s in run] == [lab for lab in labels if lab in {s.label for s in run}]
+        assert {lab for lab, _ in skipped} <= {lab for lab, _ in res.skipped}
+        assert res.rows[-1].robust_after == int(res.robust.sum())
+        hard = [r for r in res.rows if r.access == "decision"]
+        assert all(r.grad_evals == 0 for r in hard)

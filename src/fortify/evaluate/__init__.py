@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fortify.evaluate.cascade import robust_accuracy
 from fortify.evaluate.curves import RobustnessCurve, plot_curves, robustness_curve
-from fortify.evaluate.presets import PRESETS, AttackSpec, preset_specs
+from fortify.evaluate.presets import PRESETS, AttackSpec, describe_presets, preset_specs
 from fortify.evaluate.run import EvaluationRun, run_evaluation
 from fortify.evaluate.report import AttackRow, EvaluationReport, SanityFlag, ThreatResult, render
 from fortify.evaluate.state import StateMismatchError
@@ -19,6 +19,6 @@ from fortify.evaluate.wrappers import BPDA, EoT, LogitRescale, find_nondifferent
 
 __all__ = [
     "robust_accuracy", "run_evaluation", "EvaluationRun", "robustness_curve", "plot_curves", "RobustnessCurve", "PRESETS", "AttackSpec",
-    "preset_specs", "AttackRow", "EvaluationReport", "SanityFlag", "ThreatResult", "render",
+    "preset_specs", "describe_presets", "AttackRow", "EvaluationReport", "SanityFlag", "ThreatResult", "render",
     "StateMismatchError", "BPDA", "EoT", "LogitRescale", "find_nondifferentiable",
 ]

@@ -9,8 +9,14 @@ with an ensemble of diverse parameter-free attacks", AutoAttack).
 * ``standard``: the AutoAttack-standard suite -- APGD-CE, APGD-T (9 targets), FAB-T (9 targets),
   Square (5,000 queries) -- at AutoAttack's budgets; it is cheaper than AutoAttack because every
   attack only sees survivors and the white-box attacks stop per sample at first success.
-* ``thorough``: ``standard`` with more restarts plus untargeted APGD-DLR, NES, and the hard-label
-  HopSkipJump and Sign-OPT attacks (robust to gradient masking and to output saturation).
+* ``thorough``: ``standard`` with more restarts plus untargeted APGD-DLR, CW-L2 (l2 only), NES, and
+  the hard-label HopSkipJump and Sign-OPT attacks (robust to gradient masking and to output
+  saturation).
+
+Per norm, attacks lacking the norm are skipped and listed (:func:`describe_presets` prints the
+resolved table): with the attacks registered today ``l1`` has no score- or decision-based attack,
+so the l1 evaluation relies on the gradient attacks plus the sanity probes (FGSM, doubled
+iterations, transfer).
 
 Budgets use *semantic* keys (``steps``, ``restarts``, ``queries``, ``n_target_classes``,
 ``loss``); :func:`build_attack` maps each onto the constructor parameter of the registered attack
@@ -89,6 +95,7 @@ _THOROUGH = [
     _s("apgd-dlr", "apgd", "pgd", {"loss": "margin"}, loss="dlr", steps=100, restarts=2),
     _s("apgd-t", "apgd-t", steps=100, restarts=3, n_target_classes=9),
     _s("fab-t", "fab", steps=100, restarts=2, n_target_classes=9),
+    _s("cw", "cw", steps=200),
     _s("square", "square", queries=5000, restarts=2),
     _s("nes", "nes", queries=5000),
     _s("hopskipjump", "hopskipjump", queries=5000),
@@ -168,3 +175,14 @@ def build_attack(spec: AttackSpec, budget: float = 1.0) -> tuple[Attack, list[st
     """Instantiate the attack of ``spec`` with budget-scaled kwargs; returns ``(attack, notes)``."""
     kwargs, notes = resolve_kwargs(spec.attack, spec.kwargs, budget)
     return ATTACKS.get(spec.attack)(**kwargs), notes
+
+
+def describe_presets(norms: Sequence[str] = ("linf", "l2", "l1")) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """``{preset: {norm: {"run": [labels], "skipped": ["label: reason"]}}}`` for the registry today."""
+    out: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for p in PRESETS:
+        out[p] = {}
+        for norm in norms:
+            run, skipped = preset_specs(p, norm)
+            out[p][norm] = {"run": [s.label for s in run], "skipped": [f"{a}: {b}" for a, b in skipped]}
+    return out
