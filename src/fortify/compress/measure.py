@@ -1,0 +1,218 @@
+"""Measurement of compressed models: artefact bytes, parameters, MACs, CPU latency, accuracies.
+
+Every figure comes from the real artefact and the real run:
+
+* ``bytes`` -- size of the saved file: the ``.onnx`` bytes of an :class:`OnnxModule`, otherwise the
+  file :func:`save_compressed` writes (``encoding="auto"``: sparse when smaller; ``"codebook"`` for
+  weight-shared models), or the size of a file you pass in ``artefacts``.
+* ``params_total`` / ``params_nonzero``; ``macs`` (multiply-accumulates of one input: Conv2d
+  ``H_out W_out C_out C_in k_h k_w``, Linear ``I O``) and ``macs_nonzero`` (zero weights skipped).
+* ``latency_b1_ms`` / ``latency_b256_ms`` -- CPU medians over ``repeats`` rounds after a warm-up;
+  the models are timed *interleaved* (round-robin inside each round) so drift in machine load
+  hits all of them alike; PyTorch runs with ``threads`` intra-op threads, ONNX Runtime sessions too.
+* ``clean_acc`` and ``robust_acc``: for PyTorch models, PGD (``robust="pgd"``) or fortify's
+  cascade (``robust="fast"``: :func:`fortify.evaluate.robust_accuracy` with the ``fast`` preset);
+  for an ONNX model, the attack runs on the quantized model itself (black-box Square, score-based)
+  and as a transfer attack (PGD on its float twin, evaluated on the int8 model); a point is robust
+  only if it survives both.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fortify.compress.base import count_params
+from fortify.compress.quantize.runtime import OnnxModule
+from fortify.errors import ConfigError
+from fortify.threat import ThreatModel
+
+ROBUST_MODES = ("pgd", "fast", "none")
+
+
+@dataclass
+class Measurement:
+    """One model's measured figures (``None`` where not measured)."""
+
+    name: str
+    bytes: int
+    params_total: int | None = None
+    params_nonzero: int | None = None
+    macs: int | None = None
+    macs_nonzero: int | None = None
+    latency_b1_ms: float | None = None
+    latency_b256_ms: float | None = None
+    clean_acc: float | None = None
+    robust_acc: float | None = None
+    robust_method: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """``(macs, macs_nonzero)`` of one input ``example_inputs[:1]`` for every Conv2d/Linear of ``model``."""
+    totals = [0, 0]
+
+    def hook(m: nn.Module, inp: Any, out: torch.Tensor) -> None:
+        positions = out[0].numel() // out.shape[1] if isinstance(m, nn.Conv2d) else 1
+        per_out = m.weight[0].numel()
+        totals[0] += positions * out.shape[1] * per_out
+        totals[1] += positions * int((m.weight != 0).sum())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return totals[0], totals[1]
+
+
+def artefact_bytes(model: nn.Module, encoding: str = "auto") -> int:
+    """Bytes of ``model``'s saved artefact (``.onnx`` for OnnxModule, else :func:`save_compressed`)."""
+    if isinstance(model, OnnxModule):
+        return len(model.blob)
+    from fortify.compress.formats import save_compressed
+
+    with tempfile.TemporaryDirectory(prefix="fortify-m-") as tmp:
+        return save_compressed(model, Path(tmp, "m.safetensors"), encoding=encoding).stat().st_size
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``x (N, ...)``, ``y (N,)``."""
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            correct += int((model(x[i: i + batch_size]).argmax(1) == y[i: i + batch_size]).sum())
+    return correct / max(1, x.shape[0])
+
+
+def latencies(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, batch_sizes: tuple[int, ...] = (1, 256),
+              repeats: int = 15, warmup: int = 3, threads: int = 2) -> dict[str, dict[int, float]]:
+    """Median forward latency in ms ``{name: {batch: ms}}``, models interleaved round-robin.
+
+    Inputs are ``example_inputs`` repeated to each batch size. Batch 1 timings average 20 calls per sample.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = {b: example_inputs[:1].repeat(b, *([1] * (example_inputs.dim() - 1))).contiguous() for b in batch_sizes}
+        times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batch_sizes} for n in models}
+        with torch.no_grad():
+            for m in models.values():
+                m.eval()
+                for b in batch_sizes:
+                    for _ in range(warmup):
+                        m(inputs[b])
+            for _ in range(repeats):
+                for b in batch_sizes:
+                    inner = 20 if b == 1 else 1
+                    for name, m in models.items():
+                        t0 = time.perf_counter()
+                        for _ in range(inner):
+                            m(inputs[b])
+                        times[name][b].append((time.perf_counter() - t0) * 1000.0 / inner)
+    finally:
+        torch.set_num_threads(old)
+    return {n: {b: statistics.median(v) for b, v in d.items()} for n, d in times.items()}
+
+
+def robust_accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                       mode: str = "pgd", float_twin: nn.Module | None = None, pgd_steps: int = 40,
+                       square_queries: int = 1000, seed: int = 0) -> tuple[float, str, dict[str, float]]:
+    """Robust accuracy, the method used and per-attack figures (see module doc)."""
+    from fortify.attacks import create as create_attack
+
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(model, OnnxModule):
+        square = create_attack("square", n_queries=square_queries)(model, x, y, threat, generator=gen)
+        robust = ~square.success
+        extra = {"robust_square": float(robust.float().mean())}
+        method = f"square({square_queries})"
+        if float_twin is not None:
+            x_t = create_attack("pgd", steps=pgd_steps)(float_twin, x, y, threat, generator=gen).x_adv
+            with torch.no_grad():
+                transfer_ok = model(x_t).argmax(1) == y
+            extra["robust_transfer"] = float(transfer_ok.float().mean())
+            robust = robust & transfer_ok
+            method += f"+transfer-pgd({pgd_steps})"
+        return float(robust.float().mean()), method, extra
+    if mode == "fast":
+        from fortify.evaluate import robust_accuracy
+
+        rep = robust_accuracy(model, x, y, threat, preset="fast", seed=seed, sanity=False)
+        return rep.threats[0].robust_accuracy, "cascade-fast", {}
+    res = create_attack("pgd", steps=pgd_steps)(model, x, y, threat, generator=gen)
+    return float((~res.success).float().mean()), f"pgd({pgd_steps})", {}
+
+
+def measure(models: Mapping[str, nn.Module] | nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+            threat: ThreatModel | str | None = "linf:0.3", robust: str = "pgd", n_robust: int = 200,
+            float_twins: Mapping[str, nn.Module] | None = None, artefacts: Mapping[str, str | Path] | None = None,
+            encodings: Mapping[str, str] | None = None, latency: bool = True, threads: int = 2,
+            repeats: int = 15, pgd_steps: int = 40, square_queries: int = 1000, seed: int = 0) -> list[Measurement]:
+    """Measure every model of ``models`` (``{name: module}``, or one module named ``"model"``).
+
+    Args:
+        x, y: test images ``(N, C, H, W)`` in [0, 1] and labels ``(N,)``; clean accuracy on all of them,
+            robust accuracy on the first ``n_robust``.
+        threat: the threat model (``None`` or ``robust="none"`` skips robustness).
+        float_twins: ``{name: float model}`` for ONNX models (transfer attack and MAC count).
+        artefacts: ``{name: path}`` of files already written (their size is reported).
+        encodings: ``{name: encoding}`` used when the artefact is written here (default ``auto``).
+    Returns: one :class:`Measurement` per model, in order.
+    """
+    if isinstance(models, nn.Module):
+        models = {"model": models}
+    if robust not in ROBUST_MODES:
+        raise ConfigError(f"robust must be one of {', '.join(ROBUST_MODES)}; got {robust!r}")
+    t = ThreatModel.parse(threat) if isinstance(threat, str) else threat
+    twins, files, encs = dict(float_twins or {}), dict(artefacts or {}), dict(encodings or {})
+    lat = latencies(models, x, threads=threads, repeats=repeats) if latency else {}
+    rows = []
+    for name, m in models.items():
+        m.eval()
+        size = Path(files[name]).stat().st_size if name in files else artefact_bytes(m, encs.get(name, "auto"))
+        ref = twins.get(name) if isinstance(m, OnnxModule) else m
+        row = Measurement(name=name, bytes=size)
+        if ref is not None:
+            row.params_nonzero, row.params_total = count_params(ref)
+            row.macs, row.macs_nonzero = count_macs(ref, x)
+        if name in lat:
+            row.latency_b1_ms, row.latency_b256_ms = lat[name].get(1), lat[name].get(256)
+        row.clean_acc = accuracy(m, x, y)
+        if t is not None and robust != "none":
+            row.robust_acc, row.robust_method, row.extra = robust_accuracy_of(
+                m, x[:n_robust], y[:n_robust], t, mode=robust, float_twin=twins.get(name), pgd_steps=pgd_steps,
+                square_queries=square_queries, seed=seed)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[Measurement], baseline: str | None = None) -> str:
+    """A Markdown table of ``rows``; ratios relative to ``baseline`` (default: the first row)."""
+    base = next((r for r in rows if r.name == baseline), rows[0]) if rows else None
+    head = "| model | bytes | x smaller | params (nz/total) | MACs | lat b1 ms | lat b256 ms | x faster b256 | clean | robust |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        ratio = base.bytes / r.bytes if base else 1.0
+        speed = (base.latency_b256_ms / r.latency_b256_ms) if base and r.latency_b256_ms and base.latency_b256_ms else None
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        lines.append(
+            f"| {r.name} | {r.bytes:,} | {ratio:.1f} | {fmt(r.params_nonzero, ',')}/{fmt(r.params_total, ',')} | "
+            f"{fmt(r.macs, ',')} | {fmt(r.latency_b1_ms, '.3f')} | {fmt(r.latency_b256_ms, '.2f')} | "
+            f"{fmt(speed, '.2f')} | {fmt(r.clean_acc, '.4f')} | {fmt(r.robust_acc, '.4f')} |")
+    return "\n".join(lines)
+
+
+__all__ = ["Measurement", "ROBUST_MODES", "accuracy", "artefact_bytes", "count_macs", "format_table", "latencies",
+           "measure", "robust_accuracy_of"]
