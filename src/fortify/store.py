@@ -237,6 +237,14 @@ class RunStore:
                     raise OutputError(f"run id {run_id!r} already exists in {str(self.path)!r}") from None
         raise OutputError("could not allocate a unique run id")  # pragma: no cover
 
+    def reopen_run(self, run_id: str, argv: list[str] | None = None) -> None:
+        """Mark an existing run ``running`` again (``--resume``); its metrics and artefacts are kept."""
+        rid = self.resolve(run_id)
+        self._write(lambda con: con.execute(
+            "UPDATE runs SET status = 'running', error = NULL, finished = NULL"
+            + (", argv = ?" if argv is not None else "") + " WHERE id = ?",
+            ((json.dumps(list(argv)), rid) if argv is not None else (rid,))))
+
     def set_run_dir(self, run_id: str, run_dir: str | os.PathLike[str]) -> None:
         """Record where the run's files are written."""
         self._write(lambda con: con.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (str(run_dir), run_id)))
@@ -255,9 +263,11 @@ class RunStore:
             "INSERT INTO metrics (run_id, key, value, stage, step, time) VALUES (?, ?, ?, ?, ?, ?)", rows))
 
     def add_artefact(self, run_id: str, name: str, path: str | os.PathLike[str], kind: str = "") -> None:
-        """Record a file the run wrote."""
+        """Record a file the run wrote (recording the same name and path twice keeps one row)."""
         self._write(lambda con: con.execute(
-            "INSERT INTO artefacts (run_id, name, path, kind) VALUES (?, ?, ?, ?)", (run_id, name, str(path), kind)))
+            "INSERT INTO artefacts (run_id, name, path, kind) SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+            "(SELECT 1 FROM artefacts WHERE run_id = ? AND name = ? AND path = ?)",
+            (run_id, name, str(path), kind, run_id, name, str(path))))
 
     def finish_run(self, run_id: str, status: str = "ok", error: str | None = None) -> None:
         """Mark a run ``ok`` or ``failed`` (with its one-line ``error``)."""

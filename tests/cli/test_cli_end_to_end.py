@@ -15,7 +15,7 @@ from fortify.store import RunStore
 def test_run_then_evaluate_then_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
     rc = main(["run", "--out", str(out), "--seed", "3", "train.epochs=1", "data.train_limit=300",
-               "data.test_limit=200", "train.batch_size=50", "--quiet"])
+               "data.test_limit=200", "train.batch_size=50", "--quiet", "--threads", "1"])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     store = RunStore(out / "fortify.db")
@@ -63,3 +63,9 @@ def test_run_then_evaluate_then_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["runs", "show", rec.id, "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "clean_accuracy" in text and "model.safetensors" in text
+    assert main(["run", "--resume", rec.id, "--out", str(out)]) == 2
+    assert "finished ok; nothing to resume" in capsys.readouterr().err
+    assert main(["run", "--resume", rec.id, "train.epochs=2", "--out", str(out)]) == 2
+    assert "drop --recipe and KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", "--resume", "nope", "--out", str(out)]) == 2
+    assert "unknown run id 'nope'" in capsys.readouterr().err

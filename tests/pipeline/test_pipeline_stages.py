@@ -128,3 +128,45 @@ def test_evaluate_stage_matches_independent_count(tmp_path: Path) -> None:
     ctx.model = None
     with pytest.raises(ConfigError, match="needs a model"):
         STAGES.get("evaluate")().run(ctx)
+
+
+class _FlakyOnce:
+    """Fails while the file named by ctx.state['flaky_flag'] is absent... created on the first call."""
+
+    name: ClassVar[str] = "t-flaky"
+    config_class: ClassVar[type | None] = None
+
+    def run(self, ctx: RunContext) -> None:
+        flag = ctx.run_dir / "flaky.flag"
+        if not flag.exists():
+            flag.write_text("1")
+            raise KeyboardInterrupt  # like Ctrl-C after training finished
+
+
+if "t-flaky" not in STAGES:
+    register_stage(_FlakyOnce)
+
+
+def test_resume_continues_the_same_run_from_its_checkpoint(tmp_path: Path) -> None:
+    from fortify import models
+
+    store = RunStore(tmp_path / "fortify.db")
+    cfg = resolve({"stages": ["train", "t-flaky", "evaluate"], "output": {"dir": str(tmp_path / "runs")},
+                   "data": {"train_limit": 64, "test_limit": 32}, "train": {"epochs": 2, "batch_size": 32},
+                   "model": {"name": "mlp", "args": {"hidden": [8]}, "normalize": False}})
+    net = models.create("mlp", in_shape=(1, 28, 28), num_classes=10, hidden=[8])  # what the stage builds
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, store=store, quiet=True, model=net)
+    (rec,) = store.list_runs()
+    assert rec.status == "failed" and rec.error == "[t-flaky] interrupted"
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    ctx = run_pipeline(resolve(rec.config), store=store, quiet=True, resume=rec.id[:10])
+    assert ctx.run_id == rec.id and ctx.run_dir == Path(rec.run_dir)
+    after = store.get_run(rec.id)
+    assert after.status == "ok" and after.error is None and len(store.list_runs()) == 1
+    assert len(ctx.history) == 2  # no epoch re-run: the checkpoint of epoch 2 was complete
+    state = ctx.model.state_dict()
+    for k, v in trained.items():  # resumed weights == the interrupted run's final weights
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+    assert [a.name for a in after.artefacts].count("config") == 1
+    assert 0.0 <= ctx.metrics["evaluate"]["clean_accuracy"] <= 1.0

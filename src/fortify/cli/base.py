@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Protocol, Sequence
 
-from fortify.errors import FortifyError
+from fortify.errors import ConfigError, FortifyError, OutputError
 from fortify.registry import Registry
 
 
@@ -55,7 +55,31 @@ def add_run_options(p: argparse.ArgumentParser, *, recipe: bool = True) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (same as train.seed=N)")
     p.add_argument("--data-dir", metavar="DIR", default=None,
                    help="folder with dataset files, e.g. MNIST IDX files (same as data.data_dir=DIR)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: $FORTIFY_THREADS or 1, fastest for small models on a "
+                        "busy machine)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary table")
+
+
+def add_resume_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", metavar="ID", default=None,
+                   help="continue an interrupted or failed run (its recorded config, folder and last epoch "
+                        "checkpoint); no recipe or overrides allowed")
+
+
+def set_threads(args: argparse.Namespace) -> int:
+    """Apply ``--threads`` (or ``$FORTIFY_THREADS``, else 1) to torch; returns the number used."""
+    import torch
+
+    n = args.threads if getattr(args, "threads", None) is not None else os.environ.get("FORTIFY_THREADS", "1")
+    try:
+        n = int(n)
+    except ValueError:
+        raise UsageError(f"FORTIFY_THREADS must be an integer, got {n!r}") from None
+    if n < 1:
+        raise UsageError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return n
 
 
 def add_store_option(p: argparse.ArgumentParser) -> None:
@@ -111,13 +135,30 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
     from fortify.pipeline import prepare_out_dir, run_pipeline
     from fortify.store import RunStore
 
-    if stages is not None:
-        raw = {**raw, "stages": list(stages)}
-    cfg = resolve(raw)
-    prepare_out_dir(cfg.output.dir)
-    store = RunStore(store_path(args, cfg.output.dir, cfg.output.store))
+    resume = getattr(args, "resume", None)
+    if resume is not None:
+        if getattr(args, "recipe", None) or getattr(args, "overrides", None):
+            raise UsageError("--resume continues a run with its recorded config: drop --recipe and KEY=VALUE")
+        path = store_path(args, getattr(args, "out", None))
+        if not path.is_file():
+            raise OutputError(f"no run store at {str(path)!r} to resume from (pass --store PATH or --out DIR)")
+        store = RunStore(path)
+        rec = store.get_run(resume)
+        if rec.status == "ok":
+            raise ConfigError(f"run {rec.id} finished ok; nothing to resume")
+        if rec.verb != verb:
+            raise ConfigError(f"run {rec.id} was made by 'fortify {rec.verb}'; resume it with that verb")
+        resume = rec.id
+        cfg = resolve(rec.config)
+    else:
+        if stages is not None:
+            raw = {**raw, "stages": list(stages)}
+        cfg = resolve(raw)
+        prepare_out_dir(cfg.output.dir)
+        store = RunStore(store_path(args, cfg.output.dir, cfg.output.store))
+    set_threads(args)
     err = Console(stderr=True)
-    ctx = run_pipeline(cfg, verb=verb, argv=list(argv), store=store, console=err, quiet=args.quiet)
+    ctx = run_pipeline(cfg, verb=verb, argv=list(argv), store=store, console=err, quiet=args.quiet, resume=resume)
     print_summary(ctx, store, quiet=args.quiet)
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import ClassVar
 
-from fortify.cli.base import add_run_options, build_raw, register_verb, run_with_config
+from fortify.cli.base import add_resume_option, add_run_options, build_raw, register_verb, run_with_config
 
 
 @register_verb
@@ -17,6 +17,7 @@ class RunVerb:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_options(parser)
+        add_resume_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        return run_with_config(args, self.name, args.argv, build_raw(args))
+        return run_with_config(args, self.name, args.argv, build_raw(args) if args.resume is None else {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import ClassVar
 
-from fortify.cli.base import add_run_options, build_raw, register_verb, run_with_config
+from fortify.cli.base import add_resume_option, add_run_options, build_raw, register_verb, run_with_config
 
 TRAIN_STAGES = ("train", "evaluate", "save", "report")
 
@@ -18,6 +18,7 @@ class TrainVerb:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_options(parser)
+        add_resume_option(parser)
         parser.add_argument("--model", dest="model_name", metavar="NAME", default=None,
                             help="architecture (same as model.name=NAME)")
         parser.add_argument("--dataset", metavar="NAME", default=None, help="dataset (same as data.name=NAME)")
@@ -31,4 +32,5 @@ class TrainVerb:
             extra.append(f"data.name={args.dataset}")
         if args.epochs is not None:
             extra.append(f"train.epochs={args.epochs}")
-        return run_with_config(args, self.name, args.argv, build_raw(args, extra), stages=TRAIN_STAGES)
+        return run_with_config(args, self.name, args.argv, build_raw(args, extra) if args.resume is None else {},
+                               stages=TRAIN_STAGES)

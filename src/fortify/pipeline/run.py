@@ -63,13 +63,16 @@ def run_pipeline(
     model: "nn.Module | None" = None,
     console: Console | None = None,
     quiet: bool = False,
+    resume: str | None = None,
 ) -> RunContext:
     """Run ``stages`` (default ``config.stages``) in order and return the finished context.
 
     The run is recorded in ``store`` (if given) as ``running`` before the first stage, then
     ``ok``, or ``failed`` with the error's first line; a failure re-raises the exception after
     writing a ``report.json`` with what was measured so far. Files already written are kept.
-    ``model`` (optional) is used instead of building one from ``config.model``.
+    ``model`` (optional) is used instead of building one from ``config.model``. ``resume`` (a run
+    id in ``store``) continues that run in its folder: the run is marked ``running`` again and the
+    train stage continues from the last epoch checkpoint.
     """
     names = list(config.stages if stages is None else stages)
     if not names:
@@ -79,7 +82,12 @@ def run_pipeline(
     versions = package_versions()
     cfg_dict = config.to_dict()
     cfg_dict["stages"] = names
-    if store is not None:
+    if resume is not None:
+        if store is None:
+            raise ConfigError("resuming a run needs the run store it was recorded in")
+        run_id = store.resolve(resume)
+        store.reopen_run(run_id, argv=list(argv))
+    elif store is not None:
         run_id = store.start_run(verb, argv=list(argv), config=cfg_dict, seed=config.seed, versions=versions)
     else:
         run_id = new_run_id()
@@ -88,10 +96,11 @@ def run_pipeline(
                      console=console or Console(stderr=True), quiet=quiet, model=model)
     ctx.state["versions"] = versions
     ctx.state["stages"] = names
+    ctx.state["resume"] = resume is not None
     t_start = time.perf_counter()
     try:
         try:
-            run_dir.mkdir(parents=True, exist_ok=False)
+            run_dir.mkdir(parents=True, exist_ok=resume is not None)
             (run_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=str) + "\n")
         except OSError as e:
             raise OutputError(f"cannot create run folder {str(run_dir)!r}: {e.strerror or e}") from None

@@ -59,7 +59,7 @@ class TrainStage:
         train, test = ctx.data("train"), ctx.data("test")
         trainer = Trainer(ctx.model, task, cfg.train, checkpoint_dir=ctx.path("checkpoints"),
                           progress=not ctx.quiet)
-        history = trainer.fit(train=train, val=test)
+        history = trainer.fit(train=train, val=test, resume=bool(ctx.state.get("resume", False)))
         ctx.history = [dict(h) for h in history]
         for i, h in enumerate(ctx.history):
             nums = {k: float(v) for k, v in h.items() if k != "epoch" and _finite(v)}
