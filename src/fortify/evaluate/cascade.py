@@ -50,6 +50,7 @@ class _Stage:
 
 
 def _as_threats(threat: ThreatLike | Sequence[ThreatLike]) -> list[ThreatModel]:
+    """Normalise one threat / ``"norm:eps"`` string / list of them to ThreatModels (typed errors)."""
     items = [threat] if isinstance(threat, (ThreatModel, str)) else list(threat)
     if not items:
         raise ThreatModelError("at least one threat model is needed")
@@ -85,16 +86,19 @@ class _Scorer:
 
 
 def _stage_seed(seed: int, threat_index: int, label: str) -> int:
+    """Deterministic per-stage seed: resumed and fresh runs draw the same random numbers."""
     return (seed * 1_000_003 + zlib.crc32(f"{threat_index}:{label}".encode())) % (2**62)
 
 
 def _doubled(spec: AttackSpec) -> AttackSpec:
+    """The same attack with twice the iterations (the convergence probe)."""
     kw = dict(spec.kwargs)
     kw["steps"] = 2 * int(kw.get("steps", 50))
     return AttackSpec(spec.label + "-x2", spec.attack, kw)
 
 
 def _plan(preset: str | Sequence[AttackSpec], norm: str, budget: float, sanity: bool) -> tuple[list[_Stage], list[tuple[str, str]]]:
+    """Ordered stages for one norm: gradient attacks, probes, transfer, black-box, adaptive BPDA."""
     specs, skipped = preset_specs(preset, norm)
     white = [s for s in specs if s.access == "gradient"]
     black = [s for s in specs if s.access != "gradient"]
@@ -128,6 +132,7 @@ BLACKBOX_PROBES: tuple[AttackSpec, ...] = (
 
 
 def _blackbox_probe(norm: str) -> AttackSpec | None:
+    """First registered gradient-free probe supporting ``norm`` (None if there is none)."""
     for spec in BLACKBOX_PROBES:
         if spec.attack in ATTACKS and norm in ATTACKS.get(spec.attack).norms:
             return spec
@@ -253,6 +258,7 @@ def robust_accuracy(
 
 
 def _progress_bar(enabled: bool, total: int) -> tuple[Any, Any] | None:
+    """A started rich progress bar and its task, or None when disabled."""
     if not enabled:
         return None
     from rich.console import Console
@@ -265,6 +271,7 @@ def _progress_bar(enabled: bool, total: int) -> tuple[Any, Any] | None:
 
 
 def _surrogate_id(surrogate: nn.Module | None) -> str:
+    """Fingerprint component for the caller-supplied surrogate (``"trained"`` when built here)."""
     if surrogate is None:
         return "trained"
     return fingerprint(surrogate, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), {})

@@ -54,6 +54,7 @@ class RobustnessCurve:
 
 
 def _default_grid(norm: str, span: float, dim: int, dist: torch.Tensor, points: int = 21) -> list[float]:
+    """``points`` eps from 0 to just past the largest finite distance (or a norm-scaled default)."""
     finite = dist[torch.isfinite(dist) & (dist > 0)]
     if finite.numel():
         top = float(finite.max()) * 1.05

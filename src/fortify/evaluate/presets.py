@@ -77,6 +77,7 @@ class AttackSpec:
 
 def _s(label: str, attack: str, fallback: str | None = None, fb_kw: dict[str, Any] | None = None,
        **kw: Any) -> AttackSpec:
+    """Shorthand for a preset table entry."""
     return AttackSpec(label, attack, dict(kw), fallback, dict(fb_kw or {}))
 
 
@@ -140,6 +141,7 @@ def preset_specs(preset: "str | Sequence[AttackSpec]", norm: str) -> tuple[list[
 
 
 def _accepted(cls: type) -> tuple[set[str], bool]:
+    """Constructor parameter names of ``cls`` and whether it takes ``**kwargs``."""
     sig = inspect.signature(cls.__init__)
     params = [p for p in sig.parameters.values() if p.name != "self"]
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

@@ -37,6 +37,7 @@ class EvaluationRun:
 
 
 def _write_json(path: Path, doc: dict) -> None:
+    """Write ``doc`` as JSON atomically (temp file + ``os.replace``)."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=2, allow_nan=True)

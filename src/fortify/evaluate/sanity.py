@@ -48,10 +48,12 @@ EXPLAIN: dict[str, str] = {
 
 
 def make_flag(name: str, fired: bool, evidence: dict | None = None, ran: bool = True) -> SanityFlag:
+    """A flag with its standard explanation from :data:`EXPLAIN`."""
     return SanityFlag(name=name, fired=bool(fired), explanation=EXPLAIN[name], evidence=dict(evidence or {}), ran=ran)
 
 
 def not_run(name: str, reason: str) -> SanityFlag:
+    """A flag that could not be evaluated; ``evidence["reason"]`` says why."""
     return make_flag(name, False, {"reason": reason}, ran=False)
 
 
