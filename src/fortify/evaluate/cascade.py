@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from fortify.attacks import ATTACKS, Attack
+from fortify.attacks import ATTACKS
 from fortify.attacks.base import frozen_eval, model_device
 from fortify.errors import ConfigError, InputError, ThreatModelError
 from fortify.evaluate import sanity as S
