@@ -47,11 +47,19 @@ def relu_relax(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
-    sl, su, bu = (t.unsqueeze(1) for t in relu_relax(lo, hi))
-    ap, an = a.clamp(min=0), a.clamp(max=0)
-    shift = an * bu  # (B, S, *shape): broadcast over the batch when ``a`` is batch-free (B' = 1)
-    const = const + shift.reshape(shift.shape[0], shift.shape[1], -1).sum(-1)
-    return ap * sl + an * su, const
+    """Backward step through a ReLU for ``a (B' , S, *shape)``. Stable neurons are a single product
+    ``a * slope``; the sign-dependent relaxation is applied only to the (union over the batch of)
+    unstable columns, which keeps one pass over the large coefficient tensor."""
+    b = lo.shape[0]
+    sl, su, bu = (t.reshape(b, 1, -1) for t in relu_relax(lo, hi))
+    flat = a.reshape(a.shape[0], a.shape[1], -1)
+    new = flat * su
+    cols = ((lo < 0) & (hi > 0)).reshape(b, -1).any(dim=0).nonzero().squeeze(1)
+    if cols.numel():
+        au = flat[..., cols]
+        new[..., cols] = torch.where(au > 0, au * sl[..., cols], au * su[..., cols])
+        const = const + (au.clamp(max=0) * bu[..., cols]).sum(-1)
+    return new.reshape(new.shape[:2] + a.shape[2:]), const
 
 
 def _windows(t: torch.Tensor, op: MaxPoolOp, fill: float) -> torch.Tensor:
@@ -80,26 +88,34 @@ def maxpool_relax(op: MaxPoolOp, lo: torch.Tensor, hi: torch.Tensor):
 
 
 def _maxpool_back(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Backward step through MaxPool2d: coefficients go to ``j*`` of each window; negative ones of
+    undecided windows take the constant upper bound instead (applied on those columns only)."""
     index, decided, upper = maxpool_relax(op, lo, hi)
     bsz, s = max(a.shape[0], lo.shape[0]), a.shape[1]
     c, h, w = op.in_shape
-    af = a.reshape(a.shape[0], s, c, -1).expand(bsz, s, c, -1)
-    ap, an = af.clamp(min=0), af.clamp(max=0)
-    dec = decided.unsqueeze(1).to(a.dtype)
-    coef = ap + an * dec
-    const = const + (an * (1 - dec) * upper.unsqueeze(1)).sum(dim=(-1, -2))
+    af = a.reshape(a.shape[0], s, -1)
+    coef = af.expand(bsz, s, af.shape[-1])
+    cols = (~decided).reshape(decided.shape[0], -1).any(dim=0).nonzero().squeeze(1)
+    if cols.numel():
+        coef = coef.clone()
+        und = (~decided).reshape(decided.shape[0], 1, -1)[..., cols].to(a.dtype)
+        au = coef[..., cols]
+        neg = au.clamp(max=0) * und
+        coef[..., cols] = au - neg
+        const = const + (neg * upper.reshape(upper.shape[0], 1, -1)[..., cols]).sum(-1)
     out = a.new_zeros(bsz, s, c, h * w)
-    out.scatter_add_(3, index.unsqueeze(1).expand(bsz, s, c, -1), coef)
+    out.scatter_add_(3, index.unsqueeze(1).expand(bsz, s, c, -1), coef.reshape(bsz, s, c, -1))
     return out.reshape((bsz, s) + tuple(op.in_shape)), const
 
 
 def backward_lower(
-    ops: list[Op], upto: int, a: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor]], inp: InputSet
+    ops: list[Op], upto: int, a: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor]], inp: InputSet,
+    const: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Lower bound ``(B, S)`` of ``a . z_upto`` over the input set, ``z_upto`` the input of
+    """Lower bound ``(B, S)`` of ``a . z_upto + const`` over the input set, ``z_upto`` the input of
     ``ops[upto]`` (the output when ``upto == len(ops)``); ``bounds[t]`` bounds the input of ``ops[t]``."""
     b = inp.x.shape[0]
-    const = a.new_zeros(b, a.shape[1])
+    const = a.new_zeros(b, a.shape[1]) if const is None else const.expand(b, a.shape[1])
     for t in reversed(range(upto)):
         op = ops[t]
         if op.linear:
@@ -130,17 +146,14 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int):
         rows = torch.arange(lf.shape[1], device=lo.device)
     if rows.numel() == 0:
         return lo, hi
-    n = lf.shape[1]
     per = max(1, memory_budget // (max(b, 1) * 2 * _row_bytes(ops, t)))
     new_l, new_h = lf.clone(), hf.clone()
     for s in range(0, rows.numel(), per):
         r = rows[s:s + per]
         k = r.numel()
-        a = lo.new_zeros(1, 2 * k, n)
-        idx = torch.arange(k, device=lo.device)
-        a[0, idx, r] = 1.0
-        a[0, idx + k, r] = -1.0
-        low = backward_lower(ops, t, a.reshape((1, 2 * k) + tuple(ops[t].in_shape)), bounds, inp)
+        a, c0 = ops[t - 1].rows_back(r)  # first step (linear) without the dense one-hot product
+        a, c0 = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1)
+        low = backward_lower(ops, t - 1, a, bounds, inp, c0)
         new_l[:, r] = torch.maximum(new_l[:, r], low[:, :k])
         new_h[:, r] = torch.minimum(new_h[:, r], -low[:, k:])
     return new_l.reshape(lo.shape), new_h.reshape(hi.shape)

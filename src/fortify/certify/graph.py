@@ -48,6 +48,16 @@ class Op:
     def bias(self, a: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def rows_back(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e_r W, e_r . b)`` for the unit functionals of output neurons ``rows (S,)`` (flat
+        indices): ``(1, S, *in)`` and ``(1, S)``. Subclasses avoid the dense one-hot product."""
+        ref = next((t for t in vars(self).values() if isinstance(t, torch.Tensor)), torch.zeros(()))
+        n = numel(self.out_shape)
+        a = torch.zeros(1, rows.numel(), n, dtype=ref.dtype, device=ref.device)
+        a[0, torch.arange(rows.numel(), device=ref.device), rows] = 1.0
+        a = a.reshape((1, rows.numel()) + tuple(self.out_shape))
+        return self.back(a), self.bias(a)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
 
@@ -76,6 +86,10 @@ class LinearOp(Op):
         if self.b is None:
             return a.new_zeros(a.shape[:2])
         return a.matmul(self.b)
+
+    def rows_back(self, rows):
+        b = self.b[rows] if self.b is not None else self.w.new_zeros(rows.numel())
+        return self.w[rows].unsqueeze(0), b.unsqueeze(0)
 
 
 class ConvOp(Op):
@@ -108,6 +122,28 @@ class ConvOp(Op):
         if self.b is None:
             return a.new_zeros(a.shape[:2])
         return a.sum(dim=(-1, -2)).matmul(self.b)
+
+    def rows_back(self, rows):
+        """Unit rows of a convolution: the kernel of channel ``c`` placed at the receptive field of
+        output pixel ``(i, j)`` (a "patch"), written directly instead of a transposed convolution
+        of one-hot maps (which costs ``S`` full transposed convolutions)."""
+        if self.groups != 1:
+            return super().rows_back(rows)
+        cout, ho, wo = self.out_shape
+        cin, h, w = self.in_shape
+        (s0, s1), (p0, p1), (d0, d1) = self.stride, self.padding, self.dilation
+        c, rem = rows // (ho * wo), rows % (ho * wo)
+        i, j = rem // wo, rem % wo
+        n = rows.numel()
+        buf = self.w.new_zeros(n, cin, h + 2 * p0 + s0, w + 2 * p1 + s1)
+        ar = torch.arange(n, device=rows.device)
+        kh, kw = self.w.shape[2:]
+        for di in range(kh):
+            for dj in range(kw):
+                buf[ar, :, i * s0 + di * d0, j * s1 + dj * d1] = self.w[c, :, di, dj]
+        a = buf[:, :, p0:p0 + h, p1:p1 + w].unsqueeze(0)
+        b = self.b[c] if self.b is not None else self.w.new_zeros(n)
+        return a, b.unsqueeze(0)
 
 
 class ScaleShiftOp(Op):
