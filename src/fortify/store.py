@@ -137,6 +137,7 @@ class RunRecord:
 
     @property
     def duration(self) -> float | None:
+        """Seconds from start to finish (``None`` while running)."""
         return None if self.finished is None else self.finished - self.created
 
 
@@ -309,10 +310,12 @@ class RunStore:
         return [self._record(r) for r in self._read(sql, params)]
 
     def metrics(self, run_id: str) -> list[Metric]:
+        """Every metric row of ``run_id`` in logging order."""
         rows = self._read("SELECT key, value, stage, step FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,))
         return [Metric(k, v, s, st) for k, v, s, st in rows]
 
     def artefacts(self, run_id: str) -> list[Artefact]:
+        """Every artefact row of ``run_id`` in logging order."""
         rows = self._read("SELECT name, path, kind FROM artefacts WHERE run_id = ? ORDER BY rowid", (run_id,))
         return [Artefact(n, p, k) for n, p, k in rows]
 

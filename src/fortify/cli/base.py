@@ -21,9 +21,13 @@ class Verb(Protocol):
     name: ClassVar[str]
     help: ClassVar[str]
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the verb's options to its sub-parser."""
+        ...
 
-    def run(self, args: argparse.Namespace) -> int: ...
+    def run(self, args: argparse.Namespace) -> int:
+        """Execute the verb; return the exit status."""
+        ...
 
 
 VERBS: Registry[type] = Registry("verb")
@@ -39,6 +43,7 @@ class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors raise :class:`UsageError` (printed as one line by ``main``)."""
 
     def error(self, message: str) -> NoReturn:
+        """Raise UsageError instead of printing usage and exiting."""
         raise UsageError(f"{self.prog.split(' ', 1)[-1] if ' ' in self.prog else self.prog}: {message}")
 
 
@@ -62,6 +67,7 @@ def add_run_options(p: argparse.ArgumentParser, *, recipe: bool = True) -> None:
 
 
 def add_resume_option(p: argparse.ArgumentParser) -> None:
+    """Add ``--resume ID`` (for verbs whose pipeline trains)."""
     p.add_argument("--resume", metavar="ID", default=None,
                    help="continue an interrupted or failed run (its recorded config, folder and last epoch "
                         "checkpoint); no recipe or overrides allowed")
@@ -83,6 +89,7 @@ def set_threads(args: argparse.Namespace) -> int:
 
 
 def add_store_option(p: argparse.ArgumentParser) -> None:
+    """Add ``--store PATH``."""
     p.add_argument("--store", metavar="PATH", default=None,
                    help="run store SQLite file (default: $FORTIFY_STORE or <out>/fortify.db)")
 
@@ -164,4 +171,5 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
 
 
 def env_flag(name: str) -> bool:
+    """True when the environment variable ``name`` is set to 1/true/yes/on."""
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

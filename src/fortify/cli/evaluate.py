@@ -11,6 +11,7 @@ EVALUATE_STAGES = ("load", "evaluate", "report")
 
 @register_verb
 class EvaluateVerb:
+    """``fortify evaluate MODEL``: stages load, evaluate, report."""
     name: ClassVar[str] = "evaluate"
     help: ClassVar[str] = "measure the clean test accuracy of a saved model on a dataset"
     description = ("Load MODEL (a .safetensors file written by fortify, or a plain .pt state dict with "
@@ -18,6 +19,7 @@ class EvaluateVerb:
                    "dataset recorded in the model file). The run is recorded and gets a report.")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """MODEL, the common run options, ``--dataset`` and ``--architecture``."""
         parser.add_argument("model_path", metavar="MODEL", help="model file (.safetensors, or .pt/.pth state dict)")
         add_run_options(parser)
         parser.add_argument("--dataset", metavar="NAME", default=None,
@@ -26,6 +28,7 @@ class EvaluateVerb:
                             help="architecture of a .pt/.pth state dict (same as load.architecture=NAME)")
 
     def run(self, args: argparse.Namespace) -> int:
+        """Evaluate MODEL on ``--dataset`` (default: the dataset recorded in the model file)."""
         extra = [f"load.path={_quote(args.model_path)}"]
         if args.architecture is not None:
             extra.append(f"load.architecture={args.architecture}")

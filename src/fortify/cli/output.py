@@ -25,6 +25,7 @@ def fmt(v: Any) -> str:
 
 
 def when(t: float | None) -> str:
+    """Local date and time of a UNIX timestamp, or a dash."""
     return "–" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
@@ -71,6 +72,7 @@ def _headline(rec: RunRecord, store: RunStore) -> str:
 
 
 def print_runs(store: RunStore, limit: int | None) -> None:
+    """Print the ``runs ls`` table (newest first, at most ``limit`` rows) on stdout."""
     runs = store.list_runs(limit=limit)
     out = Console()
     if not runs:
@@ -90,6 +92,7 @@ def print_runs(store: RunStore, limit: int | None) -> None:
 
 
 def print_run(rec: RunRecord, *, as_json: bool = False) -> None:
+    """Print one run (``runs show``): header, config, final metrics, artefacts; or all of it as JSON."""
     out = Console()
     if as_json:
         d = {k: getattr(rec, k) for k in ("id", "created", "finished", "verb", "argv", "config", "seed", "versions",

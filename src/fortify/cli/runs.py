@@ -9,11 +9,13 @@ from fortify.cli.base import add_store_option, register_verb, store_path
 
 @register_verb
 class RunsVerb:
+    """``fortify runs ls`` / ``fortify runs show ID``."""
     name: ClassVar[str] = "runs"
     help: ClassVar[str] = "list recorded runs (runs ls) or show one run's config, metrics and artefacts (runs show ID)"
     description = "Browse the run store (SQLite): every run's id, verb, config, seed, versions, status, metrics, files."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Sub-commands ``ls`` (``--limit``) and ``show`` (``ID``, ``--json``), each with ``--store``/``--out``."""
         sub = parser.add_subparsers(dest="runs_cmd", metavar="{ls,show}", required=True, parser_class=type(parser))
         ls = sub.add_parser("ls", help="table of recorded runs, newest first", description="Table of recorded runs.")
         ls.add_argument("--limit", type=int, default=20, help="show at most N runs (default 20; 0 = all)")
@@ -27,6 +29,7 @@ class RunsVerb:
         add_store_option(show)
 
     def run(self, args: argparse.Namespace) -> int:
+        """Open the store (an absent store is an OutputError) and print the table or the run."""
         from fortify.cli.output import print_run, print_runs
         from fortify.errors import OutputError
         from fortify.store import RunStore

@@ -11,12 +11,14 @@ TRAIN_STAGES = ("train", "evaluate", "save", "report")
 
 @register_verb
 class TrainVerb:
+    """``fortify train``: stages train, evaluate, save, report."""
     name: ClassVar[str] = "train"
     help: ClassVar[str] = "train a model from a recipe and save it with its clean accuracy and a report"
     description = ("Train the recipe's model on its dataset and task, then evaluate clean test accuracy, save "
                    "the model (safetensors + JSON metadata) and a report; other stages of the recipe are skipped.")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The common run options, ``--resume`` and the shortcuts ``--model``, ``--dataset``, ``--epochs``."""
         add_run_options(parser)
         add_resume_option(parser)
         parser.add_argument("--model", dest="model_name", metavar="NAME", default=None,
@@ -25,6 +27,7 @@ class TrainVerb:
         parser.add_argument("--epochs", type=int, default=None, help="epochs (same as train.epochs=N)")
 
     def run(self, args: argparse.Namespace) -> int:
+        """Train, evaluate, save and report (or resume a recorded train run)."""
         extra = []
         if args.model_name is not None:
             extra.append(f"model.name={args.model_name}")

@@ -109,6 +109,7 @@ class RunContext:
             self.store.log_metrics(self.run_id, clean, stage=stage, step=step)
 
     def log_metric(self, key: str, value: Any, *, step: int | None = None) -> None:
+        """Record one number for the current stage."""
         self.log_metrics({key: value}, step=step)
 
     def add_artefact(self, name: str, path: str | Path, kind: str = "") -> Path:

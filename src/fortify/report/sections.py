@@ -14,6 +14,7 @@ class Table:
     title: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
         return {"title": self.title, "headers": list(self.headers), "rows": [list(r) for r in self.rows]}
 
 
@@ -31,5 +32,6 @@ class Section:
     figures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
         return {"title": self.title, "stage": self.stage, "text": self.text,
                 "tables": [t.to_dict() for t in self.tables], "figures": list(self.figures)}

@@ -47,6 +47,7 @@ class EvaluateStage:
     config_class: ClassVar[type | None] = EvaluateConfig
 
     def run(self, ctx: RunContext) -> None:
+        """Validate the test split against the model (shape, range, labels), then log ``clean_accuracy``."""
         if ctx.model is None:
             raise ConfigError("the evaluate stage needs a model: put 'train' or 'load' before it in 'stages'")
         sec: EvaluateConfig = ctx.config.section(self.name) or EvaluateConfig()

@@ -31,6 +31,7 @@ class LoadStage:
     config_class: ClassVar[type | None] = LoadConfig
 
     def run(self, ctx: RunContext) -> None:
+        """Set ``ctx.model`` and ``ctx.model_meta`` (in_shape, num_classes, dataset, training) from the file."""
         from fortify import models
 
         sec: LoadConfig | None = ctx.config.section(self.name)

@@ -24,6 +24,7 @@ class ReportStage:
     config_class: ClassVar[type | None] = ReportConfig
 
     def run(self, ctx: RunContext) -> None:
+        """Draw the training curve (if any), then write report.json and report.html."""
         from fortify.pipeline.run import write_report_files
         from fortify.report.figures import training_curve
 

@@ -28,6 +28,7 @@ class SaveStage:
     config_class: ClassVar[type | None] = SaveConfig
 
     def run(self, ctx: RunContext) -> None:
+        """Write ``run_dir/<save.filename>`` with the dataset, training and metrics as metadata."""
         from fortify import models
 
         if ctx.model is None:

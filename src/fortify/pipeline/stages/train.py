@@ -46,6 +46,7 @@ class TrainStage:
     config_class: ClassVar[type | None] = None  # uses the core ``train`` and ``task`` sections
 
     def run(self, ctx: RunContext) -> None:
+        """Fit ``ctx.model`` (built from the config when absent) on the train split; log per-epoch records."""
         from fortify.train import Trainer
         from fortify.train import tasks
 
