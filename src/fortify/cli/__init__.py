@@ -70,6 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fortify: error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fortify runs ls | head -1`: the reader left, nothing to report
+        try:
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
 
 
 __all__ = ["main", "build_parser", "VERBS", "register_verb"]
