@@ -5,7 +5,8 @@ Training is split into ``cycles``; inside each cycle the sparsity follows the cu
 Gupta 2018 from 0 to the target ``s``: ``s(t) = s * (1 - (1 - t)^3)`` for ``t`` in [0, 1]. Masks are
 recomputed from the magnitudes of the dense weights at every step and applied with a
 straight-through estimator, so a weight pruned early in one cycle keeps receiving gradient and can
-regrow when the next cycle restarts at low sparsity. At the end the target mask is applied for
+regrow when the next cycle restarts at low sparsity. The last ``hold`` fraction of each cycle keeps
+the target sparsity so the network adapts to it before the next restart. At the end the target mask is applied for
 good. Any fortify task drives the loss (``pgd_at`` for adversarial cyclical pruning).
 """
 from __future__ import annotations
@@ -25,10 +26,12 @@ from fortify.train import Trainer, TrainConfig
 from fortify.train.tasks import create as create_task
 
 
-def cyclical_sparsity(step: int, total: int, cycles: int, target: float) -> float:
-    """Sparsity at optimiser step ``step`` of ``total``: cubic ramp 0 -> ``target`` repeated ``cycles`` times."""
+def cyclical_sparsity(step: int, total: int, cycles: int, target: float, hold: float = 0.3) -> float:
+    """Sparsity at optimiser step ``step`` of ``total``: within each of ``cycles`` equal cycles a
+    cubic ramp 0 -> ``target`` over the first ``1 - hold`` of the cycle, then ``target`` held."""
     per = max(1, total // cycles)
-    t = min(1.0, (step % per + 1) / per) if step < per * cycles else 1.0
+    ramp = max(1.0, (1.0 - hold) * per)
+    t = min(1.0, (step % per + 1) / ramp) if step < per * cycles else 1.0
     return target * (1.0 - (1.0 - t) ** 3)
 
 

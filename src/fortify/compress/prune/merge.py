@@ -11,6 +11,8 @@ the consumer's input channel, or its Flatten column block).
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -56,12 +58,16 @@ def merge_group(seq: nn.Sequential, group: Group, n_remove: int) -> list[float]:
 
 @TRANSFORMS.register("neuron_merge", help="data-free neuron merging with weight surgery (Srinivas & Babu 2015)")
 class NeuronMerge(Transform):
-    """Args: ``amount`` in [0, 1): fraction of units of every prunable layer merged away."""
+    """Args: ``amount`` in [0, 1): fraction of units of every prunable layer merged away, or a
+    ``{layer index: fraction}`` mapping (unlisted layers untouched)."""
 
     name = "neuron_merge"
 
-    def __init__(self, amount: float = 0.25) -> None:
-        self.amount = check_fraction(amount, "amount")
+    def __init__(self, amount: float | Mapping[int, float] = 0.25) -> None:
+        if isinstance(amount, Mapping):
+            self.amount: float | dict[int, float] = {int(k): check_fraction(v, f"amount[{k}]") for k, v in amount.items()}
+        else:
+            self.amount = check_fraction(amount, "amount")
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         seq = sequential_of(model)
@@ -69,7 +75,8 @@ class NeuronMerge(Transform):
         report: dict[str, list[float]] = {}
         for g in groups(model, example_inputs):
             units = seq[g.producer].weight.shape[0]
-            sal = merge_group(seq, g, int(round(units * self.amount)))
+            frac = self.amount.get(g.producer, 0.0) if isinstance(self.amount, dict) else self.amount
+            sal = merge_group(seq, g, int(round(units * frac)))
             report[str(g.producer)] = [len(sal), max(sal) if sal else 0.0]
         refresh_architecture(model)
         return TransformResult(model, {"merged": report, "params_before": before,
