@@ -80,15 +80,24 @@ def print_runs(store: RunStore, limit: int | None) -> None:
         return
     failed = any(r.error for r in runs)
     t = Table(title=f"runs in {store.path}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    cols = ["id", "verb", "status", "seed", "clean acc", "time"] + (["error"] if failed else [])
-    for col in cols:
-        t.add_column(col, overflow="fold", no_wrap=col == "id")
+    cols = ["id", "verb", "status", "seed", "clean acc", "time"]
+    rows = []
     for r in runs:
+        rows.append([r.id, r.verb, r.status, fmt(r.seed), _headline(r, store),
+                     "–" if r.duration is None else f"{r.duration:.1f}s"])
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    for c, w in zip(cols, widths):
+        t.add_column(c, no_wrap=True, min_width=w)
+    for r, row in zip(runs, rows):
         style = {"ok": "green", "failed": "red"}.get(r.status, "yellow")
-        row = [r.id, r.verb, f"[{style}]{r.status}[/{style}]", fmt(r.seed), _headline(r, store),
-               "–" if r.duration is None else f"{r.duration:.1f}s"]
-        t.add_row(*(row + ([(r.error or "")[:80]] if failed else [])))
+        row[2] = f"[{style}]{r.status}[/{style}]"
+        t.add_row(*row)
     out.print(t)
+    if failed:
+        out.print("errors:")
+        for r in runs:
+            if r.error:
+                out.print(f"  {r.id}  {r.error}", highlight=False, markup=False, overflow="ellipsis", no_wrap=True)
 
 
 def print_run(rec: RunRecord, *, as_json: bool = False) -> None:
