@@ -65,6 +65,12 @@ def test_bad_values_name_allowed_values() -> None:
         load_config(overrides=["data.train_limit=abc"])
     with pytest.raises(ConfigError, match=r"evaluate.batch_size must be an integer >= 1"):
         load_config(overrides=["evaluate.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.args.foo'; allowed keys in 'model.args': "
+                                          r"channels, hidden"):
+        load_config(overrides=["model.args.foo=1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'task.args.eps'; allowed keys in 'task.args': "
+                                          r"label_smoothing"):
+        load_config(overrides=["task.args.eps=1"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
         load_config(overrides=["train.epochs.x=1"])
     with pytest.raises(ConfigError, match="must look like key=value"):

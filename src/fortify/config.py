@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -346,7 +347,25 @@ def resolve(raw: Mapping[str, Any], *, check_names: bool = True) -> Config:
         _check_name(DATASETS, cfg.data.name, "data.name")
         _check_name(MODELS, cfg.model.name, "model.name")
         _check_name(TASKS, cfg.task.name, "task.name")
+        _check_args(MODELS.get(cfg.model.name), cfg.model.args, "model.args", {"in_shape", "num_classes"})
+        _check_args(TASKS.get(cfg.task.name), cfg.task.args, "task.args", set())
     return cfg
+
+
+def _check_args(factory: Any, args: Mapping[str, Any], key: str, reserved: set[str]) -> None:
+    """Unknown keyword arguments of a factory/class fail here, before any run is created."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if n not in reserved and n != "self"
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for k in args:
+        if k not in allowed:
+            raise ConfigError(f"unknown config key {key + '.' + str(k)!r}; allowed keys in {key!r}: "
+                              f"{', '.join(allowed) or '(none)'}")
 
 
 def load_config(recipe: str | Path | None = None, overrides: Iterable[str] = (), *,

@@ -88,6 +88,10 @@ def test_unwritable_out_and_unknown_run(tmp_path: Path, capsys: pytest.CaptureFi
     RunStore(store).start_run("run", argv=[], config={}, seed=0, run_id="20260101-000000-abcdef")
     assert "unknown run id 'nope'" in _error_line(capsys, ["runs", "show", "nope", "--store", str(store)])
     assert "no run store" in _error_line(capsys, ["runs", "ls", "--store", str(tmp_path / "none.db")])
+    RunStore(store).finish_run("20260101-000000-abcdef", "failed", "[train] it broke")
+    assert main(["runs", "ls", "--store", str(store)]) == 0
+    listing = capsys.readouterr().out
+    assert "failed" in listing and "20260101-000000-abcdef  [train] it broke" in listing
 
 
 class _Evil:
