@@ -71,7 +71,9 @@ class TrainStage:
         ctx.log_metrics({**last, "epochs": len(ctx.history), "train_examples": int(train[0].shape[0])})
         ctx.model_meta["training"] = {"task": cfg.task.name, "task_args": dict(cfg.task.args),
                                       "train": cfg.train.to_dict(), "run_id": ctx.run_id}
-        keys = sorted({k for h in ctx.history for k in h if k != "epoch" and _finite(h[k])})
+        seen = {k for h in ctx.history for k in h if k != "epoch" and _finite(h[k])}
+        first = [k for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s") if k in seen]
+        keys = first + sorted(seen - set(first))
         rows = [[h.get("epoch", i + 1)] + [h.get(k) for k in keys] for i, h in enumerate(ctx.history)]
         ctx.add_section(Section(
             "Training",
