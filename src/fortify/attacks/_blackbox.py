@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fortify.attacks.base import Oracle
@@ -74,8 +76,8 @@ def is_adversarial(pred: torch.Tensor, y: torch.Tensor, targeted: torch.Tensor |
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:
-    """``(B, ...) -> (B, D)``."""
-    return t.reshape(t.shape[0], -1)
+    """``(B, ...) -> (B, D)``; also for an empty batch (``B = 0``), where ``reshape(0, -1)`` is ambiguous."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def view_b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

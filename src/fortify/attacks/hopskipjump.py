@@ -196,8 +196,9 @@ class HopSkipJump(Attack):
         x_adv, found = self._starting_points(q, x, y, targeted, generator, bounds)
         alive = found & (q.remaining() >= bs_cost)
         idx = alive.nonzero().squeeze(1)
-        tt = None if targeted is None else targeted[idx]
-        x_adv[idx] = self._binary_search(q, x[idx], x_adv[idx], idx, y[idx], tt, norm, theta)
+        if idx.numel():  # no start at all (e.g. an unreachable target): nothing to refine
+            tt = None if targeted is None else targeted[idx]
+            x_adv[idx] = self._binary_search(q, x[idx], x_adv[idx], idx, y[idx], tt, norm, theta)
         dist = lp_norm(x_adv - x, norm)
         best = x_adv.clone()  # x itself where no adversarial start was found
         best_dist = torch.where(found, dist, torch.full_like(dist, float("inf")))
