@@ -1,0 +1,199 @@
+"""Training benchmark: time to robustness (run by hand; never part of the test suite).
+
+Same architecture (small-cnn, inputs normalised inside the model), same data, linf eps 0.3:
+
+* ``pgd40``   - PGD-40 adversarial training, step 0.01, random start (Madry et al. 2018 recipe);
+* ``fast``    - Fast-AT: FGSM step 1.25 eps from a random start (Wong et al. 2020), no guard;
+* ``fortify`` - fortify's efficient recipe (``robust-<dataset>.yaml``: PGD with eps ramp and steps
+  growing 1 -> K);
+* ``multi``   - multi-perturbation (MSD, Maini et al. 2020) for linf 0.3 / l2 2.0 / l1 10, with
+  union robust accuracy.
+
+Every epoch a :class:`RobustnessMonitor` measures PGD-10 accuracy on a fixed held-out batch; the
+*time to robustness* of a run is the training wall time (measurement excluded) and the number of
+gradient evaluations (input gradients of the attacks + one training backward per sample) until that
+accuracy first reaches ``--target``. Final models are evaluated with
+``fortify.evaluate.robust_accuracy(preset=...)`` on the test set. A run that hits ``--time-cap``
+stops early; its time to the target is then *extrapolated* from the measured per-epoch time and
+the epochs the reference schedule needs, and labelled as such.
+
+    # full scale (GPU recommended): full MNIST, 10k test images, standard preset
+    .venv/bin/python benchmarks/training.py --dataset mnist --device cuda
+    # small scale on a CPU (what benchmarks/README.md reports)
+    .venv/bin/python benchmarks/training.py --dataset mnist-5k --test-limit 500 --budget 0.5 \\
+        --epochs-pgd40 15 --time-cap 240 --epochs-fast 15 --epochs-multi 8 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fortify import data as fdata
+from fortify import models as fmodels
+from fortify.config import load_config
+from fortify.threat import ThreatModel
+from fortify.train import Trainer, TrainConfig, tasks
+from fortify.train.adversarial import RobustnessMonitor
+
+EPS = 0.3
+MULTI = ["linf:0.3", "l2:2.0", "l1:10"]
+#: epochs of Madry et al.'s MNIST schedule: 100k iterations of batch 50 over 60k images
+MADRY_EPOCHS = 100_000 * 50 / 60_000
+
+
+class TimeToTarget:
+    """Callback after the monitor: first epoch whose held-out PGD-10 accuracy reaches ``target``;
+    stops the run after ``cap`` seconds of training wall time."""
+
+    def __init__(self, target: float, cap: float | None) -> None:
+        self.target, self.cap = target, cap
+        self.hit: dict[str, Any] | None = None
+        self.capped = False
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> dict[str, Any]:
+        wall = float(record.get("train_wall_s", 0.0))
+        if self.hit is None and float(record.get("robust_acc", 0.0)) >= self.target:
+            self.hit = {"epoch": record["epoch"], "wall_s": wall, "grad_evals": int(record["grad_evals"])}
+        if self.cap is not None and wall >= self.cap and record["epoch"] < trainer.config.epochs:
+            self.capped = True
+            return {"stop": True}
+        return {}
+
+
+def build_model(dataset: str, device: str) -> torch.nn.Module:
+    spec = fdata.info(dataset)
+    torch.manual_seed(0)
+    net = fmodels.create("small-cnn", in_shape=tuple(spec.input_shape), num_classes=spec.num_classes)
+    return fmodels.Normalized(net, spec.mean, spec.std).to(device)
+
+
+def method_setup(name: str, dataset: str, args: argparse.Namespace) -> tuple[Any, TrainConfig, float | None]:
+    """(task, train config, reference epochs for extrapolation) of a method."""
+    base = dict(batch_size=64, optimizer="adam", lr=0.002, weight_decay=0.0, schedule="onecycle", seed=0)
+    if name == "pgd40":
+        task = tasks.create("pgd_at", threat="linf:0.3", steps=40, step_ratio=0.01 / EPS,
+                            schedule=[{"name": "eps-ramp", "warmup": 0.2}], monitor=False)
+        return task, TrainConfig(epochs=args.epochs_pgd40, **base), MADRY_EPOCHS
+    if name == "fast":
+        task = tasks.create("fast_at", threat="linf:0.3", step_ratio=1.25,
+                            schedule=[{"name": "eps-ramp", "warmup": 0.4}], monitor=False, co_guard=False)
+        return task, TrainConfig(epochs=args.epochs_fast, **base), None
+    if name == "multi":
+        task = tasks.create("multi_perturbation", threats=MULTI, mode=args.multi_mode, steps=10,
+                            schedule=[{"name": "eps-ramp", "warmup": 0.3}], monitor=False)
+        return task, TrainConfig(epochs=args.epochs_multi, **base), None
+    recipe = "robust-mnist-5k" if dataset == "mnist-5k" else "robust-mnist"
+    cfg = load_config(recipe)
+    task_args = {k: v for k, v in cfg.task.args.items() if k not in ("monitor", "co_guard")}
+    task = tasks.create(cfg.task.name, **task_args, monitor=False)
+    tc = cfg.train.to_dict()
+    if args.epochs_fortify is not None:
+        tc["epochs"] = args.epochs_fortify
+    return task, TrainConfig.from_dict(tc), None
+
+
+def run_method(name: str, train: tuple, test: tuple, monitor_batch: tuple, args: argparse.Namespace) -> dict:
+    from fortify.evaluate import robust_accuracy
+
+    task, cfg, ref_epochs = method_setup(name, args.dataset, args)
+    model = build_model(args.dataset, args.device)
+    mon = RobustnessMonitor(*monitor_batch, threat=f"linf:{EPS}", n=args.monitor_n, steps=10)
+    ttt = TimeToTarget(args.target, args.time_cap)
+    t0 = time.perf_counter()
+    hist = Trainer(model, task, cfg, progress=not args.quiet, callbacks=[mon, ttt]).fit(train)
+    total = time.perf_counter() - t0
+    train_wall = float(hist[-1]["train_wall_s"])
+    per_epoch = train_wall / len(hist)
+    row: dict[str, Any] = {
+        "method": name, "epochs_run": len(hist), "epochs_planned": cfg.epochs, "capped": ttt.capped,
+        "train_wall_s": train_wall, "wall_incl_monitor_s": total, "grad_evals": int(hist[-1]["grad_evals"]),
+        "per_epoch_s": per_epoch, "monitor_robust_acc": [h.get("robust_acc") for h in hist],
+        "time_to_target": ttt.hit,
+    }
+    if ttt.hit is None and ref_epochs is not None:
+        row["extrapolated_full_schedule_s"] = per_epoch * ref_epochs
+        row["extrapolated_full_schedule_grad_evals"] = int(hist[-1]["grad_evals"] / len(hist) * ref_epochs)
+    xt, yt = test
+    threats: Any = MULTI if name == "multi" else f"linf:{EPS}"
+    t1 = time.perf_counter()
+    rep = robust_accuracy(model, xt.to(args.device), yt.to(args.device), threats, preset=args.preset,
+                          budget=args.budget, seed=0)
+    row.update({"clean_acc": rep.clean_accuracy, "robust_acc": rep.robust_accuracy, "by_threat": rep.by_threat(),
+                "eval_s": time.perf_counter() - t1, "preset": args.preset, "budget": args.budget,
+                "test_points": int(xt.shape[0])})
+    return row
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [f"dataset {args.dataset}, train {args.n_train}, test {rows[0]['test_points'] if rows else 0}, "
+             f"preset {args.preset} (budget {args.budget}), target {args.target:.0%} held-out PGD-10, "
+             f"device {args.device}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}",
+             "", "| method | epochs | train wall s | grad evals | time to target (s / grad evals) | clean | robust |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        hit = r["time_to_target"]
+        if hit:
+            ttt = f"{hit['wall_s']:.0f} s / {hit['grad_evals']:.3g} (epoch {hit['epoch']})"
+        elif "extrapolated_full_schedule_s" in r:
+            ttt = (f"not reached; full Madry schedule extrapolated: {r['extrapolated_full_schedule_s']:.0f} s / "
+                   f"{r['extrapolated_full_schedule_grad_evals']:.3g}")
+        else:
+            ttt = "not reached"
+        rob = f"{r['robust_acc']:.1%}"
+        if r["method"] == "multi":
+            rob = "union " + rob + " (" + ", ".join(f"{k} {v:.1%}" for k, v in r["by_threat"].items()) + ")"
+        cap = " (capped)" if r["capped"] else ""
+        lines.append(f"| {r['method']} | {r['epochs_run']}/{r['epochs_planned']}{cap} | {r['train_wall_s']:.0f} | "
+                     f"{r['grad_evals']:.3g} | {ttt} | {r['clean_acc']:.1%} | {rob} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "mnist-5k"])
+    p.add_argument("--train-limit", type=int, default=None, help="first N training images")
+    p.add_argument("--test-limit", type=int, default=None, help="first N test images for the final evaluation")
+    p.add_argument("--methods", default="pgd40,fast,fortify,multi")
+    p.add_argument("--epochs-pgd40", type=int, default=20)
+    p.add_argument("--epochs-fast", type=int, default=10)
+    p.add_argument("--epochs-fortify", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--epochs-multi", type=int, default=10)
+    p.add_argument("--multi-mode", default="msd", choices=["msd", "max", "avg", "stochastic"])
+    p.add_argument("--target", type=float, default=0.89, help="held-out PGD-10 accuracy that counts as robust")
+    p.add_argument("--time-cap", type=float, default=None, help="stop a run after this many training seconds")
+    p.add_argument("--monitor-n", type=int, default=500)
+    p.add_argument("--preset", default="standard")
+    p.add_argument("--budget", type=float, default=1.0, help="evaluation budget multiplier (1 = full preset)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x, y = fdata.load(args.dataset, split="train")
+    xt, yt = fdata.load(args.dataset, split="test")
+    if args.train_limit:
+        x, y = x[:args.train_limit], y[:args.train_limit]
+    # monitor on the *last* test images, final evaluation on the first ones: disjoint when limited
+    monitor_batch = (xt[-args.monitor_n:], yt[-args.monitor_n:])
+    if args.test_limit:
+        xt, yt = xt[:args.test_limit], yt[:args.test_limit]
+    args.n_train = int(x.shape[0])
+    rows = []
+    for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        rows.append(run_method(name, (x, y), (xt, yt), monitor_batch, args))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "monitor_robust_acc"}), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
+    print(markdown(rows, args))
+
+
+if __name__ == "__main__":
+    main()
