@@ -141,3 +141,21 @@ def test_certified_points_are_never_broken_by_registered_attacks() -> None:
             assert not bool((res.success & cert.certified).any()), name
             got = margin(net(res.x_adv), y)
             assert bool((got[cert.certified] >= cert.lower_margin[cert.certified] - 1e-5).all()), name
+
+
+@pytest.mark.parametrize("threat", THREATS, ids=str)
+def test_windowed_conv_rows_equal_dense_rows(threat: ThreatModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The patches path (conv rows as receptive-field windows) gives the dense path's bounds."""
+    import fortify.certify.crown as crown
+
+    net = Normalized(convnet(seed=11), [0.4], [0.3]).eval()
+    x = torch.rand(3, 1, 8, 8)
+    ops = build_ops(net, (1, 8, 8), x)
+    inp = InputSet.from_threat(x, threat)
+    windowed = layer_bounds(ops, inp)
+    dense_refine = crown._refine
+    monkeypatch.setattr(crown, "_refine", lambda *a, **k: dense_refine(*a, **k, use_windows=False))
+    dense = layer_bounds(ops, inp)
+    for (wl, wh), (dl, dh) in zip(windowed, dense):
+        torch.testing.assert_close(wl, dl, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(wh, dh, atol=2e-6, rtol=1e-5)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from fortify.certify.bounds import InputSet, ibp_margin, linear_prefix, prefix_dual
 from fortify.certify.graph import MaxPoolOp, Op, ReLUOp, numel
+from fortify.certify.patches import windowed_lower, windowed_ok
 
 #: bytes of live temporaries per float of a backward coefficient tensor (a, a+, a-, new a)
 _TEMP_FACTOR = 4
@@ -136,7 +137,7 @@ def _row_bytes(ops: list[Op], upto: int) -> int:
     return max(sizes) * 4 * _TEMP_FACTOR
 
 
-def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int):
+def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool = True):
     """Tighten ``[lo, hi]`` (input of ``ops[t]``, ``(B, *shape)``) by CROWN on its unstable rows."""
     b = lo.shape[0]
     lf, hf = lo.reshape(b, -1), hi.reshape(b, -1)
@@ -146,14 +147,18 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int):
         rows = torch.arange(lf.shape[1], device=lo.device)
     if rows.numel() == 0:
         return lo, hi
+    windowed = use_windows and windowed_ok(ops, t)
     per = max(1, memory_budget // (max(b, 1) * 2 * _row_bytes(ops, t)))
     new_l, new_h = lf.clone(), hf.clone()
     for s in range(0, rows.numel(), per):
         r = rows[s:s + per]
         k = r.numel()
-        a, c0 = ops[t - 1].rows_back(r)  # first step (linear) without the dense one-hot product
-        a, c0 = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1)
-        low = backward_lower(ops, t - 1, a, bounds, inp, c0)
+        if windowed:
+            low = windowed_lower(ops, t, r, bounds, inp)
+        else:
+            a, c0 = ops[t - 1].rows_back(r)  # first step (linear) without the dense one-hot product
+            a, c0 = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1)
+            low = backward_lower(ops, t - 1, a, bounds, inp, c0)
         new_l[:, r] = torch.maximum(new_l[:, r], low[:, :k])
         new_h[:, r] = torch.minimum(new_h[:, r], -low[:, k:])
     return new_l.reshape(lo.shape), new_h.reshape(hi.shape)

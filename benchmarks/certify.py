@@ -1,0 +1,184 @@
+"""Certification benchmark (run by hand; never part of the test suite).
+
+fortify's IBP / CROWN against auto_LiRPA 0.3 (Xu et al. 2020, the reference implementation of
+CROWN) on ``small-cnn`` and ``madry-cnn``: images/s, peak memory and bound tightness (the lower
+bound of the margin ``z_y - z_j`` for all ``j != y``; larger is tighter; both are sound, so equal
+bounds mean equal relaxations). Every (method, model) run is a fresh child process (spawn) so that
+its peak RSS (``ru_maxrss``) is its own; the child gets an address-space cap (``--cap-gb``) so a
+method that would exhaust the machine fails with MemoryError instead. Runs are interleaved per
+repetition; medians are reported.
+
+auto_LiRPA 0.3 does not import on torch 2.13 / numpy 2 as released; :func:`patch_auto_lirpa` applies
+four in-memory shims (no file is edited): ``numpy.lib.arraysetops.isin``, a stub ``appdirs``
+module, ``torch.onnx.symbolic_helper._set_opset_version`` and ``torch._C.Node.__getitem__``.
+Install it with ``.venv/bin/pip install --no-deps auto_LiRPA``; without it only fortify runs.
+
+    .venv/bin/python benchmarks/certify.py --n 4 --eps 0.005 --threads 1
+    .venv/bin/python benchmarks/certify.py --models small-cnn --n 32 --methods fortify-crown lirpa-crown
+
+Models: the registered architectures with a fixed seed (random weights) on MNIST test images
+(``mnist-5k`` bundled split) or uniform noise when no dataset is installed; ``--checkpoint NAME=PATH``
+loads trained weights (fortify safetensors) instead.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import types
+from typing import Any
+
+import torch
+
+METHODS = ("fortify-ibp", "fortify-crown", "lirpa-ibp", "lirpa-crown")
+
+
+def patch_auto_lirpa() -> Any:
+    """Import auto_LiRPA 0.3 on torch 2.13 / numpy 2 with in-memory shims; returns the module."""
+    import numpy as np
+
+    if "numpy.lib.arraysetops" not in sys.modules:
+        m = types.ModuleType("numpy.lib.arraysetops")
+        m.isin = np.isin  # type: ignore[attr-defined]
+        sys.modules["numpy.lib.arraysetops"] = m
+    try:
+        import appdirs  # noqa: F401
+    except ImportError:
+        a = types.ModuleType("appdirs")
+        a.user_data_dir = lambda name, *args, **kw: f"{tempfile.gettempdir()}/{name}"  # type: ignore[attr-defined]
+        sys.modules["appdirs"] = a
+    import torch.onnx.symbolic_helper as sh
+
+    if not hasattr(sh, "_set_opset_version"):
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+        def _set_opset_version(v: int) -> None:
+            GLOBALS.export_onnx_opset_version = v
+
+        sh._set_opset_version = _set_opset_version  # type: ignore[attr-defined]
+    if not hasattr(torch._C.Node, "__getitem__"):
+        torch._C.Node.__getitem__ = lambda self, k: getattr(self, self.kindOf(k))(k)  # type: ignore[attr-defined]
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import auto_LiRPA
+
+    return auto_LiRPA
+
+
+def load_problem(model_name: str, n: int, seed: int, checkpoint: str | None) -> tuple[torch.nn.Module, torch.Tensor]:
+    from fortify import models as fmodels
+
+    torch.manual_seed(seed)
+    if checkpoint:
+        net = fmodels.load(checkpoint)
+    else:
+        net = fmodels.create(model_name, in_shape=(1, 28, 28), num_classes=10)
+    net.eval()
+    try:
+        from fortify import data as fdata
+
+        x, _ = fdata.load("mnist-5k", split="test")
+        x = x[:n].float()
+    except Exception:  # noqa: BLE001 - any missing dataset: fall back to noise, reported
+        x = torch.rand(n, 1, 28, 28)
+    return net, x
+
+
+def _child(method: str, model_name: str, n: int, eps: float, seed: int, checkpoint: str | None, threads: int,
+           cap_gb: float, budget_gb: float, q: Any) -> None:
+    """Run one method in a fresh process; report (seconds, lower bounds, peak RSS MiB, error)."""
+    torch.set_num_threads(threads)
+    if cap_gb > 0:
+        cap = int(cap_gb * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    try:
+        net, x = load_problem(model_name, n, seed, checkpoint)
+        with torch.no_grad():
+            y = net(x).argmax(1)
+        from fortify import ThreatModel
+        from fortify.certify import CERTIFIERS
+        from fortify.certify.bounds import margin_spec
+
+        threat = ThreatModel("linf", eps)
+        if method.startswith("lirpa"):
+            al = patch_auto_lirpa()
+            bm = al.BoundedModule(net, torch.zeros(1, 1, 28, 28), device="cpu")
+            t0 = time.perf_counter()
+            ptb = al.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1),
+                                        x_U=(x + eps).clamp(0, 1))
+            with torch.no_grad():
+                lb, _ = bm.compute_bounds(x=(al.BoundedTensor(x, ptb),), C=margin_spec(y, 10),
+                                          method="IBP" if method.endswith("ibp") else "CROWN")
+            low = lb.amin(dim=1)
+        else:
+            cert = CERTIFIERS.get(method.split("-", 1)[1])(memory_budget=int(budget_gb * (1 << 30)),
+                                                           intersect_ibp=False)
+            t0 = time.perf_counter()
+            low = cert(net, x, y, threat).lower_margin
+        secs = time.perf_counter() - t0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        q.put((secs, low.detach().tolist(), rss, None))
+    except MemoryError:
+        q.put((float("nan"), None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               f"MemoryError under a {cap_gb:g} GB address-space cap"))
+    except Exception as e:  # noqa: BLE001 - report any failure of a peer in the table
+        q.put((float("nan"), None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               f"{type(e).__name__}: {str(e)[:160]}"))
+
+
+def run_one(*args: Any) -> tuple[float, list[float] | None, float, str | None]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=args + (q,))
+    p.start()
+    p.join()
+    if not q.empty():
+        return q.get()
+    return float("nan"), None, float("nan"), f"child exited with code {p.exitcode}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["small-cnn", "madry-cnn"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--n", type=int, default=4, help="images per run")
+    ap.add_argument("--eps", type=float, default=0.005, help="linf radius")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cap-gb", type=float, default=16.0, help="address-space cap of each child (0: none)")
+    ap.add_argument("--budget-gb", type=float, default=2.0, help="fortify CROWN memory_budget")
+    ap.add_argument("--checkpoint", action="append", default=[], help="NAME=PATH trained weights")
+    args = ap.parse_args()
+    ckpt = dict(c.split("=", 1) for c in args.checkpoint)
+    print(f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads {args.threads}, n={args.n}, linf eps={args.eps}, reps={args.reps}")
+    for model_name in args.models:
+        res: dict[str, list[tuple]] = {m: [] for m in args.methods}
+        for _ in range(args.reps):
+            for m in args.methods:
+                res[m].append(run_one(m, model_name, args.n, args.eps, args.seed, ckpt.get(model_name),
+                                      args.threads, args.cap_gb, args.budget_gb))
+        ref = next((r[0][1] for m, r in res.items() if m == "lirpa-crown" and r[0][1] is not None), None)
+        print(f"\n## {model_name}")
+        print("| method | s / batch | images/s | peak RSS MiB | mean lower margin | max |lb - lirpa-crown| | error |")
+        print("|---|---|---|---|---|---|---|")
+        for m, runs in res.items():
+            secs = statistics.median(r[0] for r in runs)
+            rss = max(r[2] for r in runs)
+            low = runs[0][1]
+            err = runs[0][3] or ""
+            mean = f"{sum(low) / len(low):.4f}" if low else "-"
+            diff = f"{max(abs(a - b) for a, b in zip(low, ref)):.2e}" if low and ref else "-"
+            ips = f"{args.n / secs:.3f}" if secs == secs else "-"
+            print(f"| {m} | {secs:.2f} | {ips} | {rss:.0f} | {mean} | {diff} | {err} |")
+
+
+if __name__ == "__main__":
+    main()
