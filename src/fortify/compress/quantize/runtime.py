@@ -27,6 +27,7 @@ def make_session(blob: bytes, threads: int = 2) -> Any:
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-wait on a shared CPU
     try:
         return ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
