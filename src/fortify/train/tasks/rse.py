@@ -52,5 +52,8 @@ class RSE(Task):
     def state_dict(self) -> dict[str, Any]:
         return {"grad_evals_total": self.grad_evals_total}
 
+    def __repr__(self) -> str:
+        return f"RSE(init_std={self.init_std}, inner_std={self.inner_std}, linear={self.linear})"
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.grad_evals_total = int(state.get("grad_evals_total", 0))
