@@ -125,3 +125,21 @@ def test_compress_errors(cnn: nn.Module) -> None:
         compress(cnn, [{"transform": "int8_dynamic"}, {"transform": "magnitude_prune"}], example_inputs=X)
     with pytest.raises(ConfigError, match="magnitude_prune"):
         compress(cnn, [{"transform": "magnitude_prune", "bogus": 1}], example_inputs=X)
+
+
+def test_huffman_roundtrip_and_near_entropy() -> None:
+    import numpy as np
+
+    from fortify.compress.huffman import decode, encode, gaps_from_mask, mask_from_gaps
+
+    rng = np.random.default_rng(0)
+    p = np.array([0.5, 0.25, 0.125, 0.125])  # dyadic: Huffman is optimal, 1.75 bits per symbol
+    sym = rng.choice(4, size=4000, p=p)
+    alpha, lens, bits = encode(sym)
+    assert sorted(lens.tolist()) == [1, 2, 3, 3]
+    assert len(bits) == -(-int(sum({0: 1, 1: 2, 2: 3, 3: 3}[s] for s in sym)) // 8)
+    assert np.array_equal(decode(alpha, lens, bits, sym.size), sym)
+    mask = rng.random(5000) < 0.05
+    mask[100:1500] = False  # a gap > 255 needs filler entries
+    gaps = gaps_from_mask(mask)
+    assert (gaps == 0).sum() >= 5 and np.array_equal(mask_from_gaps(gaps, mask.size), mask)

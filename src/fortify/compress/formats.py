@@ -11,9 +11,10 @@ architecture record if still valid, and one encoding entry per weight tensor:
   Costs ``n/8 + 4*nnz`` bytes instead of ``4*n``; chosen by ``encoding="auto"`` when smaller.
 * ``codebook`` -- Deep Compression (Han et al. 2016, "Deep Compression: compressing deep neural
   networks with pruning, trained quantization and Huffman coding"): a per-layer codebook of ``k``
-  float32 centroids (``{i}.weight.codebook``) and one ``lzma`` stream (``{i}.weight.lzma``) holding
-  the packed mask bitmap followed by the ``ceil(log2 k)``-bit packed centroid indices of the
-  non-zeros. LZMA's range coder plays the role of Han's Huffman stage (entropy coding).
+  float32 centroids (``{i}.weight.codebook``) and one byte blob (``{i}.weight.huffman``) holding two
+  canonical Huffman streams (:mod:`fortify.compress.huffman`): the relative indices of the non-zeros
+  (gaps <= 255 with filler entries, as in the paper) and their cluster indices, each with its
+  code-length table.
 
 Biases are stored dense. :func:`load_compressed` decodes everything back to a plain ``nn.Sequential``
 (inside ``Normalized`` if recorded) in eval mode whose outputs equal the saved model's.
@@ -21,8 +22,6 @@ Biases are stored dense. :func:`load_compressed` decodes everything back to a pl
 from __future__ import annotations
 
 import json
-import lzma
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,7 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fortify.compress import huffman
 from fortify.compress.base import sequential_of
+from fortify.compress.huffman import gaps_from_mask, mask_from_gaps
 from fortify.errors import ConfigError, ModelFileError
 from fortify.models import Normalized
 from fortify.models.registry import ARCH_ATTR, architecture
@@ -110,12 +111,15 @@ def _encode(w: torch.Tensor, encoding: str, key: str) -> tuple[dict[str, Any], d
             f"{key}: {codebook.size} distinct non-zero values; the codebook encoding needs weight sharing "
             "(<= 256 shared values per layer, e.g. fortify.compress.deep_compression.share_weights)"
         )
-    bits = max(1, math.ceil(math.log2(max(codebook.size, 2))))
-    payload = bitmap.tobytes() + _pack_bits(idx, bits)
-    blob = lzma.compress(payload, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])
-    return {**entry, "enc": "codebook", "bits": bits, "k": int(codebook.size)}, {
+    gaps = gaps_from_mask(mask)
+    g_alpha, g_len, g_bits = huffman.encode(gaps)
+    i_alpha, i_len, i_bits = huffman.encode(idx)
+    parts = [g_alpha.astype(np.uint8).tobytes(), g_len.tobytes(), i_alpha.astype(np.uint8).tobytes(),
+             i_len.tobytes(), g_bits, i_bits]
+    return {**entry, "enc": "codebook", "k": int(codebook.size), "gaps": int(gaps.size),
+            "parts": [len(b) for b in parts]}, {
         f"{key}.codebook": torch.from_numpy(codebook.astype(np.float32)),
-        f"{key}.lzma": torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy()),
+        f"{key}.huffman": torch.from_numpy(np.frombuffer(b"".join(parts), dtype=np.uint8).copy()),
     }
 
 
@@ -131,13 +135,21 @@ def _decode(entry: Mapping[str, Any], key: str, state: Mapping[str, torch.Tensor
         out[mask] = state[f"{key}.values"].numpy()
         return torch.from_numpy(out).reshape(shape)
     if enc == "codebook":
-        payload = lzma.decompress(state[f"{key}.lzma"].numpy().tobytes(), format=lzma.FORMAT_RAW,
-                                  filters=[{"id": lzma.FILTER_LZMA2}])
-        nb = (n + 7) // 8
-        mask = np.unpackbits(np.frombuffer(payload[:nb], dtype=np.uint8))[:n].astype(bool)
-        idx = _unpack_bits(payload[nb:], int(entry["bits"]), int(mask.sum()))
+        blob = state[f"{key}.huffman"].numpy().tobytes()
+        sizes = [int(v) for v in entry["parts"]]
+        offs = np.cumsum([0] + sizes)
+        if offs[-1] != len(blob):
+            raise ModelFileError(f"{key}: Huffman payload of {len(blob)} bytes, header says {offs[-1]}")
+        g_alpha, g_len, i_alpha, i_len, g_bits, i_bits = (blob[offs[k]: offs[k + 1]] for k in range(6))
+        u8 = lambda b: np.frombuffer(b, dtype=np.uint8).astype(np.int64)  # noqa: E731
+        gaps = huffman.decode(u8(g_alpha), u8(g_len), g_bits, int(entry["gaps"]))
+        mask = mask_from_gaps(gaps, n)
+        idx = huffman.decode(u8(i_alpha), u8(i_len), i_bits, int(mask.sum()))
+        book = state[f"{key}.codebook"].numpy()
+        if idx.size and idx.max() >= book.size:
+            raise ModelFileError(f"{key}: cluster index outside the codebook")
         out = np.zeros(n, dtype=np.float32)
-        out[mask] = state[f"{key}.codebook"].numpy()[idx]
+        out[mask] = book[idx]
         return torch.from_numpy(out).reshape(shape)
     raise ModelFileError(f"unknown tensor encoding {enc!r} for {key}")
 
