@@ -111,11 +111,8 @@ class ConvOp(Op):
     def back(self, a):
         lead = a.shape[:2]
         flat = _flat_spec(a, self.out_shape)
-        hin, win = self.in_shape[1:]
-        kh, kw = self.w.shape[2:]
-        oh = hin - ((self.out_shape[1] - 1) * self.stride[0] - 2 * self.padding[0] + self.dilation[0] * (kh - 1) + 1)
-        ow = win - ((self.out_shape[2] - 1) * self.stride[1] - 2 * self.padding[1] + self.dilation[1] * (kw - 1) + 1)
-        out = F.conv_transpose2d(flat, self.w, None, self.stride, self.padding, (oh, ow), self.groups, self.dilation)
+        out = conv_transpose(flat, self.w, self.stride, self.padding, self.dilation, self.groups,
+                             tuple(self.in_shape[1:]))
         return out.reshape(lead + tuple(self.in_shape))
 
     def bias(self, a):
@@ -226,6 +223,23 @@ class MaxPoolOp(Op):
 
     def interval(self, lo, hi):
         return self.forward(lo), self.forward(hi)
+
+
+def conv_transpose(a: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int,
+                   out_hw: tuple[int, int]) -> torch.Tensor:
+    """Transposed convolution of ``a (N, Cout, h, w)`` with ``w (Cout, Cin/groups, kh, kw)`` to spatial
+    size ``out_hw``. For few input channels (``Cin * kh * kw <= 64``, e.g. the first layer on
+    grey images) a matmul + ``fold`` is used: CPU kernels for 1-channel transposed convolutions
+    are several times slower than this column form."""
+    cout, cin, kh, kw = w.shape
+    if groups == 1 and cin * kh * kw <= 64:
+        n = a.shape[0]
+        cols = w.reshape(cout, -1).t().matmul(a.reshape(n, cout, -1))
+        return F.fold(cols, out_hw, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    hout, wout = a.shape[-2:]
+    oh = out_hw[0] - ((hout - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1)
+    ow = out_hw[1] - ((wout - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + 1)
+    return F.conv_transpose2d(a, w, None, stride, padding, (oh, ow), groups, dilation)
 
 
 def _pair(v) -> tuple[int, int]:

@@ -61,7 +61,7 @@ def affine_blocks(ops: list[Op]) -> tuple[list[tuple[np.ndarray, np.ndarray]], l
 def _f64(op: Op) -> Op:
     new = object.__new__(type(op))
     for k, v in vars(op).items():
-        setattr(new, k, v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else v)
+        setattr(new, k, v.detach().to("cpu", torch.float64) if isinstance(v, torch.Tensor) else v)
     return new
 
 
@@ -89,22 +89,22 @@ class MILPVerifier(Certifier):
         crown_rows = backward_lower(ops, len(ops), c, bounds, inp)
         lows, status, cex = [], [], torch.full_like(x, float("nan"))
         for i in range(x.shape[0]):
-            pre = [(bounds[t][0][i].reshape(-1).double().numpy(), bounds[t][1][i].reshape(-1).double().numpy())
+            pre = [(bounds[t][0][i].reshape(-1).double().cpu().numpy(), bounds[t][1][i].reshape(-1).double().cpu().numpy())
                    for t in relus]
             low, st, xs = self._one(model, blocks, pre, inp, i, int(y[i]), crown_rows[i], threat)
             lows.append(low)
             status.append(st)
             if xs is not None:
                 cex[i] = xs
-        lower = torch.tensor(lows, dtype=x.dtype)
-        return Certificate(lower, torch.tensor([s == "verified" for s in status]), self.name, status=status,
+        lower = torch.tensor(lows, dtype=x.dtype, device=x.device)
+        return Certificate(lower, torch.tensor([s == "verified" for s in status], device=x.device), self.name, status=status,
                            extra={"counterexample": cex})
 
     def _one(self, model, blocks, pre, inp: InputSet, i: int, y: int, crown_rows: torch.Tensor, threat):
         """Verify point ``i``; returns ``(lower_margin, status, counterexample or None)``."""
         start = time.monotonic()
-        x0 = inp.x[i].reshape(-1).double().numpy()
-        lo, hi = inp.lo[i].reshape(-1).double().numpy(), inp.hi[i].reshape(-1).double().numpy()
+        x0 = inp.x[i].reshape(-1).double().cpu().numpy()
+        lo, hi = inp.lo[i].reshape(-1).double().cpu().numpy(), inp.hi[i].reshape(-1).double().cpu().numpy()
         d = x0.size
         l1 = threat.norm == "l1"
         sizes = [d] + ([d, d] if l1 else [])
@@ -157,7 +157,7 @@ class MILPVerifier(Certifier):
         cons = LinearConstraint(sp.vstack(rows).tocsr(), np.concatenate(rlo), np.concatenate(rhi))
         wl, bl = blocks[-1]
         others = [j for j in range(wl.shape[0]) if j != y]
-        order = np.argsort(crown_rows.double().numpy())  # most threatening rows first
+        order = np.argsort(crown_rows.double().cpu().numpy())  # most threatening rows first
         best, timed_out = np.inf, False
         for r in order:
             j = others[int(r)]
@@ -178,7 +178,7 @@ class MILPVerifier(Certifier):
                 val = float(res.fun) + const
                 best = min(best, val)
                 if val <= 0:
-                    xs = torch.tensor(res.x[:d], dtype=inp.x.dtype).reshape(inp.x.shape[1:]).unsqueeze(0)
+                    xs = torch.tensor(res.x[:d], dtype=inp.x.dtype, device=inp.x.device).reshape(inp.x.shape[1:]).unsqueeze(0)
                     xs = threat.project(xs, inp.x[i:i + 1])
                     with torch.no_grad():
                         pred = int(model(xs).argmax(dim=1))
