@@ -62,8 +62,13 @@ def _gather(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float = 0.0) -> t
     mp = maps.reshape((-1, c, hh, ww))
     if top or left or bottom or right:
         mp = F.pad(mp, (left, right, top, bottom), value=fill)
+    if g.gi.numel() < n_i * n_j:  # fewer rows than grid cells: index the rows' windows directly
+        ys = (g.y0 + top)[:, None] + torch.arange(h, device=maps.device)
+        xs = (g.x0 + left)[:, None] + torch.arange(w, device=maps.device)
+        out = mp[:, :, ys[:, :, None], xs[:, None, :]].transpose(1, 2)  # (L0, S, C, h, w)
+        return out.reshape(lead + out.shape[1:])
     mp = mp[:, :, g.oy + top:g.oy + top + (n_i - 1) * g.sy + h, g.ox + left:g.ox + left + (n_j - 1) * g.sx + w]
-    cols = F.unfold(mp, (h, w), stride=(g.sy, g.sx))  # (L0, C*h*w, n_i*n_j)
+    cols = F.unfold(mp, (h, w), stride=(g.sy, g.sx))  # (L0, C*h*w, n_i*n_j): every grid window once
     sel = cols[:, :, g.gi * n_j + g.gj]  # (L0, C*h*w, S)
     out = sel.reshape(-1, c, h, w, sel.shape[-1]).permute(0, 4, 1, 2, 3)
     return out.reshape(lead + out.shape[1:])
