@@ -4,6 +4,7 @@ Same architecture (small-cnn, inputs normalised inside the model), same data, li
 
 * ``pgd40``   - PGD-40 adversarial training, step 0.01, random start (Madry et al. 2018 recipe);
 * ``fast``    - Fast-AT: FGSM step 1.25 eps from a random start (Wong et al. 2020), no guard;
+* ``fast-guard`` - the same with fortify's catastrophic-overfitting guard (rollback + recovery);
 * ``fortify`` - fortify's efficient recipe (``robust-<dataset>.yaml``: PGD with eps ramp and steps
   growing 1 -> K);
 * ``multi``   - multi-perturbation (MSD, Maini et al. 2020) for linf 0.3 / l2 2.0 / l1 10, with
@@ -39,7 +40,7 @@ from fortify import models as fmodels
 from fortify.config import load_config
 from fortify.threat import ThreatModel
 from fortify.train import Trainer, TrainConfig, tasks
-from fortify.train.adversarial import RobustnessMonitor
+from fortify.train.adversarial import CatastrophicOverfittingGuard, RobustnessMonitor
 
 EPS = 0.3
 MULTI = ["linf:0.3", "l2:2.0", "l1:10"]
@@ -84,6 +85,10 @@ def method_setup(name: str, dataset: str, args: argparse.Namespace) -> tuple[Any
         task = tasks.create("fast_at", threat="linf:0.3", step_ratio=1.25,
                             schedule=[{"name": "eps-ramp", "warmup": 0.4}], monitor=False, co_guard=False)
         return task, TrainConfig(epochs=args.epochs_fast, **base), None
+    if name == "fast-guard":
+        task = tasks.create("fast_at", threat="linf:0.3", step_ratio=1.25,
+                            schedule=[{"name": "eps-ramp", "warmup": 0.4}], monitor=False, co_guard=False)
+        return task, TrainConfig(epochs=args.epochs_fast, **base), None
     if name == "multi":
         task = tasks.create("multi_perturbation", threats=MULTI, mode=args.multi_mode, steps=10,
                             schedule=[{"name": "eps-ramp", "warmup": 0.3}], monitor=False)
@@ -105,8 +110,11 @@ def run_method(name: str, train: tuple, test: tuple, monitor_batch: tuple, args:
     model = build_model(args.dataset, args.device)
     mon = RobustnessMonitor(*monitor_batch, threat=f"linf:{EPS}", n=args.monitor_n, steps=10)
     ttt = TimeToTarget(args.target, args.time_cap)
+    callbacks: list[object] = [mon, ttt]
+    if name == "fast-guard":
+        callbacks.insert(1, CatastrophicOverfittingGuard(mon, max_drop=0.2, action="auto"))
     t0 = time.perf_counter()
-    hist = Trainer(model, task, cfg, progress=not args.quiet, callbacks=[mon, ttt]).fit(train)
+    hist = Trainer(model, task, cfg, progress=not args.quiet, callbacks=callbacks).fit(train)
     total = time.perf_counter() - t0
     train_wall = float(hist[-1]["train_wall_s"])
     per_epoch = train_wall / len(hist)
@@ -115,6 +123,7 @@ def run_method(name: str, train: tuple, test: tuple, monitor_batch: tuple, args:
         "train_wall_s": train_wall, "wall_incl_monitor_s": total, "grad_evals": int(hist[-1]["grad_evals"]),
         "per_epoch_s": per_epoch, "monitor_robust_acc": [h.get("robust_acc") for h in hist],
         "time_to_target": ttt.hit,
+        "co_events": int(hist[-1].get("co_events", 0) or 0),
     }
     if ttt.hit is None and ref_epochs is not None:
         row["extrapolated_full_schedule_s"] = per_epoch * ref_epochs
@@ -149,6 +158,8 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         if r["method"] == "multi":
             rob = "union " + rob + " (" + ", ".join(f"{k} {v:.1%}" for k, v in r["by_threat"].items()) + ")"
         cap = " (capped)" if r["capped"] else ""
+        if r.get("co_events"):
+            cap += f" ({r['co_events']} CO rollbacks)"
         lines.append(f"| {r['method']} | {r['epochs_run']}/{r['epochs_planned']}{cap} | {r['train_wall_s']:.0f} | "
                      f"{r['grad_evals']:.3g} | {ttt} | {r['clean_acc']:.1%} | {rob} |")
     return "\n".join(lines)
