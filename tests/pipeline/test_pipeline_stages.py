@@ -170,3 +170,26 @@ def test_resume_continues_the_same_run_from_its_checkpoint(tmp_path: Path) -> No
         torch.testing.assert_close(state[k], v, rtol=0, atol=0)
     assert [a.name for a in after.artefacts].count("config") == 1
     assert 0.0 <= ctx.metrics["evaluate"]["clean_accuracy"] <= 1.0
+
+
+def test_pillar_stages_are_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fortify.pipeline import import_pillar_stages
+
+    pkg = tmp_path / "fakepkg"
+    (pkg / "alpha").mkdir(parents=True)
+    (pkg / "beta").mkdir()
+    for d in (pkg, pkg / "alpha", pkg / "beta"):
+        (d / "__init__.py").write_text("")
+    (pkg / "alpha" / "stages.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from fortify.pipeline import register_stage\n"
+        "@dataclass\nclass AlphaConfig:\n    eps: float = 0.3\n"
+        "@register_stage\nclass Alpha:\n    '''alpha stage'''\n    name = 't-alpha'\n"
+        "    config_class = AlphaConfig\n    def run(self, ctx):\n        ctx.log_metrics({'eps': ctx.config.section('t-alpha').eps})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_pillar_stages(pkg, "fakepkg") == ["fakepkg.alpha.stages"]
+    assert "t-alpha" in STAGES and STAGES.help("t-alpha") == "alpha stage"
+    cfg = _cfg(tmp_path, ["t-alpha"], **{"t-alpha": {"eps": 0.1}})
+    with pytest.raises(ConfigError, match=r"unknown config key 't-alpha.norm'; allowed keys in 't-alpha': eps"):
+        _cfg(tmp_path, ["t-alpha"], **{"t-alpha": {"norm": "linf"}})
+    assert run_pipeline(cfg, quiet=True).metrics["t-alpha"]["eps"] == pytest.approx(0.1)

@@ -20,10 +20,22 @@ for _m in pkgutil.iter_modules(_builtin.__path__):
     if not _m.name.startswith("_"):
         importlib.import_module(f"{_builtin.__name__}.{_m.name}")
 
-_ROOT = Path(__file__).resolve().parent.parent
-for _m in sorted(pkgutil.iter_modules([str(_ROOT)]), key=lambda m: m.name):
-    if _m.ispkg and _m.name != "pipeline" and (_ROOT / _m.name / "stages.py").is_file():
-        importlib.import_module(f"fortify.{_m.name}.stages")
+
+
+def import_pillar_stages(root: Path, package: str) -> list[str]:
+    """Import ``<package>.<sub>.stages`` for every sub-package of ``root`` that has a ``stages.py``.
+
+    Returns the module names imported (alphabetical). Called once for ``fortify`` at import time.
+    """
+    done = []
+    for m in sorted(pkgutil.iter_modules([str(root)]), key=lambda m: m.name):
+        if m.ispkg and m.name != "pipeline" and (root / m.name / "stages.py").is_file():
+            importlib.import_module(f"{package}.{m.name}.stages")
+            done.append(f"{package}.{m.name}.stages")
+    return done
+
+
+import_pillar_stages(Path(__file__).resolve().parent.parent, "fortify")
 
 __all__ = ["STAGES", "RunContext", "Stage", "register_stage", "run_pipeline", "prepare_out_dir",
-           "write_report_files"]
+           "write_report_files", "import_pillar_stages"]
