@@ -46,7 +46,8 @@ class _Stage:
     spec: AttackSpec
     budget: float
     on_surrogate: bool = False
-    scope: str = "remaining"  # or "all": every clean-correct point
+    scope: str = "remaining"  # or "all": every clean-correct point; "probe": the first PROBE_POINTS survivors
+    conditional: bool = False  # run only on signs of gradient masking (see _suspect)
 
 
 def _as_threats(threat: ThreatLike | Sequence[ThreatLike]) -> list[ThreatModel]:
@@ -97,11 +98,16 @@ def _doubled(spec: AttackSpec) -> AttackSpec:
     return AttackSpec(spec.label + "-x2", spec.attack, kw)
 
 
-def _plan(preset: str | Sequence[AttackSpec], norm: str, budget: float, sanity: bool) -> tuple[list[_Stage], list[tuple[str, str]]]:
-    """Ordered stages for one norm: gradient attacks, probes, transfer, black-box, adaptive BPDA."""
+def _plan(preset: str | Sequence[AttackSpec], norm: str, budget: float, sanity: bool,
+          suspect: bool = False) -> tuple[list[_Stage], list[tuple[str, str]]]:
+    """Ordered stages for one norm: gradient attacks, probes, transfer, black-box, the preset's
+    ``when="suspect"`` attacks (each after its cheap probe; run in full only on signs of masking,
+    always when ``suspect`` -- a fired pre-check flag -- or without sanity checks), adaptive BPDA."""
     specs, skipped = preset_specs(preset, norm)
-    white = [s for s in specs if s.access == "gradient"]
-    black = [s for s in specs if s.access != "gradient"]
+    eager = suspect or not sanity
+    cond = [s for s in specs if s.when == "suspect" and not eager]
+    white = [s for s in specs if s.access == "gradient" and s not in cond]
+    black = [s for s in specs if s.access != "gradient" and s not in cond]
     stages = [_Stage(s.label, "whitebox", s, budget) for s in white]
     if sanity:
         stages.append(_Stage("fgsm-probe", "fgsm-probe", AttackSpec("fgsm-probe", "fgsm"), 1.0, scope="all"))
@@ -110,11 +116,17 @@ def _plan(preset: str | Sequence[AttackSpec], norm: str, budget: float, sanity: 
             stages.append(_Stage(d.label, "double-probe", d, budget))
         t = AttackSpec("transfer", "pgd", {"steps": 20}) if "pgd" in ATTACKS else AttackSpec("transfer", "fgsm")
         stages.append(_Stage("transfer", "transfer", t, budget, on_surrogate=True))
-    if sanity and not black:
+    if sanity and not black and not any(s.access != "gradient" for s in cond):
         probe = _blackbox_probe(norm)
         if probe is not None:
             stages.append(_Stage(probe.label, "blackbox", probe, budget))
     stages += [_Stage(s.label, "blackbox", s, budget) for s in black]
+    for s in sorted(cond, key=lambda c: c.access == "gradient"):  # black-box ones first
+        kind = "late" if s.access == "gradient" else "blackbox"
+        if s.probe is not None:
+            p = AttackSpec(s.label + "-probe", s.attack, {**s.kwargs, **s.probe})
+            stages.append(_Stage(p.label, kind, p, budget, scope="probe"))
+        stages.append(_Stage(s.label, kind, s, budget, conditional=True))
     if sanity and white:
         a = white[0]
         stages.append(_Stage(f"{a.label}+bpda(surrogate)", "adaptive", AttackSpec(a.label + "+bpda", a.attack,
@@ -132,6 +144,14 @@ BLACKBOX_PROBES: tuple[AttackSpec, ...] = (
     AttackSpec("signopt-probe", "signopt", {"queries": 1000}),
     AttackSpec("nes-probe", "nes", {"queries": 1000}),
 )
+
+
+def _suspect(rows: list[AttackRow], kind_of: dict[str, str], n: int) -> bool:
+    """Signs of gradient masking so far: the FGSM probe, the transfer attack or a black-box attack
+    broke a point the gradient attacks missed, or doubling the iterations broke ``count_threshold``."""
+    cheap = ("fgsm-probe", "transfer", "blackbox")
+    return any(r.broken > 0 for r in rows if kind_of.get(r.label) in cheap) or any(
+        r.broken >= S.count_threshold(n) for r in rows if kind_of.get(r.label) == "double-probe")
 
 
 def _blackbox_probe(norm: str) -> AttackSpec | None:
@@ -222,7 +242,8 @@ def robust_accuracy(
         scorer = _Scorer(model, remedy.randomized, 4 * eot_samples, batch_size)
         torch.manual_seed(seed)
         clean_correct = scorer.predict(x) == y
-        plans = [_plan(preset, t.norm, budget, sanity) for t in threats]
+        suspect = any(f.fired for f in remedy.flags)
+        plans = [_plan(preset, t.norm, budget, sanity, suspect) for t in threats]
         config = {
             "threats": [[t.norm, t.eps, list(t.bounds)] for t in threats],
             "preset": preset if isinstance(preset, str) else [[s.label, s.attack, s.kwargs] for s in preset], "budget": budget,
@@ -314,6 +335,9 @@ def _evaluate_threat(ti: int, thr: ThreatModel, stages: list[_Stage], skipped: l
             if missed < S.count_threshold(int(clean_correct.sum())):
                 tdoc["done"].append(stage.label)  # not needed: nothing suggests masked gradients
                 continue
+        if stage.conditional and not _suspect(rows, kind_of, int(clean_correct.sum())):
+            tdoc["done"].append(stage.label)
+            continue
         row = _run_stage(ti, thr, stage, attack_model, scorer, x, y, robust, x_adv, distance, code,
                          labels, num_classes, batch_size, seed, sur, clean_correct.cpu())
         if row is None:
@@ -328,6 +352,9 @@ def _evaluate_threat(ti: int, thr: ThreatModel, stages: list[_Stage], skipped: l
             save_state(state_path, doc, tensors)
         if callback is not None:
             callback(str(thr), row)
+    ran = {r.label for r in rows}
+    skipped += [(s.label, "not needed: no sign of gradient masking (no probe broke a point the gradient attacks "
+                 "missed)") for s in stages if s.conditional and s.label not in ran]
     by = ["" if c == -1 else ("clean" if c == -2 else labels[c]) for c in code.tolist()]
     return ThreatResult(threat=str(thr), clean_correct=clean_correct.cpu(), robust=robust.clone(),
                         x_adv=x_adv.to(x.device), broken_by=by, distance=distance.float(),
@@ -351,14 +378,14 @@ def _run_stage(ti: int, thr: ThreatModel, stage: _Stage, attack_model: nn.Module
     sseed = _stage_seed(seed, ti, stage.label)
     torch.manual_seed(sseed)
     gen = torch.Generator(device=x.device).manual_seed(sseed)
+    idx = (clean_correct if stage.scope == "all" else robust).nonzero().squeeze(1)
+    if stage.kind == "double-probe" or stage.scope == "probe":
+        idx = idx[:PROBE_POINTS]  # a convergence probe: a subset suffices and bounds its cost
     target_model = attack_model
-    if stage.on_surrogate or stage.kind == "adaptive":
+    if (stage.on_surrogate or stage.kind == "adaptive") and idx.numel():  # no surrogate for nothing
         if sur[0] is None:
             sur[0] = train_surrogate(x, y, num_classes, seed=seed)
         target_model = sur[0] if stage.on_surrogate else SurrogateGradient(attack_model, sur[0])
-    idx = (clean_correct if stage.scope == "all" else robust).nonzero().squeeze(1)
-    if stage.kind == "double-probe":
-        idx = idx[:PROBE_POINTS]  # a convergence probe: a subset suffices and bounds its cost
     attacked = int(idx.numel())
     broken, succeeded, grad_evals, queries = 0, 0, 0, 0
     t0 = time.perf_counter()

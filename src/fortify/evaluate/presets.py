@@ -59,6 +59,13 @@ class AttackSpec:
     fallback: str | None = None
     #: kwargs overriding ``kwargs`` for the fallback (e.g. ``loss="margin"`` for PGD)
     fallback_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: ``"always"``, or ``"suspect"``: with sanity checks on, run only when the evaluation shows signs
+    #: of gradient masking (a fired pre-check flag, or a probe breaking points the gradient attacks
+    #: missed); without sanity checks (no evidence either way) it always runs
+    when: str = "always"
+    #: kwargs of a cheap probe of a ``"suspect"`` attack that runs on a subset of the survivors
+    #: whenever the full attack would be skipped (e.g. ``{"queries": 1000}``); None: no probe
+    probe: dict[str, Any] | None = None
 
     def resolved(self, norm: str) -> "AttackSpec | None":
         """This spec, or its fallback when ``attack`` is not registered or lacks ``norm``, or None."""
@@ -66,7 +73,8 @@ class AttackSpec:
             return self
         fb = self.fallback
         if fb and fb in ATTACKS and norm in getattr(ATTACKS.get(fb), "norms", ()):
-            return AttackSpec(f"{self.label}[{fb}]", fb, {**self.kwargs, **self.fallback_kwargs})
+            return AttackSpec(f"{self.label}[{fb}]", fb, {**self.kwargs, **self.fallback_kwargs}, when=self.when,
+                              probe=self.probe)
         return self if self.attack in ATTACKS else None
 
     @property
@@ -75,10 +83,10 @@ class AttackSpec:
         return getattr(ATTACKS.get(self.attack), "access", "unknown") if self.attack in ATTACKS else "unknown"
 
 
-def _s(label: str, attack: str, fallback: str | None = None, fb_kw: dict[str, Any] | None = None,
-       **kw: Any) -> AttackSpec:
+def _s(label: str, attack: str, fallback: str | None = None, fb_kw: dict[str, Any] | None = None, *,
+       when: str = "always", probe: dict[str, Any] | None = None, **kw: Any) -> AttackSpec:
     """Shorthand for a preset table entry."""
-    return AttackSpec(label, attack, dict(kw), fallback, dict(fb_kw or {}))
+    return AttackSpec(label, attack, dict(kw), fallback, dict(fb_kw or {}), when, probe)
 
 
 _FAST = [
@@ -87,9 +95,10 @@ _FAST = [
 ]
 _STANDARD = [
     _s("apgd-ce", "apgd", "pgd", loss="ce", steps=100, restarts=1),
-    _s("apgd-t", "apgd-t", steps=100, restarts=1, n_target_classes=9),
-    _s("fab-t", "fab", steps=100, restarts=1, n_target_classes=9),
-    _s("square", "square", queries=5000, restarts=1),
+    _s("apgd-t", "apgd-t", steps=100, restarts=1, n_target_classes=3),
+    _s("square", "square", queries=5000, restarts=1, when="suspect", probe={"queries": 1000}),
+    _s("apgd-t9", "apgd-t", steps=100, restarts=1, n_target_classes=9, when="suspect"),
+    _s("fab-t", "fab", steps=100, restarts=1, n_target_classes=9, when="suspect"),
 ]
 _THOROUGH = [
     _s("apgd-ce", "apgd", "pgd", loss="ce", steps=100, restarts=5),
