@@ -94,6 +94,7 @@ def test_neuron_merge_is_exact_for_duplicate_units(cnn: nn.Module) -> None:
     ("targeted_dropout_prune", {"gamma": 0.5, "epochs": 1}),
     ("deep_compression", {"sparsity": 0.5, "bits": 4, "prune_epochs": 1, "share_epochs": 1}),
     ("distill", {"student": "mlp", "student_args": {"hidden": [16]}, "epochs": 1}),
+    ("finetune", {"task": "pgd_at", "task_args": {"threat": "linf:0.1", "steps": 1}}),
 ])
 def test_transforms_never_mutate_their_input(mlp: nn.Module, train_data, name: str, kwargs: dict) -> None:
     mlp.train()  # a mixed flag state must survive too
@@ -118,6 +119,30 @@ def test_training_prunes_reach_target_and_keep_accuracy(mlp: nn.Module, train_da
         w = torch.cat([m.weight.reshape(-1) for _, m in weight_layers(res.model)])
         assert abs(float((w == 0).float().mean()) - 0.8) < 0.01, name
         assert _acc(res.model, test_data) > base - 0.15, name  # 80% sparse and still close to the dense model
+
+
+def test_adversarial_finetune_after_merge_keeps_sparsity_and_shape(mlp: nn.Module, train_data) -> None:
+    merged = create("neuron_merge", amount=0.25)(mlp, X).model
+    sparse = create("magnitude_prune", sparsity=0.7)(merged, X).model
+    res = create("finetune", task="pgd_at", task_args={"threat": "linf:0.1", "steps": 2})(sparse, X, data=train_data)
+    for (_, a), (_, b) in zip(weight_layers(sparse), weight_layers(res.model)):
+        assert a.weight.shape == b.weight.shape
+        assert torch.equal(a.weight == 0, b.weight == 0)  # the pruned weights stay pruned
+    assert not all(torch.equal(a.weight, b.weight) for (_, a), (_, b) in zip(weight_layers(sparse), weight_layers(res.model)))
+
+
+def test_targeted_dropout_task_with_adversarial_base(mlp: nn.Module, train_data) -> None:
+    from fortify.train import Trainer, TrainConfig, create_task
+
+    task = create_task("targeted_dropout", base="pgd_at", base_args={"threat": "linf:0.1", "steps": 1}, gamma=0.5)
+    hist = Trainer(mlp, task, TrainConfig(epochs=1, lr=0.01), progress=False).fit(train_data)
+    assert hist[0]["train_loss"] > 0
+    assert task.base.grad_evals_total == train_data[0].shape[0]  # the PGD inner attack ran on every sample
+    with torch.no_grad():  # eval mode: no weight is dropped, the wrapper is the identity
+        from fortify.compress.reparam import ReparamNet
+
+        w = ReparamNet(mlp, lambda i, w: w).eval()
+        assert torch.equal(w(X), mlp(X))
 
 
 def test_cyclical_schedule_and_targeted_dropout_reference() -> None:

@@ -63,3 +63,35 @@ def finetune(model: nn.Module, data: Data, *, task: str = "standard", task_args:
 
 
 __all__ = ["KeepMasks", "apply_masks", "finetune", "masks_of"]
+
+
+def _register() -> None:
+    """Register the ``finetune`` transform (kept out of import order issues with base)."""
+    from fortify.compress.base import TRANSFORMS, Transform, TransformResult, count_params
+
+    @TRANSFORMS.register("finetune", help="(adversarial) fine-tuning step for a recipe, keeping sparsity")
+    class Finetune(Transform):
+        """Fine-tune after any compression step: ``task`` (``pgd_at`` = adversarial fine-tuning),
+        ``task_args``, ``config`` (TrainConfig fields), ``keep_sparsity`` (zero weights stay zero)."""
+
+        name = "finetune"
+        needs_data = True
+
+        def __init__(self, task: str = "pgd_at", task_args: Mapping[str, Any] | None = None,
+                     config: Mapping[str, Any] | None = None, keep_sparsity: bool = True) -> None:
+            from fortify.train.tasks import TASKS
+
+            TASKS.get(task)  # UnknownNameError now, not after the copy
+            self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
+            self.keep_sparsity = bool(keep_sparsity)
+
+        def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+            assert data is not None
+            hist = finetune(model, data, task=self.task, task_args=self.task_args, config=self.config,
+                            keep_sparsity=self.keep_sparsity)
+            nnz, total = count_params(model)
+            return TransformResult(model, {"task": self.task, "train_acc": hist[-1].get("train_acc"),
+                                           "params_nonzero": nnz, "params_total": total})
+
+
+_register()
