@@ -121,9 +121,9 @@ def _relu_back(a, g: Grid, const, lo, hi):
 
     h, w = a.shape[-2:]
     sl, su, bu = _gather(torch.stack(relu_relax(lo, hi)), g, h, w)
-    new = torch.where(a > 0, a * sl, a * su)
-    const = const + (a.clamp(max=0) * bu).flatten(2).sum(-1)
-    return new, const
+    pos = a > 0
+    const = const + (a * bu).masked_fill_(pos, 0).flatten(2).sum(-1)
+    return a * torch.where(pos, sl, su), const
 
 
 def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi):
@@ -142,7 +142,7 @@ def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi):
     nh, nw = (h - 1) * st[0] + (k[0] - 1) * dl[0] + 1, (w - 1) * st[1] + (k[1] - 1) * dl[1] + 1
     ly = (idx // win - ng.y0[None, :, None, None, None]).clamp(0, nh - 1)
     lx = (idx % win - ng.x0[None, :, None, None, None]).clamp(0, nw - 1)
-    neg = a.clamp(max=0) * und
+    neg = a.clamp(max=0) * und  # negative coefficients of undecided windows: constant upper bound
     const = const + (neg * up).flatten(2).sum(-1)
     coef = (a - neg).expand(b, -1, -1, -1, -1)
     s = coef.shape[1]
