@@ -138,3 +138,25 @@ def test_adversarial_training_beats_standard_training_on_mnist_5k() -> None:
         acc[name] = robust_accuracy(m, xv, yv, threat, steps=10)
     assert acc["fast_at"][1] >= acc["standard"][1] + 0.25, acc
     assert acc["fast_at"][0] >= 0.7, acc
+
+
+def test_gap_rule_fires_when_the_training_attack_is_beaten_but_pgd_is_not() -> None:
+    """Constructed CO signature: FGSM-example accuracy 95% in the record, a non-robust model on the
+    held-out batch. At the nominal eps the guard fires and lowers the step; during the eps ramp
+    (record eps below nominal) the same gap is expected and ignored."""
+    from types import SimpleNamespace
+
+    xv, yv = blobs(64, seed=1)
+    model = tiny_cnn(5)  # untrained: ~chance under attack
+    for eps, fires in [(0.05, False), (0.1, True)]:
+        task = tasks.create("fast_at", threat="linf:0.1")
+        mon = RobustnessMonitor(xv, yv, n=64, steps=5)
+        guard = CatastrophicOverfittingGuard(mon, max_drop=0.2, max_gap=0.3, action="auto")
+        trainer = SimpleNamespace(model=model, task=task, epoch=2, device=torch.device("cpu"), history=[],
+                                  config=SimpleNamespace(epochs=5))
+        record = {"epoch": 3, "adv_acc": 0.95, "eps": eps, "wall_s": 0.1}
+        record.update(mon.on_epoch_end(trainer, record) or {})
+        out = guard.on_epoch_end(trainer, record)
+        assert record["robust_acc"] < 0.6
+        assert bool(out.get("rollback")) is fires
+        assert task.step_ratio == (pytest.approx(0.625) if fires else 1.25)

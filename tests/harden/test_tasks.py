@@ -125,7 +125,7 @@ def test_tasks_build_their_monitor_and_guard_callbacks() -> None:
     assert [type(c).__name__ for c in callbacks_for(tasks.create("pgd_at"), (x, y))] == ["RobustnessMonitor"]
     assert callbacks_for(tasks.create("pgd_at", monitor=False), (x, y)) == []
     assert callbacks_for(tasks.create("standard"), (x, y)) == []
-    with pytest.raises(ConfigError, match="unknown co_guard option.*allowed: max_drop"):
+    with pytest.raises(ConfigError, match="unknown co_guard option.*allowed: max_drop, max_gap"):
         tasks.create("fast_at", co_guard={"drop": 0.1})
     with pytest.raises(ConfigError, match="monitor must be"):
         tasks.create("trades", monitor="yes")

@@ -3,8 +3,15 @@
 Fast adversarial training can collapse within a few steps: FGSM accuracy soars while PGD accuracy
 falls to ~0 (Wong et al. 2020, "Fast is better than free", Sec. 5.1; Andriushchenko & Flammarion
 2020, "Understanding and improving fast adversarial training"). :class:`CatastrophicOverfittingGuard`
-watches the PGD robust accuracy on the monitor's fixed held-out batch each epoch; when it falls
-more than ``max_drop`` below its best so far, the guard
+watches the PGD robust accuracy on the monitor's fixed held-out batch each epoch. It fires when
+
+* the accuracy falls more than ``max_drop`` below its best so far (a collapse), or
+* at the nominal eps (after any eps ramp) the accuracy on the training attack's own examples
+  (``adv_acc`` in the epoch record: FGSM accuracy for Fast-AT) exceeds the held-out PGD accuracy by
+  more than ``max_gap`` - the signature of CO (the model defeats its single-step attack but not
+  PGD), which also catches runs that overfit before they were ever robust.
+
+Then the guard
 
 1. asks the Trainer to roll back to the previous (good) epoch's checkpoint, and
 2. calls ``task.on_catastrophic_overfitting(action)``: ``"lower-step"`` halves the FGSM step,
@@ -37,17 +44,22 @@ class CatastrophicOverfittingGuard(RollbackOnDrop):
         monitor: the :class:`RobustnessMonitor` that measures ``robust_acc`` (placed before the
             guard in the callback list, or not in it at all: the guard then measures itself).
         max_drop: tolerated absolute drop of robust accuracy below its best (0.2).
+        max_gap: tolerated training-attack minus PGD accuracy at the nominal eps (0.3; None = off).
         action: ``"lower-step"``, ``"gradalign"`` or ``"auto"``.
         max_recoveries: after this many recoveries the guard only reports (no more rollbacks).
     """
 
     def __init__(self, monitor: RobustnessMonitor, max_drop: float = 0.2, action: str = "auto",
-                 max_recoveries: int = 3) -> None:
+                 max_recoveries: int = 3, max_gap: float | None = 0.3) -> None:
         if not isinstance(monitor, RobustnessMonitor):
             raise ConfigError(f"CatastrophicOverfittingGuard needs a RobustnessMonitor, got {type(monitor).__name__}")
         if action not in ACTIONS:
             raise ConfigError(f"unknown CO recovery action {action!r}; allowed: {', '.join(ACTIONS)}")
         super().__init__("robust_acc", max_drop, metric_fn=lambda tr: monitor.measure(tr)["robust_acc"])
+        if max_gap is not None and (not isinstance(max_gap, (int, float)) or isinstance(max_gap, bool)
+                                    or not 0 <= max_gap <= 1):
+            raise ConfigError(f"max_gap must be null or a number in [0, 1], got {max_gap!r}")
+        self.max_gap = None if max_gap is None else float(max_gap)
         self.monitor = monitor
         self.action = action
         self.max_recoveries = int(max_recoveries)
@@ -59,6 +71,9 @@ class CatastrophicOverfittingGuard(RollbackOnDrop):
         out.pop("robust_acc", None)  # the monitor reports it; keep the record single-sourced
         if "robust_acc" not in record:
             out["robust_acc"] = self.monitor.measure(trainer)["robust_acc"]
+        if not out.get("rollback") and self._gap_fires(trainer, record):
+            out["rollback"] = True
+            self.rollbacks += 1
         if out.get("rollback"):
             if len(self.events) >= self.max_recoveries:
                 out.pop("rollback")
@@ -75,6 +90,16 @@ class CatastrophicOverfittingGuard(RollbackOnDrop):
                 out["co_action"] = str(done)
         out["co_events"] = len(self.events)
         return out
+
+    def _gap_fires(self, trainer: "Trainer", record: dict[str, Any]) -> bool:
+        """Training-attack accuracy far above held-out PGD accuracy at the nominal eps."""
+        adv, eps = record.get("adv_acc"), record.get("eps")
+        threat = getattr(trainer.task, "threat", None)
+        if self.max_gap is None or adv is None or eps is None or threat is None:
+            return False
+        if float(eps) < 0.99 * float(threat.eps):  # still ramping up: the gap is expected
+            return False
+        return float(adv) - float(self.monitor.measure(trainer)["robust_acc"]) > self.max_gap
 
 
 __all__ = ["CatastrophicOverfittingGuard", "ACTIONS"]
