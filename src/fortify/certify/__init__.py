@@ -1,8 +1,20 @@
 """Certification: proofs that no input in the threat set changes the prediction.
 
-``cert = CERTIFIERS.get(name)(**hyper)(model, x, y, threat)`` with names ``ibp``, ``crown``,
-``crown-ibp``, ``smoothing`` and ``milp``; :func:`certified_accuracy` and
-:func:`certified_accuracy_curve` / :func:`plot_certified_curves` are the entry points for the CLI.
+Protocol: ``cert = CERTIFIERS.get(name)(**hyper)(model, x, y, threat)`` returns a
+:class:`Certificate` (``lower_margin (N,)``, ``certified (N,)``, ``method``); the model is never
+mutated. Registered names:
+
+* ``ibp``: interval bound propagation (Gowal et al. 2018), margin folded into the last layer;
+* ``crown``: CROWN backward linear bounds with adaptive ReLU slopes (Zhang et al. 2018), CROWN
+  intermediate bounds (conv layers via receptive-field windows, see ``patches.py``), memory-aware
+  chunking (``memory_budget`` bytes), intersected with IBP (``intersect_ibp``);
+* ``crown-ibp``: IBP intermediate bounds + CROWN final bound (Zhang et al. 2020);
+* ``smoothing``: randomized smoothing, l2 (Cohen et al. 2019), ``Smoothing.predict`` abstains;
+* ``milp``: exact MILP verification of small ReLU nets (HiGHS via scipy), with counterexamples.
+
+Entry points for the CLI / pipeline: :func:`certify`, :func:`certified_accuracy`,
+:func:`certified_accuracy_curve` and :func:`plot_certified_curves`; certified training uses
+:func:`margin_lower_bound` (differentiable) and :func:`robust_logits`.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from fortify.certify.base import CERTIFIERS, Certificate, check_threat
+from fortify.certify.base import CERTIFIERS, Certificate
 from fortify.errors import ConfigError, OutputError, ThreatModelError
 from fortify.threat import ThreatModel
 
@@ -108,5 +108,4 @@ def plot_certified_curves(curves: CertifiedCurve | Sequence[CertifiedCurve], pat
     return path
 
 
-__all__ = ["certify", "certified_accuracy", "CertifiedCurve", "certified_accuracy_curve", "plot_certified_curves",
-           "check_threat"]
+__all__ = ["certify", "certified_accuracy", "CertifiedCurve", "certified_accuracy_curve", "plot_certified_curves"]
