@@ -192,22 +192,32 @@ class Square(Attack):
         logits = budget.logits(x_best.reshape(x0.shape), all_idx)
         m_best = self._margin(logits, y, t)
         done = is_adversarial(logits.argmax(1), y, t)
+        # compact state of the active samples, re-gathered only when some of them finish; every
+        # active sample spends one query per iteration, so none runs out inside the loop
+        act = (~done).nonzero().squeeze(1)
+        xa, xb, mb, ya = x[act], x_best[act], m_best[act], y[act]
+        ta = None if t is None else t[act]
         for it in range(self.n_queries - 1):
-            idx = (~done & (budget.remaining() > 0)).nonzero().squeeze(1)
-            if idx.numel() == 0:
+            if act.numel() == 0:
                 break
             p = p_selection(self.p_init, it, self.n_queries)
-            xa, xb = x[idx], x_best[idx]
             if threat.norm == "linf":
                 x_new = self._linf_proposal(xa, xb, p, eps, lo, hi, gen)
             else:
                 x_new = self._l2_proposal(xa, xb, p, eps, lo, hi, gen)
-            logits = budget.logits(x_new.reshape((-1,) + x0.shape[1:]), idx)
-            m = self._margin(logits, y[idx], None if t is None else t[idx])
-            better = m < m_best[idx]
-            m_best[idx] = torch.where(better, m, m_best[idx])
-            x_best[idx] = torch.where(better[:, None, None, None], x_new, xb)
-            done[idx] = is_adversarial(logits.argmax(1), y[idx], None if t is None else t[idx]) & better
+            logits = budget.logits(x_new.reshape((-1,) + x0.shape[1:]), act)
+            m = self._margin(logits, ya, ta)
+            better = m < mb
+            mb = torch.where(better, m, mb)
+            xb = torch.where(better[:, None, None, None], x_new, xb)
+            fin = is_adversarial(logits.argmax(1), ya, ta) & better
+            if bool(fin.any()):
+                x_best[act], m_best[act] = xb, mb
+                done[act[fin]] = True
+                keep = ~fin
+                act, xa, xb, mb, ya = act[keep], xa[keep], xb[keep], mb[keep], ya[keep]
+                ta = None if ta is None else ta[keep]
+        x_best[act], m_best[act] = xb, mb
         return x_best.reshape(x0.shape), done
 
     # ------------------------------------------------------------------ linf
@@ -218,19 +228,26 @@ class Square(Attack):
         """Re-draw one ``+-eps`` value per channel on a random window per sample; ``(R, C, H, W)``."""
         r, c, h, w = x.shape
         sh, sw = _window_sides(p, c, h, w, minimum=1, odd=False)
-        mask, _, _ = _random_windows(r, h, w, sh, sw, gen, x.device)
-        delta = xb - x
-        vals = eps * _random_sign((r, c, 1, 1), gen, x)
+        # the window as flat pixel indices (R, C, sh*sw): only its few values are computed, the rest
+        # of the proposal is a copy of the current point
+        h0 = torch.randint(0, h - sh + 1, (r,), generator=gen, device=x.device)
+        w0 = torch.randint(0, w - sw + 1, (r,), generator=gen, device=x.device)
+        rows = h0[:, None] + torch.arange(sh, device=x.device)[None]
+        cols = w0[:, None] + torch.arange(sw, device=x.device)[None]
+        pix = (rows[:, :, None] * w + cols[:, None, :]).reshape(r, 1, sh * sw).expand(r, c, sh * sw)
+        xw = x.reshape(r, c, h * w).gather(2, pix)
+        bw = xb.reshape(r, c, h * w).gather(2, pix)
+        vals = eps * _random_sign((r, c, 1), gen, x)
         # the reference re-draws while the proposal would not change the current point; here one
         # re-draw, then the opposite corner (which always changes an unclipped window)
         for attempt in range(3):
-            x_new = (x + torch.where(mask, vals, delta)).clamp(lo, hi)
-            same = ~flat((x_new - xb).abs() > 1e-7).any(dim=1)
+            new = (xw + vals).clamp(lo, hi)
+            same = ~((new - bw).abs() > 1e-7).reshape(r, -1).any(dim=1)
             if attempt == 2 or not bool(same.any()):
                 break
-            redraw = eps * _random_sign((r, c, 1, 1), gen, x) if attempt == 0 else -vals
-            vals = torch.where(same[:, None, None, None], redraw, vals)
-        return x_new
+            redraw = eps * _random_sign((r, c, 1), gen, x) if attempt == 0 else -vals
+            vals = torch.where(same[:, None, None], redraw, vals)
+        return xb.reshape(r, c, h * w).clone().scatter_(2, pix, new).reshape(r, c, h, w)
 
     # ------------------------------------------------------------------ l2
     @staticmethod
