@@ -140,9 +140,11 @@ class Transform:
         return result
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
+        """Class name and hyper-parameters."""
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 

@@ -81,6 +81,7 @@ class _Codebooks(nn.Module):
     """Trainable centroids; ``weight(i, w)`` rebuilds ``W = C[idx] * mask`` (gradient sums per cluster)."""
 
     def __init__(self, model: nn.Module, books: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()
         self.centroids = nn.ParameterDict({str(i): nn.Parameter(b.clone()) for i, (b, _) in books.items()})
         self.labels = {i: lab for i, (_, lab) in books.items()}
@@ -90,6 +91,7 @@ class _Codebooks(nn.Module):
             p.requires_grad_(False)
 
     def weight(self, i: int, w: torch.Tensor) -> torch.Tensor:
+        """Effective weight of layer ``i`` in the forward pass (same shape as ``w``)."""
         if i not in self.labels:
             return w
         flat = torch.zeros(w.numel(), dtype=w.dtype, device=w.device)
@@ -97,9 +99,11 @@ class _Codebooks(nn.Module):
         return flat.reshape(w.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` in [0, 1] -> logits ``(N, K)``."""
         return self.net(x)
 
     def write_back(self, model: nn.Module) -> None:
+        """Copy the shared-weight tensors ``C[idx] * mask`` into ``model``'s layers."""
         layers = dict(weight_layers(model))
         with torch.no_grad():
             for i in self.labels:
@@ -133,6 +137,7 @@ class DeepCompression(Transform):
     def __init__(self, sparsity: float | Mapping[int, float] = 0.92, bits: int | Mapping[int, int] = 5,
                  prune_epochs: int = 1, share_epochs: int = 1, task: str = "standard",
                  task_args: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         if isinstance(sparsity, Mapping):
             self.sparsity: float | dict[int, float] = {int(k): check_fraction(v, f"sparsity[{k}]") for k, v in sparsity.items()}
         else:
@@ -147,6 +152,7 @@ class DeepCompression(Transform):
         self.needs_data = bool(self.prune_epochs or self.share_epochs)
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         dense = dense_bytes(model)
         masks = {}
         for i, m in weight_layers(model):

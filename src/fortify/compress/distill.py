@@ -38,12 +38,14 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 
 
 def _check_teacher(teacher: object) -> nn.Module:
+    """The teacher module, put in eval mode; ConfigError if it is not a module."""
     if not isinstance(teacher, nn.Module):
         raise ConfigError(f"distillation needs teacher=<nn.Module>, got {type(teacher).__name__}")
     return teacher.eval()
 
 
 def _alpha(alpha: object) -> float:
+    """A mixing weight in [0, 1]; ConfigError otherwise."""
     a = positive(alpha, "alpha", allow_zero=True)
     if a > 1:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha!r}")
@@ -57,12 +59,14 @@ class KDTask(Task):
     name = "kd"
 
     def __init__(self, teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()
         self.teacher = _check_teacher(teacher)
         self.temperature = positive(temperature, "temperature")
         self.alpha = _alpha(alpha)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Loss and logits of one minibatch ``x (B, C, H, W)``, ``y (B,)`` (see the class docstring)."""
         with torch.no_grad():
             t = self.teacher(x)
         s = model(x)
@@ -78,12 +82,14 @@ class ARDTask(AdversarialTask):
 
     def __init__(self, teacher: nn.Module | None = None, threat: object = "linf:0.3", steps: int = 10,
                  step_ratio: float | None = None, temperature: float = 30.0, alpha: float = 0.95) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__(threat, steps, step_ratio)
         self.teacher = _check_teacher(teacher)
         self.temperature = positive(temperature, "temperature")
         self.alpha = _alpha(alpha)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Loss and logits of one minibatch ``x (B, C, H, W)``, ``y (B,)`` (see the class docstring)."""
         with torch.no_grad():
             t = self.teacher(x)
         t_log = F.log_softmax(t, 1)
@@ -110,6 +116,7 @@ class JacobianKDTask(Task):
 
     def __init__(self, teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9,
                  beta: float = 1.0) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()
         self.teacher = _check_teacher(teacher)
         self.temperature = positive(temperature, "temperature")
@@ -117,6 +124,7 @@ class JacobianKDTask(Task):
         self.beta = positive(beta, "beta", allow_zero=True)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Loss and logits of one minibatch ``x (B, C, H, W)``, ``y (B,)`` (see the class docstring)."""
         with torch.enable_grad():
             t, jt = _class_jacobian(self.teacher, x, y, create_graph=False)
             s, js = _class_jacobian(model, x, y, create_graph=True)
@@ -143,6 +151,7 @@ class Distill(Transform):
     def __init__(self, student: str | nn.Module = "small-cnn", student_args: Mapping[str, Any] | None = None,
                  method: str = "kd", method_args: Mapping[str, Any] | None = None, epochs: int = 2,
                  config: Mapping[str, Any] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         if method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
         self.student, self.student_args = student, dict(student_args or {})
@@ -150,6 +159,7 @@ class Distill(Transform):
         self.epochs, self.config = check_int(epochs, "epochs"), dict(config or {})
 
     def _student(self, teacher: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
+        """A fresh student: the registry architecture with the teacher's input shape, classes and normalisation."""
         if isinstance(self.student, nn.Module):
             return copy.deepcopy(self.student)
         with torch.no_grad():
@@ -160,6 +170,7 @@ class Distill(Transform):
         return net
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         model.eval()
         student = self._student(model, example_inputs)

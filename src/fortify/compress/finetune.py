@@ -34,10 +34,12 @@ class KeepMasks:
     """Trainer callback: after each optimiser step, zero the pruned weights again."""
 
     def __init__(self, model: nn.Module, masks: Mapping[int, torch.Tensor] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.model = model
         self.masks = dict(masks) if masks is not None else masks_of(model)
 
     def on_step_end(self, trainer: Any, step: int, out: Any) -> None:
+        """Trainer hook, called after every optimiser step."""
         apply_masks(self.model, self.masks)
 
 
@@ -79,6 +81,7 @@ def _register() -> None:
 
         def __init__(self, task: str = "pgd_at", task_args: Mapping[str, Any] | None = None,
                      config: Mapping[str, Any] | None = None, keep_sparsity: bool = True) -> None:
+            """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
             from fortify.train.tasks import TASKS
 
             TASKS.get(task)  # UnknownNameError now, not after the copy
@@ -86,6 +89,7 @@ def _register() -> None:
             self.keep_sparsity = bool(keep_sparsity)
 
         def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+            """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
             assert data is not None
             hist = finetune(model, data, task=self.task, task_args=self.task_args, config=self.config,
                             keep_sparsity=self.keep_sparsity)

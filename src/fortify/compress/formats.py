@@ -77,18 +77,6 @@ def build_layer(spec: Mapping[str, Any]) -> nn.Module:
         raise ModelFileError(f"malformed layer record {spec!r}: {exc}") from None
 
 
-def _pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """Pack non-negative ints ``< 2**bits`` into a bit stream (MSB first)."""
-    as_bits = np.unpackbits(values.astype(">u2").view(np.uint8).reshape(-1, 2), axis=1)[:, 16 - bits:]
-    return np.packbits(as_bits.reshape(-1)).tobytes()
-
-
-def _unpack_bits(blob: bytes, bits: int, count: int) -> np.ndarray:
-    raw = np.unpackbits(np.frombuffer(blob, dtype=np.uint8))[: count * bits].reshape(count, bits)
-    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
-    return raw.astype(np.int64) @ weights
-
-
 def _encode(w: torch.Tensor, encoding: str, key: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Encode one weight tensor; returns (header entry, tensors to store)."""
     flat = w.detach().cpu().float().reshape(-1).numpy()
@@ -124,6 +112,7 @@ def _encode(w: torch.Tensor, encoding: str, key: str) -> tuple[dict[str, Any], d
 
 
 def _decode(entry: Mapping[str, Any], key: str, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Rebuild one weight tensor from its header ``entry`` and stored tensors."""
     shape = [int(s) for s in entry["shape"]]
     n = int(np.prod(shape)) if shape else 1
     enc = entry.get("enc")

@@ -71,6 +71,7 @@ class LowRank(Transform):
     def __init__(self, energy: float | None = None, budget: float | None = None, rank: int | None = None,
                  layers: list[int] | None = None, finetune_task: str | None = None,
                  finetune_args: Mapping[str, Any] | None = None, finetune_config: Mapping[str, Any] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         if rank is not None:
             rank = check_int(rank, "rank")
         elif (energy is None) == (budget is None):
@@ -88,6 +89,7 @@ class LowRank(Transform):
         self.needs_data = finetune_task is not None
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         seq = sequential_of(model)
         candidates = dict(weight_layers(model))
         chosen = self.layers if self.layers is not None else sorted(candidates)[:-1]

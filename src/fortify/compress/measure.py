@@ -54,6 +54,7 @@ class Measurement:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``dict`` of the fields."""
         return asdict(self)
 
 
@@ -62,6 +63,7 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int
     totals = [0, 0]
 
     def hook(m: nn.Module, inp: Any, out: torch.Tensor) -> None:
+        """Forward hook adding one layer's MACs."""
         positions = out[0].numel() // out.shape[1] if isinstance(m, nn.Conv2d) else 1
         per_out = m.weight[0].numel()
         totals[0] += positions * out.shape[1] * per_out

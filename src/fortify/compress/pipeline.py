@@ -67,6 +67,7 @@ class CompressionResult:
     float_twin: nn.Module | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``dict`` of the fields."""
         return {"reports": self.reports, "measurements": [m.to_dict() for m in self.measurements],
                 "artefact": str(self.artefact) if self.artefact else None,
                 "pareto": str(self.pareto) if self.pareto else None}

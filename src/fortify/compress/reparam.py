@@ -36,6 +36,7 @@ class ReparamNet(nn.Module):
     """Wrap ``model`` (Sequential or Normalized) so Conv2d/Linear use ``weight_fn(i, W)`` on ``act_fn(i, x)``."""
 
     def __init__(self, model: nn.Module, weight_fn: WeightFn, act_fn: Optional[ActFn] = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()
         self.model = model
         self.seq = sequential_of(model)

@@ -39,13 +39,16 @@ class _CyclicMasks:
     """Trainer callback + weight function: recompute masks after each step from the dense weights."""
 
     def __init__(self, model: nn.Module, total: int, cycles: int, target: float) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.model, self.total, self.cycles, self.target = model, total, cycles, target
         self.masks = magnitude_masks(model, cyclical_sparsity(0, total, cycles, target))
 
     def weight(self, i: int, w: torch.Tensor) -> torch.Tensor:
+        """Effective weight of layer ``i`` in the forward pass (same shape as ``w``)."""
         return ste_mask(w, self.masks[i]) if i in self.masks else w
 
     def on_step_end(self, trainer: Any, step: int, out: Any) -> None:
+        """Trainer hook, called after every optimiser step."""
         self.masks = magnitude_masks(self.model, cyclical_sparsity(step, self.total, self.cycles, self.target))
 
 
@@ -59,12 +62,14 @@ class CyclicalPrune(Transform):
 
     def __init__(self, sparsity: float = 0.9, cycles: int = 3, epochs: int = 3, task: str = "standard",
                  task_args: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.sparsity = check_fraction(sparsity, "sparsity")
         self.cycles = check_int(cycles, "cycles")
         self.epochs = check_int(epochs, "epochs")
         self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         cfg = TrainConfig.from_dict({"lr": 0.01, "weight_decay": 0.0, "schedule": "constant", "batch_size": 128,
                                      **self.config, "epochs": self.epochs})

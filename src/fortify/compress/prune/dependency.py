@@ -76,6 +76,7 @@ def groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Group]:
 
 
 def _new_like(layer: nn.Module, out_units: int | None = None, in_units: int | None = None) -> nn.Module:
+    """A fresh Conv2d/Linear like ``layer`` with other output/input widths."""
     if isinstance(layer, nn.Conv2d):
         return nn.Conv2d(in_units or layer.in_channels, out_units or layer.out_channels, layer.kernel_size,
                          layer.stride, layer.padding, bias=layer.bias is not None)

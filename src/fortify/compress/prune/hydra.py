@@ -30,6 +30,7 @@ class HydraScores(nn.Module):
     """Score parameters ``s_i`` (one per weight of layer ``i``) and the top-k masked weight function."""
 
     def __init__(self, model: nn.Module, sparsity: float) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()
         self.sparsity = sparsity
         self.scores = nn.ParameterDict()
@@ -54,6 +55,7 @@ class _ScoreNet(nn.Module):
     """Frozen model + trainable scores (only the scores are parameters the optimiser sees)."""
 
     def __init__(self, model: nn.Module, scores: HydraScores) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()
         self.scores = scores
         self.net = ReparamNet(model, scores.weight)
@@ -61,6 +63,7 @@ class _ScoreNet(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` in [0, 1] -> logits ``(N, K)``."""
         return self.net(x)
 
 
@@ -76,6 +79,7 @@ class Hydra(Transform):
     def __init__(self, sparsity: float = 0.9, score_epochs: int = 2, finetune_epochs: int = 1,
                  task: str = "pgd_at", task_args: Mapping[str, Any] | None = None,
                  config: Mapping[str, Any] | None = None, finetune_config: Mapping[str, Any] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.sparsity = check_fraction(sparsity, "sparsity")
         self.score_epochs = check_int(score_epochs, "score_epochs")
         self.finetune_epochs = check_int(finetune_epochs, "finetune_epochs", lo=0)
@@ -84,6 +88,7 @@ class Hydra(Transform):
         self.config, self.finetune_config = dict(config or {}), dict(finetune_config or {})
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         scores = HydraScores(model, self.sparsity)

@@ -36,6 +36,7 @@ class IterativeMagnitudePrune(Transform):
     def __init__(self, sparsity: float = 0.8, rounds: int = 3, epochs: int = 2, rewind_epochs: int = 1,
                  task: str = "standard", task_args: Mapping[str, Any] | None = None,
                  config: Mapping[str, Any] | None = None, scope: str = "global") -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.sparsity = check_fraction(sparsity, "sparsity")
         self.rounds = check_int(rounds, "rounds")
         self.epochs = check_int(epochs, "epochs")
@@ -47,10 +48,12 @@ class IterativeMagnitudePrune(Transform):
         self.task, self.task_args, self.config, self.scope = task, dict(task_args or {}), dict(config or {}), scope
 
     def _train(self, model: nn.Module, data: Data, epochs: int, sparse: bool) -> None:
+        """Train ``model`` in place for ``epochs`` with the configured task (masks kept when ``sparse``)."""
         finetune(model, data, task=self.task, task_args=self.task_args,
                  config={**self.config, "epochs": epochs}, keep_sparsity=sparse)
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         assert data is not None
         if self.rewind_epochs:
             self._train(model, data, self.rewind_epochs, sparse=False)

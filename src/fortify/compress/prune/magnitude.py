@@ -66,6 +66,7 @@ class MagnitudePrune(Transform):
     def __init__(self, sparsity: float = 0.9, scope: str = "layer", skip_last: bool = False,
                  finetune_task: str | None = None, finetune_args: Mapping[str, Any] | None = None,
                  finetune_config: Mapping[str, Any] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.sparsity = check_fraction(sparsity, "sparsity")
         if scope not in SCOPES:
             raise ConfigError(f"scope must be one of {', '.join(SCOPES)}; got {scope!r}")
@@ -75,6 +76,7 @@ class MagnitudePrune(Transform):
         self.needs_data = finetune_task is not None
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         masks = magnitude_masks(model, self.sparsity, self.scope, self.skip_last)
         layers = dict(weight_layers(model))
         with torch.no_grad():

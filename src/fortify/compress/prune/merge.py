@@ -64,12 +64,14 @@ class NeuronMerge(Transform):
     name = "neuron_merge"
 
     def __init__(self, amount: float | Mapping[int, float] = 0.25) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         if isinstance(amount, Mapping):
             self.amount: float | dict[int, float] = {int(k): check_fraction(v, f"amount[{k}]") for k, v in amount.items()}
         else:
             self.amount = check_fraction(amount, "amount")
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         seq = sequential_of(model)
         before = count_params(model)[1]
         report: dict[str, list[float]] = {}

@@ -44,6 +44,7 @@ class ChannelPrune(Transform):
     def __init__(self, amount: float | Mapping[int, float] = 0.5, criterion: str = "l2",
                  finetune_task: str | None = None, finetune_args: Mapping[str, Any] | None = None,
                  finetune_config: Mapping[str, Any] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         if isinstance(amount, Mapping):
             self.amount: float | dict[int, float] = {int(k): check_fraction(v, f"amount[{k}]") for k, v in amount.items()}
         else:
@@ -56,6 +57,7 @@ class ChannelPrune(Transform):
         self.needs_data = finetune_task is not None
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         seq = sequential_of(model)
         before = count_params(model)[1]
         widths: dict[str, list[int]] = {}

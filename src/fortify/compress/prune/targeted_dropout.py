@@ -48,6 +48,7 @@ class TargetedDropoutTask(Task):
 
     def __init__(self, base: str = "standard", base_args: Mapping[str, Any] | None = None,
                  gamma: float = 0.5, alpha: float = 0.5) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()
         self.base = create_task(base, **dict(base_args or {}))
         self.gamma = check_fraction(gamma, "gamma", allow_one=True)
@@ -55,6 +56,7 @@ class TargetedDropoutTask(Task):
         self.generator: torch.Generator | None = None
 
     def set_progress(self, progress: float, epoch: int) -> None:
+        """Forward training progress to the wrapped task too."""
         super().set_progress(progress, epoch)
         self.base.set_progress(progress, epoch)
 
@@ -63,6 +65,7 @@ class TargetedDropoutTask(Task):
         self.base.generator = self.generator  # type: ignore[attr-defined]
 
         def weight(i: int, w: torch.Tensor) -> torch.Tensor:
+            """Effective weight of layer ``i`` in the forward pass (same shape as ``w``)."""
             if not net.training:
                 return w
             return targeted_dropout_weight(w, self.gamma, self.alpha, None)
@@ -72,9 +75,11 @@ class TargetedDropoutTask(Task):
         return self.base(net, x, y)
 
     def state_dict(self) -> dict[str, Any]:
+        """The wrapped task's state (exact resume)."""
         return self.base.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the wrapped task's state."""
         self.base.load_state_dict(state)
 
 
@@ -87,12 +92,14 @@ class TargetedDropoutPrune(Transform):
 
     def __init__(self, gamma: float = 0.75, alpha: float = 0.66, epochs: int = 1, base: str = "standard",
                  base_args: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.gamma = check_fraction(gamma, "gamma")
         self.alpha = check_fraction(alpha, "alpha", allow_one=True)
         self.epochs = check_int(epochs, "epochs")
         self.base, self.base_args, self.config = base, dict(base_args or {}), dict(config or {})
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         task = TargetedDropoutTask(self.base, self.base_args, self.gamma, self.alpha)
         cfg = TrainConfig.from_dict({"lr": 0.01, "weight_decay": 0.0, "batch_size": 128, **self.config,

@@ -34,6 +34,7 @@ class CalibrationReader:
     """``onnxruntime.quantization.CalibrationDataReader`` over ``x (N, C, H, W)`` in batches."""
 
     def __init__(self, x: torch.Tensor, batch_size: int = 64, input_name: str = "x") -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.x = x.detach().cpu().float().numpy()
         self.batch_size, self.input_name = batch_size, input_name
         self._it: Iterator[dict[str, np.ndarray]] | None = None
@@ -46,6 +47,7 @@ class CalibrationReader:
         return next(self._it, None)
 
     def rewind(self) -> None:
+        """Restart the iteration from the first batch."""
         self._it = None
 
 
@@ -93,9 +95,11 @@ class Int8Dynamic(Transform):
     name = "int8_dynamic"
 
     def __init__(self, per_channel: bool = True, threads: int = 2) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.per_channel, self.threads = bool(per_channel), check_int(threads, "threads")
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         q = quantize_onnx(model, example_inputs, mode="dynamic", per_channel=self.per_channel, threads=self.threads)
         return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "dynamic"}, extras={"float_twin": model})
 
@@ -110,12 +114,14 @@ class Int8Static(Transform):
 
     def __init__(self, calibration_size: int = 256, method: str = "minmax", per_channel: bool = True,
                  threads: int = 2) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.calibration_size = check_int(calibration_size, "calibration_size")
         if method not in CALIBRATION_METHODS:
             raise ConfigError(f"method must be one of {', '.join(CALIBRATION_METHODS)}; got {method!r}")
         self.method, self.per_channel, self.threads = method, bool(per_channel), check_int(threads, "threads")
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         assert data is not None
         cal = data[0][: self.calibration_size]
         q = quantize_onnx(model, example_inputs, mode="static", calibration=cal, per_channel=self.per_channel,

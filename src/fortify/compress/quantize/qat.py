@@ -30,6 +30,7 @@ class FakeQuant:
     """Weight and activation fake-quantizers for :class:`ReparamNet` (state: per-layer EMA ranges)."""
 
     def __init__(self, momentum: float = 0.1) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.momentum = momentum
         self.ranges: dict[int, tuple[float, float]] = {}
         self.training = True
@@ -59,10 +60,12 @@ class QATNet(ReparamNet):
     """A :class:`ReparamNet` with :class:`FakeQuant`; observers update only in train mode."""
 
     def __init__(self, model: nn.Module) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.fq = FakeQuant()
         super().__init__(model, self.fq.weight, self.fq.act)
 
     def train(self, mode: bool = True) -> "QATNet":
+        """Set train/eval mode; the activation-range observers update only in train mode."""
         super().train(mode)
         self.fq.training = mode
         return self
@@ -78,11 +81,13 @@ class QuantAwareInt8(Transform):
 
     def __init__(self, epochs: int = 1, task: str = "standard", task_args: Mapping[str, Any] | None = None,
                  config: Mapping[str, Any] | None = None, calibration_size: int = 256, threads: int = 2) -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.epochs = check_int(epochs, "epochs")
         self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
         self.calibration_size, self.threads = check_int(calibration_size, "calibration_size"), check_int(threads, "threads")
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         net = QATNet(model)
         cfg = TrainConfig.from_dict({"lr": 0.005, "weight_decay": 0.0, "batch_size": 128, **self.config,

@@ -38,6 +38,7 @@ class OnnxModule(nn.Module):
     """Run ONNX bytes (float or int8) with ONNX Runtime; ``forward`` ``(N, C, H, W)`` -> ``(N, K)``."""
 
     def __init__(self, blob: bytes, *, threads: int = 2, kind: str = "onnx") -> None:
+        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()
         self.blob = bytes(blob)
         self.threads = int(threads)
@@ -75,12 +76,15 @@ class OnnxModule(nn.Module):
         return cls(blob, threads=threads)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "OnnxModule":
+        """A new session over the same ONNX bytes (sessions themselves cannot be copied)."""
         return OnnxModule(self.blob, threads=self.threads, kind=self.kind)
 
     def __getstate__(self) -> dict[str, Any]:
+        """Refuse pickling: save the ONNX bytes with :meth:`save` instead."""
         raise TypeError("OnnxModule is not picklable; save it with .save(path)")
 
     def extra_repr(self) -> str:
+        """Kind, size in bytes and threads, for ``repr``."""
         return f"kind={self.kind!r}, bytes={len(self.blob)}, threads={self.threads}"
 
 
