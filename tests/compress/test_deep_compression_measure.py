@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from fortify import models
 from fortify.compress import RECIPES, compress, create, load, load_compressed, measure, read_record, save_compressed
 from fortify.compress.deep_compression import kmeans_1d, share_weights
 from fortify.compress.measure import Measurement, count_macs, latencies

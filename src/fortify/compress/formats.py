@@ -190,7 +190,6 @@ def load_compressed(path: str | os.PathLike[str]) -> nn.Module:
         blob = p.read_bytes()
     except OSError as exc:
         raise ModelFileError(f"cannot read compressed model {p}: {exc}") from None
-    from safetensors import safe_open  # noqa: F401  (import check)
     from safetensors.torch import load as st_load
 
     try:

@@ -13,7 +13,6 @@ before and after on ``test`` and draws the Pareto plot.
 """
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
