@@ -1,42 +1,183 @@
-"""``fortify evaluate``: clean accuracy of a saved model on a dataset (stages load, evaluate, report)."""
+"""``fortify evaluate``: clean accuracy of a saved model and, with ``--threat``, its robust accuracy
+under an attack cascade (stages load, evaluate, [robustness,] report).
+
+Also holds :func:`run_model_verb`, the runner shared with ``fortify certify``: it validates the
+config, runs the stages, prints the usual run summary and then the verb's own result tables.
+"""
 from __future__ import annotations
 
 import argparse
-from typing import ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
-from fortify.cli.base import _quote, add_run_options, build_raw, register_verb, run_with_config
+from fortify.cli.base import (UsageError, _quote, add_run_options, build_raw, register_verb, set_threads,
+                              store_path)
+from fortify.errors import ConfigError, OutputError
 
 EVALUATE_STAGES = ("load", "evaluate", "report")
+ROBUST_STAGES = ("load", "evaluate", "robustness", "report")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """MODEL (optional with --resume), the common run options, ``--dataset``, ``--architecture``, ``--resume``."""
+    parser.add_argument("model_path", metavar="MODEL", nargs="?", default=None,
+                        help="model file (.safetensors written by fortify, or .pt/.pth state dict with --architecture)")
+    add_run_options(parser)
+    parser.add_argument("--dataset", metavar="NAME", default=None,
+                        help="dataset whose test split is used (default: the one recorded in the model file)")
+    parser.add_argument("--architecture", metavar="NAME", default=None,
+                        help="architecture of a .pt/.pth state dict (same as load.architecture=NAME)")
+    parser.add_argument("--resume", metavar="ID", default=None,
+                        help="continue an interrupted or failed run of this verb in its folder, with its recorded "
+                             "config (finished attacks are read back from the run's cascade state)")
+
+
+def model_overrides(args: argparse.Namespace) -> list[str]:
+    """``load.path``/``load.architecture``/``data.name`` overrides from MODEL, --architecture, --dataset."""
+    if args.model_path is None:
+        raise UsageError(f"{args.verb}: the MODEL argument is required (or --resume ID)")
+    extra = [f"load.path={_quote(args.model_path)}"]
+    if args.architecture is not None:
+        extra.append(f"load.architecture={args.architecture}")
+    if args.dataset is not None:
+        extra.append(f"data.name={args.dataset}")
+    elif not any(o.split("=", 1)[0].strip() == "data.name" for o in args.overrides):
+        extra += _dataset_of(args.model_path)
+    return extra
+
+
+def run_model_verb(args: argparse.Namespace, verb: str, raw: dict[str, Any], stages: Sequence[str],
+                   show: Callable[[Any, bool], None]) -> int:
+    """Validate ``raw`` (or reopen ``--resume ID``), run ``stages``, print the summary, then ``show(ctx, quiet)``.
+
+    Nothing is created before the configuration is valid; a failing stage marks the run failed
+    (its folder, config.json and report.json are kept) and its FortifyError reaches ``main``.
+    """
+    from rich.console import Console
+
+    from fortify.cli.output import print_summary
+    from fortify.config import resolve
+    from fortify.pipeline import prepare_out_dir, run_pipeline
+    from fortify.store import RunStore
+
+    resume = args.resume
+    if resume is not None:
+        if args.model_path is not None or args.overrides or getattr(args, "recipe", None) or getattr(
+                args, "explicit", False):
+            raise UsageError("--resume continues a run with its recorded config: drop MODEL, options and KEY=VALUE")
+        path = store_path(args, args.out)
+        if not path.is_file():
+            raise OutputError(f"no run store at {str(path)!r} to resume from (pass --store PATH or --out DIR)")
+        store = RunStore(path)
+        rec = store.get_run(resume)
+        if rec.status == "ok":
+            raise ConfigError(f"run {rec.id} finished ok; nothing to resume")
+        if rec.verb != verb:
+            raise ConfigError(f"run {rec.id} was made by 'fortify {rec.verb}'; resume it with that verb")
+        cfg = resolve(rec.config)
+        resume = rec.id
+    else:
+        cfg = resolve({**raw, "stages": list(stages)})
+        prepare_out_dir(cfg.output.dir)
+        store = RunStore(store_path(args, cfg.output.dir, cfg.output.store))
+    set_threads(args)
+    ctx = run_pipeline(cfg, verb=verb, argv=list(args.argv), store=store, console=Console(stderr=True),
+                       quiet=args.quiet, resume=resume)
+    print_summary(ctx, store, quiet=args.quiet)
+    show(ctx, args.quiet)
+    return 0
+
+
+def show_robustness(ctx: Any, quiet: bool) -> None:
+    """Print the robustness stage's result on stdout: tables, or one line with ``--quiet``."""
+    from rich.console import Console
+
+    from fortify.evaluate import render
+
+    report = ctx.state.get("robustness")
+    if report is None:
+        return
+    out = Console()
+    if quiet:
+        parts = [f"robust_accuracy[{t.threat}]={t.robust_accuracy:.4f}" for t in report.threats]
+        if len(report.threats) > 1:
+            parts.append(f"robust_accuracy[union]={report.robust_accuracy:.4f}")
+        parts.append("flags_fired=" + (",".join(report.fired) or "none"))
+        out.print(" ".join(parts), highlight=False, markup=False, soft_wrap=True)
+        return
+    render(report, console=out)
+    for f in report.flags:
+        if f.fired:
+            out.print(f"[red]{f.name}[/red]: {f.explanation}")
+    for name in ("robustness_curves", "evaluation_json"):
+        if name in ctx.artefacts:
+            out.print(f"{name.replace('_', ' ')}: {ctx.artefacts[name]}", highlight=False, soft_wrap=True)
 
 
 @register_verb
 class EvaluateVerb:
-    """``fortify evaluate MODEL``: stages load, evaluate, report."""
+    """``fortify evaluate MODEL [--threat NORM:EPS ...]``: clean and robust accuracy of a saved model."""
     name: ClassVar[str] = "evaluate"
-    help: ClassVar[str] = "measure the clean test accuracy of a saved model on a dataset"
-    description = ("Load MODEL (a .safetensors file written by fortify, or a plain .pt state dict with "
-                   "--architecture) and measure its clean accuracy on the test split of --dataset (default: the "
-                   "dataset recorded in the model file). The run is recorded and gets a report.")
+    help: ClassVar[str] = "clean accuracy of a saved model and, with --threat, robust accuracy under an attack cascade"
+    description = (
+        "Load MODEL (a .safetensors file written by fortify, or a plain .pt state dict with --architecture) and "
+        "measure its clean accuracy on the test split of --dataset (default: the dataset recorded in the model "
+        "file). With --threat (or any robustness option) the first --n test images are also attacked by a cascade "
+        "(each attack only on the images still robust, per-image worst case kept): robust accuracy per threat and "
+        "for their union, the per-attack contribution table, sanity flags that catch gradient masking (each with "
+        "an explanation), and accuracy-vs-eps robustness curves saved as PNG. Everything is recorded in the run "
+        "store and the run's report. Example: fortify evaluate fortify-runs/<id>/model.safetensors --threat "
+        "linf:0.3 --threat l2:2 --preset standard --n 200")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """MODEL, the common run options, ``--dataset`` and ``--architecture``."""
-        parser.add_argument("model_path", metavar="MODEL", help="model file (.safetensors, or .pt/.pth state dict)")
-        add_run_options(parser)
-        parser.add_argument("--dataset", metavar="NAME", default=None,
-                            help="dataset to evaluate on (default: the one recorded in the model file)")
-        parser.add_argument("--architecture", metavar="NAME", default=None,
-                            help="architecture of a .pt/.pth state dict (same as load.architecture=NAME)")
+        """MODEL, run options and the robustness options."""
+        add_model_options(parser)
+        g = parser.add_argument_group("robustness (any of these adds the attack cascade)")
+        g.add_argument("--threat", action="append", metavar="NORM:EPS", default=None,
+                       help="threat model, e.g. linf:0.3, l2:2, l1:10; repeat for several (their union is "
+                            "reported too); default from the recipe: linf:0.3")
+        g.add_argument("--preset", metavar="NAME", default=None,
+                       help="attack preset: fast (APGD-CE, APGD-T), standard (AutoAttack-strength: + Square, "
+                            "APGD-T9, FAB-T on signs of masking), thorough (+ restarts, CW, NES, HopSkipJump, "
+                            "Sign-OPT); default fast")
+        g.add_argument("--attacks", metavar="A,B,...", default=None,
+                       help="custom cascade of registered attacks run in this order instead of the preset "
+                            "(e.g. pgd,square)")
+        g.add_argument("--n", type=int, metavar="N", default=None,
+                       help="attack the first N test images (default 500)")
+        g.add_argument("--budget", type=float, metavar="X", default=None,
+                       help="multiply every attack's iterations and queries by X (default 1)")
+        g.add_argument("--state", metavar="PATH", default=None,
+                       help="resumable cascade state file (default: <run folder>/robustness/state.safetensors); "
+                            "rerunning with the same file skips the attacks already finished")
+        g.add_argument("--curve-points", type=int, metavar="N", default=None,
+                       help="images used for the robustness curves (default 100; 0: no curves)")
+        g.add_argument("--no-sanity", action="store_true",
+                       help="skip the sanity checks (faster, but gradient masking goes undetected)")
 
     def run(self, args: argparse.Namespace) -> int:
-        """Evaluate MODEL on ``--dataset`` (default: the dataset recorded in the model file)."""
-        extra = [f"load.path={_quote(args.model_path)}"]
-        if args.architecture is not None:
-            extra.append(f"load.architecture={args.architecture}")
-        if args.dataset is not None:
-            extra.append(f"data.name={args.dataset}")
-        elif not any(o.split("=", 1)[0].strip() == "data.name" for o in args.overrides):
-            extra += _dataset_of(args.model_path)
-        return run_with_config(args, self.name, args.argv, build_raw(args, extra), stages=EVALUATE_STAGES)
+        """Evaluate MODEL (clean, and robust when a robustness option is given) or resume a run."""
+        args.verb = self.name
+        extra: list[str] = []
+        if args.threat is not None:
+            extra.append(f"robustness.threats=[{', '.join(_quote(t) for t in args.threat)}]")
+        if args.preset is not None:
+            extra.append(f"robustness.preset={_quote(args.preset)}")
+        if args.attacks is not None:
+            names = [a.strip() for a in args.attacks.split(",") if a.strip()]
+            extra.append(f"robustness.attacks=[{', '.join(_quote(a) for a in names)}]")
+        for flag, key in (("n", "n"), ("budget", "budget"), ("curve_points", "curve_points")):
+            if getattr(args, flag) is not None:
+                extra.append(f"robustness.{key}={getattr(args, flag)}")
+        if args.state is not None:
+            extra.append(f"robustness.state={_quote(args.state)}")
+        if args.no_sanity:
+            extra.append("robustness.sanity=false")
+        args.explicit = bool(extra)
+        if args.resume is not None:
+            return run_model_verb(args, self.name, {}, ROBUST_STAGES, show_robustness)
+        robust = bool(extra) or any(o.split("=", 1)[0].strip().startswith("robustness.") for o in args.overrides)
+        raw = build_raw(args, [*model_overrides(args), *extra])
+        return run_model_verb(args, self.name, raw, ROBUST_STAGES if robust else EVALUATE_STAGES, show_robustness)
 
 
 def _dataset_of(path: str) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fortify.report.figures import training_curve
 from fortify.report.html import render_html, write_html
-from fortify.report.json_report import build_report, write_json
+from fortify.report.json_report import build_report, jsonable, write_json
 from fortify.report.sections import Section, Table
 
-__all__ = ["Section", "Table", "build_report", "write_json", "render_html", "write_html", "training_curve"]
+__all__ = ["Section", "Table", "build_report", "jsonable", "write_json", "render_html", "write_html", "training_curve"]

@@ -30,6 +30,11 @@ def _clean(v: Any) -> Any:
     return str(v)
 
 
+def jsonable(v: Any) -> Any:
+    """A JSON-safe copy of ``v`` (NaN/inf -> None, tuples -> lists, tensors/numpy scalars -> numbers)."""
+    return _clean(v)
+
+
 def build_report(*, run_id: str, verb: str, status: str, config: Mapping[str, Any], seed: int | None,
                  versions: Mapping[str, str], metrics: Mapping[str, Mapping[str, Any]],
                  history: Sequence[Mapping[str, Any]], artefacts: Mapping[str, str],
