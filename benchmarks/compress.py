@@ -37,23 +37,36 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def parse_amount(text: str) -> float | dict[int, float]:
+    """``"0.5"`` -> 0.5; ``"0:0.4,2:0.4,5:0.6"`` -> per-layer fractions."""
+    if ":" not in text:
+        return float(text)
+    return {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
+
+
 def part_a(args: argparse.Namespace, train: tuple, test: tuple, out: Path) -> dict:
     spec = data.info("mnist-5k")
     torch.manual_seed(0)
     net = models.Normalized(models.create(args.model), spec.mean, spec.std)
     adv = {"threat": f"linf:{args.eps}", "steps": args.at_steps}
     t0 = time.time()
-    finetune(net, train, task="pgd_at", task_args=adv, keep_sparsity=False,
-             config={"epochs": args.epochs, "lr": 0.05, "weight_decay": 5e-4, "schedule": "onecycle"})
-    log(f"(a) PGD-AT {args.model} eps={args.eps}: {time.time() - t0:.0f}s")
+    if args.base:
+        net = models.load(args.base)
+        log(f"(a) loaded {args.base}")
+    else:
+        finetune(net, train, task="pgd_at", task_args={**adv, "schedule": "eps-ramp"}, keep_sparsity=False,
+                 config={"epochs": args.epochs, "lr": 0.05, "weight_decay": 5e-4, "schedule": "onecycle"})
+        models.save(net, out / "base.safetensors", meta={"training": f"pgd_at linf {args.eps}"})
+        log(f"(a) PGD-AT {args.model} eps={args.eps}: {time.time() - t0:.0f}s")
+    amount = parse_amount(args.amount)
     ft = {"epochs": args.ft_epochs, "lr": 0.01, "schedule": "cosine"}
     robust_steps = [
-        {"transform": "channel_prune", "amount": args.amount, "finetune_task": "pgd_at", "finetune_args": adv,
+        {"transform": "channel_prune", "amount": amount, "finetune_task": "pgd_at", "finetune_args": adv,
          "finetune_config": ft},
         {"transform": "qat_int8", "epochs": args.qat_epochs, "task": "pgd_at", "task_args": adv,
          "config": {"lr": 0.002, "schedule": "cosine"}, "calibration_size": 512},
     ]
-    naive_steps = [{"transform": "channel_prune", "amount": args.amount},
+    naive_steps = [{"transform": "channel_prune", "amount": amount},
                    {"transform": "int8_static", "calibration_size": 512}]
     t0 = time.time()
     robust = compress(net, robust_steps, train, out_dir=out / "robust")
@@ -119,7 +132,8 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--at-steps", type=int, default=5)
-    p.add_argument("--amount", type=float, default=0.5)
+    p.add_argument("--amount", default="0.5", help="channel fraction removed: 0.5 or per layer 0:0.4,2:0.4,5:0.6")
+    p.add_argument("--base", default="", help="reuse a robust model file (skips PGD-AT)")
     p.add_argument("--ft-epochs", type=int, default=2)
     p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--mlp-epochs", type=int, default=10)
