@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not steal ONNX Runtime's cores
 
-from fortify import data, models
-from fortify.compress import compress, create, finetune, format_table, measure, plot_pareto
-from fortify.compress.formats import save_compressed
-from fortify.compress.measure import accuracy, robust_accuracy_of
-from fortify.threat import ThreatModel
+import torch  # noqa: E402
+
+from fortify import data, models  # noqa: E402
+from fortify.compress import compress, create, finetune, format_table, measure, plot_pareto  # noqa: E402
+from fortify.compress.formats import save_compressed  # noqa: E402
+from fortify.compress.measure import accuracy, robust_accuracy_of  # noqa: E402
+from fortify.threat import ThreatModel  # noqa: E402
 
 
 def log(msg: str) -> None:

@@ -8,8 +8,11 @@ Every figure comes from the real artefact and the real run:
 * ``params_total`` / ``params_nonzero``; ``macs`` (multiply-accumulates of one input: Conv2d
   ``H_out W_out C_out C_in k_h k_w``, Linear ``I O``) and ``macs_nonzero`` (zero weights skipped).
 * ``latency_b1_ms`` / ``latency_b256_ms`` -- CPU medians over ``repeats`` rounds after a warm-up;
-  the models are timed *interleaved* (round-robin inside each round) so drift in machine load
-  hits all of them alike; PyTorch runs with ``threads`` intra-op threads, ONNX Runtime sessions too.
+  the models are timed *interleaved* (round-robin inside each round, the order rotated every round,
+  so no model always runs right after PyTorch's still-spinning OpenMP threads) so drift in machine
+  load hits all of them alike; PyTorch runs with ``threads`` intra-op threads, ONNX Runtime
+  sessions too (without busy-waiting). For clean figures set ``OMP_WAIT_POLICY=PASSIVE`` before
+  importing torch (``benchmarks/compress.py`` does).
 * ``clean_acc`` and ``robust_acc``: for PyTorch models, PGD (``robust="pgd"``) or fortify's
   cascade (``robust="fast"``: :func:`fortify.evaluate.robust_accuracy` with the ``fast`` preset);
   for an ONNX model, the attack runs on the quantized model itself (black-box Square, score-based)
@@ -115,10 +118,13 @@ def latencies(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, 
                 for b in batch_sizes:
                     for _ in range(warmup):
                         m(inputs[b])
-            for _ in range(repeats):
+            names = list(models)
+            for r in range(repeats):
+                order = names[r % len(names):] + names[: r % len(names)]  # rotate: no model always follows another
                 for b in batch_sizes:
                     inner = 20 if b == 1 else 1
-                    for name, m in models.items():
+                    for name in order:
+                        m = models[name]
                         t0 = time.perf_counter()
                         for _ in range(inner):
                             m(inputs[b])
