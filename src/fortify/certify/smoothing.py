@@ -24,6 +24,7 @@ from scipy.special import betaincinv, ndtri
 from scipy.stats import binomtest
 from torch import nn
 
+from fortify.attacks.base import frozen_eval
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
@@ -93,9 +94,9 @@ class Smoothing(Certifier):
         return torch.Generator().manual_seed(self.seed) if self.seed is not None else None
 
     def certify(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> SmoothingResult:
-        """Cohen et al.'s CERTIFY for a batch ``x (N, ...)`` (model already in eval mode)."""
+        """Cohen et al.'s CERTIFY for a batch ``x (N, ...)`` (eval mode for the call, flags restored)."""
         gen = generator if generator is not None else self._gen()
-        with torch.no_grad():
+        with torch.no_grad(), frozen_eval(model):
             c_a = noise_counts(model, x, self.sigma, self.n0, self.batch_size, gen).argmax(dim=1)
             counts = noise_counts(model, x, self.sigma, self.n, self.batch_size, gen)
         n_a = counts.gather(1, c_a[:, None]).squeeze(1).cpu().numpy()
@@ -109,7 +110,7 @@ class Smoothing(Certifier):
     def predict(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Cohen et al.'s PREDICT: ``(N,)`` class or -1 (abstain) at level ``alpha`` with ``n`` draws."""
         gen = generator if generator is not None else self._gen()
-        with torch.no_grad():
+        with torch.no_grad(), frozen_eval(model):
             counts = noise_counts(model, x, self.sigma, self.n, self.batch_size, gen)
         top2 = counts.topk(2, dim=1)
         out = top2.indices[:, 0].clone()
