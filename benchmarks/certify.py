@@ -33,6 +33,7 @@ wall time was 3-5x larger because of the load):
 | madry-cnn (4) | fortify CROWN | 18.9 | 1626 | -1.2008 | looser by <= 1.3e-3 (MaxPool relaxation) |
 | madry-cnn (4) | auto_LiRPA CROWN | 39.2 | 5050 | -1.2004 | - |
 | madry-cnn (16) | fortify CROWN (2 GiB budget) | not measured (178 s wall) | 1930 | -0.8408 | - |
+| madry-cnn (16) | auto_LiRPA CROWN, 10 GB cap | - | 7993 | - | fails: cannot allocate 2.25 GB more |
 
 IBP: identical bounds in both libraries (a few ms). The issue's target (>= 5x auto_LiRPA) is not
 reached: 1.3x (small-cnn) and 2.1x (madry-cnn) in CPU time, at equal bounds and 1.2-3x less memory.
