@@ -29,7 +29,7 @@ from fortify.threat import ThreatModel
 #: per-sample loss of the logits (B, C) to maximise, returning (B,)
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
-#: step size relative to eps for a K-step attack: 2.5 * eps / K (Madry et al.), at least eps / 4.
+#: step size relative to eps for a K-step attack: 2.5 * eps / K (Madry et al. 2018).
 STEP_FACTOR = 2.5
 #: fraction of coordinates moved by one sparse l1 step (Tramer & Boneh 2019 use the top 1-5%).
 L1_SPARSITY = 0.02
