@@ -29,10 +29,37 @@ from typing import Any, ClassVar
 import torch
 
 from fortify.errors import ConfigError, OutputError, ThreatModelError
-from fortify.evaluate.stages import parse_threats, pct, test_inputs, write_json
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.report.sections import Section, Table
 from fortify.threat import ThreatModel
+
+
+def parse_threats(specs: list[str], where: str) -> list[ThreatModel]:
+    """Shared with the robustness stage (imported lazily: both stage modules load during
+    ``fortify.pipeline``'s import)."""
+    from fortify.evaluate.stages import parse_threats as parse
+
+    return parse(specs, where)
+
+
+def test_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` validated test images and labels (see :func:`fortify.evaluate.stages.test_inputs`)."""
+    from fortify.evaluate.stages import test_inputs as inputs
+
+    return inputs(ctx, n)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> Path:
+    """Atomic JSON (NaN/inf -> null)."""
+    from fortify.evaluate.stages import write_json as write
+
+    return write(path, doc)
+
+
+def pct(v: float) -> str:
+    """``0.1234`` -> ``"12.34%"``."""
+    return f"{100 * v:.2f}%"
+
 
 #: constructor options of each certifier taken from the section
 _OPTIONS: dict[str, tuple[str, ...]] = {
