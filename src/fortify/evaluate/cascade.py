@@ -105,9 +105,11 @@ def _plan(preset: str | Sequence[AttackSpec], norm: str, budget: float, sanity: 
     always when ``suspect`` -- a fired pre-check flag -- or without sanity checks), adaptive BPDA."""
     specs, skipped = preset_specs(preset, norm)
     eager = suspect or not sanity
+    unflagged = [s for s in specs if s.when == "flagged" and not eager]
+    skipped = skipped + [(s.label, "not needed: no pre-check flag fired") for s in unflagged]
     cond = [s for s in specs if s.when == "suspect" and not eager]
-    white = [s for s in specs if s.access == "gradient" and s not in cond]
-    black = [s for s in specs if s.access != "gradient" and s not in cond]
+    white = [s for s in specs if s.access == "gradient" and s not in cond + unflagged]
+    black = [s for s in specs if s.access != "gradient" and s not in cond + unflagged]
     stages = [_Stage(s.label, "whitebox", s, budget) for s in white]
     if sanity:
         stages.append(_Stage("fgsm-probe", "fgsm-probe", AttackSpec("fgsm-probe", "fgsm"), 1.0, scope="all"))
