@@ -69,7 +69,7 @@ class CertifyVerb:
                             "default linf:0.1")
         g.add_argument("--n", type=int, metavar="N", default=None, help="certify the first N test images (default 100)")
         g.add_argument("--curve-points", type=int, metavar="K", default=None,
-                       help="radii of the certified-accuracy curve, evenly spaced from 0 to eps (default 6; 0: none)")
+                       help="radii of the certified-accuracy curve, evenly spaced from 0 to eps (default 5; 0: none)")
         g.add_argument("--eps-grid", metavar="E1,E2,...", default=None, help="explicit radii for the curve")
         g.add_argument("--compare", metavar="A,B", default=None,
                        help="other bound methods drawn on the same curve (e.g. ibp); default: none")
