@@ -149,20 +149,24 @@ def test_certified_points_are_never_broken_by_registered_attacks() -> None:
 
 @pytest.mark.parametrize("threat", THREATS, ids=str)
 def test_windowed_conv_rows_equal_dense_rows(threat: ThreatModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The patches path (conv rows as receptive-field windows) gives the dense path's bounds."""
+    """The patches path (conv rows as receptive-field windows, rows chosen per sample) gives the
+    dense path's margin bounds (rows = union over the batch), also with 2-row chunks."""
     import fortify.certify.crown as crown
+    from fortify.certify.bounds import margin_spec
+    from fortify.models import create
 
-    net = Normalized(convnet(seed=11), [0.4], [0.3]).eval()
-    x = torch.rand(3, 1, 8, 8)
-    ops = build_ops(net, (1, 8, 8), x)
-    inp = InputSet.from_threat(x, threat)
-    windowed = layer_bounds(ops, inp)
-    few_rows = layer_bounds(ops, inp, memory_budget=1 << 16)  # 2-row chunks: windows gathered by index
-    dense_refine = crown._refine
-    monkeypatch.setattr(crown, "_refine", lambda *a, **k: dense_refine(*a, **k, use_windows=False))
-    dense = layer_bounds(ops, inp)
-    for (wl, wh), (fl, fh), (dl, dh) in zip(windowed, few_rows, dense):
-        for got in (wl, fl):
-            torch.testing.assert_close(got, dl, atol=2e-6, rtol=1e-5)
-        for got in (wh, fh):
-            torch.testing.assert_close(got, dh, atol=2e-6, rtol=1e-5)
+    for net, shape in ((Normalized(convnet(seed=11), [0.4], [0.3]).eval(), (1, 8, 8)),
+                       (create("madry-cnn", in_shape=(1, 12, 12), channels=(4, 6), hidden=16).eval(), (1, 12, 12))):
+        x = torch.rand((3,) + shape)
+        y = net(x).argmax(1)
+        c = margin_spec(y, net(x).shape[1])
+        ops = build_ops(net, shape, x)
+        inp = InputSet.from_threat(x, threat)
+        windowed = crown.crown_margin(ops, inp, c, intersect_ibp=False)[0]
+        few_rows = crown.crown_margin(ops, inp, c, intersect_ibp=False, memory_budget=1 << 14)[0]
+        dense_refine = crown._refine
+        with monkeypatch.context() as mp:
+            mp.setattr(crown, "_refine", lambda *a, **k: dense_refine(*a, **k, use_windows=False))
+            dense = crown.crown_margin(ops, inp, c, intersect_ibp=False)[0]
+        torch.testing.assert_close(windowed, dense, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(few_rows, dense, atol=2e-6, rtol=1e-5)

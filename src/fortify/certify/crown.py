@@ -138,27 +138,42 @@ def _row_bytes(ops: list[Op], upto: int) -> int:
 
 
 def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool = True):
-    """Tighten ``[lo, hi]`` (input of ``ops[t]``, ``(B, *shape)``) by CROWN on its unstable rows."""
+    """Tighten ``[lo, hi]`` (input of ``ops[t]``, ``(B, *shape)``) by CROWN on the rows that matter:
+    for a ReLU, its unstable neurons, plus its active ones when a MaxPool follows (their bounds
+    enter the MaxPool relaxation); else every neuron. The windowed (conv) path selects rows per
+    sample; the dense path refines the union over the batch (extra rows do not change a sample's
+    result: they are stable or dead for it)."""
     b = lo.shape[0]
     lf, hf = lo.reshape(b, -1), hi.reshape(b, -1)
     if isinstance(ops[t], ReLUOp):
-        rows = ((lf < 0) & (hf > 0)).any(dim=0).nonzero().squeeze(1)
+        feeds_pool = t + 1 < len(ops) and isinstance(ops[t + 1], MaxPoolOp)
+        need = (hf > 0) if feeds_pool else ((lf < 0) & (hf > 0))
     else:
-        rows = torch.arange(lf.shape[1], device=lo.device)
-    if rows.numel() == 0:
+        need = torch.ones_like(lf, dtype=torch.bool)
+    if not bool(need.any()):
         return lo, hi
     windowed = use_windows and windowed_ok(ops, t)
     per = max(1, memory_budget // (max(b, 1) * 2 * _row_bytes(ops, t)))
     new_l, new_h = lf.clone(), hf.clone()
+    if windowed:  # per-sample rows, padded to the largest count (padding rows are left unchanged)
+        counts = need.sum(dim=1)
+        order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :int(counts.max())]
+        valid = torch.arange(order.shape[1], device=lo.device)[None, :] < counts[:, None]
+        for s in range(0, order.shape[1], per):
+            r, v = order[:, s:s + per], valid[:, s:s + per]
+            k = r.shape[1]
+            low = windowed_lower(ops, t, r, bounds, inp)
+            cl, ch = new_l.gather(1, r), new_h.gather(1, r)
+            new_l.scatter_(1, r, torch.where(v, torch.maximum(cl, low[:, :k]), cl))
+            new_h.scatter_(1, r, torch.where(v, torch.minimum(ch, -low[:, k:]), ch))
+        return new_l.reshape(lo.shape), new_h.reshape(hi.shape)
+    rows = need.any(dim=0).nonzero().squeeze(1)
     for s in range(0, rows.numel(), per):
         r = rows[s:s + per]
         k = r.numel()
-        if windowed:
-            low = windowed_lower(ops, t, r, bounds, inp)
-        else:
-            a, c0 = ops[t - 1].rows_back(r)  # first step (linear) without the dense one-hot product
-            a, c0 = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1)
-            low = backward_lower(ops, t - 1, a, bounds, inp, c0)
+        a, c0 = ops[t - 1].rows_back(r)  # first step (linear) without the dense one-hot product
+        a, c0 = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1)
+        low = backward_lower(ops, t - 1, a, bounds, inp, c0)
         new_l[:, r] = torch.maximum(new_l[:, r], low[:, :k])
         new_h[:, r] = torch.minimum(new_h[:, r], -low[:, k:])
     return new_l.reshape(lo.shape), new_h.reshape(hi.shape)

@@ -45,7 +45,8 @@ class Grid:
                     self.sx * stride[1], self.ox * stride[1] - padding[1])
 
     def cat(self) -> "Grid":
-        return Grid(torch.cat([self.gi, self.gi]), torch.cat([self.gj, self.gj]), self.sy, self.oy, self.sx, self.ox)
+        return Grid(torch.cat([self.gi, self.gi], -1), torch.cat([self.gj, self.gj], -1), self.sy, self.oy, self.sx,
+                    self.ox)
 
 
 def _gather(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float = 0.0) -> torch.Tensor:
@@ -53,6 +54,8 @@ def _gather(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float = 0.0) -> t
     with the row axis inserted before C; outside the map the value is ``fill``. Uses ``unfold``
     (im2col) on the grid, then selects the rows' grid cells."""
     hh, ww = maps.shape[-2:]
+    if g.gi.dim() == 2:
+        return _gather_per_sample(maps, g, h, w, fill)
     n_i, n_j = int(g.gi.max()) + 1, int(g.gj.max()) + 1
     top, left = max(0, -g.oy), max(0, -g.ox)
     bottom = max(0, (n_i - 1) * g.sy + g.oy + h - hh)
@@ -74,12 +77,30 @@ def _gather(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float = 0.0) -> t
     return out.reshape(lead + out.shape[1:])
 
 
+def _gather_per_sample(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float) -> torch.Tensor:
+    """:func:`_gather` for per-sample rows (``g.gi (B, S)``): ``maps (..., B, C, H, W)`` ->
+    ``(..., B, S, C, h, w)``, sample ``b``'s windows taken from ``maps[..., b, :, :, :]``."""
+    hh, ww = maps.shape[-2:]
+    y0, x0 = g.y0, g.x0
+    pad = int(max(0, -int(y0.min()), -int(x0.min()), int(y0.max()) + h - hh, int(x0.max()) + w - ww))
+    mp = F.pad(maps, (pad, pad, pad, pad), value=fill) if pad else maps
+    lead = mp.shape[:-4]
+    bsz, c = mp.shape[-4], mp.shape[-3]
+    mp = mp.reshape((-1, bsz, c) + mp.shape[-2:]).permute(1, 3, 4, 0, 2)  # (B, H', W', K, C)
+    ys = (y0 + pad)[:, :, None] + torch.arange(h, device=maps.device)
+    xs = (x0 + pad)[:, :, None] + torch.arange(w, device=maps.device)
+    bi = torch.arange(bsz, device=maps.device)[:, None, None, None]
+    out = mp[bi, ys[:, :, :, None], xs[:, :, None, :]]  # (B, S, h, w, K, C)
+    out = out.permute(4, 0, 1, 5, 2, 3)  # (K, B, S, C, h, w)
+    return out.reshape(lead + out.shape[1:])
+
+
 def _inside(g: Grid, h: int, w: int, hh: int, ww: int) -> torch.Tensor:
-    """``(1, S, 1, h, w)`` mask of window positions inside an ``hh x ww`` map."""
-    ys = g.y0[:, None] + torch.arange(h, device=g.gi.device)
-    xs = g.x0[:, None] + torch.arange(w, device=g.gi.device)
-    m = ((ys >= 0) & (ys < hh))[:, :, None] & ((xs >= 0) & (xs < ww))[:, None, :]
-    return m[None, :, None]
+    """``(B', S, 1, h, w)`` mask of window positions inside an ``hh x ww`` map (B' = 1 for shared rows)."""
+    ys = g.y0[..., None] + torch.arange(h, device=g.gi.device)
+    xs = g.x0[..., None] + torch.arange(w, device=g.gi.device)
+    m = ((ys >= 0) & (ys < hh))[..., :, None] & ((xs >= 0) & (xs < ww))[..., None, :]
+    return m.reshape((-1,) + m.shape[-3:]).unsqueeze(-3)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -87,18 +108,19 @@ def _pair(v) -> tuple[int, int]:
 
 
 def conv_rows_window(op: ConvOp, rows: torch.Tensor):
-    """Unit rows of a conv layer as windows at its input: ``(a (1, S, Cin, kh', kw'), grid, bias (1, S))``."""
+    """Unit rows of a conv layer as windows at its input: ``(a (B', S, Cin, kh', kw'), grid, bias (B', S))``;
+    ``rows`` is ``(S,)`` (shared by the batch, B' = 1) or ``(B, S)`` (per sample)."""
     cout, ho, wo = op.out_shape
     cin, hh, ww = op.in_shape
     d0, d1 = op.dilation
     kh, kw = op.w.shape[2:]
     c, rem = rows // (ho * wo), rows % (ho * wo)
     g = Grid(rem // wo, rem % wo, 1, 0, 1, 0).back(op.stride, op.padding)
-    a = op.w.new_zeros(rows.numel(), cin, (kh - 1) * d0 + 1, (kw - 1) * d1 + 1)
-    a[:, :, ::d0, ::d1] = op.w[c]
-    a = a.unsqueeze(0) * _inside(g, a.shape[-2], a.shape[-1], hh, ww)
-    bias = op.b[c] if op.b is not None else op.w.new_zeros(rows.numel())
-    return a, g, bias.unsqueeze(0)
+    a = op.w.new_zeros(rows.shape + (cin, (kh - 1) * d0 + 1, (kw - 1) * d1 + 1))
+    a[..., ::d0, ::d1] = op.w[c]
+    a = a.reshape((-1,) + a.shape[-4:]) * _inside(g, a.shape[-2], a.shape[-1], hh, ww)
+    bias = op.b[c] if op.b is not None else op.w.new_zeros(rows.shape)
+    return a, g, bias.reshape(-1, bias.shape[-1])
 
 
 def _conv_back(op: ConvOp, a, g: Grid, const):
@@ -140,8 +162,8 @@ def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi):
     idx = idx.long()
     ng = g.back(st, pd)
     nh, nw = (h - 1) * st[0] + (k[0] - 1) * dl[0] + 1, (w - 1) * st[1] + (k[1] - 1) * dl[1] + 1
-    ly = (idx // win - ng.y0[None, :, None, None, None]).clamp(0, nh - 1)
-    lx = (idx % win - ng.x0[None, :, None, None, None]).clamp(0, nw - 1)
+    ly = (idx // win - ng.y0.reshape(-1, ng.y0.shape[-1], 1, 1, 1)).clamp(0, nh - 1)
+    lx = (idx % win - ng.x0.reshape(-1, ng.x0.shape[-1], 1, 1, 1)).clamp(0, nw - 1)
     neg = a.clamp(max=0) * und  # negative coefficients of undecided windows: constant upper bound
     const = const + (neg * up).flatten(2).sum(-1)
     coef = (a - neg).expand(b, -1, -1, -1, -1)
@@ -165,7 +187,8 @@ def _concretize(inp: InputSet, a, g: Grid, const) -> torch.Tensor:
 
 def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds, inp: InputSet) -> torch.Tensor:
     """Lower bounds ``(B, 2S)`` of ``+z_r`` (first S) and ``-z_r`` (last S) for the flat neurons
-    ``rows (S,)`` of the output of ``ops[t-1]`` (a Conv2d), by windowed backward propagation."""
+    ``rows`` (``(S,)`` shared, or ``(B, S)`` per sample) of the output of ``ops[t-1]`` (a Conv2d),
+    by windowed backward propagation."""
     a, g, c0 = conv_rows_window(ops[t - 1], rows)
     a, c0, g = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1), g.cat()
     const = c0.expand(inp.x.shape[0], -1)
