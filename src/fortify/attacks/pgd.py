@@ -57,6 +57,26 @@ def slide_mask(g: torch.Tensor, x_adv: torch.Tensor, bounds: tuple[float, float]
     return g.masked_fill(blocked, 0.0)
 
 
+def linf_box(threat: ThreatModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For ``linf``: the room to the input box around ``x (B, ...)``, ``(lo - x).clamp(max=0)`` and
+    ``(hi - x).clamp(min=0)``, computed once per restart instead of once per step; None otherwise."""
+    if threat.norm != "linf":
+        return None
+    lo, hi = threat.bounds
+    return (lo - x).clamp(max=0), (hi - x).clamp(min=0)
+
+
+def project(threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor,
+            box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``threat.project(x_adv, x)`` (``(B, ...)``); for ``linf`` with the cached ``box`` of
+    :func:`linf_box`, the same operations in the same order, so bit-identical results."""
+    if box is None:
+        return threat.project(x_adv, x)
+    lo, hi = threat.bounds
+    delta = torch.maximum(torch.minimum((x_adv - x).clamp(-threat.eps, threat.eps), box[1]), box[0])
+    return (x + delta).clamp(lo, hi)
+
+
 @ATTACKS.register("pgd", help="projected gradient descent (linf / l2 / sparse l1), random restarts")
 class PGD(Attack):
     """PGD with random start and restarts.
@@ -130,6 +150,7 @@ class PGD(Attack):
             x0, ys = x[idx], y[idx]
             ts = targeted[idx] if targeted is not None else None
             xa = threat.random_init(x0, generator) if self.random_start else x0.clone()
+            box = linf_box(threat, x0)
             for k in range(self.steps + 1):
                 if k < self.steps:
                     logits, _, g = oracle.value_and_grad(xa, lambda z: loss(z, ys, ts))
@@ -146,7 +167,8 @@ class PGD(Attack):
                     if not bool(keep.all()):
                         idx, x0, ys, xa, g = idx[keep], x0[keep], ys[keep], xa[keep], g[keep]
                         ts = ts[keep] if ts is not None else None
+                        box = None if box is None else (box[0][keep], box[1][keep])
                         if idx.numel() == 0:
                             break
-                xa = threat.project(xa + alpha * self._step(g, xa, threat), x0)
+                xa = project(threat, xa + alpha * self._step(g, xa, threat), x0, box)
         return best_x
