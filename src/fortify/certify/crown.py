@@ -137,17 +137,33 @@ def _row_bytes(ops: list[Op], upto: int) -> int:
     return max(sizes) * 4 * _TEMP_FACTOR
 
 
+def _in_undecided_windows(op: MaxPoolOp, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` bool: the element lies in a pooling window whose max is not decided by
+    ``[lo, hi]``. Tightening bounds keeps a decided window decided with the same ``j*``, so the
+    MaxPool relaxation only depends on the bounds of elements of undecided windows."""
+    _, decided, _ = maxpool_relax(op, lo, hi)
+    b, c, h, w = lo.shape
+    pos = torch.arange(h * w, device=lo.device, dtype=lo.dtype).reshape(1, 1, h, w).expand(1, c, h, w)
+    pw = _windows(pos, op, -1.0)[0].long()  # (C, kk, L), -1 = padding
+    und = (~decided).unsqueeze(2).expand(b, c, pw.shape[1], pw.shape[2]).to(lo.dtype)
+    out = lo.new_zeros(b, c, h * w + 1)  # last slot absorbs the padding positions
+    idx = torch.where(pw < 0, h * w, pw).unsqueeze(0).expand(b, -1, -1, -1).reshape(b, c, -1)
+    out.scatter_reduce_(2, idx, und.reshape(b, c, -1), reduce="amax")
+    return out[:, :, :h * w].reshape(b, c, h, w) > 0
+
+
 def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool = True):
     """Tighten ``[lo, hi]`` (input of ``ops[t]``, ``(B, *shape)``) by CROWN on the rows that matter:
-    for a ReLU, its unstable neurons, plus its active ones when a MaxPool follows (their bounds
-    enter the MaxPool relaxation); else every neuron. The windowed (conv) path selects rows per
+    for a ReLU, its unstable neurons, plus its active ones in undecided windows when a MaxPool
+    follows (their bounds enter the MaxPool relaxation); else every neuron. The windowed (conv) path selects rows per
     sample; the dense path refines the union over the batch (extra rows do not change a sample's
     result: they are stable or dead for it)."""
     b = lo.shape[0]
     lf, hf = lo.reshape(b, -1), hi.reshape(b, -1)
     if isinstance(ops[t], ReLUOp):
-        feeds_pool = t + 1 < len(ops) and isinstance(ops[t + 1], MaxPoolOp)
-        need = (hf > 0) if feeds_pool else ((lf < 0) & (hf > 0))
+        need = (lf < 0) & (hf > 0)
+        if t + 1 < len(ops) and isinstance(ops[t + 1], MaxPoolOp):
+            need = need | ((lf >= 0) & _in_undecided_windows(ops[t + 1], torch.relu(lo), torch.relu(hi)).reshape(b, -1))
     else:
         need = torch.ones_like(lf, dtype=torch.bool)
     if not bool(need.any()):
