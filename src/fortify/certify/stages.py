@@ -43,9 +43,9 @@ def parse_threats(specs: list[str], where: str) -> list[ThreatModel]:
     return parse(specs, where)
 
 
-def test_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` validated test images and labels (see :func:`fortify.evaluate.stages.test_inputs`)."""
-    from fortify.evaluate.stages import test_inputs as inputs
+def eval_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` validated test images and labels (see :func:`fortify.evaluate.stages.eval_inputs`)."""
+    from fortify.evaluate.stages import eval_inputs as inputs
 
     return inputs(ctx, n)
 
@@ -168,7 +168,7 @@ class CertifyStage:
         from fortify.certify import CertifiedCurve, certified_accuracy_curve, certify, plot_certified_curves
 
         sec: CertifyConfig = ctx.config.section(self.name) or CertifyConfig()
-        x, y = test_inputs(ctx, sec.n)
+        x, y = eval_inputs(ctx, sec.n)
         thr = sec.threat_model()
         out = ctx.path("certify")
         try:

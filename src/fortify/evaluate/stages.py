@@ -113,7 +113,7 @@ class RobustnessConfig:
         return parse_threats(self.threats, "robustness.threats")
 
 
-def test_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def eval_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images ``(n, C, H, W)`` and labels ``(n,)``, validated against the model.
 
     Raises InputError for NaN / out-of-range inputs, inputs of the wrong shape for the model, and
@@ -170,7 +170,7 @@ class RobustnessStage:
         from fortify.evaluate import AttackSpec, plot_curves, robust_accuracy, robustness_curve
 
         sec: RobustnessConfig = ctx.config.section(self.name) or RobustnessConfig()
-        x, y = test_inputs(ctx, sec.n)
+        x, y = eval_inputs(ctx, sec.n)
         threats = sec.threat_models()
         out = ctx.path("robustness")
         try:
