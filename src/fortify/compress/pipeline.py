@@ -33,8 +33,8 @@ RECIPES: Registry[list[dict[str, Any]]] = Registry("compression recipe")
 _ADV = {"threat": "linf:0.3", "steps": 10}
 RECIPES.register("robust-int8", [
     {"transform": "channel_prune", "amount": 0.5, "finetune_task": "pgd_at", "finetune_args": _ADV,
-     "finetune_config": {"epochs": 2, "lr": 0.01}},
-    {"transform": "qat_int8", "epochs": 1, "task": "pgd_at", "task_args": _ADV},
+     "finetune_config": {"epochs": 5, "lr": 0.01, "schedule": "cosine"}},
+    {"transform": "qat_int8", "epochs": 2, "task": "pgd_at", "task_args": _ADV, "config": {"lr": 0.002}},
 ], help="structured pruning with adversarial fine-tuning, then adversarial QAT and int8 export")
 RECIPES.register("hydra", [
     {"transform": "hydra", "sparsity": 0.9, "score_epochs": 2, "finetune_epochs": 1, "task_args": _ADV},
