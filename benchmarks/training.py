@@ -63,7 +63,6 @@ import torch
 from fortify import data as fdata
 from fortify import models as fmodels
 from fortify.config import load_config
-from fortify.threat import ThreatModel
 from fortify.train import Trainer, TrainConfig, tasks
 from fortify.train.adversarial import CatastrophicOverfittingGuard, RobustnessMonitor
 
