@@ -1,0 +1,277 @@
+"""``compress`` pipeline stage: compress the run's model with a recipe and measure it for real.
+
+Runs a compression recipe (:data:`fortify.compress.RECIPES`, or explicit ``steps``) on the run's
+model (trained by ``train`` or read by ``load``; ``ctx.model`` itself is left unchanged, so a later
+``save`` still writes the uncompressed model), writes the artefact (``compress/model.onnx`` for an
+int8 model, ``compress/model.safetensors`` in the sparse/codebook format otherwise), then measures
+the model before and after with :func:`fortify.compress.measure` -- bytes of the files on disk,
+parameters, MACs, CPU latency at batch 1 and 256 (interleaved medians), clean accuracy on
+``n_test`` test images and robust accuracy on the first ``n_robust`` (PGD for PyTorch models; an
+int8 ONNX model is attacked itself with Square plus a transfer PGD from its float twin). Writes
+``compress/compress.json`` and ``compress/pareto.png`` (size vs robust accuracy), logs the figures
+in the run store (``bytes[original]``, ``bytes[compressed]``, ``size_ratio``, ``speedup_b256``, ...)
+and adds a report section.
+
+Recipe section ``compress`` (:class:`CompressConfig`)::
+
+    compress:
+      recipe: robust-int8-quick  # a name in fortify.compress.RECIPES
+      steps: null                # or an explicit list of steps: [{transform: magnitude_prune, sparsity: 0.8}]
+      args: {}                   # hyper-parameters set in every step that takes them, e.g. {sparsity: 0.8}
+      threat: linf:0.3           # measured robustness and the steps' adversarial fine-tuning
+      robust: pgd                # pgd | fast (attack cascade) | none
+      n_robust: 200              # first N test images attacked (before and after)
+      n_test: 1000               # test images for clean accuracy (null: the whole split)
+      n_train: null              # training / calibration images (null: the whole split)
+      latency: true              # time the models at batch 1 and 256
+      repeats: 15                # timing rounds (medians)
+      threads: 2                 # CPU threads of the timings
+      pgd_steps: 40
+      square_queries: 1000
+      seed: null                 # null: train.seed
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from fortify.errors import ConfigError, OutputError
+from fortify.pipeline.base import RunContext, register_stage
+from fortify.report.sections import Section, Table
+
+#: keys of a step holding an adversarial task's arguments (their ``threat`` follows ``compress.threat``)
+_TASK_ARG_KEYS = ("finetune_args", "task_args")
+
+
+def _positive_int(value: object, key: str, *, none_ok: bool = False) -> None:
+    """ConfigError unless ``value`` is an int >= 1 (or None with ``none_ok``)."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"compress.{key} must be an integer >= 1{' or null' if none_ok else ''}, got {value!r}")
+
+
+@dataclass
+class CompressConfig:
+    """``compress`` section: the recipe (or steps), hyper-parameter overrides and measurement options.
+
+    ``args`` sets a hyper-parameter in every step whose transform accepts it (a key no step takes is
+    an error). The ``threat`` inside a step's ``finetune_args`` / ``task_args`` is replaced by
+    ``threat``, so the adversarial fine-tuning and the measurement use the same threat model. All
+    steps are built (so their hyper-parameters validated) when the config is resolved, before any
+    run folder exists.
+    """
+
+    recipe: str = "robust-int8-quick"
+    steps: list[dict[str, Any]] | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    threat: str = "linf:0.3"
+    robust: str = "pgd"
+    n_robust: int = 200
+    n_test: int | None = 1000
+    n_train: int | None = None
+    latency: bool = True
+    repeats: int = 15
+    threads: int = 2
+    pgd_steps: int = 40
+    square_queries: int = 1000
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        from fortify.compress.measure import ROBUST_MODES
+        from fortify.evaluate.stages import parse_threats
+
+        (thr,) = parse_threats([self.threat], "compress.threat")
+        self.threat = str(thr)
+        if self.robust not in ROBUST_MODES:
+            raise ConfigError(f"compress.robust must be one of {', '.join(ROBUST_MODES)}; got {self.robust!r}")
+        if not isinstance(self.args, Mapping):
+            raise ConfigError(f"compress.args must be a mapping of hyper-parameters, got {self.args!r}")
+        for key in ("n_robust", "repeats", "threads", "pgd_steps", "square_queries"):
+            _positive_int(getattr(self, key), key)
+        _positive_int(self.n_test, "n_test", none_ok=True)
+        _positive_int(self.n_train, "n_train", none_ok=True)
+        self.build()  # unknown recipe / transform, bad hyper-parameters: ConfigError now
+
+    def step_dicts(self) -> list[dict[str, Any]]:
+        """The steps as dicts: ``steps`` or the recipe's, with ``args`` and ``threat`` applied."""
+        from fortify.compress import RECIPES, TRANSFORMS
+
+        raw = self.steps if self.steps is not None else RECIPES.get(self.recipe)
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError("compress.steps must be a non-empty list of steps ({transform: NAME, ...})")
+        steps: list[dict[str, Any]] = []
+        for k, s in enumerate(raw):
+            if not isinstance(s, Mapping) or not isinstance(s.get("transform"), str):
+                raise ConfigError(f"compress.steps[{k}] must be a mapping with a 'transform' name, got {s!r}")
+            steps.append(copy.deepcopy(dict(s)))
+        used: set[str] = set()
+        for s in steps:
+            params = _params(TRANSFORMS.get(s["transform"]))  # UnknownNameError lists the transforms
+            for key, value in self.args.items():
+                if key in params:
+                    s[key] = copy.deepcopy(value)
+                    used.add(key)
+            for key in _TASK_ARG_KEYS:
+                if isinstance(s.get(key), Mapping) and "threat" in s[key]:
+                    s[key] = {**s[key], "threat": self.threat}
+        unused = sorted(set(self.args) - used)
+        if unused:
+            raise ConfigError(f"compress.args: no step of {self.describe()} takes {', '.join(map(repr, unused))}")
+        return steps
+
+    def build(self) -> list[Any]:
+        """The steps as :class:`fortify.compress.Transform` objects (hyper-parameters validated)."""
+        from fortify.compress.pipeline import resolve_steps
+
+        return resolve_steps(self.step_dicts())
+
+    def describe(self) -> str:
+        """``recipe 'NAME'`` or ``the explicit steps``."""
+        return "the explicit steps" if self.steps is not None else f"recipe {self.recipe!r}"
+
+
+def _params(factory: Any) -> set[str]:
+    """Keyword parameters of a transform class's constructor."""
+    try:
+        return {n for n in inspect.signature(factory).parameters if n != "self"}
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return set()
+
+
+def _fmt(v: Any, spec: str) -> Any:
+    """``format(v, spec)``, ``"-"`` for None."""
+    return "-" if v is None else format(v, spec)
+
+
+@register_stage
+class CompressStage:
+    """Compress the run's model with a recipe, save the artefact, measure before/after, Pareto plot."""
+
+    name: ClassVar[str] = "compress"
+    config_class: ClassVar[type | None] = CompressConfig
+
+    def run(self, ctx: RunContext) -> None:
+        """Compress ``ctx.model`` (left unchanged), measure both, log metrics, artefacts and a section."""
+        from fortify.compress import measure, plot_pareto
+        from fortify.compress.pipeline import save_artefact
+        from fortify.compress.quantize.runtime import OnnxModule
+        from fortify.evaluate.stages import eval_inputs, write_json
+
+        sec: CompressConfig = ctx.config.section(self.name) or CompressConfig()
+        xt, yt = eval_inputs(ctx, sec.n_test)
+        x, y = ctx.data("train")
+        if sec.n_train is not None:
+            x, y = x[: sec.n_train], y[: sec.n_train]
+        out = ctx.path("compress")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create {str(out)!r}: {e.strerror or e}") from None
+        seed = ctx.config.seed if sec.seed is None else sec.seed
+        steps = sec.step_dicts()
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        current, twin, reports, encoding = ctx.model, None, [], "auto"
+        example = x[:8]
+        for tr in sec.build():
+            if isinstance(current, OnnxModule):
+                raise ConfigError(f"compress: step {tr.name!r} comes after quantization; quantization must be last")
+            ctx.print(f"compress: {tr.name} ...")
+            r = tr(current, example, data=(x, y))
+            reports.append(r.report)
+            twin = r.extras.get("float_twin", twin)
+            current = r.model
+            encoding = "codebook" if tr.name == "deep_compression" else "auto"
+        compress_seconds = time.perf_counter() - t0
+        artefact = save_artefact(current, out, encoding=encoding)
+        ctx.add_artefact("compressed_model", artefact, kind="model")
+
+        t1 = time.perf_counter()
+        rows = measure({"original": ctx.model, "compressed": current}, xt, yt, threat=sec.threat, robust=sec.robust,
+                       n_robust=sec.n_robust, float_twins={"compressed": twin} if twin is not None else {},
+                       artefacts={"compressed": artefact}, encodings={"original": "dense", "compressed": encoding},
+                       latency=sec.latency, threads=sec.threads, repeats=sec.repeats, pgd_steps=sec.pgd_steps,
+                       square_queries=sec.square_queries, seed=seed)
+        measure_seconds = time.perf_counter() - t1
+        figure = None
+        if sec.robust != "none":
+            figure = plot_pareto(rows, out / "pareto.png",
+                                 title=f"size vs robust accuracy ({sec.threat}, {min(sec.n_robust, len(yt))} images)")
+            ctx.add_artefact("pareto", figure, kind="figure")
+        metrics = self.metrics(rows, compress_seconds, measure_seconds)
+        doc = {"recipe": sec.recipe if sec.steps is None else None, "steps": steps, "threat": sec.threat,
+               "robust": sec.robust, "n_test": int(xt.shape[0]), "n_robust": min(sec.n_robust, int(xt.shape[0])),
+               "n_train": int(x.shape[0]), "artefact": str(artefact), "reports": reports,
+               "measurements": [m.to_dict() for m in rows], "metrics": metrics}
+        ctx.add_artefact("compress_json", write_json(out / "compress.json", doc), kind="report")
+        ctx.log_metrics(metrics)
+        ctx.state[self.name] = {"rows": rows, "model": current, "float_twin": twin, "artefact": artefact,
+                                "reports": reports, "config": sec, "pareto": figure}
+        ctx.add_section(self.section(sec, rows, reports, metrics, artefact, figure, ctx.run_dir))
+        a, b = rows
+        ctx.print(f"compressed ({sec.describe()}): {a.bytes:,} -> {b.bytes:,} bytes ({metrics['size_ratio']:.1f}x "
+                  f"smaller), clean {_fmt(a.clean_acc, '.2%')} -> {_fmt(b.clean_acc, '.2%')}, robust "
+                  f"{_fmt(a.robust_acc, '.2%')} -> {_fmt(b.robust_acc, '.2%')}")
+
+    @staticmethod
+    def metrics(rows: list[Any], compress_seconds: float, measure_seconds: float) -> dict[str, Any]:
+        """Per-model figures as ``key[model]`` plus ratios (size, b256 speed-up) and accuracy drops."""
+        out: dict[str, Any] = {}
+        for r in rows:
+            for key in ("bytes", "params_total", "params_nonzero", "macs", "macs_nonzero", "latency_b1_ms",
+                        "latency_b256_ms", "clean_acc", "robust_acc"):
+                v = getattr(r, key)
+                if v is not None:
+                    out[f"{key}[{r.name}]"] = v
+        a, b = rows
+        out["size_ratio"] = a.bytes / b.bytes if b.bytes else math.nan
+        if a.latency_b256_ms and b.latency_b256_ms:
+            out["speedup_b256"] = a.latency_b256_ms / b.latency_b256_ms
+        if a.latency_b1_ms and b.latency_b1_ms:
+            out["speedup_b1"] = a.latency_b1_ms / b.latency_b1_ms
+        if a.clean_acc is not None and b.clean_acc is not None:
+            out["clean_acc_drop"] = a.clean_acc - b.clean_acc
+        if a.robust_acc is not None and b.robust_acc is not None:
+            out["robust_acc_drop"] = a.robust_acc - b.robust_acc
+        out["compress_seconds"] = compress_seconds
+        out["measure_seconds"] = measure_seconds
+        return out
+
+    @staticmethod
+    def section(sec: CompressConfig, rows: list[Any], reports: list[dict[str, Any]], metrics: dict[str, Any],
+                artefact: Path, figure: Path | None, run_dir: Path) -> Section:
+        """The report section: measurement table, steps table, Pareto figure."""
+        base = rows[0]
+        head = ["model", "bytes", "x smaller", "params (nonzero/total)", "MACs", "latency b1 ms", "latency b256 ms",
+                "clean accuracy", "robust accuracy"]
+        body = [[r.name, r.bytes, round(base.bytes / r.bytes, 2) if r.bytes else None,
+                 f"{_fmt(r.params_nonzero, ',')}/{_fmt(r.params_total, ',')}", r.macs,
+                 None if r.latency_b1_ms is None else round(r.latency_b1_ms, 3),
+                 None if r.latency_b256_ms is None else round(r.latency_b256_ms, 2), r.clean_acc, r.robust_acc]
+                for r in rows]
+        tables = [Table(head, body, "measured before and after compression")]
+        step_rows = [[i, rep.get("transform", ""), ", ".join(f"{k}={v}" for k, v in rep.items()
+                                                                if k != "transform" and isinstance(v, (int, float, str)))]
+                     for i, rep in enumerate(reports)]
+        tables.append(Table(["step", "transform", "report"], step_rows, "compression steps"))
+        b = rows[1]
+        robust = (f" (method: {b.robust_method})" if b.robust_method else "")
+        text = (f"Compression with {sec.describe()}: the artefact {artefact.name} has {b.bytes:,} bytes on disk, "
+                f"{metrics['size_ratio']:.1f}x smaller than the dense float model"
+                + (f", {metrics['speedup_b256']:.2f}x faster at batch 256 on CPU ({sec.threads} threads)"
+                   if "speedup_b256" in metrics else "")
+                + (f"; clean accuracy {_fmt(base.clean_acc, '.2%')} -> {_fmt(b.clean_acc, '.2%')}"
+                   if b.clean_acc is not None else "")
+                + (f", robust accuracy under {sec.threat} {_fmt(base.robust_acc, '.2%')} -> "
+                   f"{_fmt(b.robust_acc, '.2%')}{robust}" if b.robust_acc is not None else "")
+                + ". Sizes are those of the files written, latencies medians of interleaved CPU runs.")
+        figs = [str(figure.relative_to(run_dir))] if figure is not None and figure.is_relative_to(run_dir) else []
+        return Section("Compression", text=text, tables=tables, figures=figs)
