@@ -275,3 +275,126 @@ class CompressStage:
                 + ". Sizes are those of the files written, latencies medians of interleaved CPU runs.")
         figs = [str(figure.relative_to(run_dir))] if figure is not None and figure.is_relative_to(run_dir) else []
         return Section("Compression", text=text, tables=tables, figures=figs)
+
+
+INT8_MODES = ("dynamic", "static")
+
+
+@dataclass
+class ExportConfig:
+    """``export`` section: ONNX export of the run's model, checked with ONNX Runtime.
+
+    ``path``: the ``.onnx`` file (null: ``<run folder>/model.onnx``, or ``model.int8.onnx``); its
+    folder must exist and be writable (checked before the run starts). ``int8``: null (float
+    export), ``dynamic`` or ``static`` (ONNX Runtime quantization, static calibrated on
+    ``calibration`` training images). ``n_check``: test images on which ONNX Runtime and PyTorch
+    are compared; a float export must agree within ``atol`` on every logit, an int8 one must
+    predict the same class on at least ``min_agreement`` of them.
+    """
+
+    path: str | None = None
+    int8: str | None = None
+    n_check: int = 256
+    calibration: int = 256
+    atol: float = 1e-4
+    min_agreement: float = 0.99
+
+    def __post_init__(self) -> None:
+        import os
+
+        if self.int8 is not None and self.int8 not in INT8_MODES:
+            raise ConfigError(f"export.int8 must be null, dynamic or static; got {self.int8!r}")
+        _positive_int(self.n_check, "n_check")
+        _positive_int(self.calibration, "calibration")
+        if not (isinstance(self.atol, (int, float)) and math.isfinite(self.atol) and self.atol > 0):
+            raise ConfigError(f"export.atol must be a number > 0, got {self.atol!r}")
+        if not (isinstance(self.min_agreement, (int, float)) and 0 <= self.min_agreement <= 1):
+            raise ConfigError(f"export.min_agreement must be in [0, 1], got {self.min_agreement!r}")
+        if self.path is not None:
+            p = Path(self.path)
+            if p.is_dir():
+                raise OutputError(f"export path {self.path!r} is a folder; give a file name such as model.onnx")
+            parent = p.parent if str(p.parent) else Path(".")
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise OutputError(f"cannot write {self.path!r}: folder {str(parent)!r} does not exist or is not "
+                                  "writable")
+            if p.exists() and not os.access(p, os.W_OK):
+                raise OutputError(f"cannot write {self.path!r}: the file is not writable")
+
+
+def _write_atomic(path: Path, blob: bytes) -> Path:
+    """Write ``blob`` to ``path`` through a temporary file in the same folder (an old file survives errors)."""
+    import os
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    return path
+
+
+@register_stage
+class ExportStage:
+    """Export the run's model to ONNX (float or int8), verify it with ONNX Runtime, record its size."""
+
+    name: ClassVar[str] = "export"
+    config_class: ClassVar[type | None] = ExportConfig
+
+    def run(self, ctx: RunContext) -> None:
+        """Export, compare ONNX Runtime with PyTorch on ``n_check`` test images, write the file atomically."""
+        from fortify.compress import TRANSFORMS
+        from fortify.compress.export import onnx_bytes
+        from fortify.compress.quantize.ptq import agreement
+        from fortify.compress.quantize.runtime import OnnxModule
+        from fortify.evaluate.stages import eval_inputs
+
+        sec: ExportConfig = ctx.config.section(self.name) or ExportConfig()
+        x, _ = eval_inputs(ctx, sec.n_check)
+        model = ctx.model.eval()
+        t0 = time.perf_counter()
+        if sec.int8 is None:
+            onnx = OnnxModule(onnx_bytes(model, x))
+        else:
+            xc, yc = ctx.data("train")
+            res = TRANSFORMS.get(f"int8_{sec.int8}")(**({"calibration_size": sec.calibration}
+                                                       if sec.int8 == "static" else {}))(model, x[:8],
+                                                                                          data=(xc, yc))
+            onnx = res.model
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            ref = model(x)
+        got = onnx(x)
+        diff = float((ref - got).abs().max())
+        agree = agreement(model, onnx, x)
+        if sec.int8 is None and not torch.allclose(ref, got, atol=sec.atol, rtol=1e-3):
+            raise ConfigError(f"ONNX Runtime disagrees with PyTorch on the exported model (max logit difference "
+                              f"{diff:.3g} > atol {sec.atol:g})")
+        if agree < sec.min_agreement:
+            raise ConfigError(f"the int8 ONNX model predicts the PyTorch model's class on only {agree:.2%} of "
+                              f"{x.shape[0]} test images (< {sec.min_agreement:.0%})")
+        path = Path(sec.path) if sec.path else ctx.path("model.int8.onnx" if sec.int8 else "model.onnx")
+        _write_atomic(path, onnx.blob)
+        size = path.stat().st_size
+        ctx.add_artefact("onnx_model", path, kind="model")
+        metrics = {"onnx_bytes": size, "max_abs_diff": diff, "agreement": agree, "n_check": int(x.shape[0]),
+                   "export_seconds": seconds}
+        ctx.log_metrics(metrics)
+        ctx.state[self.name] = {"path": path, **metrics, "int8": sec.int8}
+        kind = f"int8 ({sec.int8})" if sec.int8 else "float"
+        ctx.add_section(Section("ONNX export", text=(
+            f"The model was exported to ONNX ({kind}) as {path.name}, {size:,} bytes. ONNX Runtime and PyTorch "
+            f"agree on {agree:.2%} of the predicted classes of {x.shape[0]} test images; largest logit "
+            f"difference {diff:.3g}."), tables=[Table(["file", "kind", "bytes", "agreement", "max logit diff"],
+                                                      [[str(path), kind, size, agree, diff]], "ONNX export")]))
+        ctx.print(f"exported {kind} ONNX: {path} ({size:,} bytes; agreement {agree:.2%}, max diff {diff:.3g})")
