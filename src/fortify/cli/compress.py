@@ -40,22 +40,35 @@ def show_compression(ctx: Any, quiet: bool) -> None:
         out.print(" ".join(parts), highlight=False, markup=False, soft_wrap=True)
         return
     sec = res["config"]
-    base = rows[0]
-    t = Table(title=f"compression ({sec.describe()}), measured on the files written and CPU runs ({sec.threads} "
-                    "threads)")
-    for c in ("model", "bytes on disk", "x smaller", "params nonzero/total", "MACs", "latency b1 ms",
-              "latency b256 ms", "clean acc", f"robust acc ({sec.threat})"):
-        t.add_column(c, justify="left" if c == "model" else "right")
+    a, b = rows
+    t = Table(title=f"compression ({sec.describe()}): the files written, measured on CPU ({sec.threads} threads)")
+    t.add_column("measurement")
+    for c in ("original", "compressed", "ratio"):
+        t.add_column(c, justify="right", no_wrap=True)
 
     def f(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    for r in rows:
-        t.add_row(r.name, f"{r.bytes:,}", f"{base.bytes / r.bytes:.1f}" if r.bytes else "-",
-                  f"{f(r.params_nonzero, ',')}/{f(r.params_total, ',')}", f(r.macs, ","), f(r.latency_b1_ms, ".3f"),
-                  f(r.latency_b256_ms, ".2f"), f(r.clean_acc, ".2%"), f(r.robust_acc, ".2%"))
-    if rows[1].robust_method:
-        t.caption = f"robust accuracy of the compressed model: {rows[1].robust_method} on {sec.n_robust} images"
+    def ratio(x: Any, y: Any, larger_better: bool = False) -> str:
+        if not x or not y:
+            return "-"
+        return f"{(y / x if larger_better else x / y):.2f}x"
+
+    t.add_row("bytes on disk", f"{a.bytes:,}", f"{b.bytes:,}", ratio(a.bytes, b.bytes) + " smaller")
+    t.add_row("parameters (nonzero)", f(a.params_nonzero, ","), f(b.params_nonzero, ","),
+              ratio(a.params_nonzero, b.params_nonzero) + " fewer")
+    t.add_row("parameters (total)", f(a.params_total, ","), f(b.params_total, ","), ratio(a.params_total, b.params_total))
+    t.add_row("MACs (nonzero)", f(a.macs_nonzero, ","), f(b.macs_nonzero, ","), ratio(a.macs_nonzero, b.macs_nonzero))
+    t.add_row("CPU latency batch 1 (ms)", f(a.latency_b1_ms, ".3f"), f(b.latency_b1_ms, ".3f"),
+              ratio(a.latency_b1_ms, b.latency_b1_ms) + " faster" if b.latency_b1_ms else "-")
+    t.add_row("CPU latency batch 256 (ms)", f(a.latency_b256_ms, ".2f"), f(b.latency_b256_ms, ".2f"),
+              ratio(a.latency_b256_ms, b.latency_b256_ms) + " faster" if b.latency_b256_ms else "-")
+    t.add_row(f"clean accuracy ({res['n_test']} images)", f(a.clean_acc, ".2%"),
+              f(b.clean_acc, ".2%"), "-")
+    t.add_row(f"robust accuracy ({sec.threat})", f(a.robust_acc, ".2%"), f(b.robust_acc, ".2%"), "-")
+    if b.robust_method:
+        t.caption = (f"robust accuracy on the first {min(sec.n_robust, res['n_test'])} test images:"
+                     f" original {a.robust_method}, compressed {b.robust_method}")
     out.print(t)
     for name in ("compressed_model", "pareto", "compress_json"):
         if name in ctx.artefacts:

@@ -214,7 +214,8 @@ class CompressStage:
         ctx.add_artefact("compress_json", write_json(out / "compress.json", doc), kind="report")
         ctx.log_metrics(metrics)
         ctx.state[self.name] = {"rows": rows, "model": current, "float_twin": twin, "artefact": artefact,
-                                "reports": reports, "config": sec, "pareto": figure}
+                                "reports": reports, "config": sec, "pareto": figure,
+                                "n_test": int(xt.shape[0])}
         ctx.add_section(self.section(sec, rows, reports, metrics, artefact, figure, ctx.run_dir))
         a, b = rows
         ctx.print(f"compressed ({sec.describe()}): {a.bytes:,} -> {b.bytes:,} bytes ({metrics['size_ratio']:.1f}x "
