@@ -102,6 +102,7 @@ def test_bad_inputs_one_line_exit_2_nothing_lost(model_file: Path, tmp_path: Pat
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "runs"
     base = ["compress", str(model_file), "--out", str(out), "-q", *LIMITS]
+    assert "--recipe NAME is required" in _error_line(capsys, base)
     assert "unknown compression recipe 'nope'" in _error_line(capsys, [*base, "--recipe", "nope"])
     assert "sparsity must be a number in [0, 1)" in _error_line(
         capsys, [*base, "--recipe", "sparse", "compress.args.sparsity=1.5"])

@@ -61,6 +61,8 @@ def test_config_errors_name_the_problem() -> None:
         CompressConfig(recipe="int8-dynamic", args={"sparsity": 0.5})
     with pytest.raises(UnknownNameError, match="magnitude_prune"):
         CompressConfig(steps=[{"transform": "nope"}])
+    with pytest.raises(ConfigError, match="quantization must be the last step"):
+        CompressConfig(steps=[{"transform": "int8_dynamic"}, {"transform": "magnitude_prune"}])
     with pytest.raises(ConfigError, match="compress.robust"):
         CompressConfig(robust="strong")
     with pytest.raises(ConfigError, match="compress.n_robust"):

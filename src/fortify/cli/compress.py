@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, ClassVar
 
-from fortify.cli.base import _quote, add_run_options, build_raw, register_verb
+from fortify.cli.base import UsageError, _quote, add_run_options, build_raw, register_verb
 from fortify.cli.evaluate import model_overrides, run_model_verb
 
 COMPRESS_STAGES = ("load", "compress", "report")
@@ -16,6 +16,13 @@ def recipe_help() -> str:
     from fortify.compress import RECIPES
 
     return "; ".join(f"{n}: {RECIPES.help(n)}" for n in RECIPES.names())
+
+
+def _recipe_names() -> list[str]:
+    """The registered compression recipe names."""
+    from fortify.compress import RECIPES
+
+    return RECIPES.names()
 
 
 def show_compression(ctx: Any, quiet: bool) -> None:
@@ -106,7 +113,7 @@ class CompressVerb:
                             help="rerun a failed compress run in its folder with its recorded config")
         g = parser.add_argument_group("compression")
         g.add_argument("--recipe", dest="compress_recipe", metavar="NAME", default=None,
-                       help="compression recipe (listed above; default robust-int8)")
+                       help="compression recipe (listed above); required unless compress.steps=[...] is given")
         plain = parser.format_help
 
         def format_help() -> str:
@@ -140,8 +147,9 @@ class CompressVerb:
         args.explicit = bool(extra)
         if args.resume is not None:
             return run_model_verb(args, self.name, {}, COMPRESS_STAGES, show_compression)
-        if args.compress_recipe is None and not any(
-                o.split("=", 1)[0].strip() in ("compress.recipe", "compress") for o in args.overrides):
-            extra.insert(0, "compress.recipe='robust-int8'")
+        if args.compress_recipe is None and not any(o.split("=", 1)[0].strip() in (
+                "compress.recipe", "compress.steps", "compress") for o in args.overrides):
+            raise UsageError(f"compress: --recipe NAME is required (or compress.steps=[...]); recipes: "
+                             f"{', '.join(_recipe_names())}")
         raw = build_raw(args, [*model_overrides(args), *extra])
         return run_model_verb(args, self.name, raw, COMPRESS_STAGES, show_compression)

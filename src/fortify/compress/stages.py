@@ -46,6 +46,8 @@ from fortify.errors import ConfigError, OutputError
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.report.sections import Section, Table
 
+#: transforms whose result is an int8 ONNX model (nothing can follow them)
+_QUANTIZERS = ("int8_dynamic", "int8_static", "qat_int8")
 #: keys of a step holding an adversarial task's arguments (their ``threat`` follows ``compress.threat``)
 _TASK_ARG_KEYS = ("finetune_args", "task_args")
 
@@ -131,7 +133,12 @@ class CompressConfig:
         """The steps as :class:`fortify.compress.Transform` objects (hyper-parameters validated)."""
         from fortify.compress.pipeline import resolve_steps
 
-        return resolve_steps(self.step_dicts())
+        steps = self.step_dicts()
+        for k, s in enumerate(steps[:-1]):
+            if s["transform"] in _QUANTIZERS:
+                raise ConfigError(f"compress: step {k} ({s['transform']}) quantizes the model to int8 ONNX; "
+                                  "quantization must be the last step")
+        return resolve_steps(steps)
 
     def describe(self) -> str:
         """``recipe 'NAME'`` or ``the explicit steps``."""
