@@ -59,7 +59,7 @@ def test_co_guard_detects_collapse_rolls_back_and_recovers(action: str, on_disk:
     if action == "lower-step":
         assert task.step_ratio == pytest.approx(0.625) and task.grad_align == 0
     else:
-        assert task.grad_align == pytest.approx(0.5) and task.step_ratio == pytest.approx(1.25)
+        assert task.grad_align == pytest.approx(2.0) and task.step_ratio == pytest.approx(1.25)
     # weights are those of the last good epoch
     for k, v in model.state_dict().items():
         assert torch.equal(v, sab.weights[2][k]), k
@@ -99,7 +99,7 @@ def test_monitor_and_guard_validate_their_arguments() -> None:
         RobustnessMonitor(x, y, n=0)
     with pytest.raises(ConfigError, match="steps"):
         RobustnessMonitor(x, y, steps=0)
-    with pytest.raises(ConfigError, match="allowed: lower-step, gradalign, auto"):
+    with pytest.raises(ConfigError, match="allowed: lower-step, gradalign, multi-step, auto"):
         CatastrophicOverfittingGuard(RobustnessMonitor(x, y), action="panic")
 
 
@@ -142,16 +142,17 @@ def test_adversarial_training_beats_standard_training_on_mnist_5k() -> None:
 
 def test_gap_rule_fires_when_the_training_attack_is_beaten_but_pgd_is_not() -> None:
     """Constructed CO signature: FGSM-example accuracy 95% in the record, a non-robust model on the
-    held-out batch. At the nominal eps the guard fires and lowers the step; during the eps ramp
-    (record eps below nominal) the same gap is expected and ignored."""
+    held-out batch. At the nominal eps the guard fires (the monitor's measurement); during the eps
+    ramp (record eps below nominal) it compares with PGD at the ramp eps, which it records and
+    which equals an independent count, and ignores the gap only with ``ramp=False``."""
     from types import SimpleNamespace
 
     xv, yv = blobs(64, seed=1)
     model = tiny_cnn(5)  # untrained: ~chance under attack
-    for eps, fires in [(0.05, False), (0.1, True)]:
+    for eps, ramp, fires in [(0.05, False, False), (0.05, True, True), (0.1, True, True)]:
         task = tasks.create("fast_at", threat="linf:0.1")
         mon = RobustnessMonitor(xv, yv, n=64, steps=5)
-        guard = CatastrophicOverfittingGuard(mon, max_drop=0.2, max_gap=0.3, action="auto")
+        guard = CatastrophicOverfittingGuard(mon, max_drop=0.2, max_gap=0.3, action="lower-step", ramp=ramp)
         trainer = SimpleNamespace(model=model, task=task, epoch=2, device=torch.device("cpu"), history=[],
                                   config=SimpleNamespace(epochs=5))
         record = {"epoch": 3, "adv_acc": 0.95, "eps": eps, "wall_s": 0.1}
@@ -159,4 +160,7 @@ def test_gap_rule_fires_when_the_training_attack_is_beaten_but_pgd_is_not() -> N
         out = guard.on_epoch_end(trainer, record)
         assert record["robust_acc"] < 0.6
         assert bool(out.get("rollback")) is fires
+        if ramp and eps < 0.1:
+            assert out["ramp_robust_acc"] == robust_accuracy(model, xv, yv, ThreatModel("linf", eps), steps=5)[1]
+            assert out["ramp_robust_acc"] < 0.65
         assert task.step_ratio == (pytest.approx(0.625) if fires else 1.25)

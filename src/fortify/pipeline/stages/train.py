@@ -1,4 +1,12 @@
-"""``train`` stage: build the configured model (unless one is given) and fit it with the Trainer."""
+"""``train`` stage: build the configured model (unless one is given) and fit it with the Trainer.
+
+Adversarial tasks bring their harden callbacks (:func:`fortify.train.adversarial.callbacks_for`):
+a per-epoch :class:`~fortify.train.adversarial.RobustnessMonitor` (clean accuracy and PGD-10 robust
+accuracy on a fixed held-out batch - the first points of the test split -, training wall time) and,
+when the task asks for it, the catastrophic-overfitting guard. Their metrics are merged into every
+epoch record, so they reach the run store (``stage="train"``, ``step=epoch``), the report table and
+the progress bar. Standard tasks get no callbacks and train exactly as before.
+"""
 from __future__ import annotations
 
 import math
@@ -49,6 +57,7 @@ class TrainStage:
         """Fit ``ctx.model`` (built from the config when absent) on the train split; log per-epoch records."""
         from fortify.train import Trainer
         from fortify.train import tasks
+        from fortify.train.adversarial import callbacks_for
 
         cfg = ctx.config
         if ctx.model is None:
@@ -58,10 +67,14 @@ class TrainStage:
         except TypeError as e:
             raise ConfigError(f"task.args: {e}") from None
         train, test = ctx.data("train"), ctx.data("test")
+        callbacks = callbacks_for(task, test)
         trainer = Trainer(ctx.model, task, cfg.train, checkpoint_dir=ctx.path("checkpoints"),
-                          progress=not ctx.quiet)
+                          progress=not ctx.quiet, callbacks=callbacks)
         history = trainer.fit(train=train, val=test, resume=bool(ctx.state.get("resume", False)))
         ctx.history = [dict(h) for h in history]
+        guard = next((cb for cb in callbacks if hasattr(cb, "events")), None)
+        if guard is not None:
+            ctx.state["co_events"] = [dict(e) for e in guard.events]
         for i, h in enumerate(ctx.history):
             nums = {k: float(v) for k, v in h.items() if k != "epoch" and _finite(v)}
             step = int(h["epoch"]) if _finite(h.get("epoch")) else i + 1

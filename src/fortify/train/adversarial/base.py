@@ -48,7 +48,7 @@ def positive(value: object, name: str, *, allow_zero: bool = False) -> float:
 
 
 MONITOR_KEYS = ("n", "steps", "every", "seed")
-GUARD_KEYS = ("max_drop", "max_gap", "action", "max_recoveries")
+GUARD_KEYS = ("max_drop", "max_gap", "action", "max_recoveries", "ramp")
 
 
 def _options(value: object, name: str, keys: tuple[str, ...]) -> dict[str, Any] | None:

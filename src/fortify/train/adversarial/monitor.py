@@ -84,6 +84,7 @@ class RobustnessMonitor(Callback):
         self.seed = int(seed)
         self.last: dict[str, Any] = {}
         self._epoch = -1
+        self._at: dict[tuple[int, str], float] = {}
 
     def _threat(self, trainer: "Trainer") -> ThreatModel:
         if self.threat is not None:
@@ -105,6 +106,16 @@ class RobustnessMonitor(Callback):
                      "monitor_s": time.perf_counter() - t0}
         self._epoch = trainer.epoch
         return self.last
+
+    def measure_at(self, trainer: "Trainer", threat: ThreatModel) -> float:
+        """PGD-``steps`` robust accuracy on the fixed batch at another ``threat`` (e.g. the ramped eps
+        the task trains at); same seed, cached per epoch and threat."""
+        key = (int(trainer.epoch), str(threat))
+        if key not in self._at:
+            x, y = self.x.to(trainer.device), self.y.to(trainer.device)
+            self._at = {k: v for k, v in self._at.items() if k[0] == key[0]}
+            self._at[key] = robust_accuracy(trainer.model, x, y, threat, steps=self.steps, seed=self.seed)[1]
+        return self._at[key]
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> dict[str, Any] | None:
         last_epoch = record.get("epoch") == trainer.config.epochs
