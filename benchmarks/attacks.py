@@ -191,7 +191,8 @@ def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str,
         extra["AutoAttack standard"] = "apgd-ce, apgd-t(9), fab-t(9), square(5000)"
     ref = statistics.median(times["AutoAttack standard"]) if "AutoAttack standard" in times else float("nan")
     return [{"model": label, "impl": k, "robust_acc": accs[k], "median_s": statistics.median(v),
-             "time_vs_AA": statistics.median(v) / ref, "stages (points broken)": extra[k]} for k, v in times.items()]
+             "time_vs_AA": statistics.median(v) / ref, "rounds_s": " ".join(f"{t:.1f}" for t in v),
+             "stages (points broken)": extra[k]} for k, v in times.items()]
 
 
 def table(rows: list[dict]) -> str:
