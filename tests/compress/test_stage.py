@@ -81,6 +81,16 @@ def test_args_and_threat_reach_every_step() -> None:
     from fortify.compress import RECIPES
 
     assert RECIPES.get("sparse")[0]["sparsity"] == 0.9  # the registered recipe is not modified
+    run_task = ("trades", {"beta": 3.0})
+    quick = CompressConfig(recipe="robust-int8-quick", task="run").step_dicts(run_task)
+    assert quick[0]["finetune_task"] == "trades" and quick[0]["finetune_args"] == {"beta": 3.0}
+    assert CompressConfig(recipe="robust-int8-quick").step_dicts(run_task)[0]["finetune_task"] == "pgd_at"
+    naive = CompressConfig(recipe="naive-int8", task="run").step_dicts(run_task)
+    assert "finetune_task" not in naive[0]  # a step without fine-tuning does not gain one
+    qat = CompressConfig(recipe="robust-int8", task="run").step_dicts(run_task)
+    assert qat[1]["task"] == "trades" and qat[1]["task_args"] == {"beta": 3.0}
+    with pytest.raises(ConfigError, match="compress.task"):
+        CompressConfig(task="pgd_at")
 
 
 def test_stage_figures_are_those_of_the_artefact(trained: torch.nn.Module, tmp_path: Path) -> None:

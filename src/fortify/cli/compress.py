@@ -145,6 +145,8 @@ class CompressVerb:
         if args.no_latency:
             extra.append("compress.latency=false")
         args.explicit = bool(extra)
+        if not any(o.split("=", 1)[0].strip() in ("compress.task", "compress") for o in args.overrides):
+            extra.append("compress.task=null")  # the recipe's own fine-tuning tasks (not the recipe file's task)
         if args.resume is not None:
             return run_model_verb(args, self.name, {}, COMPRESS_STAGES, show_compression)
         if args.compress_recipe is None and not any(o.split("=", 1)[0].strip() in (

@@ -19,12 +19,13 @@ Recipe section ``compress`` (:class:`CompressConfig`)::
       steps: null                # or an explicit list of steps: [{transform: magnitude_prune, sparsity: 0.8}]
       args: {}                   # hyper-parameters set in every step that takes them, e.g. {sparsity: 0.8}
       threat: linf:0.3           # measured robustness and the steps' adversarial fine-tuning
+      task: null                 # run: fine-tune with the run's training task (task.name/args) instead
       robust: pgd                # pgd | fast (attack cascade) | none
       n_robust: 200              # first N test images attacked (before and after)
       n_test: 1000               # test images for clean accuracy (null: the whole split)
       n_train: null              # training / calibration images (null: the whole split)
       latency: true              # time the models at batch 1 and 256
-      repeats: 15                # timing rounds (medians)
+      repeats: 7                 # timing rounds (medians)
       threads: 2                 # CPU threads of the timings
       pgd_steps: 40
       square_queries: 1000
@@ -66,7 +67,10 @@ class CompressConfig:
 
     ``args`` sets a hyper-parameter in every step whose transform accepts it (a key no step takes is
     an error). The ``threat`` inside a step's ``finetune_args`` / ``task_args`` is replaced by
-    ``threat``, so the adversarial fine-tuning and the measurement use the same threat model. All
+    ``threat``, so the adversarial fine-tuning and the measurement use the same threat model.
+    ``task: run`` replaces the fine-tuning task of every step that fine-tunes (``finetune_task`` or
+    ``task`` set) by the run's training task and its arguments (``task.name``, ``task.args``), so a
+    model is compressed with the objective it was trained with (standard or adversarial). All
     steps are built (so their hyper-parameters validated) when the config is resolved, before any
     run folder exists.
     """
@@ -75,12 +79,13 @@ class CompressConfig:
     steps: list[dict[str, Any]] | None = None
     args: dict[str, Any] = field(default_factory=dict)
     threat: str = "linf:0.3"
+    task: str | None = None
     robust: str = "pgd"
     n_robust: int = 200
     n_test: int | None = 1000
     n_train: int | None = None
     latency: bool = True
-    repeats: int = 15
+    repeats: int = 7
     threads: int = 2
     pgd_steps: int = 40
     square_queries: int = 1000
@@ -94,6 +99,9 @@ class CompressConfig:
         self.threat = str(thr)
         if self.robust not in ROBUST_MODES:
             raise ConfigError(f"compress.robust must be one of {', '.join(ROBUST_MODES)}; got {self.robust!r}")
+        if self.task not in (None, "run"):
+            raise ConfigError(f"compress.task must be null (the recipe's tasks) or run (the run's task), got "
+                              f"{self.task!r}")
         if not isinstance(self.args, Mapping):
             raise ConfigError(f"compress.args must be a mapping of hyper-parameters, got {self.args!r}")
         for key in ("n_robust", "repeats", "threads", "pgd_steps", "square_queries"):
@@ -102,8 +110,9 @@ class CompressConfig:
         _positive_int(self.n_train, "n_train", none_ok=True)
         self.build()  # unknown recipe / transform, bad hyper-parameters: ConfigError now
 
-    def step_dicts(self) -> list[dict[str, Any]]:
-        """The steps as dicts: ``steps`` or the recipe's, with ``args`` and ``threat`` applied."""
+    def step_dicts(self, run_task: tuple[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The steps as dicts: ``steps`` or the recipe's, with ``args``, ``threat`` and (``task: run``)
+        ``run_task = (name, args)`` applied."""
         from fortify.compress import RECIPES, TRANSFORMS
 
         raw = self.steps if self.steps is not None else RECIPES.get(self.recipe)
@@ -124,16 +133,20 @@ class CompressConfig:
             for key in _TASK_ARG_KEYS:
                 if isinstance(s.get(key), Mapping) and "threat" in s[key]:
                     s[key] = {**s[key], "threat": self.threat}
+            if self.task == "run" and run_task is not None:
+                for task_key, args_key in (("finetune_task", "finetune_args"), ("task", "task_args")):
+                    if task_key in params and s.get(task_key) is not None:
+                        s[task_key], s[args_key] = run_task[0], copy.deepcopy(dict(run_task[1]))
         unused = sorted(set(self.args) - used)
         if unused:
             raise ConfigError(f"compress.args: no step of {self.describe()} takes {', '.join(map(repr, unused))}")
         return steps
 
-    def build(self) -> list[Any]:
+    def build(self, run_task: tuple[str, Mapping[str, Any]] | None = None) -> list[Any]:
         """The steps as :class:`fortify.compress.Transform` objects (hyper-parameters validated)."""
         from fortify.compress.pipeline import resolve_steps
 
-        steps = self.step_dicts()
+        steps = self.step_dicts(run_task)
         for k, s in enumerate(steps[:-1]):
             if s["transform"] in _QUANTIZERS:
                 raise ConfigError(f"compress: step {k} ({s['transform']}) quantizes the model to int8 ONNX; "
@@ -183,12 +196,13 @@ class CompressStage:
         except OSError as e:
             raise OutputError(f"cannot create {str(out)!r}: {e.strerror or e}") from None
         seed = ctx.config.seed if sec.seed is None else sec.seed
-        steps = sec.step_dicts()
+        run_task = (ctx.config.task.name, dict(ctx.config.task.args))
+        steps = sec.step_dicts(run_task)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         current, twin, reports, encoding = ctx.model, None, [], "auto"
         example = x[:8]
-        for tr in sec.build():
+        for tr in sec.build(run_task):
             if isinstance(current, OnnxModule):
                 raise ConfigError(f"compress: step {tr.name!r} comes after quantization; quantization must be last")
             ctx.print(f"compress: {tr.name} ...")
@@ -215,6 +229,7 @@ class CompressStage:
             ctx.add_artefact("pareto", figure, kind="figure")
         metrics = self.metrics(rows, compress_seconds, measure_seconds)
         doc = {"recipe": sec.recipe if sec.steps is None else None, "steps": steps, "threat": sec.threat,
+               "task": sec.task,
                "robust": sec.robust, "n_test": int(xt.shape[0]), "n_robust": min(sec.n_robust, int(xt.shape[0])),
                "n_train": int(x.shape[0]), "artefact": str(artefact), "reports": reports,
                "measurements": [m.to_dict() for m in rows], "metrics": metrics}
