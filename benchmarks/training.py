@@ -148,6 +148,8 @@ def run_method(name: str, train: tuple, test: tuple, monitor_batch: tuple, args:
         "per_epoch_s": per_epoch, "monitor_robust_acc": [h.get("robust_acc") for h in hist],
         "time_to_target": ttt.hit,
         "co_events": int(hist[-1].get("co_events", 0) or 0),
+        "co_actions": [(h["epoch"], h["co_action"]) for h in hist if h.get("co_action")],
+        "attack_steps": [h.get("steps") for h in hist],
     }
     if ttt.hit is None and ref_epochs is not None:
         row["extrapolated_full_schedule_s"] = per_epoch * ref_epochs
@@ -224,7 +226,8 @@ def main() -> None:
     rows = []
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         rows.append(run_method(name, (x, y), (xt, yt), monitor_batch, args))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "monitor_robust_acc"}), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("monitor_robust_acc", "attack_steps")}),
+              flush=True)
         if args.out:
             args.out.write_text(json.dumps(rows, indent=1))
     print(markdown(rows, args))

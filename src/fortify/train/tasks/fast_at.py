@@ -37,10 +37,8 @@ from fortify.train.adversarial.penalties import grad_align
 from fortify.train.tasks.registry import TASKS
 
 CO_ACTIONS = ("lower-step", "gradalign", "multi-step", "auto")
-#: per-step size of the escalated K-step attack, as a fraction of eps: ``2 / K``
-ESCALATED_STEP = 2.0
-#: FGSM step (fraction of eps) used together with GradAlign on the first "auto" recovery
-AUTO_STEP_RATIO = 1.0
+#: per-step size of the escalated K-step attack, as a fraction of eps: ``2.5 / K`` (Madry et al. 2018)
+ESCALATED_STEP = 2.5
 
 
 @TASKS.register("fast_at", help="FGSM with random init (Wong et al. 2020), CO recovery by GradAlign / 2-step")
@@ -63,7 +61,7 @@ class FastAT(AdversarialTask):
     PINNABLE = AdversarialTask.PINNABLE + ("attack_steps",)
 
     def __init__(self, threat: object = "linf:0.3", step_ratio: float = 1.25, random_start: bool = True,
-                 grad_align: float = 0.0, grad_align_on_co: float = 2.0, co_steps: int = 2, schedule: object = None,
+                 grad_align: float = 0.0, grad_align_on_co: float = 2.0, co_steps: int = 4, schedule: object = None,
                  monitor: object = True, co_guard: object = True) -> None:
         super().__init__(threat, 1, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         self.random_start = bool(random_start)
@@ -103,10 +101,6 @@ class FastAT(AdversarialTask):
         if action == "gradalign":
             self.grad_align = self.grad_align_on_co if self.grad_align == 0 else 2 * self.grad_align
             return f"grad_align -> {self.grad_align:.3g}"
-        if action == "auto" and self.co_events == 1 and self.attack_steps == 1:
-            self.step_ratio = min(ratio, AUTO_STEP_RATIO)
-            self.grad_align = max(self.grad_align, self.grad_align_on_co)
-            return f"step_ratio -> {self.step_ratio:.3g}, grad_align -> {self.grad_align:.3g}"
         self.attack_steps = self.co_steps if self.attack_steps == 1 else 2 * self.attack_steps
         self.step_ratio = ESCALATED_STEP / self.attack_steps
         self.grad_align = 0.0  # a multi-step attack needs no alignment term (and it triples the cost)
