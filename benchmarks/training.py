@@ -6,7 +6,7 @@ Same architecture (small-cnn, inputs normalised inside the model), same data, li
 * ``fast``    - Fast-AT: FGSM step 1.25 eps from a random start (Wong et al. 2020), no guard;
 * ``fast-guard`` - the same with fortify's catastrophic-overfitting guard (rollback + recovery);
 * ``fortify`` - fortify's efficient recipe (``robust-<dataset>.yaml``: PGD with eps ramp and steps
-  growing 1 -> K);
+  growing 1 -> K); ``fortify-guard`` - the same with the CO guard (a healthy run: it must not fire);
 * ``multi``   - multi-perturbation (MSD, Maini et al. 2020) for linf 0.3 / l2 2.0 / l1 10, with
   union robust accuracy.
 
@@ -135,7 +135,7 @@ def run_method(name: str, train: tuple, test: tuple, monitor_batch: tuple, args:
     mon = RobustnessMonitor(*monitor_batch, threat=f"linf:{EPS}", n=args.monitor_n, steps=10)
     ttt = TimeToTarget(args.target, args.time_cap)
     callbacks: list[object] = [mon, ttt]
-    if name == "fast-guard":
+    if name in ("fast-guard", "fortify-guard"):
         callbacks.insert(1, CatastrophicOverfittingGuard(mon, max_drop=0.2, action="auto"))
     t0 = time.perf_counter()
     hist = Trainer(model, task, cfg, progress=not args.quiet, callbacks=callbacks).fit(train)

@@ -1,6 +1,6 @@
 """Catastrophic-overfitting recovery of Fast-AT: the escalation ladder (unit level), and the end-to-end
 property on mnist-5k - FGSM-RS at step 1.25 eps, linf 0.3 collapses, the guard detects it, rolls back,
-escalates to a 2-step attack (recorded per epoch) and ends far more robust - while a healthy PGD-AT run
+escalates to a 4-step attack (recorded per epoch) and ends far more robust - while a healthy PGD-AT run
 never triggers the guard."""
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ from conftest import blobs, tiny_cnn
 def test_auto_ladder_escalates_steps_and_survives_rollback_and_resume() -> None:
     task = tasks.create("fast_at", threat="linf:0.3", grad_align=0.5)
     before = task.state_dict()
-    assert "2" in task.on_catastrophic_overfitting("auto")
+    assert "attack_steps -> 4" in task.on_catastrophic_overfitting("auto")
     task.pin_state()
     task.load_state_dict(before)  # what a rollback does: the recovery must stay
-    assert (task.attack_steps, task.current_steps(), task.step_ratio, task.grad_align) == (2, 2, 1.0, 0.0)
+    assert (task.attack_steps, task.current_steps(), task.step_ratio, task.grad_align) == (4, 4, 0.625, 0.0)
     task.on_catastrophic_overfitting("multi-step")
-    assert (task.attack_steps, task.step_ratio) == (4, 0.5)
+    assert (task.attack_steps, task.step_ratio) == (8, 0.3125)
     fresh = tasks.create("fast_at", threat="linf:0.3")
     fresh.load_state_dict(task.state_dict())  # a resumed run continues at the escalated strength
-    assert (fresh.attack_steps, fresh.step_ratio, fresh.co_events) == (4, 0.5, 2)
+    assert (fresh.attack_steps, fresh.step_ratio, fresh.co_events) == (8, 0.3125, 2)
     ga = tasks.create("fast_at", threat="linf:0.3")
     ga.on_catastrophic_overfitting("gradalign")
     assert (ga.grad_align, ga.attack_steps) == (2.0, 1)
@@ -47,7 +47,7 @@ def test_escalated_attack_costs_k_gradients_and_is_recorded() -> None:
     task.on_catastrophic_overfitting("auto")
     out2 = task(tiny_cnn(), x, y)
     assert (out1["grad_evals"], out1["steps"], out1["step_ratio"]) == (32, 1, 1.25)
-    assert (out2["grad_evals"], out2["steps"], out2["step_ratio"], out2["ga_lambda"]) == (64, 2, 1.0, 0.0)
+    assert (out2["grad_evals"], out2["steps"], out2["step_ratio"], out2["ga_lambda"]) == (128, 4, 0.625, 0.0)
 
 
 def _mnist(n: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -73,8 +73,8 @@ def _fit(task: Any, train: tuple, held_out: tuple, epochs: int, guard: bool) -> 
 
 def test_guard_rescues_fast_at_from_catastrophic_overfitting_on_mnist_5k() -> None:
     """1,000 mnist-5k images, 8 epochs, eps ramp over 40%: unguarded Fast-AT ends at ~6% PGD-10
-    accuracy (200 test images; measured 6.5%), the guarded run escalates to a 2-step attack at the
-    first CO event and ends at ~22% (measured 22.0%); required margin 10 points."""
+    accuracy (200 test images; measured 6.5%), the guarded run escalates to a 4-step attack at the
+    first CO event and ends at ~26% (measured 26.5%); required margin 10 points."""
     torch.set_num_threads(1)
     train, (xt, yt) = _mnist(1000)
     held_out = (xt[-100:], yt[-100:])
@@ -91,10 +91,10 @@ def test_guard_rescues_fast_at_from_catastrophic_overfitting_on_mnist_5k() -> No
     fired = [r["epoch"] for r in h if r["rolled_back"]]
     assert fired and h[-1]["co_events"] == len(fired) >= 1
     first = fired[0]
-    # the escalation is in every epoch record: FGSM (1 step, 1.25 eps) before, 2 steps of eps after
+    # the escalation is in every epoch record: FGSM (1 step, 1.25 eps) before, 4 steps of 0.625 eps after
     assert all((r["steps"], r["step_ratio"]) == (1, 1.25) for r in h if r["epoch"] <= first)
-    assert all(r["steps"] >= 2 and r["step_ratio"] <= 1.0 for r in h if r["epoch"] > first)
-    assert "attack_steps -> 2" in h[first - 1]["co_action"]
+    assert all(r["steps"] >= 4 and r["step_ratio"] <= 0.625 for r in h if r["epoch"] > first)
+    assert "attack_steps -> 4" in h[first - 1]["co_action"]
 
 
 def test_guard_stays_quiet_on_healthy_pgd_at_with_eps_ramp_on_mnist_5k() -> None:
