@@ -19,8 +19,8 @@ Then the guard
 1. asks the Trainer to roll back to the previous (good) epoch's checkpoint, and
 2. calls ``task.on_catastrophic_overfitting(action)``: ``"lower-step"`` halves the FGSM step,
    ``"gradalign"`` switches on (or doubles) the GradAlign regulariser, ``"multi-step"`` escalates
-   to a 2-step (then 4-step) attack and ``"auto"`` climbs that ladder (Fast-AT: step eps +
-   GradAlign first, then the multi-step attack; see :mod:`fortify.train.tasks.fast_at`).
+   to a K-step PGD attack (K = 4, doubled on every later event) and ``"auto"`` is the task's
+   preferred recovery (Fast-AT: the multi-step escalation; see :mod:`fortify.train.tasks.fast_at`).
 
 The task's recovery settings survive the rollback (which restores the older task state): the guard
 re-applies them through :meth:`AdversarialTask.pin_state`. Events are counted in the record as
