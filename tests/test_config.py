@@ -19,7 +19,8 @@ def test_default_recipe_resolves_to_its_file_values() -> None:
     assert "default" in list_recipes() and find_recipe("default").name == "default.yaml"
     assert cfg.data.name == raw["data"]["name"] == "mnist-5k"
     assert cfg.model.name == "small-cnn" and cfg.model.normalize is True
-    assert cfg.stages == ["train", "evaluate", "save", "report"]
+    assert cfg.stages == raw["stages"] == ["train", "evaluate", "robustness", "certify", "compress", "save", "report"]
+    assert cfg.task.name == "pgd_at"  # the main job trains robustly by default (fortify's efficient recipe)
     assert cfg.train.epochs == raw["train"]["epochs"] and cfg.seed == raw["train"]["seed"]
     d = cfg.to_dict()
     assert set(d) >= {"data", "model", "task", "train", "stages", "output", "evaluate", "save", "report"}
@@ -27,7 +28,7 @@ def test_default_recipe_resolves_to_its_file_values() -> None:
 
 
 def test_overrides_are_yaml_typed_and_nested() -> None:
-    cfg = load_config(overrides=["train.epochs=3", "train.lr=1e-3", "model.args.hidden=64", "data.test_limit=null",
+    cfg = load_config("standard-mnist-5k", overrides=["train.epochs=3", "train.lr=1e-3", "model.args.hidden=64", "data.test_limit=null",
                                  "stages=[train, save]", "output.dir='my runs'", "model.normalize=false",
                                  "task.args={label_smoothing: 0.1}"])
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
@@ -70,7 +71,7 @@ def test_bad_values_name_allowed_values() -> None:
         load_config(overrides=["model.args.foo=1"])
     with pytest.raises(ConfigError, match=r"unknown config key 'task.args.eps'; allowed keys in 'task.args': "
                                           r"label_smoothing"):
-        load_config(overrides=["task.args.eps=1"])
+        load_config("standard-mnist-5k", overrides=["task.args.eps=1"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
         load_config(overrides=["train.epochs.x=1"])
     with pytest.raises(ConfigError, match="must look like key=value"):

@@ -15,7 +15,8 @@ from fortify.store import RunStore
 def test_run_then_evaluate_then_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
     rc = main(["run", "--out", str(out), "--seed", "3", "train.epochs=1", "data.train_limit=300",
-               "data.test_limit=200", "train.batch_size=50", "--quiet", "--threads", "1"])
+               "data.test_limit=200", "train.batch_size=50", "--quiet", "--threads", "1",
+               "stages=[train, evaluate, save, report]", "task.name=standard", "task.args={}"])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     store = RunStore(out / "fortify.db")

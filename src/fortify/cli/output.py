@@ -56,6 +56,8 @@ def print_summary(ctx: RunContext, store: RunStore, *, quiet: bool = False) -> N
     tr = ctx.metrics.get("train", {})
     if "train_loss" in tr:
         t.add_row("final train loss / acc", f"{fmt(tr.get('train_loss'))} / {fmt(tr.get('train_acc'))}")
+    for label, value in _pillar_rows(ctx):
+        t.add_row(label, value)
     t.add_row("wall time", ", ".join(f"{k} {v:.1f}s" for k, v in ctx.timing.items()))
     t.add_row("run folder", str(ctx.run_dir))
     for name in ("model", "report_html", "report_json"):
@@ -63,6 +65,36 @@ def print_summary(ctx: RunContext, store: RunStore, *, quiet: bool = False) -> N
             t.add_row(name.replace("_", "."), ctx.artefacts[name])
     t.add_row("run store", f"{store.path}  (fortify runs show {ctx.run_id})")
     out.print(t)
+
+
+def _pillar_rows(ctx: RunContext) -> list[tuple[str, str]]:
+    """Headline figures of the robustness, certify and compress stages, when they ran."""
+    rows: list[tuple[str, str]] = []
+    rob = ctx.metrics.get("robustness", {})
+    per_threat = {k[len("robust_accuracy["):-1]: v for k, v in rob.items() if k.startswith("robust_accuracy[")}
+    if per_threat:
+        cfg = ctx.config.sections.get("robustness")
+        preset = getattr(cfg, "preset", "") if cfg is not None else ""
+        text = ", ".join(f"{k} [bold]{v:.2%}[/bold]" for k, v in per_threat.items())
+        if len(per_threat) > 1 and "robust_accuracy" in rob:
+            text += f", union {rob['robust_accuracy']:.2%}"
+        flags = int(rob.get("flags_fired", 0))
+        rows.append(("robust accuracy", f"{text} ({fmt(rob.get('n'))} images, {preset} preset, "
+                                        f"{flags} sanity flag{'s' if flags != 1 else ''} fired)"))
+    cert = ctx.metrics.get("certify", {})
+    if "certified_accuracy" in cert:
+        cfg = ctx.config.sections.get("certify")
+        method = getattr(cfg, "method", "") if cfg is not None else ""
+        rows.append(("certified accuracy", f"[bold]{cert['certified_accuracy']:.2%}[/bold] at eps "
+                                           f"{fmt(cert.get('eps'))} ({method}, {fmt(cert.get('n'))} images)"))
+    comp = ctx.metrics.get("compress", {})
+    if "size_ratio" in comp:
+        rows.append(("compressed model", (
+            f"{comp['size_ratio']:.1f}x smaller on disk ({fmt(comp.get('bytes[original]'))} -> "
+            f"{fmt(comp.get('bytes[compressed]'))} bytes), {fmt(comp.get('speedup_b256'))}x faster at batch 256; "
+            f"clean {fmt(comp.get('clean_acc[original]'))} -> {fmt(comp.get('clean_acc[compressed]'))}, "
+            f"robust {fmt(comp.get('robust_acc[original]'))} -> {fmt(comp.get('robust_acc[compressed]'))}")))
+    return rows
 
 
 def _headline(rec: RunRecord, store: RunStore) -> str:
