@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -56,7 +57,7 @@ from typing import Any
 
 import torch
 
-METHODS = ("fortify-ibp", "fortify-crown", "lirpa-ibp", "lirpa-crown")
+METHODS = ("fortify-ibp", "fortify-crown", "lirpa-ibp", "lirpa-crown", "base-crown")
 
 
 def patch_auto_lirpa() -> Any:
@@ -137,7 +138,7 @@ def _child(method: str, model_name: str, n: int, eps: float, seed: int, checkpoi
                 lb, _ = bm.compute_bounds(x=(al.BoundedTensor(x, ptb),), C=margin_spec(y, 10),
                                           method="IBP" if method.endswith("ibp") else "CROWN")
             low = lb.amin(dim=1)
-        else:
+        else:  # fortify-* (this tree) or base-* (the tree given by --base-src, imported via PYTHONPATH)
             cert = CERTIFIERS.get(method.split("-", 1)[1])(memory_budget=int(budget_gb * (1 << 30)),
                                                            intersect_ibp=False)
             t0, c0 = time.perf_counter(), time.process_time()
@@ -153,11 +154,21 @@ def _child(method: str, model_name: str, n: int, eps: float, seed: int, checkpoi
                f"{type(e).__name__}: {str(e)[:160]}", float("nan")))
 
 
-def run_one(*args: Any) -> tuple[float, list[float] | None, float, str | None, float]:
+def run_one(*args: Any, base_src: str = "") -> tuple[float, list[float] | None, float, str | None, float]:
+    """Run :func:`_child` in a fresh spawned process; ``base-*`` methods import fortify from ``base_src``."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=args + (q,))
-    p.start()
+    old = os.environ.get("PYTHONPATH")
+    if args[0].startswith("base-"):
+        os.environ["PYTHONPATH"] = base_src
+    try:
+        p.start()
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
     p.join()
     if not q.empty():
         return q.get()
@@ -176,6 +187,8 @@ def main() -> None:
     ap.add_argument("--cap-gb", type=float, default=16.0, help="address-space cap of each child (0: none)")
     ap.add_argument("--budget-gb", type=float, default=2.0, help="fortify CROWN memory_budget")
     ap.add_argument("--checkpoint", action="append", default=[], help="NAME=PATH trained weights")
+    ap.add_argument("--base-src", default="", help="src/ folder of an earlier fortify for base-crown "
+                    "(e.g. git archive <commit> src/fortify | tar -x -C /tmp/base)")
     args = ap.parse_args()
     ckpt = dict(c.split("=", 1) for c in args.checkpoint)
     print(f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -185,12 +198,13 @@ def main() -> None:
         for _ in range(args.reps):
             for m in args.methods:
                 res[m].append(run_one(m, model_name, args.n, args.eps, args.seed, ckpt.get(model_name),
-                                      args.threads, args.cap_gb, args.budget_gb))
+                                      args.threads, args.cap_gb, args.budget_gb, base_src=args.base_src))
         ref = next((r[0][1] for m, r in res.items() if m == "lirpa-crown" and r[0][1] is not None), None)
+        base = next((r[0][1] for m, r in res.items() if m == "base-crown" and r[0][1] is not None), None)
         print(f"\n## {model_name}")
         print("| method | wall s | CPU s | images/CPU s | peak RSS MiB | mean lower margin "
-              "| max abs(lb - lirpa-crown) | error |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| max abs(lb - lirpa-crown) | min(lb - base-crown) | error |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for m, runs in res.items():
             secs = statistics.median(r[0] for r in runs)
             cpu = statistics.median(r[4] for r in runs)
@@ -199,8 +213,9 @@ def main() -> None:
             err = runs[0][3] or ""
             mean = f"{sum(low) / len(low):.4f}" if low else "-"
             diff = f"{max(abs(a - b) for a, b in zip(low, ref)):.2e}" if low and ref else "-"
+            gain = f"{min(a - b for a, b in zip(low, base)):.2e}" if low and base else "-"
             ips = f"{args.n / cpu:.3f}" if cpu == cpu and cpu > 0 else "-"
-            print(f"| {m} | {secs:.2f} | {cpu:.2f} | {ips} | {rss:.0f} | {mean} | {diff} | {err} |")
+            print(f"| {m} | {secs:.2f} | {cpu:.2f} | {ips} | {rss:.0f} | {mean} | {diff} | {gain} | {err} |")
 
 
 if __name__ == "__main__":

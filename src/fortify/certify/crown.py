@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from fortify.certify.bounds import InputSet, ibp_margin, linear_prefix, prefix_dual
-from fortify.certify.graph import MaxPoolOp, Op, ReLUOp, numel
+from fortify.certify.graph import LinearOp, MaxPoolOp, Op, ReLUOp, numel
 from fortify.certify.patches import windowed_lower, windowed_ok
 
 #: bytes of live temporaries per float of a backward coefficient tensor (a, a+, a-, new a)
@@ -48,14 +48,22 @@ def relu_relax(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
-    """Backward step through a ReLU for ``a (B' , S, *shape)``. Stable neurons are a single product
-    ``a * slope``; the sign-dependent relaxation is applied only to the (union over the batch of)
-    unstable columns, which keeps one pass over the large coefficient tensor."""
+    """Backward step through a ReLU for ``a (B' , S, *shape)``: ``a -> a * (sl if a > 0 else su)``,
+    ``const += sum(min(a, 0) * bu)``. With few unstable columns (union over the batch, <= 1/4) the
+    sign-dependent part is applied to those columns only (stable ones: a single product
+    ``a * slope``); otherwise the whole-tensor form ``a * sl - min(a, 0) * (sl - su)`` avoids the
+    column gather / scatter."""
     b = lo.shape[0]
     sl, su, bu = (t.reshape(b, 1, -1) for t in relu_relax(lo, hi))
     flat = a.reshape(a.shape[0], a.shape[1], -1)
+    unst = ((lo < 0) & (hi > 0)).reshape(b, -1)
+    cols = unst.any(dim=0).nonzero().squeeze(1)
+    if 4 * cols.numel() > flat.shape[-1]:  # many unstable columns: whole-tensor form, no gather/scatter
+        neg = flat.clamp(max=0)
+        const = const + (neg * bu).sum(-1)
+        new = flat * sl - neg * (sl - su)  # a > 0: lower slope; a < 0: upper slope
+        return new.reshape(new.shape[:2] + a.shape[2:]), const
     new = flat * su
-    cols = ((lo < 0) & (hi > 0)).reshape(b, -1).any(dim=0).nonzero().squeeze(1)
     if cols.numel():
         au = flat[..., cols]
         new[..., cols] = torch.where(au > 0, au * sl[..., cols], au * su[..., cols])
@@ -131,6 +139,11 @@ def backward_lower(
     return inp.concretize(a, const)
 
 
+def rows_union(need: torch.Tensor) -> int:
+    """Number of neurons needed by at least one sample of ``need (B, N)``."""
+    return int(need.any(dim=0).sum())
+
+
 def _row_bytes(ops: list[Op], upto: int) -> int:
     """Bytes of backward temporaries per (sample, specification row) down to the input."""
     sizes = [numel(ops[0].in_shape)] + [numel(op.out_shape) for op in ops[:upto]]
@@ -152,12 +165,13 @@ def _in_undecided_windows(op: MaxPoolOp, lo: torch.Tensor, hi: torch.Tensor) -> 
     return out[:, :, :h * w].reshape(b, c, h, w) > 0
 
 
-def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool = True):
+def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool = True, per_sample: bool = True):
     """Tighten ``[lo, hi]`` (input of ``ops[t]``, ``(B, *shape)``) by CROWN on the rows that matter:
     for a ReLU, its unstable neurons, plus its active ones in undecided windows when a MaxPool
-    follows (their bounds enter the MaxPool relaxation); else every neuron. The windowed (conv) path selects rows per
-    sample; the dense path refines the union over the batch (extra rows do not change a sample's
-    result: they are stable or dead for it)."""
+    follows (their bounds enter the MaxPool relaxation); else every neuron. The windowed (conv) path
+    and the dense path of a Linear layer select rows per sample (padded to the largest count); other
+    dense cases (or ``per_sample=False``) refine the union over the batch (extra rows do not change
+    a sample's result: they are stable or dead for it)."""
     b = lo.shape[0]
     lf, hf = lo.reshape(b, -1), hi.reshape(b, -1)
     if isinstance(ops[t], ReLUOp):
@@ -179,6 +193,24 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool =
             r, v = order[:, s:s + per], valid[:, s:s + per]
             k = r.shape[1]
             low = windowed_lower(ops, t, r, bounds, inp)
+            cl, ch = new_l.gather(1, r), new_h.gather(1, r)
+            new_l.scatter_(1, r, torch.where(v, torch.maximum(cl, low[:, :k]), cl))
+            new_h.scatter_(1, r, torch.where(v, torch.minimum(ch, -low[:, k:]), ch))
+        return new_l.reshape(lo.shape), new_h.reshape(hi.shape)
+    if per_sample and isinstance(ops[t - 1], LinearOp) and b > 1 and int(need.sum(dim=1).max()) < rows_union(need):
+        # per-sample rows of a Linear layer (the rows of W for each sample's own unstable neurons),
+        # padded to the largest count like the windowed path: cost follows the largest per-sample
+        # count instead of the union over the batch
+        counts = need.sum(dim=1)
+        order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :int(counts.max())]
+        valid = torch.arange(order.shape[1], device=lo.device)[None, :] < counts[:, None]
+        op = ops[t - 1]
+        for s in range(0, order.shape[1], per):
+            r, v = order[:, s:s + per], valid[:, s:s + per]
+            k = r.shape[1]
+            a = op.w[r]  # (B, k, n_in)
+            c0 = op.b[r] if op.b is not None else a.new_zeros(r.shape)
+            low = backward_lower(ops, t - 1, torch.cat([a, -a], dim=1), bounds, inp, torch.cat([c0, -c0], dim=1))
             cl, ch = new_l.gather(1, r), new_h.gather(1, r)
             new_l.scatter_(1, r, torch.where(v, torch.maximum(cl, low[:, :k]), cl))
             new_h.scatter_(1, r, torch.where(v, torch.minimum(ch, -low[:, k:]), ch))

@@ -79,20 +79,25 @@ def _gather(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float = 0.0) -> t
 
 def _gather_per_sample(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float) -> torch.Tensor:
     """:func:`_gather` for per-sample rows (``g.gi (B, S)``): ``maps (..., B, C, H, W)`` ->
-    ``(..., B, S, C, h, w)``, sample ``b``'s windows taken from ``maps[..., b, :, :, :]``."""
+    ``(..., B, S, C, h, w)``, sample ``b``'s windows taken from ``maps[..., b, :, :, :]``. Every grid
+    window is cut once by ``unfold`` into ``(B, cells, K*C*h*w)`` rows, then each specification row
+    copies its cell's contiguous row (a row gather, much cheaper than element-wise indexing)."""
     hh, ww = maps.shape[-2:]
-    y0, x0 = g.y0, g.x0
-    pad = int(max(0, -int(y0.min()), -int(x0.min()), int(y0.max()) + h - hh, int(x0.max()) + w - ww))
-    mp = F.pad(maps, (pad, pad, pad, pad), value=fill) if pad else maps
-    lead = mp.shape[:-4]
-    bsz, c = mp.shape[-4], mp.shape[-3]
-    mp = mp.reshape((-1, bsz, c) + mp.shape[-2:]).permute(1, 3, 4, 0, 2)  # (B, H', W', K, C)
-    ys = (y0 + pad)[:, :, None] + torch.arange(h, device=maps.device)
-    xs = (x0 + pad)[:, :, None] + torch.arange(w, device=maps.device)
-    bi = torch.arange(bsz, device=maps.device)[:, None, None, None]
-    out = mp[bi, ys[:, :, :, None], xs[:, :, None, :]]  # (B, S, h, w, K, C)
-    out = out.permute(4, 0, 1, 5, 2, 3)  # (K, B, S, C, h, w)
-    return out.reshape(lead + out.shape[1:])
+    lead = maps.shape[:-4]
+    bsz, c = maps.shape[-4], maps.shape[-3]
+    n_i, n_j = int(g.gi.max()) + 1, int(g.gj.max()) + 1
+    top, left = max(0, -g.oy), max(0, -g.ox)
+    bottom = max(0, (n_i - 1) * g.sy + g.oy + h - hh)
+    right = max(0, (n_j - 1) * g.sx + g.ox + w - ww)
+    mp = maps.reshape((-1, bsz, c, hh, ww)).transpose(0, 1).reshape(bsz, -1, hh, ww)  # (B, K*C, H, W)
+    if top or left or bottom or right:
+        mp = F.pad(mp, (left, right, top, bottom), value=fill)
+    mp = mp[:, :, g.oy + top:g.oy + top + (n_i - 1) * g.sy + h, g.ox + left:g.ox + left + (n_j - 1) * g.sx + w]
+    cols = F.unfold(mp, (h, w), stride=(g.sy, g.sx)).transpose(1, 2).contiguous()  # (B, cells, K*C*h*w)
+    cell = g.gi * n_j + g.gj  # (B, S)
+    out = cols[torch.arange(bsz, device=maps.device)[:, None], cell]  # (B, S, K*C*h*w)
+    out = out.reshape(bsz, cell.shape[1], -1, c, h, w).movedim(2, 0)  # (K, B, S, C, h, w) view
+    return out[0] if not lead else out.unflatten(0, lead)
 
 
 def _inside(g: Grid, h: int, w: int, hh: int, ww: int) -> torch.Tensor:
@@ -153,23 +158,29 @@ def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi):
 
     index, decided, upper = maxpool_relax(op, lo, hi)
     b = lo.shape[0]
-    c, hin, win = op.in_shape
+    c, _, win = op.in_shape
     _, hout, wout = op.out_shape
     h, w = a.shape[-2:]
     k, st, pd, dl = _pair(op.kernel), _pair(op.stride), _pair(op.padding), _pair(op.dilation)
-    maps = torch.stack([index.to(a.dtype), (~decided).to(a.dtype), upper]).reshape(3, b, c, hout, wout)
-    idx, und, up = _gather(maps, g, h, w)  # outside the map: index 0, decided, bound 0
-    idx = idx.long()
-    ng = g.back(st, pd)
     nh, nw = (h - 1) * st[0] + (k[0] - 1) * dl[0] + 1, (w - 1) * st[1] + (k[1] - 1) * dl[1] + 1
-    ly = (idx // win - ng.y0.reshape(-1, ng.y0.shape[-1], 1, 1, 1)).clamp(0, nh - 1)
-    lx = (idx % win - ng.x0.reshape(-1, ng.x0.shape[-1], 1, 1, 1)).clamp(0, nw - 1)
+    # offset of j* inside its pooling window, as a flat position of the window-local input map:
+    # input row of j* = i * stride - padding + dy, and window-local row = p * stride + dy
+    oi = torch.arange(hout, device=a.device).reshape(-1, 1) * st[0] - pd[0]
+    oj = torch.arange(wout, device=a.device).reshape(1, -1) * st[1] - pd[1]
+    index = index.reshape(b, c, hout, wout)
+    off = (index // win - oi) * nw + (index % win - oj)
+    maps = torch.stack([off.to(a.dtype), (~decided).to(a.dtype).reshape(off.shape), upper.reshape(off.shape)])
+    off, und, up = _gather(maps, g, h, w)  # outside the map: offset 0, decided, bound 0 (a is 0 there)
+    ng = g.back(st, pd)
+    base = (torch.arange(h, device=a.device).reshape(-1, 1) * (st[0] * nw)
+            + torch.arange(w, device=a.device).reshape(1, -1) * st[1])
+    flat = off.long() + base  # (B, S, C, h, w)
     neg = a.clamp(max=0) * und  # negative coefficients of undecided windows: constant upper bound
     const = const + (neg * up).flatten(2).sum(-1)
     coef = (a - neg).expand(b, -1, -1, -1, -1)
     s = coef.shape[1]
     out = a.new_zeros(b, s, c, nh * nw)
-    out.scatter_add_(3, (ly * nw + lx).reshape(b, s, c, -1), coef.reshape(b, s, c, -1))
+    out.scatter_add_(3, flat.reshape(b, s, c, -1), coef.reshape(b, s, c, -1))
     return out.reshape(b, s, c, nh, nw), ng, const
 
 

