@@ -17,8 +17,9 @@ from rich.progress import (
 )
 
 _SHOWN = ("train_loss", "train_acc", "val_acc")
-_SHORT = {"train_loss": "loss", "train_acc": "acc", "val_acc": "val", "val_loss": "val_loss"}
-_SKIP = {"epoch", "lr", "wall_s", "samples", "grad_evals", "rolled_back"}
+_SHORT = {"train_loss": "loss", "train_acc": "acc", "val_acc": "val", "val_loss": "val_loss", "grad_evals": "grads",
+          "wall_s": "s"}
+_SKIP = {"epoch", "lr", "samples", "rolled_back"}
 
 
 def _fmt(v: Any) -> str:
