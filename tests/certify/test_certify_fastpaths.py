@@ -3,7 +3,8 @@
 * per-sample rows of a Linear layer's intermediate bounds == rows = union over the batch;
 * the whole-tensor ReLU backward step == the elementwise definition of the relaxation;
 * the row-gather of per-sample windows and the window-local MaxPool scatter (patches path) ==
-  the dense path, on a MaxPool network with per-sample rows and 2-row chunks.
+  the dense path, on a MaxPool network with per-sample rows and small chunks;
+* ReLU -> MaxPool fused at the pooled resolution == the unfused steps (dense and windowed).
 """
 from __future__ import annotations
 
@@ -79,8 +80,16 @@ def test_patches_maxpool_path_equals_dense(threat: ThreatModel, monkeypatch: pyt
     fast = _margins(net, (1, 16, 16), x, threat, monkeypatch)
     chunked = _margins(net, (1, 16, 16), x, threat, monkeypatch, memory_budget=1 << 12)
     dense = _margins(net, (1, 16, 16), x, threat, monkeypatch, use_windows=False, per_sample=False)
+    with monkeypatch.context() as mp:  # ReLU applied at full resolution after the MaxPool scatter
+        mp.setattr(crown, "fused_relu", lambda ops, t: False)
+        unfused = _margins(net, (1, 16, 16), x, threat, monkeypatch)
+        unfused_dense = _margins(net, (1, 16, 16), x, threat, monkeypatch, use_windows=False, per_sample=False)
+    ops = build_ops(net, (1, 16, 16), x)
+    assert any(crown.fused_relu(ops, t) for t in range(len(ops)))  # the fused step was exercised
     torch.testing.assert_close(fast, dense, atol=3e-6, rtol=1e-5)
     torch.testing.assert_close(chunked, dense, atol=3e-6, rtol=1e-5)
+    torch.testing.assert_close(unfused, dense, atol=3e-6, rtol=1e-5)
+    torch.testing.assert_close(unfused_dense, dense, atol=3e-6, rtol=1e-5)
     y = net(x).argmax(1)
     z = net(x)
     clean = (z.gather(1, y[:, None]) - z).scatter(1, y[:, None], float("inf"))

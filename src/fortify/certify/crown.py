@@ -96,9 +96,35 @@ def maxpool_relax(op: MaxPoolOp, lo: torch.Tensor, hi: torch.Tensor):
     return index, decided, uw.amax(dim=2)
 
 
-def _maxpool_back(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+def fused_relu(ops: list[Op], t: int) -> bool:
+    """Whether the ReLU ``ops[t-1]`` feeding the MaxPool ``ops[t]`` can be applied at the pooled
+    resolution: with non-overlapping windows (kernel == stride, no dilation) the MaxPool backward
+    step puts each window's coefficient on its ``j*`` only (zeros elsewhere), so the ReLU step is
+    the same when applied to the pooled coefficients with the ReLU relaxation taken at ``j*``
+    (exactly equal bounds, 1 / kernel-area of the work)."""
+    if t < 1 or not isinstance(ops[t], MaxPoolOp) or not isinstance(ops[t - 1], ReLUOp):
+        return False
+    op = ops[t]
+    kern = _pair(op.kernel)
+    return kern == _pair(op.stride or op.kernel) and _pair(op.dilation) == (1, 1)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def relu_at_jstar(index: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> list[torch.Tensor]:
+    """ReLU relaxation ``(sl, su, bu)`` of pre-activation bounds ``lo, hi (B, C, H, W)`` taken at the
+    MaxPool's ``j*``: ``index (B, C, L)`` flat positions -> three ``(B, C, L)`` tensors."""
+    b, c = lo.shape[:2]
+    return [m.reshape(b, c, -1).gather(2, index) for m in relu_relax(lo, hi)]
+
+
+def _maxpool_back(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                  relu: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Backward step through MaxPool2d: coefficients go to ``j*`` of each window; negative ones of
-    undecided windows take the constant upper bound instead (applied on those columns only)."""
+    undecided windows take the constant upper bound instead (applied on those columns only).
+    ``relu``: pre-activation bounds of a preceding ReLU fused at ``j*`` (see :func:`fused_relu`)."""
     index, decided, upper = maxpool_relax(op, lo, hi)
     bsz, s = max(a.shape[0], lo.shape[0]), a.shape[1]
     c, h, w = op.in_shape
@@ -112,6 +138,10 @@ def _maxpool_back(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch
         neg = au.clamp(max=0) * und
         coef[..., cols] = au - neg
         const = const + (neg * upper.reshape(upper.shape[0], 1, -1)[..., cols]).sum(-1)
+    if relu is not None:
+        sl, su, bu = (m.reshape(m.shape[0], 1, -1) for m in relu_at_jstar(index, *relu))
+        const = const + (coef.clamp(max=0) * bu).sum(-1)
+        coef = torch.where(coef > 0, coef * sl, coef * su)
     out = a.new_zeros(bsz, s, c, h * w)
     out.scatter_add_(3, index.unsqueeze(1).expand(bsz, s, c, -1), coef.reshape(bsz, s, c, -1))
     return out.reshape((bsz, s) + tuple(op.in_shape)), const
@@ -125,7 +155,8 @@ def backward_lower(
     ``ops[upto]`` (the output when ``upto == len(ops)``); ``bounds[t]`` bounds the input of ``ops[t]``."""
     b = inp.x.shape[0]
     const = a.new_zeros(b, a.shape[1]) if const is None else const.expand(b, a.shape[1])
-    for t in reversed(range(upto)):
+    t = upto - 1
+    while t >= 0:
         op = ops[t]
         if op.linear:
             const = const + op.bias(a)
@@ -133,9 +164,12 @@ def backward_lower(
         elif isinstance(op, ReLUOp):
             a, const = _relu_back(a, const, *bounds[t])
         elif isinstance(op, MaxPoolOp):
-            a, const = _maxpool_back(op, a, const, *bounds[t])
+            fuse = fused_relu(ops, t)
+            a, const = _maxpool_back(op, a, const, *bounds[t], relu=bounds[t - 1] if fuse else None)
+            t -= int(fuse)
         else:  # pragma: no cover - graph.py only builds the operators above
             raise TypeError(f"no CROWN relaxation for {op!r}")
+        t -= 1
     return inp.concretize(a, const)
 
 

@@ -153,8 +153,10 @@ def _relu_back(a, g: Grid, const, lo, hi):
     return a * torch.where(pos, sl, su), const
 
 
-def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi):
-    from fortify.certify.crown import maxpool_relax
+def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi, relu=None):
+    """Windowed MaxPool step (see :func:`fortify.certify.crown._maxpool_back`); ``relu``: bounds of a
+    preceding ReLU applied at ``j*`` on the pooled windows (:func:`fortify.certify.crown.fused_relu`)."""
+    from fortify.certify.crown import maxpool_relax, relu_at_jstar
 
     index, decided, upper = maxpool_relax(op, lo, hi)
     b = lo.shape[0]
@@ -169,15 +171,22 @@ def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi):
     oj = torch.arange(wout, device=a.device).reshape(1, -1) * st[1] - pd[1]
     index = index.reshape(b, c, hout, wout)
     off = (index // win - oi) * nw + (index % win - oj)
-    maps = torch.stack([off.to(a.dtype), (~decided).to(a.dtype).reshape(off.shape), upper.reshape(off.shape)])
-    off, und, up = _gather(maps, g, h, w)  # outside the map: offset 0, decided, bound 0 (a is 0 there)
+    maps = [off.to(a.dtype), (~decided).to(a.dtype).reshape(off.shape), upper.reshape(off.shape)]
+    if relu is not None:
+        maps += [m.reshape(off.shape) for m in relu_at_jstar(index.reshape(b, c, -1), *relu)]
+    got = _gather(torch.stack(maps), g, h, w)  # outside the map: offset 0, decided, 0 (a is 0 there)
+    off, und, up = got[0], got[1], got[2]
     ng = g.back(st, pd)
     base = (torch.arange(h, device=a.device).reshape(-1, 1) * (st[0] * nw)
             + torch.arange(w, device=a.device).reshape(1, -1) * st[1])
     flat = off.long() + base  # (B, S, C, h, w)
     neg = a.clamp(max=0) * und  # negative coefficients of undecided windows: constant upper bound
     const = const + (neg * up).flatten(2).sum(-1)
-    coef = (a - neg).expand(b, -1, -1, -1, -1)
+    coef = a - neg
+    if relu is not None:
+        const = const + (coef.clamp(max=0) * got[5]).flatten(2).sum(-1)
+        coef = torch.where(coef > 0, coef * got[3], coef * got[4])
+    coef = coef.expand(b, -1, -1, -1, -1)
     s = coef.shape[1]
     out = a.new_zeros(b, s, c, nh * nw)
     out.scatter_add_(3, flat.reshape(b, s, c, -1), coef.reshape(b, s, c, -1))
@@ -203,7 +212,10 @@ def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds, inp: Input
     a, g, c0 = conv_rows_window(ops[t - 1], rows)
     a, c0, g = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1), g.cat()
     const = c0.expand(inp.x.shape[0], -1)
-    for k in reversed(range(t - 1)):
+    from fortify.certify.crown import fused_relu
+
+    k = t - 2
+    while k >= 0:
         op = ops[k]
         if isinstance(op, ConvOp):
             a, g, const = _conv_back(op, a, g, const)
@@ -213,5 +225,8 @@ def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds, inp: Input
         elif isinstance(op, ReLUOp):
             a, const = _relu_back(a, g, const, *bounds[k])
         else:
-            a, g, const = _maxpool_back(op, a, g, const, *bounds[k])
+            fuse = fused_relu(ops, k)
+            a, g, const = _maxpool_back(op, a, g, const, *bounds[k], relu=bounds[k - 1] if fuse else None)
+            k -= int(fuse)
+        k -= 1
     return _concretize(inp, a, g, const)
