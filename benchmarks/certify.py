@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import platform
 import resource
 import statistics
@@ -113,8 +112,11 @@ def load_problem(model_name: str, n: int, seed: int, checkpoint: str | None) -> 
 
 
 def _child(method: str, model_name: str, n: int, eps: float, seed: int, checkpoint: str | None, threads: int,
-           cap_gb: float, budget_gb: float, q: Any) -> None:
-    """Run one method in a fresh process; report (seconds, lower bounds, peak RSS MiB, error)."""
+           cap_gb: float, budget_gb: float, base_src: str, q: Any) -> None:
+    """Run one method in a fresh process; report (seconds, lower bounds, peak RSS MiB, error).
+    ``base-*`` methods import fortify from ``base_src`` (put first on ``sys.path`` before any import)."""
+    if method.startswith("base-"):
+        sys.path.insert(0, base_src)
     torch.set_num_threads(threads)
     if cap_gb > 0:
         cap = int(cap_gb * (1 << 30))
@@ -124,8 +126,12 @@ def _child(method: str, model_name: str, n: int, eps: float, seed: int, checkpoi
         with torch.no_grad():
             y = net(x).argmax(1)
         from fortify import ThreatModel
+        import fortify
         from fortify.certify import CERTIFIERS
         from fortify.certify.bounds import margin_spec
+
+        if method.startswith("base-") and not fortify.__file__.startswith(base_src):
+            raise RuntimeError(f"base-* imported fortify from {fortify.__file__}, not from {base_src}")
 
         threat = ThreatModel("linf", eps)
         if method.startswith("lirpa"):
@@ -158,17 +164,8 @@ def run_one(*args: Any, base_src: str = "") -> tuple[float, list[float] | None, 
     """Run :func:`_child` in a fresh spawned process; ``base-*`` methods import fortify from ``base_src``."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=args + (q,))
-    old = os.environ.get("PYTHONPATH")
-    if args[0].startswith("base-"):
-        os.environ["PYTHONPATH"] = base_src
-    try:
-        p.start()
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    p = ctx.Process(target=_child, args=args + (base_src, q))
+    p.start()
     p.join()
     if not q.empty():
         return q.get()
@@ -203,7 +200,7 @@ def main() -> None:
         base = next((r[0][1] for m, r in res.items() if m == "base-crown" and r[0][1] is not None), None)
         print(f"\n## {model_name}")
         print("| method | wall s | CPU s | images/CPU s | peak RSS MiB | mean lower margin "
-              "| max abs(lb - lirpa-crown) | min(lb - base-crown) | error |")
+              "| min / max (lb - lirpa-crown) | min(lb - base-crown) | error |")
         print("|---|---|---|---|---|---|---|---|---|")
         for m, runs in res.items():
             secs = statistics.median(r[0] for r in runs)
@@ -212,7 +209,8 @@ def main() -> None:
             low = runs[0][1]
             err = runs[0][3] or ""
             mean = f"{sum(low) / len(low):.4f}" if low else "-"
-            diff = f"{max(abs(a - b) for a, b in zip(low, ref)):.2e}" if low and ref else "-"
+            d = [a - b for a, b in zip(low, ref)] if low and ref else []
+            diff = f"{min(d):.2e} / {max(d):.2e}" if d else "-"
             gain = f"{min(a - b for a, b in zip(low, base)):.2e}" if low and base else "-"
             ips = f"{args.n / cpu:.3f}" if cpu == cpu and cpu > 0 else "-"
             print(f"| {m} | {secs:.2f} | {cpu:.2f} | {ips} | {rss:.0f} | {mean} | {diff} | {gain} | {err} |")
