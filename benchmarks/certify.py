@@ -20,26 +20,42 @@ Install it with ``.venv/bin/pip install --no-deps auto_LiRPA``; without it only 
 
 Models: the registered architectures with a fixed seed (random weights) on MNIST test images
 (``mnist-5k`` bundled split) or uniform noise when no dataset is installed; ``--checkpoint NAME=PATH``
-loads trained weights (fortify safetensors) instead.
+loads trained weights (fortify safetensors) instead. ``base-crown`` runs an earlier fortify (its
+``src/`` given by ``--base-src``, e.g. ``git archive 89372a9 src/fortify | tar -x -C /tmp/base``) in
+the same interleaved loop, for before/after tables; ``min(lb - base-crown) >= 0`` (up to float
+rounding) shows that a change did not loosen any bound.
 
-Measured 2026-11-21 on this 2-core x86_64 machine, shared with ~7 other jobs (load ~7), torch 2.13
-CPU, one thread, random-init weights, mnist-5k test images, linf eps 0.005 (CPU seconds per batch;
-wall time was 2-3x larger because of the load):
+Measured 2026-11-21 on this 2-core x86_64 machine, shared with ~7 other jobs (load 5-8), torch 2.13
+CPU, one thread, mnist-5k test images. CPU seconds per batch, median over interleaved repetitions
+(3 for small-cnn, 2 for madry-cnn); "before" = commit 89372a9 (``base-crown``), "after" = this
+version. Under this load the CPU time of the same run still varies by up to ~2x between repetitions
+(cache and memory-bandwidth contention), so ratios carry roughly +-30%.
 
-| model (n) | method | CPU s | peak RSS MiB | mean lower margin (higher = tighter) |
-|---|---|---|---|---|
-| small-cnn (8) | fortify CROWN | 0.16 | 436 | 0.0230 (= auto_LiRPA to 2.6e-8) |
-| small-cnn (8) | auto_LiRPA CROWN | 0.29 | 519 | 0.0230 |
-| madry-cnn (4) | fortify CROWN | 14.8 | 1657 | -0.732 |
-| madry-cnn (4) | auto_LiRPA CROWN | 29.2 | 5050 | -1.200 |
-| madry-cnn (16) | fortify CROWN (2 GiB budget) | 66.9 | 1911 | -0.666 |
-| madry-cnn (16) | auto_LiRPA CROWN, 10 GB cap | - | 7993 | fails: cannot allocate 2.25 GB more |
+| model (n), weights, linf eps | before CPU s | after CPU s | auto_LiRPA CPU s | after vs LiRPA | peak RSS MiB after / LiRPA | bounds |
+|---|---|---|---|---|---|---|
+| small-cnn (8), random, 0.005 | 0.36 | 0.16 | 0.29 | 1.8x | 434 / 512 | = LiRPA (2.6e-8), = before (9e-10) |
+| small-cnn (32), IBP-trained, 0.3 | 0.37 | 0.16 | 0.75 | 4.7x | 428 / 714 | >= LiRPA for every image (+0.23 .. +25.4), = before |
+| madry-cnn (4), random, 0.005 | 15.8 | 9.0 | 35.7 | 4.0x | 1347 / 5051 | >= LiRPA (+0.42 .. +0.51), = before (6e-8) |
 
-IBP: identical bounds in both libraries (a few ms). On madry-cnn fortify is tighter because it
-also refines the active neurons of undecided MaxPool windows (their bounds enter the MaxPool
-relaxation); on networks without MaxPool the bounds are identical. The issue's target (>= 5x
-auto_LiRPA) is not reached: 1.8x (small-cnn) and 2.0x (madry-cnn) in CPU time, with equal or
-tighter bounds and 1.2-3x less memory.
+(IBP-trained = ``benchmarks/certified_training.py --method ibp --epochs 15``, 93.3% clean.) Earlier
+single-configuration figures: madry-cnn (16) fortify CROWN 66.9 CPU s at 1911 MiB under a 2 GiB
+budget, while auto_LiRPA CROWN fails under a 10 GB cap (cannot allocate 2.25 GB more).
+
+Changes behind "after": intermediate bounds of a Linear layer propagate each sample's own unstable
+rows (padded to the largest count) instead of the union over the batch; per-sample windows are cut
+once by ``unfold`` and row-gathered; the windowed MaxPool step scatters with window-local offsets;
+a ReLU followed by a non-overlapping MaxPool is applied at the pooled resolution (only ``j*``
+carries a coefficient); the dense ReLU step uses a whole-tensor form when many columns are
+unstable. All are exact rewrites (tests/certify/test_certify_fastpaths.py checks them against the
+reference paths). On IBP-trained weights fortify is tighter than auto_LiRPA because its CROWN
+intermediate bounds are intersected with IBP (auto_LiRPA 0.3's CROWN mode does not), on madry-cnn
+also because it refines the active neurons of undecided MaxPool windows.
+
+The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds) is NOT met: 4.7x on the trained
+small-cnn, 4.0x on madry-cnn, 1.8x on random small-cnn (a 0.16 s batch where fixed per-call costs
+dominate). What remains on madry-cnn is mostly the dense backward pass of the 1024 fc rows through
+both conv layers (transposed convolutions, about 60% of the time with random weights, where every
+fc neuron is unstable).
 """
 from __future__ import annotations
 

@@ -19,8 +19,11 @@ decided), else the constant ``y <= max_k u_k``.
 
 Intermediate (pre-activation) bounds are computed layer by layer with the same backward pass
 (specification = identity rows, both signs), only for neurons that the IBP interval leaves
-unstable, intersected with IBP. Memory: a backward pass holds ``a`` of ``B * S * max_t numel(z_t)``
-floats; the specification rows are chunked so that this stays under ``memory_budget`` bytes.
+unstable, intersected with IBP; rows are chosen per sample for conv layers (windowed, see
+:mod:`fortify.certify.patches`) and Linear layers. A ReLU followed by a MaxPool with
+non-overlapping windows is applied at the pooled resolution (:func:`fused_relu`; exact). Memory: a
+backward pass holds ``a`` of ``B * S * max_t numel(z_t)`` floats; the specification rows are
+chunked so that this stays under ``memory_budget`` bytes.
 """
 from __future__ import annotations
 
