@@ -25,20 +25,21 @@ loads trained weights (fortify safetensors) instead. ``base-crown`` runs an earl
 the same interleaved loop, for before/after tables; ``min(lb - base-crown) >= 0`` (up to float
 rounding) shows that a change did not loosen any bound.
 
-Measured 2026-11-21 on this 2-core x86_64 machine, shared with ~7 other jobs (load 5-8), torch 2.13
+Measured 2026-11-21 on this 2-core x86_64 machine, shared with other jobs (load 2-8), torch 2.13
 CPU, one thread, mnist-5k test images. CPU seconds per batch, median over interleaved repetitions
-(3 for small-cnn, 2 for madry-cnn); "before" = commit 89372a9 (``base-crown``), "after" = this
-version. Under this load the CPU time of the same run still varies by up to ~2x between repetitions
-(cache and memory-bandwidth contention), so ratios carry roughly +-30%.
+(5 for random small-cnn, 3 otherwise); "before" = commit 89372a9 (``base-crown``), "after" = this
+version. Under load the CPU time of the same run varies by up to ~2x between repetitions (cache and
+memory-bandwidth contention), so single ratios carry roughly +-20%.
 
-| model (n), weights, linf eps | before CPU s | after CPU s | auto_LiRPA CPU s | after vs LiRPA | peak RSS MiB after / LiRPA | bounds |
+| model (n), weights, linf eps | before CPU s | after CPU s | auto_LiRPA CPU s | after vs LiRPA | peak RSS MiB after / LiRPA | bounds (after) |
 |---|---|---|---|---|---|---|
-| small-cnn (8), random, 0.005 | 0.36 | 0.16 | 0.29 | 1.8x | 434 / 512 | = LiRPA (2.6e-8), = before (9e-10) |
-| small-cnn (32), IBP-trained, 0.3 | 0.37 | 0.16 | 0.75 | 4.7x | 428 / 714 | >= LiRPA for every image (+0.23 .. +25.4), = before |
-| madry-cnn (4), random, 0.005 | 15.8 | 9.0 | 35.7 | 4.0x | 1347 / 5051 | >= LiRPA (+0.42 .. +0.51), = before (6e-8) |
+| small-cnn (32), random, 0.005 | 0.73 | 0.72 | 1.45 | 2.0x | 631 / 815 | = LiRPA (2.6e-8), = before (6e-9) |
+| small-cnn (32), IBP-trained 15 ep, 0.3 | 0.37 | 0.16 | 0.75 | 4.7x | 428 / 714 | >= LiRPA on every image (+0.23 .. +25.4), = before |
+| small-cnn (32), IBP-trained 30 ep, 0.3 | 0.35 | 0.13 | 0.64 | 4.9x | 414 / 730 | >= LiRPA on every image (+0.18 .. +40.8), = before (5e-7) |
+| madry-cnn (4), random, 0.005 | 14.6 | 8.2 | 34.4 | 4.2x | 1353 / 5051 | >= LiRPA on every image (+0.42 .. +0.51), = before (6e-8) |
 
-(IBP-trained = ``benchmarks/certified_training.py --method ibp --epochs 15``, 93.3% clean.) Earlier
-single-configuration figures: madry-cnn (16) fortify CROWN 66.9 CPU s at 1911 MiB under a 2 GiB
+(IBP-trained = ``benchmarks/certified_training.py --method ibp --epochs 15 | 30 --save ...``, 93.3% /
+95.2% clean.) Earlier single-configuration figures (before): madry-cnn (16) fortify CROWN 66.9 CPU s at 1911 MiB under a 2 GiB
 budget, while auto_LiRPA CROWN fails under a 10 GB cap (cannot allocate 2.25 GB more).
 
 Changes behind "after": intermediate bounds of a Linear layer propagate each sample's own unstable
@@ -47,15 +48,18 @@ once by ``unfold`` and row-gathered; the windowed MaxPool step scatters with win
 a ReLU followed by a non-overlapping MaxPool is applied at the pooled resolution (only ``j*``
 carries a coefficient); the dense ReLU step uses a whole-tensor form when many columns are
 unstable. All are exact rewrites (tests/certify/test_certify_fastpaths.py checks them against the
-reference paths). On IBP-trained weights fortify is tighter than auto_LiRPA because its CROWN
-intermediate bounds are intersected with IBP (auto_LiRPA 0.3's CROWN mode does not), on madry-cnn
-also because it refines the active neurons of undecided MaxPool windows.
+reference paths). On IBP-trained weights fortify is much tighter than auto_LiRPA, most likely
+because fortify intersects its CROWN intermediate bounds with IBP (IBP is the tighter bound on
+IBP-trained nets; not checked in auto_LiRPA's source); on madry-cnn also because fortify refines
+the active neurons of undecided MaxPool windows.
 
-The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds) is NOT met: 4.7x on the trained
-small-cnn, 4.0x on madry-cnn, 1.8x on random small-cnn (a 0.16 s batch where fixed per-call costs
-dominate). What remains on madry-cnn is mostly the dense backward pass of the 1024 fc rows through
-both conv layers (transposed convolutions, about 60% of the time with random weights, where every
-fc neuron is unstable).
+The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds) is NOT met: 4.7-4.9x on the
+IBP-trained small-cnn (2.3-2.7x faster than before), 4.2x on random madry-cnn (1.8x faster than
+before), 2.0x on random small-cnn (unchanged: there every fc neuron of every sample is unstable and
+the net has no MaxPool, so none of the rewrites removes work). What remains on madry-cnn is mostly
+the dense backward pass of the 1024 fc rows (both signs) through both conv layers (transposed
+convolutions and the 28x28 MaxPool scatter, ~60% of the time with random weights, where every fc
+neuron is unstable).
 """
 from __future__ import annotations
 
