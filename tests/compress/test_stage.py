@@ -93,6 +93,19 @@ def test_args_and_threat_reach_every_step() -> None:
         CompressConfig(task="pgd_at")
 
 
+def test_run_task_fine_tunes_at_the_full_threat_without_warm_up() -> None:
+    """``task: run`` keeps the run's task arguments except its training-only warm-up ramps and monitor
+    (an eps ramp would restart a short fine-tuning at eps 0), and its threat follows compress.threat."""
+    schedule = [{"name": "eps-ramp", "warmup": 0.4}, {"name": "steps-ramp", "min_steps": 1, "until": 0.6}]
+    run_args = {"threat": "linf:0.3", "steps": 5, "schedule": schedule, "monitor": {"n": 256, "steps": 10}}
+    steps = CompressConfig(recipe="robust-int8-quick", task="run", threat="linf:0.2").step_dicts(("pgd_at", run_args))
+    assert steps[0]["finetune_task"] == "pgd_at"
+    assert steps[0]["finetune_args"] == {"threat": "linf:0.2", "steps": 5}
+    assert run_args["schedule"] == schedule and "monitor" in run_args  # the run's config is not modified
+    qat = CompressConfig(recipe="robust-int8", task="run").step_dicts(("pgd_at", run_args))
+    assert qat[1]["task_args"] == {"threat": "linf:0.3", "steps": 5}
+
+
 def test_stage_figures_are_those_of_the_artefact(trained: torch.nn.Module, tmp_path: Path) -> None:
     from fortify.compress import load
 

@@ -36,12 +36,15 @@ RECIPES.register("robust-int8", [
      "finetune_config": {"epochs": 5, "lr": 0.01, "schedule": "cosine"}},
     {"transform": "qat_int8", "epochs": 2, "task": "pgd_at", "task_args": _ADV, "config": {"lr": 0.002}},
 ], help="structured pruning with adversarial fine-tuning, then adversarial QAT and int8 export")
+# robust-int8-quick on the main job (robust small-cnn, mnist-5k, linf 0.3, 200 images, 3 attack seeds):
+# 1 epoch of fine-tuning at lr 0.01 lost 11 pp of robust accuracy (15 pp with the run's eps ramp), 3 epochs
+# 2.5-6 pp, 5 epochs at lr 0.01 1.5-3.5 pp, 5 epochs at lr 0.02 1.5 pp (~7 s on one thread), 13.2x smaller.
 RECIPES.register("robust-int8-quick", [
     {"transform": "channel_prune", "amount": 0.5, "finetune_task": "pgd_at",
-     "finetune_args": {"threat": "linf:0.3", "steps": 5}, "finetune_config": {"epochs": 1, "lr": 0.01}},
+     "finetune_args": {"threat": "linf:0.3", "steps": 5}, "finetune_config": {"epochs": 5, "lr": 0.02}},
     {"transform": "int8_static"},
-], help="cheap robust-int8 (the pipeline's default): structured pruning, 1 epoch of adversarial fine-tuning "
-        "(PGD-5), int8 static quantization")
+], help="cheap robust-int8 (the pipeline's default): structured pruning, 5 epochs of adversarial fine-tuning "
+        "(PGD-5 at the full eps), int8 static quantization")
 RECIPES.register("hydra", [
     {"transform": "hydra", "sparsity": 0.9, "score_epochs": 2, "finetune_epochs": 1, "task_args": _ADV},
 ], help="HYDRA: adversarial importance scores at 90% sparsity + adversarial fine-tuning, sparse file")
