@@ -13,6 +13,7 @@ import torch
 from fortify import models
 from fortify.cli import VERBS, main
 from fortify.store import RunStore
+from _cli_helpers import error_line as _error_line
 
 SCRIPT = Path(sys.executable).with_name("fortify")
 
@@ -22,14 +23,6 @@ def _cli(*argv: str) -> list[str]:
     if SCRIPT.exists():
         return [str(SCRIPT), *argv]
     return [sys.executable, "-c", "import sys; from fortify.cli import main; sys.exit(main())", *argv]
-
-
-def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    rc = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2, (argv, err)
-    assert len(err) == 1 and err[0].startswith("fortify: error: "), err
-    return err[0]
 
 
 @pytest.mark.parametrize("verb", sorted(VERBS.names()) + ["runs ls", "runs show"])

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fortify import data, models
 from fortify.cli import main
 from fortify.store import RunStore
+from _cli_helpers import error_line as _error_line, save_trained_model
 
 LIMITS = ["data.train_limit=300", "data.test_limit=120", "compress.repeats=2", "compress.pgd_steps=5",
           "compress.square_queries=30"]
@@ -23,25 +23,7 @@ LIMITS = ["data.train_limit=300", "data.test_limit=120", "compress.repeats=2", "
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    net = models.create("mlp", in_shape=(1, 28, 28), num_classes=10, hidden=(64, 32))
-    x, y = data.load("mnist-5k", "train", limit=600)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for i in range(0, 600, 50):
-        opt.zero_grad()
-        F.cross_entropy(net(x[i:i + 50]), y[i:i + 50]).backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("model") / "mlp.safetensors"
-    models.save(net.eval(), path, {"dataset": "mnist-5k"})
-    return path
-
-
-def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    rc = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2, (argv, err)
-    assert len(err) == 1 and err[0].startswith("fortify: error: "), err
-    return err[0]
+    return save_trained_model(tmp_path_factory.mktemp("model"), n=600, lr=3e-3, hidden=(64, 32))
 
 
 def test_help_lists_the_recipes(capsys: pytest.CaptureFixture[str]) -> None:

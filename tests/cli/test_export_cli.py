@@ -8,26 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fortify import data, models
 from fortify.cli import main
 from fortify.store import RunStore
+from _cli_helpers import error_line as _error_line, save_trained_model
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    net = models.create("small-cnn", in_shape=(1, 28, 28), num_classes=10, channels=(4, 8), hidden=32)
-    x, y = data.load("mnist-5k", "train", limit=400)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for i in range(0, 400, 50):
-        opt.zero_grad()
-        F.cross_entropy(net(x[i:i + 50]), y[i:i + 50]).backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("model") / "cnn.safetensors"
-    models.save(net.eval(), path, {"dataset": "mnist-5k"})
-    return path
+    return save_trained_model(tmp_path_factory.mktemp("model"), "small-cnn", n=400, lr=3e-3, channels=(4, 8), hidden=32)
 
 
 def _ort(path: Path, x: torch.Tensor) -> np.ndarray:
@@ -35,14 +25,6 @@ def _ort(path: Path, x: torch.Tensor) -> np.ndarray:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, {"x": x.numpy().astype(np.float32)})[0]
-
-
-def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    rc = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2, (argv, err)
-    assert len(err) == 1 and err[0].startswith("fortify: error: "), err
-    return err[0]
 
 
 def test_float_and_int8_exports_agree_with_torch(model_file: Path, tmp_path: Path,
