@@ -7,7 +7,6 @@ Any :class:`fortify.errors.FortifyError` (and any usage error) becomes one line
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
 import sys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, Protocol, Sequence
+from typing import Any, Callable, ClassVar, NoReturn, Protocol, Sequence
 
 from fortify.errors import ConfigError, FortifyError, OutputError
 from fortify.registry import Registry
@@ -133,8 +133,13 @@ def store_path(args: argparse.Namespace, out_dir: str | Path | None, configured:
 
 
 def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], raw: dict[str, Any],
-                    stages: Sequence[str] | None = None) -> int:
-    """Validate ``raw``, open the store, run the pipeline and print the summary."""
+                    stages: Sequence[str] | None = None,
+                    show: Callable[[Any, bool], None] | None = None) -> int:
+    """Validate ``raw`` (or reopen ``--resume ID`` with its recorded config), open the store, run
+    the pipeline, print the summary, then ``show(ctx, quiet)`` when given (verb-specific output).
+
+    Nothing is created before the configuration is valid; a failing stage marks the run failed
+    (its folder, config.json and report.json are kept) and its FortifyError reaches ``main``."""
     from rich.console import Console
 
     from fortify.cli.output import print_summary
@@ -144,6 +149,8 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
 
     resume = getattr(args, "resume", None)
     if resume is not None:
+        if getattr(args, "model_path", None) is not None or getattr(args, "explicit", False):
+            raise UsageError("--resume continues a run with its recorded config: drop MODEL, options and KEY=VALUE")
         if getattr(args, "recipe", None) or getattr(args, "overrides", None):
             raise UsageError("--resume continues a run with its recorded config: drop --recipe and KEY=VALUE")
         path = store_path(args, getattr(args, "out", None))
@@ -167,6 +174,8 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
     err = Console(stderr=True)
     ctx = run_pipeline(cfg, verb=verb, argv=list(argv), store=store, console=err, quiet=args.quiet, resume=resume)
     print_summary(ctx, store, quiet=args.quiet)
+    if show is not None:
+        show(ctx, args.quiet)
     return 0
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, ClassVar, Sequence
 
-from fortify.cli.base import (UsageError, _quote, add_run_options, build_raw, register_verb, set_threads,
-                              store_path)
-from fortify.errors import ConfigError, OutputError
+from fortify.cli.base import UsageError, _quote, add_run_options, build_raw, register_verb, run_with_config
 
 EVALUATE_STAGES = ("load", "evaluate", "report")
 ROBUST_STAGES = ("load", "evaluate", "robustness", "report")
@@ -47,44 +45,8 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
 
 def run_model_verb(args: argparse.Namespace, verb: str, raw: dict[str, Any], stages: Sequence[str],
                    show: Callable[[Any, bool], None]) -> int:
-    """Validate ``raw`` (or reopen ``--resume ID``), run ``stages``, print the summary, then ``show(ctx, quiet)``.
-
-    Nothing is created before the configuration is valid; a failing stage marks the run failed
-    (its folder, config.json and report.json are kept) and its FortifyError reaches ``main``.
-    """
-    from rich.console import Console
-
-    from fortify.cli.output import print_summary
-    from fortify.config import resolve
-    from fortify.pipeline import prepare_out_dir, run_pipeline
-    from fortify.store import RunStore
-
-    resume = args.resume
-    if resume is not None:
-        if args.model_path is not None or args.overrides or getattr(args, "recipe", None) or getattr(
-                args, "explicit", False):
-            raise UsageError("--resume continues a run with its recorded config: drop MODEL, options and KEY=VALUE")
-        path = store_path(args, args.out)
-        if not path.is_file():
-            raise OutputError(f"no run store at {str(path)!r} to resume from (pass --store PATH or --out DIR)")
-        store = RunStore(path)
-        rec = store.get_run(resume)
-        if rec.status == "ok":
-            raise ConfigError(f"run {rec.id} finished ok; nothing to resume")
-        if rec.verb != verb:
-            raise ConfigError(f"run {rec.id} was made by 'fortify {rec.verb}'; resume it with that verb")
-        cfg = resolve(rec.config)
-        resume = rec.id
-    else:
-        cfg = resolve({**raw, "stages": list(stages)})
-        prepare_out_dir(cfg.output.dir)
-        store = RunStore(store_path(args, cfg.output.dir, cfg.output.store))
-    set_threads(args)
-    ctx = run_pipeline(cfg, verb=verb, argv=list(args.argv), store=store, console=Console(stderr=True),
-                       quiet=args.quiet, resume=resume)
-    print_summary(ctx, store, quiet=args.quiet)
-    show(ctx, args.quiet)
-    return 0
+    """Run ``stages`` on a saved model (or reopen ``--resume ID``), print the summary, then ``show(ctx, quiet)``."""
+    return run_with_config(args, verb, args.argv, raw, stages, show)
 
 
 def show_robustness(ctx: Any, quiet: bool) -> None:
