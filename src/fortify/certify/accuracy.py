@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from fortify.certify.base import CERTIFIERS, Certificate
-from fortify.errors import ConfigError, OutputError, ThreatModelError
+from fortify.errors import ConfigError, ThreatModelError
+from fortify.plotting import pyplot, save_figure
 from fortify.threat import ThreatModel
 
 
@@ -76,36 +77,22 @@ def certified_accuracy_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def plot_certified_curves(curves: CertifiedCurve | Sequence[CertifiedCurve], path: str | Path,
                           title: str | None = None) -> Path:
     """Plot certified accuracy vs eps for one or more curves into ``path`` (png/svg/pdf)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     items = [curves] if isinstance(curves, CertifiedCurve) else list(curves)
     if not items:
         raise ConfigError("no curves to plot")
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    try:
-        for cv in items:
-            label = cv.method + (f" (sigma={cv.meta['sigma']:g})" if "sigma" in cv.meta else "")
-            ax.plot(cv.eps, [100 * a for a in cv.accuracy], marker="o", ms=3, label=label)
-        norms = sorted({cv.norm for cv in items})
-        ax.set_xlabel(f"radius eps ({', '.join(norms)})")
-        ax.set_ylabel("certified accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.set_title(title or f"certified accuracy (n={items[0].n})")
-        fig.tight_layout()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=120)
-        except OSError as e:
-            raise OutputError(f"cannot write plot {path}: {e}") from e
-    finally:
-        plt.close(fig)
-    return path
+    fig, ax = pyplot().subplots(figsize=(5, 3.6))
+    for cv in items:
+        label = cv.method + (f" (sigma={cv.meta['sigma']:g})" if "sigma" in cv.meta else "")
+        ax.plot(cv.eps, [100 * a for a in cv.accuracy], marker="o", ms=3, label=label)
+    norms = sorted({cv.norm for cv in items})
+    ax.set_xlabel(f"radius eps ({', '.join(norms)})")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or f"certified accuracy (n={items[0].n})")
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 __all__ = ["certify", "certified_accuracy", "CertifiedCurve", "certified_accuracy_curve", "plot_certified_curves"]

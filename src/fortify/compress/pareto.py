@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fortify.compress.measure import Measurement
+from fortify.plotting import pyplot, save_figure
 
 
 def pareto_front(rows: Sequence[Measurement]) -> list[Measurement]:
@@ -22,13 +23,8 @@ def pareto_front(rows: Sequence[Measurement]) -> list[Measurement]:
 
 def plot_pareto(rows: Sequence[Measurement], path: str | os.PathLike[str], *, title: str = "size vs robust accuracy") -> Path:
     """Scatter ``bytes`` (log x) vs ``robust_acc`` with the Pareto front drawn; saves a PNG/SVG to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = [r for r in rows if r.robust_acc is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.scatter([r.bytes / 1024 for r in pts], [r.robust_acc for r in pts], color="tab:blue")
     for r in pts:
         ax.annotate(r.name, (r.bytes / 1024, r.robust_acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -40,10 +36,7 @@ def plot_pareto(rows: Sequence[Measurement], path: str | os.PathLike[str], *, ti
     ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    dest = Path(path)
-    fig.savefig(dest, dpi=120)
-    plt.close(fig)
-    return dest
+    return save_figure(fig, path)
 
 
 __all__ = ["pareto_front", "plot_pareto"]

@@ -21,9 +21,10 @@ from torch import nn
 
 from fortify.attacks import ATTACKS
 from fortify.attacks.base import frozen_eval
-from fortify.errors import ConfigError, OutputError, ThreatModelError
+from fortify.errors import ConfigError, ThreatModelError
 from fortify.evaluate.eps_checks import box_covering_eps
 from fortify.evaluate.presets import build_attack, AttackSpec
+from fortify.plotting import pyplot, save_figure
 from fortify.threat import NORMS, ThreatModel
 from fortify.validation import check_images, check_labels, check_logits
 
@@ -144,11 +145,6 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
 def plot_curves(curves: RobustnessCurve | Sequence[RobustnessCurve] | Mapping[str, RobustnessCurve],
                 path: str | Path, *, title: str = "robustness curves") -> Path:
     """Plot accuracy vs eps (one panel per norm, one line per curve, cross-checks as markers) to PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if isinstance(curves, RobustnessCurve):
         items = [(curves.label or curves.norm, curves)]
     elif isinstance(curves, Mapping):
@@ -158,7 +154,7 @@ def plot_curves(curves: RobustnessCurve | Sequence[RobustnessCurve] | Mapping[st
     if not items:
         raise ConfigError("plot_curves needs at least one curve")
     norms = sorted({c.norm for _, c in items}, key=NORMS.index)
-    fig, axes = plt.subplots(1, len(norms), figsize=(4.2 * len(norms), 3.4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(norms), figsize=(4.2 * len(norms), 3.4), squeeze=False)
     for ax, norm in zip(axes[0], norms):
         for lab, c in items:
             if c.norm != norm:
@@ -174,12 +170,4 @@ def plot_curves(curves: RobustnessCurve | Sequence[RobustnessCurve] | Mapping[st
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise OutputError(f"cannot write figure {path}: {e}") from None
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
