@@ -162,7 +162,8 @@ class Attack(abc.ABC):
             oracle = Oracle(model, num_classes)
             oracle.queries += n
             done = self._is_success(clean, y, targeted)
-            x_adv = x.clone()
+            # rows that already succeed on the clean input keep x: no search and no second forward pass
+            x_adv, success = x.clone(), done.clone()
             todo = (~done).nonzero().squeeze(1)
             if todo.numel():
                 xs, ys = x[todo], y[todo]
@@ -170,9 +171,9 @@ class Attack(abc.ABC):
                 found = self._run(oracle, xs, ys, threat, ts, generator)
                 if found.shape != xs.shape:
                     raise RuntimeError(f"{type(self).__name__}._run returned shape {tuple(found.shape)}")
-                x_adv[todo] = threat.project(found.detach().to(x.dtype), xs)
-            final = oracle.logits(x_adv)
-            success = self._is_success(final, y, targeted)
+                adv = threat.project(found.detach().to(x.dtype), xs)
+                x_adv[todo] = adv
+                success[todo] = self._is_success(oracle.logits(adv), ys, ts)
         return AttackResult(x_adv=x_adv, success=success, grad_evals=oracle.grad_evals, queries=oracle.queries)
 
     @staticmethod
