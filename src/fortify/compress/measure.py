@@ -17,7 +17,10 @@ Every figure comes from the real artefact and the real run:
   cascade (``robust="fast"``: :func:`fortify.evaluate.robust_accuracy` with the ``fast`` preset);
   for an ONNX model, the attack runs on the quantized model itself (black-box Square, score-based)
   and as a transfer attack (PGD on its float twin, evaluated on the int8 model); a point is robust
-  only if it survives both.
+  only if it survives both. ``robust="strong"`` (:func:`robust_masks`) is the equal-footing
+  comparison of a float model with its int8 export: a PyTorch model must survive the white-box
+  ``fast`` cascade *and* the same Square attack the int8 model gets; an ONNX model must survive
+  Square on itself, transfer PGD and transfer of the ``fast`` cascade's examples from its float twin.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from fortify.compress.quantize.runtime import OnnxModule
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
 
-ROBUST_MODES = ("pgd", "fast", "none")
+ROBUST_MODES = ("pgd", "fast", "strong", "none")
 
 
 @dataclass
@@ -134,12 +137,66 @@ def latencies(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, 
     return {n: {b: statistics.median(v) for b, v in d.items()} for n, d in times.items()}
 
 
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """``(N,)`` bool: ``model`` classifies ``x[i]`` as ``y[i]``."""
+    with torch.no_grad():
+        return torch.cat([model(x[i: i + batch_size]).argmax(1) == y[i: i + batch_size]
+                          for i in range(0, x.shape[0], batch_size)])
+
+
+def robust_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                 float_twin: nn.Module | None = None, pgd_steps: int = 40, square_queries: int = 1000,
+                 seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per-attack, per-sample robustness ``{attack: (N,) bool}`` plus ``"all"`` (robust to every one).
+
+    PyTorch model (white-box): ``"fast"`` -- fortify's ``fast`` cascade (APGD-CE, APGD-T; Croce &
+    Hein 2020) -- and ``"square"`` (Andriushchenko et al. 2020, score-based, ``square_queries``).
+    :class:`OnnxModule` (not differentiable): ``"square"`` on the model itself and, with
+    ``float_twin``, ``"transfer_pgd"`` (PGD-``pgd_steps`` on the twin) and ``"transfer_fast"`` (the
+    ``fast`` cascade's adversarial examples on the twin), each scored on the ONNX model. A point that
+    is misclassified clean is never robust. ``x (N, C, H, W)`` in the threat's bounds, ``y (N,)``.
+    """
+    from fortify.attacks import create as create_attack
+    from fortify.evaluate import robust_accuracy
+
+    def square(m: nn.Module) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return ~create_attack("square", n_queries=square_queries)(m, x, y, threat, generator=gen).success
+
+    clean = _correct(model, x, y)
+    masks: dict[str, torch.Tensor] = {}
+    if isinstance(model, OnnxModule):
+        masks["square"] = square(model)
+        if float_twin is not None:
+            gen = torch.Generator().manual_seed(seed)
+            x_pgd = create_attack("pgd", steps=pgd_steps)(float_twin, x, y, threat, generator=gen).x_adv
+            masks["transfer_pgd"] = _correct(model, x_pgd, y)
+            rep = robust_accuracy(float_twin, x, y, threat, preset="fast", seed=seed, sanity=False)
+            masks["transfer_fast"] = _correct(model, rep.threats[0].x_adv, y)
+    else:
+        rep = robust_accuracy(model, x, y, threat, preset="fast", seed=seed, sanity=False)
+        masks["fast"] = rep.threats[0].robust.cpu()
+        masks["square"] = square(model)
+    masks = {k: v.cpu().bool() & clean.cpu() for k, v in masks.items()}
+    every = clean.cpu().clone()
+    for v in masks.values():
+        every &= v
+    masks["all"] = every
+    return masks
+
+
 def robust_accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
                        mode: str = "pgd", float_twin: nn.Module | None = None, pgd_steps: int = 40,
                        square_queries: int = 1000, seed: int = 0) -> tuple[float, str, dict[str, float]]:
     """Robust accuracy, the method used and per-attack figures (see module doc)."""
     from fortify.attacks import create as create_attack
 
+    if mode == "strong":
+        masks = robust_masks(model, x, y, threat, float_twin=float_twin, pgd_steps=pgd_steps,
+                             square_queries=square_queries, seed=seed)
+        method = "+".join(k for k in masks if k != "all")
+        return float(masks["all"].float().mean()), method, {f"robust_{k}": float(v.float().mean())
+                                                           for k, v in masks.items() if k != "all"}
     gen = torch.Generator().manual_seed(seed)
     if isinstance(model, OnnxModule):
         square = create_attack("square", n_queries=square_queries)(model, x, y, threat, generator=gen)
@@ -223,4 +280,5 @@ def format_table(rows: list[Measurement], baseline: str | None = None) -> str:
 
 
 __all__ = ["Measurement", "ROBUST_MODES", "accuracy", "artefact_bytes", "count_macs", "format_table", "latencies",
-           "measure", "robust_accuracy_of"]
+           "measure", "robust_accuracy_of",
+           "robust_masks"]
