@@ -33,9 +33,13 @@ import torch.nn.functional as F
 from fortify.certify.bounds import InputSet, ibp_margin, linear_prefix, prefix_dual
 from fortify.certify.graph import LinearOp, MaxPoolOp, Op, ReLUOp, numel
 from fortify.certify.patches import windowed_lower, windowed_ok
+from fortify.certify.pooled import pooled_conv_back, pooled_conv_index
 
 #: bytes of live temporaries per float of a backward coefficient tensor (a, a+, a-, new a)
 _TEMP_FACTOR = 4
+#: bytes of backward temporaries per chunk of specification rows: small chunks stay in cache and
+#: reuse the allocator's blocks (large fresh allocations are page-faulted on first touch)
+_CHUNK_BYTES = 64 << 20
 
 
 def relu_relax(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,27 +54,47 @@ def relu_relax(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.
     return sl, su, bu
 
 
-def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+def memo(cache: dict | None, key: tuple, fn):
+    """``fn()``, computed once per ``cache`` (a dict living for one refinement, whose bounds are
+    fixed): the relaxations do not depend on the specification rows, so chunks share them.
+    Keys hold ``id`` of tensors that the caller keeps alive while the cache lives."""
+    if cache is None:
+        return fn()
+    if key not in cache:
+        cache[key] = fn()
+    return cache[key]
+
+
+def _relu_parts(lo: torch.Tensor, hi: torch.Tensor):
+    b = lo.shape[0]
+    sl, su, bu = (t.reshape(b, 1, -1) for t in relu_relax(lo, hi))
+    cols = ((lo < 0) & (hi > 0)).reshape(b, -1).any(dim=0).nonzero().squeeze(1)
+    parts = (sl, su, bu, cols)
+    if 4 * cols.numel() > sl.shape[-1]:
+        return parts + (sl - su,)
+    return parts + (sl[..., cols], su[..., cols], bu[..., cols])
+
+
+def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, cache: dict | None = None):
     """Backward step through a ReLU for ``a (B' , S, *shape)``: ``a -> a * (sl if a > 0 else su)``,
     ``const += sum(min(a, 0) * bu)``. With few unstable columns (union over the batch, <= 1/4) the
     sign-dependent part is applied to those columns only (stable ones: a single product
     ``a * slope``); otherwise the whole-tensor form ``a * sl - min(a, 0) * (sl - su)`` avoids the
     column gather / scatter."""
-    b = lo.shape[0]
-    sl, su, bu = (t.reshape(b, 1, -1) for t in relu_relax(lo, hi))
+    parts = memo(cache, ("relu", id(lo), id(hi)), lambda: _relu_parts(lo, hi))
+    sl, su, bu, cols = parts[:4]
     flat = a.reshape(a.shape[0], a.shape[1], -1)
-    unst = ((lo < 0) & (hi > 0)).reshape(b, -1)
-    cols = unst.any(dim=0).nonzero().squeeze(1)
-    if 4 * cols.numel() > flat.shape[-1]:  # many unstable columns: whole-tensor form, no gather/scatter
+    if len(parts) == 5:  # many unstable columns: whole-tensor form, no gather/scatter
         neg = flat.clamp(max=0)
         const = const + (neg * bu).sum(-1)
-        new = flat * sl - neg * (sl - su)  # a > 0: lower slope; a < 0: upper slope
+        new = flat * sl - neg * parts[4]  # a > 0: lower slope; a < 0: upper slope
         return new.reshape(new.shape[:2] + a.shape[2:]), const
     new = flat * su
     if cols.numel():
+        slc, suc, buc = parts[4:]
         au = flat[..., cols]
-        new[..., cols] = torch.where(au > 0, au * sl[..., cols], au * su[..., cols])
-        const = const + (au.clamp(max=0) * bu[..., cols]).sum(-1)
+        new[..., cols] = torch.where(au > 0, au * slc, au * suc)
+        const = const + (au.clamp(max=0) * buc).sum(-1)
     return new.reshape(new.shape[:2] + a.shape[2:]), const
 
 
@@ -124,11 +148,23 @@ def relu_at_jstar(index: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> li
 
 
 def _maxpool_back(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                  relu: tuple[torch.Tensor, torch.Tensor] | None = None):
+                  relu: tuple[torch.Tensor, torch.Tensor] | None = None, cache: dict | None = None):
     """Backward step through MaxPool2d: coefficients go to ``j*`` of each window; negative ones of
     undecided windows take the constant upper bound instead (applied on those columns only).
     ``relu``: pre-activation bounds of a preceding ReLU fused at ``j*`` (see :func:`fused_relu`)."""
-    index, decided, upper = maxpool_relax(op, lo, hi)
+    coef, index, const = _maxpool_coef(op, a, const, lo, hi, relu, cache)
+    bsz, s = coef.shape[:2]
+    c, h, w = op.in_shape
+    out = a.new_zeros(bsz, s, c, h * w)
+    out.scatter_add_(3, index.unsqueeze(1).expand(bsz, s, c, -1), coef)
+    return out.reshape((bsz, s) + tuple(op.in_shape)), const
+
+
+def _maxpool_coef(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                  relu: tuple[torch.Tensor, torch.Tensor] | None = None, cache: dict | None = None):
+    """The pooled part of :func:`_maxpool_back`: ``(coef (B, S, C, L), index (B, C, L), const)``,
+    ``coef`` the coefficients that land on the ``j*`` positions ``index`` (flat, in the pool input)."""
+    index, decided, upper = memo(cache, ("pool", id(op), id(lo), id(hi)), lambda: maxpool_relax(op, lo, hi))
     bsz, s = max(a.shape[0], lo.shape[0]), a.shape[1]
     c, h, w = op.in_shape
     af = a.reshape(a.shape[0], s, -1)
@@ -142,20 +178,24 @@ def _maxpool_back(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch
         coef[..., cols] = au - neg
         const = const + (neg * upper.reshape(upper.shape[0], 1, -1)[..., cols]).sum(-1)
     if relu is not None:
-        sl, su, bu = (m.reshape(m.shape[0], 1, -1) for m in relu_at_jstar(index, *relu))
+        sl, su, bu = memo(cache, ("jstar", id(op), id(relu[0]), id(relu[1])),
+                          lambda: [m.reshape(m.shape[0], 1, -1) for m in relu_at_jstar(index, *relu)])
         const = const + (coef.clamp(max=0) * bu).sum(-1)
         coef = torch.where(coef > 0, coef * sl, coef * su)
-    out = a.new_zeros(bsz, s, c, h * w)
-    out.scatter_add_(3, index.unsqueeze(1).expand(bsz, s, c, -1), coef.reshape(bsz, s, c, -1))
-    return out.reshape((bsz, s) + tuple(op.in_shape)), const
+    index = index.expand(bsz, -1, -1) if index.shape[0] != bsz else index
+    return coef.reshape(bsz, s, c, -1), index, const
 
 
 def backward_lower(
     ops: list[Op], upto: int, a: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor]], inp: InputSet,
-    const: torch.Tensor | None = None,
+    const: torch.Tensor | None = None, pooled: bool = True, cache: dict | None = None,
 ) -> torch.Tensor:
     """Lower bound ``(B, S)`` of ``a . z_upto + const`` over the input set, ``z_upto`` the input of
-    ``ops[upto]`` (the output when ``upto == len(ops)``); ``bounds[t]`` bounds the input of ``ops[t]``."""
+    ``ops[upto]`` (the output when ``upto == len(ops)``); ``bounds[t]`` bounds the input of ``ops[t]``.
+    ``pooled``: take Conv -> [ReLU] -> MaxPool as one step at the pooled resolution
+    (:mod:`fortify.certify.pooled`; same bounds, ``m*m`` less work in the convolution).
+    ``cache``: a dict shared by calls with the same ``bounds`` (chunks of rows) that keeps the
+    relaxations, which do not depend on ``a``."""
     b = inp.x.shape[0]
     const = a.new_zeros(b, a.shape[1]) if const is None else const.expand(b, a.shape[1])
     t = upto - 1
@@ -165,11 +205,18 @@ def backward_lower(
             const = const + op.bias(a)
             a = op.back(a)
         elif isinstance(op, ReLUOp):
-            a, const = _relu_back(a, const, *bounds[t])
+            a, const = _relu_back(a, const, *bounds[t], cache=cache)
         elif isinstance(op, MaxPoolOp):
             fuse = fused_relu(ops, t)
-            a, const = _maxpool_back(op, a, const, *bounds[t], relu=bounds[t - 1] if fuse else None)
-            t -= int(fuse)
+            tc = pooled_conv_index(ops, t) if pooled else None
+            if tc is not None and (fuse or tc == t - 1):  # pool (+ ReLU) + conv in one step
+                coef, index, const = _maxpool_coef(op, a, const, *bounds[t], relu=bounds[t - 1] if fuse else None,
+                                                   cache=cache)
+                a, const = pooled_conv_back(ops[tc], op, coef, index, const, cache, ("kern", id(op), id(bounds[t][0])))
+                t = tc
+            else:
+                a, const = _maxpool_back(op, a, const, *bounds[t], relu=bounds[t - 1] if fuse else None, cache=cache)
+                t -= int(fuse)
         else:  # pragma: no cover - graph.py only builds the operators above
             raise TypeError(f"no CROWN relaxation for {op!r}")
         t -= 1
@@ -220,7 +267,8 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool =
     if not bool(need.any()):
         return lo, hi
     windowed = use_windows and windowed_ok(ops, t)
-    per = max(1, memory_budget // (max(b, 1) * 2 * _row_bytes(ops, t)))
+    per = max(1, min(memory_budget, _CHUNK_BYTES) // (max(b, 1) * 2 * _row_bytes(ops, t)))
+    cache: dict = {}
     new_l, new_h = lf.clone(), hf.clone()
     if windowed:  # per-sample rows, padded to the largest count (padding rows are left unchanged)
         counts = need.sum(dim=1)
@@ -229,7 +277,7 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool =
         for s in range(0, order.shape[1], per):
             r, v = order[:, s:s + per], valid[:, s:s + per]
             k = r.shape[1]
-            low = windowed_lower(ops, t, r, bounds, inp)
+            low = windowed_lower(ops, t, r, bounds, inp, cache)
             cl, ch = new_l.gather(1, r), new_h.gather(1, r)
             new_l.scatter_(1, r, torch.where(v, torch.maximum(cl, low[:, :k]), cl))
             new_h.scatter_(1, r, torch.where(v, torch.minimum(ch, -low[:, k:]), ch))
@@ -247,7 +295,8 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool =
             k = r.shape[1]
             a = op.w[r]  # (B, k, n_in)
             c0 = op.b[r] if op.b is not None else a.new_zeros(r.shape)
-            low = backward_lower(ops, t - 1, torch.cat([a, -a], dim=1), bounds, inp, torch.cat([c0, -c0], dim=1))
+            low = backward_lower(ops, t - 1, torch.cat([a, -a], dim=1), bounds, inp, torch.cat([c0, -c0], dim=1),
+                                 cache=cache)
             cl, ch = new_l.gather(1, r), new_h.gather(1, r)
             new_l.scatter_(1, r, torch.where(v, torch.maximum(cl, low[:, :k]), cl))
             new_h.scatter_(1, r, torch.where(v, torch.minimum(ch, -low[:, k:]), ch))
@@ -258,7 +307,7 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool =
         k = r.numel()
         a, c0 = ops[t - 1].rows_back(r)  # first step (linear) without the dense one-hot product
         a, c0 = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1)
-        low = backward_lower(ops, t - 1, a, bounds, inp, c0)
+        low = backward_lower(ops, t - 1, a, bounds, inp, c0, cache=cache)
         new_l[:, r] = torch.maximum(new_l[:, r], low[:, :k])
         new_h[:, r] = torch.minimum(new_h[:, r], -low[:, k:])
     return new_l.reshape(lo.shape), new_h.reshape(hi.shape)

@@ -28,8 +28,10 @@ def windowed_ok(ops: list[Op], t: int) -> bool:
 class Grid:
     """Window corners on a regular grid: row ``r`` sits at ``(gi_r * sy + oy, gj_r * sx + ox)``."""
 
-    def __init__(self, gi: torch.Tensor, gj: torch.Tensor, sy: int, oy: int, sx: int, ox: int) -> None:
+    def __init__(self, gi: torch.Tensor, gj: torch.Tensor, sy: int, oy: int, sx: int, ox: int,
+                 ext: tuple[int, int] | None = None) -> None:
         self.gi, self.gj, self.sy, self.oy, self.sx, self.ox = gi, gj, sy, oy, sx, ox
+        self.ext = ext  # (rows, cols) of the whole grid, when known: windows then depend on the layer only
 
     @property
     def y0(self) -> torch.Tensor:
@@ -42,20 +44,24 @@ class Grid:
     def back(self, stride: tuple[int, int], padding: tuple[int, int]) -> "Grid":
         """Corners one layer down (input side of a conv / pool with this stride and padding)."""
         return Grid(self.gi, self.gj, self.sy * stride[0], self.oy * stride[0] - padding[0],
-                    self.sx * stride[1], self.ox * stride[1] - padding[1])
+                    self.sx * stride[1], self.ox * stride[1] - padding[1], self.ext)
 
     def cat(self) -> "Grid":
         return Grid(torch.cat([self.gi, self.gi], -1), torch.cat([self.gj, self.gj], -1), self.sy, self.oy, self.sx,
-                    self.ox)
+                    self.ox, self.ext)
 
 
-def _gather(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float = 0.0) -> torch.Tensor:
+def _gather(maps, g: Grid, h: int, w: int, fill: float = 0.0, cache: dict | None = None,
+            key: tuple = ()) -> torch.Tensor:
     """Windows of ``maps (..., C, H, W)`` at the grid corners, size ``h x w``: ``(..., S, C, h, w)``
     with the row axis inserted before C; outside the map the value is ``fill``. Uses ``unfold``
-    (im2col) on the grid, then selects the rows' grid cells."""
-    hh, ww = maps.shape[-2:]
+    (im2col) on the grid, then selects the rows' grid cells. ``maps`` may be a function returning
+    the tensor; with per-sample rows, a grid of known extent and a ``cache`` the unfolded cells are
+    computed once per ``key`` (the relaxation maps do not depend on the rows of a chunk)."""
     if g.gi.dim() == 2:
-        return _gather_per_sample(maps, g, h, w, fill)
+        return _gather_per_sample(maps, g, h, w, fill, cache, key)
+    maps = maps() if callable(maps) else maps
+    hh, ww = maps.shape[-2:]
     n_i, n_j = int(g.gi.max()) + 1, int(g.gj.max()) + 1
     top, left = max(0, -g.oy), max(0, -g.ox)
     bottom = max(0, (n_i - 1) * g.sy + g.oy + h - hh)
@@ -77,25 +83,34 @@ def _gather(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float = 0.0) -> t
     return out.reshape(lead + out.shape[1:])
 
 
-def _gather_per_sample(maps: torch.Tensor, g: Grid, h: int, w: int, fill: float) -> torch.Tensor:
+def _gather_per_sample(maps, g: Grid, h: int, w: int, fill: float, cache: dict | None = None,
+                       key: tuple = ()) -> torch.Tensor:
     """:func:`_gather` for per-sample rows (``g.gi (B, S)``): ``maps (..., B, C, H, W)`` ->
     ``(..., B, S, C, h, w)``, sample ``b``'s windows taken from ``maps[..., b, :, :, :]``. Every grid
     window is cut once by ``unfold`` into ``(B, cells, K*C*h*w)`` rows, then each specification row
     copies its cell's contiguous row (a row gather, much cheaper than element-wise indexing)."""
-    hh, ww = maps.shape[-2:]
-    lead = maps.shape[:-4]
-    bsz, c = maps.shape[-4], maps.shape[-3]
-    n_i, n_j = int(g.gi.max()) + 1, int(g.gj.max()) + 1
-    top, left = max(0, -g.oy), max(0, -g.ox)
-    bottom = max(0, (n_i - 1) * g.sy + g.oy + h - hh)
-    right = max(0, (n_j - 1) * g.sx + g.ox + w - ww)
-    mp = maps.reshape((-1, bsz, c, hh, ww)).transpose(0, 1).reshape(bsz, -1, hh, ww)  # (B, K*C, H, W)
-    if top or left or bottom or right:
-        mp = F.pad(mp, (left, right, top, bottom), value=fill)
-    mp = mp[:, :, g.oy + top:g.oy + top + (n_i - 1) * g.sy + h, g.ox + left:g.ox + left + (n_j - 1) * g.sx + w]
-    cols = F.unfold(mp, (h, w), stride=(g.sy, g.sx)).transpose(1, 2).contiguous()  # (B, cells, K*C*h*w)
+    n_i, n_j = g.ext if g.ext is not None else (int(g.gi.max()) + 1, int(g.gj.max()) + 1)
+
+    def cells():
+        m = maps() if callable(maps) else maps
+        hh, ww = m.shape[-2:]
+        bsz, c = m.shape[-4], m.shape[-3]
+        top, left = max(0, -g.oy), max(0, -g.ox)
+        bottom = max(0, (n_i - 1) * g.sy + g.oy + h - hh)
+        right = max(0, (n_j - 1) * g.sx + g.ox + w - ww)
+        mp = m.reshape((-1, bsz, c, hh, ww)).transpose(0, 1).reshape(bsz, -1, hh, ww)  # (B, K*C, H, W)
+        if top or left or bottom or right:
+            mp = F.pad(mp, (left, right, top, bottom), value=fill)
+        mp = mp[:, :, g.oy + top:g.oy + top + (n_i - 1) * g.sy + h, g.ox + left:g.ox + left + (n_j - 1) * g.sx + w]
+        cols = F.unfold(mp, (h, w), stride=(g.sy, g.sx)).transpose(1, 2).contiguous()  # (B, cells, K*C*h*w)
+        return cols, m.shape[:-4], c
+
+    from fortify.certify.crown import memo
+
+    cols, lead, c = memo(cache if g.ext is not None else None, key + (h, w, g.sy, g.oy, g.sx, g.ox), cells)
+    bsz = cols.shape[0]
     cell = g.gi * n_j + g.gj  # (B, S)
-    out = cols[torch.arange(bsz, device=maps.device)[:, None], cell]  # (B, S, K*C*h*w)
+    out = cols[torch.arange(bsz, device=cols.device)[:, None], cell]  # (B, S, K*C*h*w)
     out = out.reshape(bsz, cell.shape[1], -1, c, h, w).movedim(2, 0)  # (K, B, S, C, h, w) view
     return out[0] if not lead else out.unflatten(0, lead)
 
@@ -120,7 +135,7 @@ def conv_rows_window(op: ConvOp, rows: torch.Tensor):
     d0, d1 = op.dilation
     kh, kw = op.w.shape[2:]
     c, rem = rows // (ho * wo), rows % (ho * wo)
-    g = Grid(rem // wo, rem % wo, 1, 0, 1, 0).back(op.stride, op.padding)
+    g = Grid(rem // wo, rem % wo, 1, 0, 1, 0, (ho, wo)).back(op.stride, op.padding)
     a = op.w.new_zeros(rows.shape + (cin, (kh - 1) * d0 + 1, (kw - 1) * d1 + 1))
     a[..., ::d0, ::d1] = op.w[c]
     a = a.reshape((-1,) + a.shape[-4:]) * _inside(g, a.shape[-2], a.shape[-1], hh, ww)
@@ -143,22 +158,24 @@ def _conv_back(op: ConvOp, a, g: Grid, const):
     return out * _inside(ng, out.shape[-2], out.shape[-1], hh, ww), ng, const
 
 
-def _relu_back(a, g: Grid, const, lo, hi):
+def _relu_back(a, g: Grid, const, lo, hi, cache=None):
     from fortify.certify.crown import relu_relax
 
     h, w = a.shape[-2:]
-    sl, su, bu = _gather(torch.stack(relu_relax(lo, hi)), g, h, w)
+    sl, su, bu = _gather(lambda: torch.stack(relu_relax(lo, hi)), g, h, w, cache=cache, key=("relu", id(lo), id(hi)))
     pos = a > 0
     const = const + (a * bu).masked_fill_(pos, 0).flatten(2).sum(-1)
     return a * torch.where(pos, sl, su), const
 
 
-def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi, relu=None):
+def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi, relu=None, cache=None):
     """Windowed MaxPool step (see :func:`fortify.certify.crown._maxpool_back`); ``relu``: bounds of a
     preceding ReLU applied at ``j*`` on the pooled windows (:func:`fortify.certify.crown.fused_relu`)."""
     from fortify.certify.crown import maxpool_relax, relu_at_jstar
 
-    index, decided, upper = maxpool_relax(op, lo, hi)
+    from fortify.certify.crown import memo
+
+    index, decided, upper = memo(cache, ("pool", id(op), id(lo), id(hi)), lambda: maxpool_relax(op, lo, hi))
     b = lo.shape[0]
     c, _, win = op.in_shape
     _, hout, wout = op.out_shape
@@ -169,12 +186,17 @@ def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi, relu=None):
     # input row of j* = i * stride - padding + dy, and window-local row = p * stride + dy
     oi = torch.arange(hout, device=a.device).reshape(-1, 1) * st[0] - pd[0]
     oj = torch.arange(wout, device=a.device).reshape(1, -1) * st[1] - pd[1]
-    index = index.reshape(b, c, hout, wout)
-    off = (index // win - oi) * nw + (index % win - oj)
-    maps = [off.to(a.dtype), (~decided).to(a.dtype).reshape(off.shape), upper.reshape(off.shape)]
-    if relu is not None:
-        maps += [m.reshape(off.shape) for m in relu_at_jstar(index.reshape(b, c, -1), *relu)]
-    got = _gather(torch.stack(maps), g, h, w)  # outside the map: offset 0, decided, 0 (a is 0 there)
+
+    def stacked() -> torch.Tensor:
+        idx = index.reshape(b, c, hout, wout)
+        off = (idx // win - oi) * nw + (idx % win - oj)
+        maps = [off.to(a.dtype), (~decided).to(a.dtype).reshape(off.shape), upper.reshape(off.shape)]
+        if relu is not None:
+            maps += [m.reshape(off.shape) for m in relu_at_jstar(idx.reshape(b, c, -1), *relu)]
+        return torch.stack(maps)
+
+    key = ("wpool", id(op), id(lo), id(hi), id(relu[0]) if relu is not None else None)
+    got = _gather(stacked, g, h, w, cache=cache, key=key)  # outside the map: offset 0, decided, 0 (a is 0 there)
     off, und, up = got[0], got[1], got[2]
     ng = g.back(st, pd)
     base = (torch.arange(h, device=a.device).reshape(-1, 1) * (st[0] * nw)
@@ -193,9 +215,10 @@ def _maxpool_back(op: MaxPoolOp, a, g: Grid, const, lo, hi, relu=None):
     return out.reshape(b, s, c, nh, nw), ng, const
 
 
-def _concretize(inp: InputSet, a, g: Grid, const) -> torch.Tensor:
+def _concretize(inp: InputSet, a, g: Grid, const, cache=None) -> torch.Tensor:
     h, w = a.shape[-2:]
-    mid, rad = _gather(torch.stack([(inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2]), g, h, w)
+    mid, rad = _gather(lambda: torch.stack([(inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2]), g, h, w, cache=cache,
+                       key=("input", id(inp.lo), id(inp.hi)))
     box = (a * mid).flatten(2).sum(-1) - (a.abs() * rad).flatten(2).sum(-1)
     if inp.norm == "linf":
         return box + const
@@ -205,10 +228,12 @@ def _concretize(inp: InputSet, a, g: Grid, const) -> torch.Tensor:
     return torch.maximum(box, dual) + const
 
 
-def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds, inp: InputSet) -> torch.Tensor:
+def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds, inp: InputSet,
+                   cache: dict | None = None) -> torch.Tensor:
     """Lower bounds ``(B, 2S)`` of ``+z_r`` (first S) and ``-z_r`` (last S) for the flat neurons
     ``rows`` (``(S,)`` shared, or ``(B, S)`` per sample) of the output of ``ops[t-1]`` (a Conv2d),
-    by windowed backward propagation."""
+    by windowed backward propagation. ``cache``: a dict shared by the chunks of rows of one
+    refinement (fixed ``bounds``), keeping the unfolded relaxation windows."""
     a, g, c0 = conv_rows_window(ops[t - 1], rows)
     a, c0, g = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1), g.cat()
     const = c0.expand(inp.x.shape[0], -1)
@@ -223,10 +248,10 @@ def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds, inp: Input
             const = const + a.sum(dim=(-1, -2)).matmul(op.shift.expand(a.shape[2]))
             a = a * op.scale.reshape(-1, 1, 1)
         elif isinstance(op, ReLUOp):
-            a, const = _relu_back(a, g, const, *bounds[k])
+            a, const = _relu_back(a, g, const, *bounds[k], cache=cache)
         else:
             fuse = fused_relu(ops, k)
-            a, g, const = _maxpool_back(op, a, g, const, *bounds[k], relu=bounds[k - 1] if fuse else None)
+            a, g, const = _maxpool_back(op, a, g, const, *bounds[k], relu=bounds[k - 1] if fuse else None, cache=cache)
             k -= int(fuse)
         k -= 1
-    return _concretize(inp, a, g, const)
+    return _concretize(inp, a, g, const, cache)
