@@ -64,7 +64,7 @@ def test_config_errors_name_the_problem() -> None:
     with pytest.raises(ConfigError, match="quantization must be the last step"):
         CompressConfig(steps=[{"transform": "int8_dynamic"}, {"transform": "magnitude_prune"}])
     with pytest.raises(ConfigError, match="compress.robust"):
-        CompressConfig(robust="strong")
+        CompressConfig(robust="strongest")
     with pytest.raises(ConfigError, match="compress.n_robust"):
         CompressConfig(n_robust=0)
     with pytest.raises(ConfigError):

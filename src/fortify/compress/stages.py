@@ -20,7 +20,7 @@ Recipe section ``compress`` (:class:`CompressConfig`)::
       args: {}                   # hyper-parameters set in every step that takes them, e.g. {sparsity: 0.8}
       threat: linf:0.3           # measured robustness and the steps' adversarial fine-tuning
       task: null                 # run: fine-tune with the run's training task (task.name/args) instead
-      robust: pgd                # pgd | fast (attack cascade) | none
+      robust: pgd                # pgd | fast (attack cascade) | strong (fast + Square; int8: Square + transfer) | none
       n_robust: 200              # first N test images attacked (before and after)
       n_test: 1000               # test images for clean accuracy (null: the whole split)
       n_train: null              # training / calibration images (null: the whole split)
