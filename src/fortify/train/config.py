@@ -14,6 +14,7 @@ from fortify.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "onecycle")
+DIST_MODES = ("sync", "async")
 #: fraction of the steps spent warming up to the peak for ``onecycle`` when ``warmup`` is None
 #: (Smith & Topin 2019, "Super-convergence"; also PyTorch's ``OneCycleLR`` default ``pct_start``).
 ONECYCLE_DEFAULT_WARMUP = 0.3
@@ -52,6 +53,13 @@ class TrainConfig:
     seed: non-negative integer; fixes data order, the task's generator and torch's global RNG
         inside :meth:`fortify.train.Trainer.fit` (the caller's global RNG is left untouched).
     grad_clip: ``None`` or a positive max global L2 norm of the parameter gradient.
+    nproc: worker processes, ``>= 1`` (see :mod:`fortify.train.distributed`); ``1`` with
+        ``dist_mode="sync"`` trains in the calling process as before.
+    dist_mode: ``"sync"`` (data-parallel: each global batch of ``batch_size`` is split over the
+        ``nproc`` workers and the gradients are averaged) or ``"async"`` (a parameter server
+        applies each worker's gradient as it arrives, Downpour SGD, Dean et al. 2012).
+    max_staleness: async only; a gradient computed on parameters more than this many updates old
+        is dropped (and counted), ``>= 0``.
     """
 
     epochs: int = 10
@@ -64,6 +72,9 @@ class TrainConfig:
     warmup: float | None = None
     seed: int = 0
     grad_clip: float | None = None
+    nproc: int = 1
+    dist_mode: str = "sync"
+    max_staleness: int = 4
 
     def __post_init__(self) -> None:
         """Validate every field (ConfigError naming field and allowed values)."""
@@ -91,6 +102,14 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
             raise ConfigError(f"TrainConfig.grad_clip must be None or a finite number > 0, got {self.grad_clip!r}")
+        if not _is_int(self.nproc) or self.nproc < 1:
+            raise ConfigError(f"TrainConfig.nproc (world size) must be an integer >= 1, got {self.nproc!r}")
+        if self.dist_mode not in DIST_MODES:
+            raise ConfigError(
+                f"TrainConfig.dist_mode must be one of {', '.join(DIST_MODES)}; got {self.dist_mode!r}"
+            )
+        if not _is_int(self.max_staleness) or self.max_staleness < 0:
+            raise ConfigError(f"TrainConfig.max_staleness must be an integer >= 0, got {self.max_staleness!r}")
         # normalise ints given for float fields so checkpoints and comparisons are stable
         for name in ("lr", "momentum", "weight_decay", "warmup", "grad_clip"):
             v = getattr(self, name)
@@ -146,4 +165,4 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "ONECYCLE_DEFAULT_WARMUP"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "DIST_MODES", "ONECYCLE_DEFAULT_WARMUP"]

@@ -18,6 +18,8 @@ task with an integer attribute ``replays = m > 1`` gets every minibatch ``m`` ti
 as many steps as a plain epoch but covers ``1/m`` of a data pass, so ``m`` consecutive epochs
 are one pass over the data (drawn from the generator seeded by ``(seed, pass)``) and the total
 gradient cost equals that of ``epochs`` plain epochs, as in the paper's comparison.
+Processes: ``config.nproc > 1`` or ``dist_mode="async"`` runs in worker processes, see
+:mod:`fortify.train.distributed` (a sync worker runs this loop with ``trainer.parallel`` set).
 """
 from __future__ import annotations
 
@@ -122,6 +124,7 @@ class Trainer:
         self.grad_evals = 0
         self.stopped = False
         self._snapshot: dict[str, Any] | None = None
+        self.parallel: Any = None  # set only in sync data-parallel workers (fortify.train.distributed)
 
     # ------------------------------------------------------------------ setup
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -182,7 +185,7 @@ class Trainer:
 
     def _save(self, n_train: int) -> None:
         """Checkpoint after ``self.epoch`` epochs (disk if a folder was given, else memory for rollback)."""
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and self._writes_checkpoints:
             ckpt.save(self.checkpoint_dir, self.epoch, self.model, self._run_state(n_train))
         elif any(hasattr(cb, "on_epoch_end") for cb in self.callbacks):
             self._snapshot = copy.deepcopy({
@@ -190,6 +193,11 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "task_state": self.task.state_dict(),
             })
+
+    @property
+    def _writes_checkpoints(self) -> bool:
+        """False only in data-parallel workers of rank > 0 (they read checkpoints, never write)."""
+        return self.parallel is None or self.parallel.rank == 0
 
     def _resume(self, n_train: int) -> bool:
         """Load the newest complete checkpoint; False when there is none."""
@@ -203,6 +211,7 @@ class Trainer:
         saved = state.get("config")
         if not isinstance(saved, dict):
             raise ConfigError(f"checkpoint in {self.checkpoint_dir} has no training config")
+        saved = {**TrainConfig().to_dict(), **saved}  # keys added later (nproc...) take their defaults
         diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
         if diff:
             detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
@@ -257,6 +266,10 @@ class Trainer:
         """
         x, y = _check_pair(train, "train")
         vx_vy = _check_pair(val, "val") if val is not None else None
+        if self.parallel is None and (self.config.nproc > 1 or self.config.dist_mode == "async"):
+            from fortify.train.distributed.launch import fit_trainer
+
+            return fit_trainer(self, (x, y), vx_vy, resume=resume)
         if resume and self.checkpoint_dir is None:
             raise ConfigError("fit(resume=True) needs Trainer(checkpoint_dir=...)")
         n, nb = x.shape[0], self._batches_per_pass(x.shape[0])
@@ -276,7 +289,7 @@ class Trainer:
                 torch.default_generator.manual_seed(derive_seed(c.seed, 2))
                 if self.device.type == "cuda":
                     torch.cuda.manual_seed(derive_seed(c.seed, 3))
-                if self.checkpoint_dir is not None:
+                if self.checkpoint_dir is not None and self._writes_checkpoints:
                     ckpt.clear(self.checkpoint_dir)
                 self._save(n)  # epoch 0: the rollback target of the first epoch
             name = getattr(self.task, "name", "") or type(self.task).__name__
@@ -324,8 +337,9 @@ class Trainer:
             self._rollback()
         record["rolled_back"] = rollback
 
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor, epoch: int, total: int) -> tuple[dict, float, int, int]:
-        """One optimiser step on ``xb (B, ...)``, ``yb (B,)``; returns (out, loss, correct, rows)."""
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, epoch: int, total: int) -> tuple[dict, float, int, int, int]:
+        """One optimiser step on ``xb (B, ...)``, ``yb (B,)``; returns (out, loss, correct, rows, B).
+        (Data-parallel: ``xb`` is this rank's shard; the returned figures are the global batch's.)"""
         assert self.scheduler is not None
         self.scheduler.apply()
         self.task.set_progress(self.global_step / total, epoch)
@@ -344,11 +358,6 @@ class Trainer:
                 "lower lr or set grad_clip"
             )
         loss.backward()
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.advance()
-        self.global_step += 1
         logits = out["logits"]
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
             raise InputError(f"task logits must be a (rows, C>=2) tensor, got {getattr(logits, 'shape', logits)}")
@@ -360,8 +369,16 @@ class Trainer:
         else:
             rows = 0
         task_ge = out.get("grad_evals", 0)
-        self.grad_evals += b + int(task_ge.item() if isinstance(task_ge, torch.Tensor) else task_ge)
-        return dict(out), lv, correct, rows
+        evals = b + int(task_ge.item() if isinstance(task_ge, torch.Tensor) else task_ge)
+        if self.parallel is not None:
+            lv, b, correct, rows, evals = self.parallel.all_reduce(self, lv, b, correct, rows, evals)
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.advance()
+        self.global_step += 1
+        self.grad_evals += evals
+        return dict(out), lv, correct, rows, b
 
     def _run_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor, val: Any, nb: int, total: int,
                    bar: EpochProgress | None) -> dict[str, Any]:
@@ -378,6 +395,8 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         pass_idx, first, end = self._chunk(epoch, nb)
+        if self.parallel is not None:
+            self.parallel.start_epoch(self, epoch)
         gen = torch.Generator().manual_seed(derive_seed(self.config.seed, pass_idx))
         perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
         if bar is not None:
@@ -388,11 +407,12 @@ class Trainer:
         bs = self.config.batch_size
         for bi in range(first, end):
             idx = perm[bi * bs:(bi + 1) * bs]
+            if self.parallel is not None:
+                idx = self.parallel.shard(idx)
             xb, yb = x[idx].to(self.device), y[idx].to(self.device)
             for _ in range(self.replays):
                 lr = self.scheduler.current_lr() if self.scheduler else lr
-                out, lv, c, r = self._step(xb, yb, epoch, total)
-                b = yb.shape[0]
+                out, lv, c, r, b = self._step(xb, yb, epoch, total)
                 loss_sum += lv * b
                 samples += b
                 correct += c
