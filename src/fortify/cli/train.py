@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import ClassVar
 
-from fortify.cli.base import add_resume_option, add_run_options, build_raw, register_verb, run_with_config
+from fortify.cli.base import UsageError, add_resume_option, add_run_options, build_raw, register_verb, run_with_config
 
 TRAIN_STAGES = ("train", "evaluate", "save", "report")
 
@@ -25,10 +25,18 @@ class TrainVerb:
                             help="architecture (same as model.name=NAME)")
         parser.add_argument("--dataset", metavar="NAME", default=None, help="dataset (same as data.name=NAME)")
         parser.add_argument("--epochs", type=int, default=None, help="epochs (same as train.epochs=N)")
+        parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                            help="worker processes on torch.distributed (gloo, CPU, 127.0.0.1), same as "
+                                 "train.nproc=N; the global batch stays train.batch_size")
+        parser.add_argument("--mode", choices=("sync", "async"), default=None,
+                            help="sync: data-parallel, all-reduced gradients (default); async: parameter "
+                                 "server applying each worker's gradient as it arrives (train.dist_mode)")
+        parser.add_argument("--max-staleness", type=int, default=None, metavar="K",
+                            help="async only: drop gradients more than K updates old (train.max_staleness)")
 
     def run(self, args: argparse.Namespace) -> int:
         """Train, evaluate, save and report (or resume a recorded train run)."""
-        extra = []
+        extra = self._distributed_overrides(args)
         if args.model_name is not None:
             extra.append(f"model.name={args.model_name}")
         if args.dataset is not None:
@@ -37,3 +45,25 @@ class TrainVerb:
             extra.append(f"train.epochs={args.epochs}")
         return run_with_config(args, self.name, args.argv, build_raw(args, extra) if args.resume is None else {},
                                stages=TRAIN_STAGES)
+
+    @staticmethod
+    def _distributed_overrides(args: argparse.Namespace) -> list[str]:
+        """``train.nproc`` / ``train.dist_mode`` / ``train.max_staleness`` from the flags, checked."""
+        given = [f for f, v in (("--nproc", args.nproc), ("--mode", args.mode),
+                                ("--max-staleness", args.max_staleness)) if v is not None]
+        if given and args.resume is not None:
+            raise UsageError(f"--resume continues a run with its recorded config: drop {', '.join(given)}")
+        if args.nproc is not None and args.nproc < 1:
+            raise UsageError(f"--nproc must be an integer >= 1, got {args.nproc}")
+        if args.max_staleness is not None and args.max_staleness < 0:
+            raise UsageError(f"--max-staleness must be an integer >= 0, got {args.max_staleness}")
+        if args.max_staleness is not None and args.mode != "async":
+            raise UsageError("--max-staleness applies to --mode async only")
+        out = []
+        if args.nproc is not None:
+            out.append(f"train.nproc={args.nproc}")
+        if args.mode is not None:
+            out.append(f"train.dist_mode={args.mode}")
+        if args.max_staleness is not None:
+            out.append(f"train.max_staleness={args.max_staleness}")
+        return out
