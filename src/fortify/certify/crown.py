@@ -318,12 +318,15 @@ def layer_bounds(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Bounds of the input of every operator (plus the output, last entry). ``intermediate="crown"``
     refines the pre-activation bounds of each nonlinearity fed by a linear operator with CROWN;
-    ``"ibp"`` keeps IBP (the CROWN-IBP setting of Zhang et al. 2020)."""
+    ``"ibp"`` keeps IBP (the CROWN-IBP setting of Zhang et al. 2020). The first nonlinearity is
+    never refined: its input is one affine map of the input, bounded exactly by IBP over a linf box
+    (CROWN's concretisation is the same formula) and by the dual-norm interval under l2 / l1."""
     k = linear_prefix(ops) if inp.norm != "linf" else -1
+    first = linear_prefix(ops)
     bounds = []
     lo, hi = inp.lo, inp.hi
     for t, op in enumerate(ops):
-        if intermediate == "crown" and not op.linear and t > 0 and ops[t - 1].linear and t != k:
+        if intermediate == "crown" and not op.linear and t > 0 and ops[t - 1].linear and t != first:
             with torch.no_grad():
                 lo, hi = _refine(ops, t, lo, hi, bounds, inp, memory_budget)
         bounds.append((lo, hi))

@@ -230,7 +230,8 @@ def conv_transpose(a: torch.Tensor, w: torch.Tensor, stride, padding, dilation, 
     """Transposed convolution of ``a (N, Cout, h, w)`` with ``w (Cout, Cin/groups, kh, kw)`` to spatial
     size ``out_hw``. For few input channels (``Cin * kh * kw <= 64``, e.g. the first layer on
     grey images) a matmul + ``fold`` is used: CPU kernels for 1-channel transposed convolutions
-    are several times slower than this column form."""
+    are several times slower than this column form. Otherwise the transposed convolution runs on
+    channels-last input (faster CPU kernel; the result is channels-last too, a memory layout only)."""
     cout, cin, kh, kw = w.shape
     if groups == 1 and cin * kh * kw <= 64:
         n = a.shape[0]
@@ -239,6 +240,8 @@ def conv_transpose(a: torch.Tensor, w: torch.Tensor, stride, padding, dilation, 
     hout, wout = a.shape[-2:]
     oh = out_hw[0] - ((hout - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1)
     ow = out_hw[1] - ((wout - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + 1)
+    if a.dim() == 4 and a.shape[0] > 1:  # the channels-last CPU kernel is 1.3-2x faster, conversion included
+        a = a.contiguous(memory_format=torch.channels_last)
     return F.conv_transpose2d(a, w, None, stride, padding, (oh, ow), groups, dilation)
 
 
