@@ -31,8 +31,8 @@ from fortify.train.distributed.common import (HOST, Job, WorkerError, as_parent_
 #: default seconds a collective / point-to-point operation may wait inside a worker
 DEFAULT_TIMEOUT_S = 600.0
 START_METHODS = ("forkserver", "spawn")
-_PRELOAD = ["fortify.train.distributed.launch", "fortify.train.distributed.sync",
-            "fortify.train.distributed.async_sgd"]
+#: modules the forkserver imports once before forking workers (see ``_preload``'s docstring)
+PRELOAD = ["fortify.train.distributed._preload"]
 
 
 def default_start_method() -> str:
@@ -113,7 +113,7 @@ def launch(job_fields: dict[str, Any], n_procs: int, *, start_method: str | None
         raise ConfigError(f"start_method must be one of {', '.join(START_METHODS)}; got {method!r}")
     ctx = tmp.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload(_PRELOAD)
+        ctx.set_forkserver_preload(PRELOAD)
     timeout_s = float(job_fields.get("timeout_s", DEFAULT_TIMEOUT_S))
     store = dist.TCPStore(HOST, 0, None, True, timedelta(seconds=timeout_s), wait_for_workers=False)
     workdir = tempfile.mkdtemp(prefix="fortify-dist-")
@@ -139,6 +139,27 @@ def launch(job_fields: dict[str, Any], n_procs: int, *, start_method: str | None
         del store
 
 
+_SECONDARY = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
+
+
+def _first_failure(workdir: str, dead: list[Any]) -> Exception:
+    """The root cause among failed workers: an error a worker raised itself, else a worker that
+    died without a word (killed, ``os._exit``), else a peer's lost-connection / timeout error."""
+    errors = read_errors(workdir)
+    own = [e for e in errors if not any(k in str(e.get("message", "")).lower() for k in _SECONDARY)]
+    if own:
+        return as_parent_error(own[0])
+    reported = {int(e.get("rank", -1)) for e in errors}
+    silent = [p for p in dead if int(p.name.rsplit("rank", 1)[-1]) not in reported]
+    if silent:
+        p = silent[0]
+        return WorkerError(f"worker rank {p.name.rsplit('rank', 1)[-1]} died with exit code {p.exitcode} "
+                           "(killed or crashed without a Python error)")
+    if errors:
+        return as_parent_error(errors[0])
+    return WorkerError(f"worker {dead[0].name} died with exit code {dead[0].exitcode}")
+
+
 def _watch(procs: list[Any], workdir: str, deadline_s: float | None) -> None:
     """Wait until every process exited 0; raise the first failure's error or on the deadline."""
     end = None if deadline_s is None else time.monotonic() + deadline_s
@@ -149,11 +170,8 @@ def _watch(procs: list[Any], workdir: str, deadline_s: float | None) -> None:
             p = alive.pop(s)
             p.join()
             if p.exitcode != 0:
-                time.sleep(0.2)  # a racing sibling may still be writing its (later) error file
-                errors = read_errors(workdir)
-                if errors:
-                    raise as_parent_error(errors[0])
-                raise WorkerError(f"worker {p.name} died with exit code {p.exitcode} (killed or crashed)")
+                time.sleep(0.3)  # let peers that lost their connection report, then pick the root cause
+                raise _first_failure(workdir, [q for q in procs if q.exitcode not in (None, 0)])
         if end is not None and time.monotonic() >= end and alive:
             raise WorkerError(f"distributed training exceeded its deadline of {deadline_s:g} s; workers stopped")
 
