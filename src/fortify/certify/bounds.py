@@ -48,9 +48,9 @@ class InputSet:
         ``const (B, S)``; returns ``(B, S)``."""
         b = self.x.shape[0]
         af = a.reshape(a.shape[0], a.shape[1], -1)
-        mid = ((self.hi + self.lo) / 2).reshape(b, 1, -1)
-        rad = ((self.hi - self.lo) / 2).reshape(b, 1, -1)
-        box = (af * mid).sum(-1) - (af.abs() * rad).sum(-1)
+        mid = ((self.hi + self.lo) / 2).reshape(b, -1, 1)
+        rad = ((self.hi - self.lo) / 2).reshape(b, -1, 1)
+        box = (af.matmul(mid) - af.abs().matmul(rad)).squeeze(-1)  # (B, S): batched dot products
         if self.norm == "linf":
             return box + const
         x0 = self.x.reshape(b, 1, -1)

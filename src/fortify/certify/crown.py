@@ -71,7 +71,7 @@ def _relu_parts(lo: torch.Tensor, hi: torch.Tensor):
     cols = ((lo < 0) & (hi > 0)).reshape(b, -1).any(dim=0).nonzero().squeeze(1)
     parts = (sl, su, bu, cols)
     if 4 * cols.numel() > sl.shape[-1]:
-        return parts + (sl - su,)
+        return parts + (su - sl,)
     return parts + (sl[..., cols], su[..., cols], bu[..., cols])
 
 
@@ -86,8 +86,8 @@ def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch
     flat = a.reshape(a.shape[0], a.shape[1], -1)
     if len(parts) == 5:  # many unstable columns: whole-tensor form, no gather/scatter
         neg = flat.clamp(max=0)
-        const = const + (neg * bu).sum(-1)
-        new = flat * sl - neg * parts[4]  # a > 0: lower slope; a < 0: upper slope
+        const = const + neg.matmul(bu.transpose(1, 2)).squeeze(-1)
+        new = torch.addcmul(flat * sl, neg, parts[4])  # a > 0: lower slope; a < 0: upper slope
         return new.reshape(new.shape[:2] + a.shape[2:]), const
     new = flat * su
     if cols.numel():
