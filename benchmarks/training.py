@@ -152,10 +152,18 @@ class TimeToTarget:
         return {}
 
 
-def build_model(dataset: str, device: str) -> torch.nn.Module:
+def recipe_config(args: argparse.Namespace) -> Any:
+    """The fortify recipe (``--recipe``, default ``robust-<dataset>``) with the ``--set`` overrides."""
+    name = args.recipe or ("robust-mnist-5k" if args.dataset == "mnist-5k" else "robust-mnist")
+    return load_config(name, args.set)
+
+
+def build_model(dataset: str, device: str, cfg: Any) -> torch.nn.Module:
+    """The recipe's architecture (``model.name`` / ``model.args``), the same for every method."""
     spec = fdata.info(dataset)
     torch.manual_seed(0)
-    net = fmodels.create("small-cnn", in_shape=tuple(spec.input_shape), num_classes=spec.num_classes)
+    net = fmodels.create(cfg.model.name, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
+                         **dict(cfg.model.args))
     return fmodels.Normalized(net, spec.mean, spec.std).to(device)
 
 
@@ -178,8 +186,7 @@ def method_setup(name: str, dataset: str, args: argparse.Namespace) -> tuple[Any
         task = tasks.create("multi_perturbation", threats=MULTI, mode=args.multi_mode, steps=10,
                             schedule=[{"name": "eps-ramp", "warmup": 0.3}], monitor=False)
         return task, TrainConfig(epochs=args.epochs_multi, **base), None
-    recipe = "robust-mnist-5k" if dataset == "mnist-5k" else "robust-mnist"
-    cfg = load_config(recipe)
+    cfg = recipe_config(args)
     task_args = {k: v for k, v in cfg.task.args.items() if k not in ("monitor", "co_guard")}
     task = tasks.create(cfg.task.name, **task_args, monitor=False)
     tc = cfg.train.to_dict()
@@ -192,7 +199,9 @@ def run_method(name: str, train: tuple, test: tuple, monitor_batch: tuple, args:
     from fortify.evaluate import robust_accuracy
 
     task, cfg, ref_epochs = method_setup(name, args.dataset, args)
-    model = build_model(args.dataset, args.device)
+    model = build_model(args.dataset, args.device, recipe_config(args))
+    if args.load is not None:
+        return evaluate_loaded(name, model, test, args)
     mon = RobustnessMonitor(*monitor_batch, threat=f"linf:{EPS}", n=args.monitor_n, steps=10)
     ttt = TimeToTarget(args.target, args.time_cap)
     callbacks: list[object] = [mon, ttt]
@@ -233,8 +242,29 @@ def run_method(name: str, train: tuple, test: tuple, monitor_batch: tuple, args:
                           budget=args.budget, seed=0)
     row.update({"clean_acc": rep.clean_accuracy, "robust_acc": rep.robust_accuracy, "by_threat": rep.by_threat(),
                 "eval_s": time.perf_counter() - t1, "preset": args.preset, "budget": args.budget,
-                "test_points": int(xt.shape[0])})
+                "test_points": int(xt.shape[0]), "test_offset": args.test_offset})
     return row
+
+
+def evaluate_loaded(name: str, model: torch.nn.Module, test: tuple, args: argparse.Namespace) -> dict:
+    """``--load``: evaluate ``<load>/<name>.safetensors`` (saved by ``--save``) without training; the
+    training figures come from that run's ``--out`` JSON."""
+    from safetensors.torch import load_file
+
+    from fortify.evaluate import robust_accuracy
+
+    model.load_state_dict(load_file(str(args.load / f"{name}.safetensors"), device=str(args.device)))
+    model.eval()
+    xt, yt = test
+    threats: Any = MULTI if name == "multi" else f"linf:{EPS}"
+    t1 = time.perf_counter()
+    rep = robust_accuracy(model, xt.to(args.device), yt.to(args.device), threats, preset=args.preset,
+                          budget=args.budget, seed=0)
+    return {"method": name, "loaded": str(args.load), "epochs_run": 0, "epochs_planned": 0, "capped": False,
+            "train_wall_s": 0.0, "grad_evals": 0, "time_to_target": None, "co_events": 0,
+            "clean_acc": rep.clean_accuracy, "robust_acc": rep.robust_accuracy, "by_threat": rep.by_threat(),
+            "eval_s": time.perf_counter() - t1, "preset": args.preset, "budget": args.budget,
+            "test_points": int(xt.shape[0]), "test_offset": args.test_offset}
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
@@ -269,6 +299,14 @@ def main() -> None:
     p.add_argument("--dataset", default="mnist", choices=["mnist", "mnist-5k"])
     p.add_argument("--train-limit", type=int, default=None, help="first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="first N test images for the final evaluation")
+    p.add_argument("--test-offset", type=int, default=0,
+                   help="skip the first N test images (evaluate images offset..offset+limit; to split a long evaluation)")
+    p.add_argument("--recipe", default=None, help="fortify recipe name or YAML path (default robust-<dataset>); "
+                   "its model is used for every method")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override, e.g. model.args.hidden=256 (repeatable)")
+    p.add_argument("--load", type=Path, default=None,
+                   help="evaluate <load>/<method>.safetensors (from --save) instead of training")
     p.add_argument("--methods", default="pgd40,fast,fortify,multi")
     p.add_argument("--epochs-pgd40", type=int, default=20)
     p.add_argument("--epochs-fast", type=int, default=10)
@@ -293,8 +331,8 @@ def main() -> None:
         x, y = x[:args.train_limit], y[:args.train_limit]
     # monitor on the *last* test images, final evaluation on the first ones: disjoint when limited
     monitor_batch = (xt[-args.monitor_n:], yt[-args.monitor_n:])
-    if args.test_limit:
-        xt, yt = xt[:args.test_limit], yt[:args.test_limit]
+    end = args.test_offset + args.test_limit if args.test_limit else None
+    xt, yt = xt[args.test_offset:end], yt[args.test_offset:end]
     args.n_train = int(x.shape[0])
     rows = []
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
