@@ -1,6 +1,7 @@
 """``robust_masks`` / ``measure(robust="strong")``: the equal-footing float-vs-int8 robustness protocol."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -50,3 +51,18 @@ def test_onnx_transfer_from_its_own_twin_equals_white_box_pgd(cnn: nn.Module, te
                    square_queries=20, seed=3, latency=False, float_twins={"onnx": cnn})
     assert rows[0].robust_acc == float(masks["all"].float().mean())
     assert rows[0].extra["robust_transfer_pgd"] == float(masks["transfer_pgd"].float().mean())
+
+
+def test_cpu_clock_latencies_are_positive_and_ordered(cnn: nn.Module, test_data) -> None:
+    from fortify.compress.measure import latencies
+    from fortify.errors import ConfigError
+
+    big = nn.Sequential(nn.Flatten(), nn.Linear(784, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(),
+                        nn.Linear(2048, 10))
+    x = test_data[0][:2]
+    lat = latencies({"small": cnn, "big": big}, x, batch_sizes=(1, 64), repeats=5, warmup=1, threads=1, clock="cpu")
+    assert all(v > 0 for d in lat.values() for v in d.values())
+    # ~4.2 M vs ~0.1 M multiply-accumulates per image: CPU time must rank them even on a loaded machine
+    assert lat["big"][64] > 2 * lat["small"][64]
+    with pytest.raises(ConfigError, match="clock"):
+        latencies({"small": cnn}, x, clock="gpu")

@@ -104,12 +104,23 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(1, x.shape[0])
 
 
+CLOCKS = ("wall", "cpu")
+
+
 def latencies(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, batch_sizes: tuple[int, ...] = (1, 256),
-              repeats: int = 15, warmup: int = 3, threads: int = 2) -> dict[str, dict[int, float]]:
+              repeats: int = 15, warmup: int = 3, threads: int = 2, clock: str = "wall") -> dict[str, dict[int, float]]:
     """Median forward latency in ms ``{name: {batch: ms}}``, models interleaved round-robin.
 
     Inputs are ``example_inputs`` repeated to each batch size. Batch 1 timings average 20 calls per sample.
+    ``clock="wall"``: elapsed time (``time.perf_counter``), the latency a caller sees. ``clock="cpu"``:
+    CPU time of the whole process summed over its threads (``time.process_time``), i.e. the compute a
+    forward pass costs; on a CPU shared with other jobs it does not count the time the threads wait to be
+    scheduled, so its ratios are far more stable than wall-clock ratios (ONNX Runtime sessions do not
+    busy-wait, see :mod:`fortify.compress.quantize.runtime`; set ``OMP_WAIT_POLICY=PASSIVE`` for PyTorch).
     """
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.process_time
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -128,10 +139,10 @@ def latencies(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, 
                     inner = 20 if b == 1 else 1
                     for name in order:
                         m = models[name]
-                        t0 = time.perf_counter()
+                        t0 = now()
                         for _ in range(inner):
                             m(inputs[b])
-                        times[name][b].append((time.perf_counter() - t0) * 1000.0 / inner)
+                        times[name][b].append((now() - t0) * 1000.0 / inner)
     finally:
         torch.set_num_threads(old)
     return {n: {b: statistics.median(v) for b, v in d.items()} for n, d in times.items()}
@@ -279,6 +290,6 @@ def format_table(rows: list[Measurement], baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Measurement", "ROBUST_MODES", "accuracy", "artefact_bytes", "count_macs", "format_table", "latencies",
+__all__ = ["CLOCKS", "Measurement", "ROBUST_MODES", "accuracy", "artefact_bytes", "count_macs", "format_table", "latencies",
            "measure", "robust_accuracy_of",
            "robust_masks"]
