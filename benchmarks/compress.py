@@ -239,6 +239,7 @@ def part_b(args: argparse.Namespace, train: tuple, test: tuple, out: Path) -> di
     # Han et al.'s LeNet-300-100 pruning rates (8% / 9% / 26% of the weights kept); 4-bit codebook for
     # the 784x300 layer, 5-bit for the others
     dc = create("deep_compression", sparsity={1: 0.92, 3: 0.91, 5: 0.74}, bits={1: 4, 3: 5, 5: 5},
+                prune_rounds=args.prune_rounds,
                 prune_epochs=args.dc_epochs, share_epochs=max(1, args.dc_epochs // 3),
                 config={"lr": 0.02, "schedule": "cosine", "seed": args.seed})(net, train[0][:8], data=train)
     path = save_compressed(dc.model, out / "lenet300_dc.safetensors", encoding="codebook")
@@ -281,6 +282,7 @@ def main() -> None:
     p.add_argument("--dc-epochs", type=int, default=16)
     p.add_argument("--test-limit-b", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0, help="(b): seed of the LeNet-300-100 training and compression")
+    p.add_argument("--prune-rounds", type=int, default=1, help="(b): iterative pruning rounds (cubic schedule)")
     p.add_argument("--n-robust", type=int, default=200)
     p.add_argument("--square-queries", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=15)

@@ -4,7 +4,11 @@ pruning, trained quantization and Huffman coding", ICLR).
 Three stages, each measured on the real file:
 
 1. **Prune** the smallest weights of every layer (per-layer ``sparsity``) and retrain with the
-   mask fixed (:func:`fortify.compress.finetune.finetune`).
+   mask fixed (:func:`fortify.compress.finetune.finetune`). With ``prune_rounds = R > 1`` the
+   pruning is iterative, as in the paper (Han et al. 2015 prune and retrain repeatedly): round
+   ``r = 1..R`` raises every layer's sparsity to ``s (1 - (1 - r/R)^3)`` (the cubic schedule of Zhu &
+   Gupta 2018, "To prune, or not to prune") and retrains ``prune_epochs / R`` epochs (at least 1),
+   so the total retraining budget is unchanged.
 2. **Trained quantization / weight sharing**: the surviving weights of each layer are clustered by
    1-D k-means into ``2^bits`` centroids with linear initialisation over ``[min, max]`` (the
    paper's best init); every weight becomes its centroid. The centroids are then fine-tuned: the
@@ -130,13 +134,15 @@ def codebook_bytes(model: nn.Module) -> int:
 class DeepCompression(Transform):
     """Args: ``sparsity`` (float in [0, 1) or ``{layer index: fraction}``), ``bits`` (int 1..8 or per
     layer), ``prune_epochs`` / ``share_epochs`` of retraining (0 skips), ``task``/``task_args``
-    (``pgd_at`` for a robust variant), ``config`` (TrainConfig fields)."""
+    (``pgd_at`` for a robust variant), ``config`` (TrainConfig fields), ``prune_rounds`` (iterative
+    pruning on a cubic schedule, the retraining epochs split over the rounds)."""
 
     name = "deep_compression"
 
     def __init__(self, sparsity: float | Mapping[int, float] = 0.92, bits: int | Mapping[int, int] = 5,
                  prune_epochs: int = 1, share_epochs: int = 1, task: str = "standard",
-                 task_args: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None) -> None:
+                 task_args: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
+                 prune_rounds: int = 1) -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         if isinstance(sparsity, Mapping):
             self.sparsity: float | dict[int, float] = {int(k): check_fraction(v, f"sparsity[{k}]") for k, v in sparsity.items()}
@@ -148,21 +154,26 @@ class DeepCompression(Transform):
         self.bits = {int(k): int(v) for k, v in bits.items()} if isinstance(bits, Mapping) else int(bits)
         self.prune_epochs = check_int(prune_epochs, "prune_epochs", lo=0)
         self.share_epochs = check_int(share_epochs, "share_epochs", lo=0)
+        self.prune_rounds = check_int(prune_rounds, "prune_rounds")
         self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
         self.needs_data = bool(self.prune_epochs or self.share_epochs)
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         dense = dense_bytes(model)
-        masks = {}
-        for i, m in weight_layers(model):
-            s = self.sparsity.get(i, 0.0) if isinstance(self.sparsity, dict) else self.sparsity
-            masks[i] = _keep_top(m.weight.detach().abs().reshape(-1), s).reshape(m.weight.shape)
-        apply_masks(model, masks)
         cfg = {"lr": 0.01, "weight_decay": 0.0, "batch_size": 128, **self.config}
-        if self.prune_epochs:
-            finetune(model, check_data(data), task=self.task, task_args=self.task_args,
-                     config={**cfg, "epochs": self.prune_epochs})
+        rounds = self.prune_rounds
+        for r in range(1, rounds + 1):
+            frac = 1.0 - (1.0 - r / rounds) ** 3  # cubic schedule; 1.0 in the last round
+            masks = {}
+            for i, m in weight_layers(model):
+                s = self.sparsity.get(i, 0.0) if isinstance(self.sparsity, dict) else self.sparsity
+                masks[i] = _keep_top(m.weight.detach().abs().reshape(-1), s * frac).reshape(m.weight.shape)
+            apply_masks(model, masks)
+            if self.prune_epochs:
+                epochs = max(1, round(self.prune_epochs * r / rounds) - round(self.prune_epochs * (r - 1) / rounds))
+                finetune(model, check_data(data), task=self.task, task_args=self.task_args,
+                         config={**cfg, "epochs": epochs})
         after_prune = count_params(model)[0]
         books = share_weights(model, self.bits)
         if self.share_epochs:
