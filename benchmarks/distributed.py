@@ -17,7 +17,10 @@ PGD at linf ``--eps`` with an eps ramp over the first 30% of training), Adam + o
 Throughput is training examples per second of wall time of the whole ``fit`` call (process start,
 rendezvous and result transfer included; the forkserver is warmed once before timing). Runs are
 interleaved (the order rotates every round) and the median over ``--rounds`` is reported with the
-range. After each run the final model is scored on the first ``--test-limit`` test images: clean
+range, with the CPU seconds all its processes used (``time.process_time`` of the trainer process
+or of every worker / server) per 1,000 training examples: unlike wall time this does not depend on
+how busy the machine is, and ``1 / (CPU ratio)`` x ``processes`` bounds the speed-up on free cores.
+After each run the final model is scored on the first ``--test-limit`` test images: clean
 accuracy and PGD-10 robust accuracy (fortify's registered PGD attack, one seeded random start), so
 a speed-up bought with a worse model is visible. The machine load (``os.getloadavg``) is printed
 before and after: on a shared, loaded machine the 2-process speed-up is bounded by the free cores.
@@ -55,22 +58,22 @@ def build_model(seed: int) -> torch.nn.Module:
     return models.Normalized(net, spec.mean, spec.std)
 
 
-def run_one(name: str, args: argparse.Namespace, train: Any) -> tuple[torch.nn.Module, float, dict[str, Any]]:
-    """Train one configuration; return (model, wall seconds, stats)."""
+def run_one(name: str, args: argparse.Namespace, train: Any) -> tuple[torch.nn.Module, float, float, dict[str, Any]]:
+    """Train one configuration; return (model, wall seconds, CPU seconds of all its processes, stats)."""
     task = create_task("pgd_at", threat=f"linf:{args.eps}", steps=args.steps,
                        schedule=[{"name": "eps-ramp", "warmup": 0.3}], monitor=False)
     cfg = dict(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=2e-3, weight_decay=0.0,
                schedule="onecycle", seed=args.seed)
     net = build_model(args.seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if name == "1 proc":
         Trainer(net, task, cfg, progress=False).fit(train)
-        stats: dict[str, Any] = {}
+        stats: dict[str, Any] = {"cpu_s": [time.process_time() - c0]}
     else:
         mode = "sync" if name.startswith("sync") else "async"
         res = fit(net, train, task=task, world_size=2, mode=mode, max_staleness=args.max_staleness, **cfg)
         net, stats = res.model, res.stats
-    return net, time.perf_counter() - t0, stats
+    return net, time.perf_counter() - t0, sum(stats["cpu_s"]), stats
 
 
 def main() -> None:
@@ -96,32 +99,35 @@ def main() -> None:
     # warm the forkserver (imports torch once) so the first timed distributed run is not penalised
     fit(build_model(0), (train[0][:64], train[1][:64]), world_size=2, epochs=1, batch_size=64)
     walls: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    cpus: dict[str, list[float]] = {c: [] for c in CONFIGS}
     accs: dict[str, list[tuple[float, float]]] = {c: [] for c in CONFIGS}
     extra: dict[str, list[str]] = {c: [] for c in CONFIGS}
     n = args.train_limit * args.epochs
     for r in range(args.rounds):
         order = CONFIGS[r % 3:] + CONFIGS[:r % 3]
         for name in order:
-            net, wall, stats = run_one(name, args, train)
+            net, wall, cpu, stats = run_one(name, args, train)
             clean, robust = robust_accuracy(net.eval(), xt, yt, threat, steps=10, seed=0)
             walls[name].append(wall)
+            cpus[name].append(cpu)
             accs[name].append((clean, robust))
             if stats.get("mode") == "async":
                 extra[name].append(f"{stats['applied']}/{stats['dropped']} stal {stats['staleness']}")
-            print(f"round {r + 1} {name:9s} {wall:7.1f} s {n / wall:7.1f} ex/s clean {clean:.3f} "
+            print(f"round {r + 1} {name:9s} {wall:7.1f} s {n / wall:7.1f} ex/s cpu {cpu:6.1f} s clean {clean:.3f} "
                   f"pgd10 {robust:.3f} {extra[name][-1] if extra[name] else ''}", flush=True)
     load1 = os.getloadavg()
     base = statistics.median(n / w for w in walls["1 proc"])
     print(f"\nPGD-{args.steps} AT, small-cnn, mnist-5k {args.train_limit} train x {args.epochs} epochs, batch "
           f"{args.batch_size}; {args.rounds} interleaved rounds; eval on {args.test_limit} test images")
-    print("| config   | ex/s median (min-max)  | vs 1 proc | clean acc (min-max)  | PGD-10 acc (min-max) |")
-    print("|----------|------------------------|-----------|----------------------|----------------------|")
+    print("| config   | ex/s median (min-max) | vs 1 proc | CPU s / 1k ex | clean (min-max) | PGD-10 (min-max) |")
+    print("|----------|-----------------------|-----------|---------------|-----------------|------------------|")
     for name in CONFIGS:
         rates = [n / w for w in walls[name]]
         med = statistics.median(rates)
         cl = [a[0] for a in accs[name]]
         ro = [a[1] for a in accs[name]]
-        print(f"| {name:8s} | {med:6.1f} ({min(rates):.1f}-{max(rates):.1f}) | {med / base:8.2f}x | "
+        cpu_k = statistics.median(cpus[name]) * 1000 / n
+        print(f"| {name:8s} | {med:6.1f} ({min(rates):.1f}-{max(rates):.1f}) | {med / base:8.2f}x | {cpu_k:13.2f} | "
               f"{statistics.median(cl):.3f} ({min(cl):.3f}-{max(cl):.3f}) | "
               f"{statistics.median(ro):.3f} ({min(ro):.3f}-{max(ro):.3f}) |")
     for name in CONFIGS:

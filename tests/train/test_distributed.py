@@ -4,7 +4,6 @@ model is untouched, bad arguments give typed errors / CLI exit 2, and a failing 
 a typed error instead of a hang. Two worker processes on gloo over 127.0.0.1."""
 from __future__ import annotations
 
-import copy
 import os
 import time
 from pathlib import Path
@@ -77,6 +76,7 @@ def test_sync_one_step_equals_single_process_and_input_is_untouched(tmp_path: Pa
     assert res.model is not net and max_diff(res.model, net) > 1e-3  # ... and the copy did move
     assert max_diff(res.model, ref) < 1e-5
     assert res.stats["rank_param_max_diff"] == 0.0 and res.stats["steps"] == 1
+    assert len(res.stats["cpu_s"]) == 2 and all(c > 0 for c in res.stats["cpu_s"])
     h, r = res.history[0], ref_hist[0]
     assert h["samples"] == 32 and h["grad_evals"] == r["grad_evals"] == 32
     assert h["train_loss"] == pytest.approx(r["train_loss"], abs=1e-6)
@@ -114,6 +114,7 @@ def test_async_lowers_the_loss_and_respects_max_staleness() -> None:
     assert loss1 < 0.3 * loss0, (loss0, loss1)
     s = res.stats
     assert s["mode"] == "async" and s["workers"] == 2 and s["world_size"] == 3
+    assert len(s["cpu_s"]) == 3 and all(c > 0 for c in s["cpu_s"])
     assert s["pushes"] == 4 * 12 == s["applied"] + s["dropped"]
     # both workers start from version 0, so the second push of the run is stale: >= 1 drop
     assert s["dropped"] >= 1
@@ -121,6 +122,17 @@ def test_async_lowers_the_loss_and_respects_max_staleness() -> None:
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
     assert sum(h["applied"] for h in res.history) == s["applied"]
     assert sum(h["samples"] for h in res.history) == 4 * 96
+
+
+def test_recipe_entry_point_sync_equals_one_process_on_mnist() -> None:
+    """``fit(recipe)``: the recipe's seeded model (LeNet-300-100 on 64 mnist-5k images, two global
+    batches of 32) trained by 2 sync workers equals the in-process run of the same recipe."""
+    ov = ["data.train_limit=64", "data.test_limit=32", "model.name=mlp", "train.epochs=1", "train.batch_size=32"]
+    two = fit("standard-mnist-5k", overrides=ov, world_size=2, mode="sync")
+    one = fit("standard-mnist-5k", overrides=ov, world_size=1)
+    assert two.stats["steps"] == one.stats["steps"] == 2
+    assert max_diff(two.model, one.model) < 1e-5
+    assert two.history[0]["val_acc"] == one.history[0]["val_acc"]
 
 
 @pytest.mark.parametrize("how, expect", [("raise", "boom on rank 1"), ("exit", "exit code 3")])

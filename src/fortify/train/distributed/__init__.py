@@ -40,8 +40,8 @@ from fortify.train.tasks import Task, create as create_task
 @dataclass
 class FitResult:
     """What :func:`fit` returns: the trained ``model`` (a new object), the per-epoch ``history``
-    records and the run's ``stats`` (mode, workers, steps; async: pushes, applied, dropped and the
-    count of applied gradients per staleness)."""
+    records and the run's ``stats`` (mode, workers, steps, ``cpu_s`` per process in rank order;
+    async: pushes, applied, dropped and the count of applied gradients per staleness)."""
 
     model: nn.Module
     history: list[dict[str, Any]]

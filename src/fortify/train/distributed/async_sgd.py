@@ -44,8 +44,8 @@ from fortify.train.progress import EpochProgress
 from fortify.train.schedules import StepLR
 from fortify.train.trainer import Trainer, derive_seed
 
-#: push header: epoch, version used, loss * rows, rows, correct, scored rows, grad evals
-HEAD = 7
+#: push header: epoch, version used, loss * rows, rows, correct, scored rows, grad evals, worker CPU s
+HEAD = 8
 #: reply header: version, stop flag
 REPLY = 2
 
@@ -62,6 +62,7 @@ def _sizes(model: nn.Module) -> tuple[int, int]:
 
 def run_server(job: Job) -> dict[str, Any]:
     """Rank 0: apply pushes as they arrive (see the module doc); return the result for the parent."""
+    t0 = time.process_time()
     c, model = job.config, job.model
     n_workers = job.world_size - 1
     trainer = Trainer(model, job.task, c, checkpoint_dir=job.checkpoint_dir, progress=False, callbacks=job.callbacks)
@@ -82,6 +83,7 @@ def run_server(job: Job) -> dict[str, Any]:
     pending: dict[int, Any] = {}
     version, processed, applied, dropped = 0, 0, 0, 0
     staleness: dict[int, int] = {}
+    cpu = {w: 0.0 for w in expected}
     done = {w: 0 for w in expected}
     sums: dict[int, list[float]] = {}
     next_epoch, t_epoch = 0, time.perf_counter()
@@ -110,6 +112,7 @@ def run_server(job: Job) -> dict[str, Any]:
             head = push[:HEAD].tolist()
             epoch, used = int(head[0]), int(head[1])
             tau = version - used
+            cpu[src] = head[7]
             done[src] += 1
             processed += 1
             trainer.task.set_progress(min(processed / total, 1.0), epoch)
@@ -171,7 +174,8 @@ def run_server(job: Job) -> dict[str, Any]:
         "callbacks": [plain_state(cb) for cb in trainer.callbacks],
         "stats": {"mode": "async", "world_size": job.world_size, "workers": n_workers, "pushes": processed,
                   "applied": applied, "dropped": dropped, "max_staleness": c.max_staleness,
-                  "staleness": {str(k): v for k, v in sorted(staleness.items())}},
+                  "staleness": {str(k): v for k, v in sorted(staleness.items())},
+                  "cpu_s": [time.process_time() - t0] + [cpu[w] for w in sorted(cpu)]},
     }
 
 
@@ -194,6 +198,7 @@ def _epoch_record(trainer: Trainer, epoch: int, acc: list[float], job: Job, t0: 
 
 def run_worker(rank: int, job: Job) -> None:
     """Rank ``rank >= 1``: pull, compute one gradient, push, repeat (see the module doc)."""
+    t0 = time.process_time()
     c, model, task = job.config, job.model, job.task
     n_workers = job.world_size - 1
     x, y = job.train
@@ -237,7 +242,8 @@ def run_worker(rank: int, job: Job) -> None:
                 correct = int((logits.detach().argmax(1) == yb.repeat(rows // b)).sum())
             ge = out.get("grad_evals", 0)
             evals = b + int(ge.item() if isinstance(ge, torch.Tensor) else ge)
-            push[:HEAD] = torch.tensor([epoch, version, lv * b, b, correct, rows, exact(evals, "grad_evals")])
+            push[:HEAD] = torch.tensor([epoch, version, lv * b, b, correct, rows, exact(evals, "grad_evals"),
+                                        time.process_time() - t0])
             push[HEAD:HEAD + n_par] = flatten([p.grad if p.grad is not None else torch.zeros_like(p)
                                                for p in params])
             push[HEAD + n_par:] = flatten(buffers)

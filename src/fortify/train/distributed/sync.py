@@ -23,6 +23,7 @@ e.g. the catastrophic-overfitting guard) on its identical model.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -92,8 +93,17 @@ def check_identical(model: torch.nn.Module) -> float:
     return max(float((g - gathered[0]).abs().max()) if g.numel() else 0.0 for g in gathered)
 
 
+def gather_cpu(t0: float) -> list[float]:
+    """CPU seconds (``time.process_time``) every rank spent since its ``t0``, rank order."""
+    mine = torch.tensor([time.process_time() - t0], dtype=torch.float64)
+    out = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, mine)
+    return [float(t) for t in out]
+
+
 def run(rank: int, job: Job) -> dict[str, Any] | None:
     """Train on rank ``rank``; rank 0 returns the result for the parent (others None)."""
+    t0 = time.process_time()
     model = job.model
     for t in model.state_dict().values():  # identical start even if a pickled copy were not
         dist.broadcast(t, 0)
@@ -102,6 +112,7 @@ def run(rank: int, job: Job) -> dict[str, Any] | None:
     trainer.parallel = DataParallel(rank, job.world_size)
     history = trainer.fit(job.train, job.val, resume=job.resume)
     diff = check_identical(model)
+    cpu = gather_cpu(t0)
     if diff != 0.0:
         raise WorkerError(f"data-parallel ranks diverged: max |param difference| {diff:.3g} after training")
     if rank != 0:
@@ -116,8 +127,8 @@ def run(rank: int, job: Job) -> dict[str, Any] | None:
         "task_state": trainer.task.state_dict(),
         "callbacks": [plain_state(cb) for cb in trainer.callbacks],
         "stats": {"mode": "sync", "world_size": job.world_size, "steps": trainer.global_step,
-                  "rank_param_max_diff": diff},
+                  "rank_param_max_diff": diff, "cpu_s": cpu},
     }
 
 
-__all__ = ["DataParallel", "run", "check_identical"]
+__all__ = ["DataParallel", "run", "check_identical", "gather_cpu"]
