@@ -19,6 +19,11 @@ The same machinery runs when a :class:`fortify.train.Trainer` gets ``nproc > 1``
 ``dist_mode="async"`` in its config (recipes: ``train.nproc``, ``train.dist_mode``,
 ``train.max_staleness``; CLI: ``fortify train --nproc N --mode sync|async``). Worker failures
 surface in the calling process as their own fortify error or :class:`WorkerError`.
+
+Workers start with ``forkserver`` (``spawn`` where unavailable), which re-imports the calling
+script in every worker: like any such multiprocessing code, a script must call :func:`fit` under
+``if __name__ == "__main__":``. Tensors handed to the workers (training data) are moved to shared
+memory (same values, new storage), as a multi-process DataLoader does; models are copied.
 """
 from __future__ import annotations
 
