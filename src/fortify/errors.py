@@ -46,6 +46,12 @@ class OutputError(FortifyError):
     """An output location (run folder, run store, report) cannot be written."""
 
 
+class WorkerError(FortifyError):
+    """A distributed-training worker process failed (an exception, a crash or a timeout); the
+    message names the rank and the worker's own error. Worker errors that are already
+    :class:`FortifyError` (e.g. a diverged loss) are re-raised in the parent with their own type."""
+
+
 __all__ = [
     "FortifyError",
     "ConfigError",
@@ -57,4 +63,5 @@ __all__ = [
     "ModelFileError",
     "UnsupportedLayerError",
     "OutputError",
+    "WorkerError",
 ]

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fortify.errors import FortifyError
+from fortify.errors import FortifyError, WorkerError
 from fortify.train.config import TrainConfig
 from fortify.train.tasks.base import Task
 
@@ -26,12 +26,6 @@ from fortify.train.tasks.base import Task
 HOST = "127.0.0.1"
 #: float32 message fields hold integer counters exactly only below 2**24
 EXACT_INT = 1 << 24
-
-
-class WorkerError(FortifyError):
-    """A training worker process failed (an exception, a crash or a timeout); the message names
-    the rank and the worker's own error. Worker errors that are already :class:`FortifyError`
-    (e.g. a diverged loss, a bad task output) are re-raised in the parent with their own type."""
 
 
 @dataclass
