@@ -106,7 +106,8 @@ def steps_a(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     adv = {"threat": f"linf:{args.eps}", "steps": args.at_steps, "monitor": False}
     if args.ft_task == "trades":
         adv["beta"] = args.trades_beta
-    ft = {"epochs": args.ft_epochs, "lr": args.ft_lr, "schedule": "cosine", "optimizer": args.ft_optimizer}
+    ft = {"epochs": args.ft_epochs, "lr": args.ft_lr, "schedule": "cosine", "optimizer": args.ft_optimizer,
+          "seed": args.seed}
     structure: list[dict] = []
     if amount:  # 0 or a mapping: channel pruning (a mapping of zeros still runs; it is a no-op)
         structure.append({"transform": "channel_prune", "amount": amount})
@@ -120,7 +121,8 @@ def steps_a(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     keep = [int(v) for v in args.keep_float.split(",") if v.strip()]
     if args.qat_epochs > 0:
         robust.append({"transform": "qat_int8", "epochs": args.qat_epochs, "task": args.ft_task, "task_args": adv,
-                       "config": {"lr": args.qat_lr, "schedule": "cosine", "optimizer": args.ft_optimizer},
+                       "config": {"lr": args.qat_lr, "schedule": "cosine", "optimizer": args.ft_optimizer,
+                                  "seed": args.seed},
                        "calibration_size": args.calibration, "keep_float": keep})
     else:
         robust.append({"transform": "int8_static", "calibration_size": args.calibration, "keep_float": keep})
@@ -150,7 +152,7 @@ def part_a(args: argparse.Namespace, train: tuple, test: tuple, out: Path) -> di
     net, base_desc = robust_base(args, train, out)
     robust_steps, naive_steps = steps_a(args)
     t0 = time.time()
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     robust = compress(net, robust_steps, train, out_dir=out / "robust")
     log(f"(a) robustness-aware pipeline: {time.time() - t0:.0f}s")
     naive = compress(net, naive_steps, train, out_dir=out / "naive")
@@ -285,7 +287,7 @@ def main() -> None:
     p.add_argument("--mlp-epochs", type=int, default=10)
     p.add_argument("--dc-epochs", type=int, default=24, help="(b): pruning retraining epochs (weight sharing: a third)")
     p.add_argument("--test-limit-b", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0, help="(b): seed of the LeNet-300-100 training and compression")
+    p.add_argument("--seed", type=int, default=0, help="seed of (a)'s fine-tuning and of (b)'s training and compression")
     p.add_argument("--prune-rounds", type=int, default=4, help="(b): iterative pruning rounds (cubic schedule)")
     p.add_argument("--n-robust", type=int, default=200)
     p.add_argument("--square-queries", type=int, default=1000)
