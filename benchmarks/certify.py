@@ -160,6 +160,20 @@ def train_madry_cnn(path: str, epochs: int = 2, eps: float = 0.1, seed: int = 0)
     fmodels.save(net, path, meta={"dataset": "mnist-5k", "task": "pgd_at", "eps": eps, "epochs": epochs})
 
 
+def plain_sequential(net: torch.nn.Module) -> torch.nn.Module:
+    """auto_LiRPA cannot trace fortify's ``Normalized`` wrapper (AssertionError in its parser): the
+    same function as ``Sequential(Conv2d 1x1 per-channel (x - mean) / std, *inner)`` for it."""
+    if not all(hasattr(net, k) for k in ("inner", "mean", "std")):
+        return net
+    mean, std = net.mean.reshape(-1), net.std.reshape(-1)
+    c = mean.numel()
+    conv = torch.nn.Conv2d(c, c, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.diag(1.0 / std).reshape(c, c, 1, 1))
+        conv.bias.copy_(-mean / std)
+    return torch.nn.Sequential(conv, *net.inner).eval()
+
+
 def tightness(low: list[float], ref: list[float], tol: float = 1e-5) -> str:
     """``max / mean (low - ref)`` and how many images are tighter / equal / looser than ``ref``
     (equal: within ``tol * (1 + |ref|)``, float rounding of two implementations)."""
@@ -196,6 +210,7 @@ def _child(method: str, model_name: str, n: int, eps: float, seed: int, checkpoi
         threat = ThreatModel("linf", eps)
         if method.startswith("lirpa"):
             al = patch_auto_lirpa()
+            net = plain_sequential(net)
             bm = al.BoundedModule(net, torch.zeros(1, 1, 28, 28), device="cpu")
             t0, c0 = time.perf_counter(), time.process_time()
             ptb = al.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1),

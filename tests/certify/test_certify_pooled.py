@@ -115,3 +115,41 @@ def test_channels_last_transposed_conv_equals_contiguous() -> None:
     a = torch.randn(2, 3, 6, 5, 5)
     want = torch.nn.functional.conv_transpose2d(a.reshape(6, 6, 5, 5), conv.weight, None, 2, 1, 0)
     torch.testing.assert_close(op.back(a).reshape(6, 8, 9, 9), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("threat", [ThreatModel("linf", 0.01), ThreatModel("l2", 0.05)], ids=str)
+def test_ragged_pairs_equal_padded_and_union_rows(threat: ThreatModel, monkeypatch) -> None:
+    """A Linear layer refined as (sample, neuron) pairs (samples with very different unstable counts,
+    so the pair path is taken, also in chunks of 3 pairs) == padded per-sample rows == union rows."""
+    from _certify_nets import mlp
+
+    net = mlp(seed=3, d=12, h=24, k=5, depth=3).eval()
+    x = torch.rand(6, 12) * torch.tensor([0.02, 0.05, 0.1, 0.7, 0.9, 1.0])[:, None]
+    ops = build_ops(net, (12,), x)
+    inp = InputSet.from_threat(x, threat)
+    c = margin_spec(net(x).argmax(1), 5)
+    calls = []
+    ref_pairs = crown._refine_pairs
+
+    def spy(*a, **k):
+        calls.append(1)
+        return ref_pairs(*a, **k)
+
+    def run(**kw):
+        budget = kw.pop("budget", 2 << 30)
+        with monkeypatch.context() as mp:
+            mp.setattr(crown, "_refine_pairs", spy)
+            ref = crown._refine
+            mp.setattr(crown, "_refine", lambda *a, **k: ref(*a, **k, **kw))
+            return crown.crown_margin(ops, inp, c, intersect_ibp=False, memory_budget=budget)
+
+    pairs, pb = run()
+    assert calls  # the pair path was taken
+    few, _ = run(budget=1 << 10)
+    padded, db = run(ragged=False)
+    union, _ = run(per_sample=False)
+    for got in (pairs, few, padded):
+        torch.testing.assert_close(got, union, atol=2e-6, rtol=1e-5)
+    for (lo, hi), (ulo, uhi) in zip(pb, db):  # the union path also tightens rows stable for a sample
+        torch.testing.assert_close(lo, ulo, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(hi, uhi, atol=2e-6, rtol=1e-5)

@@ -249,13 +249,35 @@ def _in_undecided_windows(op: MaxPoolOp, lo: torch.Tensor, hi: torch.Tensor) -> 
     return out[:, :, :h * w].reshape(b, c, h, w) > 0
 
 
-def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool = True, per_sample: bool = True):
+def _refine_pairs(ops, t, need, new_l, new_h, bounds, inp: InputSet, per: int, shape):
+    """Refinement of a Linear layer's rows as (sample, neuron) pairs, ``per`` pairs a chunk: each
+    pair is a batch entry of its own (its sample's bounds and input set gathered), so the cost
+    follows the total count of needed rows instead of ``B x`` the largest per-sample count."""
+    sid, rid = need.nonzero(as_tuple=True)
+    op = ops[t - 1]
+    for s in range(0, sid.numel(), per):
+        si, ri = sid[s:s + per], rid[s:s + per]
+        sub = [(lo_[si], hi_[si]) for lo_, hi_ in bounds[:t - 1]]
+        sinp = InputSet(inp.x[si], inp.lo[si], inp.hi[si], inp.norm, inp.eps)
+        a = op.w[ri].unsqueeze(1)  # (P, 1, n_in)
+        c0 = (op.b[ri] if op.b is not None else a.new_zeros(ri.shape)).unsqueeze(1)
+        low = backward_lower(ops, t - 1, torch.cat([a, -a], dim=1), sub, sinp, torch.cat([c0, -c0], dim=1),
+                             cache={})
+        new_l[si, ri] = torch.maximum(new_l[si, ri], low[:, 0])
+        new_h[si, ri] = torch.minimum(new_h[si, ri], -low[:, 1])
+    return new_l.reshape(shape), new_h.reshape(shape)
+
+
+def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool = True, per_sample: bool = True,
+            ragged: bool = True):
     """Tighten ``[lo, hi]`` (input of ``ops[t]``, ``(B, *shape)``) by CROWN on the rows that matter:
     for a ReLU, its unstable neurons, plus its active ones in undecided windows when a MaxPool
     follows (their bounds enter the MaxPool relaxation); else every neuron. The windowed (conv) path
     and the dense path of a Linear layer select rows per sample (padded to the largest count); other
     dense cases (or ``per_sample=False``) refine the union over the batch (extra rows do not change
-    a sample's result: they are stable or dead for it)."""
+    a sample's result: they are stable or dead for it). ``ragged``: when padding to the largest
+    per-sample count would waste > 30% of a Linear layer's rows, refine (sample, neuron) pairs
+    (:func:`_refine_pairs`)."""
     b = lo.shape[0]
     lf, hf = lo.reshape(b, -1), hi.reshape(b, -1)
     if isinstance(ops[t], ReLUOp):
@@ -287,6 +309,8 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool =
         # padded to the largest count like the windowed path: cost follows the largest per-sample
         # count instead of the union over the batch
         counts = need.sum(dim=1)
+        if ragged and int(counts.sum()) < 0.7 * b * int(counts.max()):  # padding would waste > 30%
+            return _refine_pairs(ops, t, need, new_l, new_h, bounds, inp, b * per, lo.shape)
         order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :int(counts.max())]
         valid = torch.arange(order.shape[1], device=lo.device)[None, :] < counts[:, None]
         op = ops[t - 1]
