@@ -25,41 +25,69 @@ loads trained weights (fortify safetensors) instead. ``base-crown`` runs an earl
 the same interleaved loop, for before/after tables; ``min(lb - base-crown) >= 0`` (up to float
 rounding) shows that a change did not loosen any bound.
 
-Measured 2026-11-21 on this 2-core x86_64 machine, shared with other jobs (load 2-8), torch 2.13
-CPU, one thread, mnist-5k test images. CPU seconds per batch, median over interleaved repetitions
-(5 for random small-cnn, 3 otherwise); "before" = commit 89372a9 (``base-crown``), "after" = this
-version. Under load the CPU time of the same run varies by up to ~2x between repetitions (cache and
-memory-bandwidth contention), so single ratios carry roughly +-20%.
+Measured 2026-11-21 (09:00 UTC) on this 2-core x86_64 machine shared with other jobs, torch 2.13 CPU, one
+thread, mnist-5k test images, fortify at commit 14fab1c ("after"), "before" = a17624d (``base-crown``), auto_LiRPA
+0.3. CPU seconds per batch (``time.process_time`` of the child), median over interleaved repetitions (3 for
+small-cnn, 2 for madry-cnn); ``intersect_ibp=False`` (pure CROWN margins; IBP is not maxed in at the end).
+Tightness is fortify's lower margin minus auto_LiRPA's per image (max / mean, and how many images are
+tighter / equal within 1e-5 relative / looser)::
 
-| model (n), weights, linf eps | before CPU s | after CPU s | auto_LiRPA CPU s | after vs LiRPA | peak RSS MiB after / LiRPA | bounds (after) |
+    .venv/bin/python benchmarks/certify.py --train-madry benchmarks/.cache/mnist5k-pgd-madry-cnn-e2.safetensors
+    .venv/bin/python benchmarks/certified_training.py --method ibp --dataset mnist-5k --train-limit 5000 \
+        --test-limit 1000 --crown-limit 50 --epochs 20 --warmup-epochs 1 --ramp-epochs 10 --train-eps 0.2 --eps 0.1 \
+        --save benchmarks/.cache/mnist5k-ibp-small-cnn-eps0.2-e20.safetensors
+    B="--methods fortify-crown lirpa-crown base-crown --base-src /tmp/base/src"
+    .venv/bin/python benchmarks/certify.py --models small-cnn --n 32 --eps 0.005 --reps 3 $B
+    .venv/bin/python benchmarks/certify.py --models small-cnn --n 32 --eps 0.1 --reps 3 $B \
+        --checkpoint small-cnn=benchmarks/.cache/mnist-robust-small-cnn-e6.safetensors
+    .venv/bin/python benchmarks/certify.py --models small-cnn --n 32 --eps 0.15 --reps 3 $B \
+        --checkpoint small-cnn=benchmarks/.cache/mnist5k-ibp-small-cnn-eps0.2-e20.safetensors
+    .venv/bin/python benchmarks/certify.py --models madry-cnn --n 4 --eps 0.005 --reps 2 $B
+    .venv/bin/python benchmarks/certify.py --models madry-cnn --n 8 --eps 0.02 --reps 2 $B \
+        --checkpoint madry-cnn=benchmarks/.cache/mnist5k-pgd-madry-cnn-e2.safetensors
+
+| model, weights (images, linf eps, certified) | fortify s/img | LiRPA s/img | ratio | before s/img | peak RSS fortify / LiRPA | tightness: max / mean, tighter/equal/looser |
 |---|---|---|---|---|---|---|
-| small-cnn (32), random, 0.005 | 0.73 | 0.72 | 1.45 | 2.0x | 631 / 815 | = LiRPA (2.6e-8), = before (6e-9) |
-| small-cnn (32), IBP-trained 15 ep, 0.3 | 0.37 | 0.16 | 0.75 | 4.7x | 428 / 714 | >= LiRPA on every image (+0.23 .. +25.4), = before |
-| small-cnn (32), IBP-trained 30 ep, 0.3 | 0.35 | 0.13 | 0.64 | 4.9x | 414 / 730 | >= LiRPA on every image (+0.18 .. +40.8), = before (5e-7) |
-| madry-cnn (4), random, 0.005 | 14.6 | 8.2 | 34.4 | 4.2x | 1353 / 5051 | >= LiRPA on every image (+0.42 .. +0.51), = before (6e-8) |
+| small-cnn, random init (32, 0.005, 32/32) | 0.0128 | 0.0452 | 3.5x | 0.0218 | 450 / 811 MiB | +1.5e-8 / +7e-10, 0/32/0 |
+| small-cnn, PGD full MNIST 6 ep (32, 0.1, 24/32) | 0.0172 | 0.0856 | 5.0x | 0.0333 | 474 / 1017 MiB | +0.39 / +0.014, 17/14/1 (-0.061) |
+| small-cnn, IBP mnist-5k 20 ep (32, 0.15, 25/32) | 0.0043 | 0.0265 | 6.1x | 0.0087 | 436 / 708 MiB | +1.22 / +0.080, 31/0/1 (-0.0067) |
+| madry-cnn, random init (4, 0.005, 0/4) | 0.809 | 7.80 | 9.6x | 2.18 | 409 / 5052 MiB | +0.51 / +0.47, 4/0/0 |
+| madry-cnn, PGD mnist-5k 2 ep (8, 0.02, fortify 7/8, LiRPA 6/8) | 0.339 | 4.79 | 14.1x | 1.05 | 435 / 5974 MiB | +0.31 / +0.23, 8/0/0 |
 
-(IBP-trained = ``benchmarks/certified_training.py --method ibp --epochs 15 | 30 --save ...``, 93.3% /
-95.2% clean.) Earlier single-configuration figures (before): madry-cnn (16) fortify CROWN 66.9 CPU s at 1911 MiB under a 2 GiB
-budget, while auto_LiRPA CROWN fails under a 10 GB cap (cannot allocate 2.25 GB more).
+Larger batches: fortify madry-cnn random (16) 0.877 s/img at 507 MiB, PGD-trained (32, eps 0.02, 22/32)
+0.375 s/img at 652 MiB (fortify is fastest at small batches: its row chunks are sized per batch);
+auto_LiRPA madry-cnn PGD-trained (16) fails under a 10 GB address-space cap (peak 9.5 GB; RuntimeError
+allocating), so its largest feasible batch tried is 8. The PGD small-cnn carries fortify's Normalized
+wrapper, which auto_LiRPA cannot trace: it gets the same function as a plain Sequential (1x1 conv).
 
-Changes behind "after": intermediate bounds of a Linear layer propagate each sample's own unstable
-rows (padded to the largest count) instead of the union over the batch; per-sample windows are cut
-once by ``unfold`` and row-gathered; the windowed MaxPool step scatters with window-local offsets;
-a ReLU followed by a non-overlapping MaxPool is applied at the pooled resolution (only ``j*``
-carries a coefficient); the dense ReLU step uses a whole-tensor form when many columns are
-unstable. All are exact rewrites (tests/certify/test_certify_fastpaths.py checks them against the
-reference paths). On IBP-trained weights fortify is much tighter than auto_LiRPA, most likely
-because fortify intersects its CROWN intermediate bounds with IBP (IBP is the tighter bound on
-IBP-trained nets; not checked in auto_LiRPA's source); on madry-cnn also because fortify refines
-the active neurons of undecided MaxPool windows.
+The one looser image of the two trained small-cnn rows is not a regression (``before`` gives the same
+bound): fortify intersects each CROWN intermediate bound with IBP, and CROWN-Ada's lower slope
+``1[u > -l]`` is chosen from those (tighter) bounds, which is not monotone: on the worst image of the
+PGD row fortify's conv-layer bounds are at least as tight as auto_LiRPA's on every neuron unstable for
+either (to 2e-6), but the fc-layer bounds computed through them are looser on some neurons (up to 0.05)
+and tighter on others. Plain CROWN (no IBP intersection) is never tighter than auto_LiRPA there and looser
+on some images (up to 5e-3 on the IBP row), so auto_LiRPA uses IBP somewhere too; not traced further.
 
-The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds) is NOT met: 4.7-4.9x on the
-IBP-trained small-cnn (2.3-2.7x faster than before), 4.2x on random madry-cnn (1.8x faster than
-before), 2.0x on random small-cnn (unchanged: there every fc neuron of every sample is unstable and
-the net has no MaxPool, so none of the rewrites removes work). What remains on madry-cnn is mostly
-the dense backward pass of the 1024 fc rows (both signs) through both conv layers (transposed
-convolutions and the 28x28 MaxPool scatter, ~60% of the time with random weights, where every fc
-neuron is unstable).
+Changes behind "after" (each an exact rewrite, tested against the reference path in
+tests/certify/test_certify_pooled.py and test_certify_fastpaths.py): the ReLU / MaxPool relaxations and
+the unfolded relaxation windows are computed once per refinement and shared by all row chunks (they were
+recomputed for every chunk); row chunks are capped at 64 MiB of temporaries (fresh large allocations are
+page-faulted on first touch: up to 10x the arithmetic's cost on this machine); a Conv2d -> ReLU ->
+MaxPool2d is one backward step at the pooled resolution when the conv's fan-in is <= 64 (pooled.py:
+per-window effective kernels, batched matmul + fold; 4x fewer multiply-adds than scatter + transposed
+conv); the first layer is not refined (IBP is exact there; auto_LiRPA does the same); transposed
+convolutions run on channels-last input; the concretisation and ReLU constant are batched dot
+products; a Linear layer's rows are refined as (sample, neuron) pairs when padding to the largest
+per-sample count would waste > 30%.
+
+The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds): met on madry-cnn (9.6x random,
+14.1x PGD-trained, tighter on every image) and on the IBP-trained small-cnn for speed (6.1x) but with
+one image 0.0067 looser; at the limit on the PGD small-cnn (5.0x, one image 0.061 looser); NOT met on
+the random small-cnn (3.5x, equal bounds): there every fc neuron of every sample is unstable, and the
+dense backward pass of 100 rows x 2 signs per sample through conv2 (transposed conv, already on the
+fastest CPU kernel measured) and conv1 (matmul + fold) is ~60% of fortify's time. Times under load vary
+by up to ~2x between repetitions (auto_LiRPA's small-cnn random median was 2.13 s in an earlier run of
+the same command, 1.45 s here), so ratios carry roughly +-20%.
 """
 from __future__ import annotations
 
