@@ -49,7 +49,7 @@ tighter / equal within 1e-5 relative / looser)::
 | model, weights (images, linf eps, certified) | fortify s/img | LiRPA s/img | ratio | before s/img | peak RSS fortify / LiRPA | tightness: max / mean, tighter/equal/looser |
 |---|---|---|---|---|---|---|
 | small-cnn, random init (32, 0.005, 32/32) | 0.0128 | 0.0452 | 3.5x | 0.0218 | 450 / 811 MiB | +1.5e-8 / +7e-10, 0/32/0 |
-| small-cnn, PGD full MNIST 6 ep (32, 0.1, 24/32) | 0.0172 | 0.0856 | 5.0x | 0.0333 | 474 / 1017 MiB | +0.39 / +0.014, 17/14/1 (-0.061) |
+| small-cnn, Fast-AT full MNIST 6 ep (catastrophically overfitted; 32, 0.1, 24/32) | 0.0172 | 0.0856 | 5.0x | 0.0333 | 474 / 1017 MiB | +0.39 / +0.014, 17/14/1 (-0.061) |
 | small-cnn, IBP mnist-5k 20 ep (32, 0.15, 25/32) | 0.0043 | 0.0265 | 6.1x | 0.0087 | 436 / 708 MiB | +1.22 / +0.080, 31/0/1 (-0.0067) |
 | madry-cnn, random init (4, 0.005, 0/4) | 0.809 | 7.80 | 9.6x | 2.18 | 409 / 5052 MiB | +0.51 / +0.47, 4/0/0 |
 | madry-cnn, PGD mnist-5k 2 ep (8, 0.02, fortify 7/8, LiRPA 6/8) | 0.339 | 4.79 | 14.1x | 1.05 | 435 / 5974 MiB | +0.31 / +0.23, 8/0/0 |
@@ -57,13 +57,13 @@ tighter / equal within 1e-5 relative / looser)::
 Larger batches: fortify madry-cnn random (16) 0.877 s/img at 507 MiB, PGD-trained (32, eps 0.02, 22/32)
 0.375 s/img at 652 MiB (fortify is fastest at small batches: its row chunks are sized per batch);
 auto_LiRPA madry-cnn PGD-trained (16) fails under a 10 GB address-space cap (peak 9.5 GB; RuntimeError
-allocating), so its largest feasible batch tried is 8. The PGD small-cnn carries fortify's Normalized
+allocating), so its largest feasible batch tried is 8. The Fast-AT small-cnn carries fortify's Normalized
 wrapper, which auto_LiRPA cannot trace: it gets the same function as a plain Sequential (1x1 conv).
 
 The one looser image of the two trained small-cnn rows is not a regression (``before`` gives the same
 bound): fortify intersects each CROWN intermediate bound with IBP, and CROWN-Ada's lower slope
 ``1[u > -l]`` is chosen from those (tighter) bounds, which is not monotone: on the worst image of the
-PGD row fortify's conv-layer bounds are at least as tight as auto_LiRPA's on every neuron unstable for
+Fast-AT row fortify's conv-layer bounds are at least as tight as auto_LiRPA's on every neuron unstable for
 either (to 2e-6), but the fc-layer bounds computed through them are looser on some neurons (up to 0.05)
 and tighter on others. Plain CROWN (no IBP intersection) is never tighter than auto_LiRPA there and looser
 on some images (up to 5e-3 on the IBP row), so auto_LiRPA uses IBP somewhere too; not traced further.
@@ -82,7 +82,7 @@ per-sample count would waste > 30%.
 
 The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds): met on madry-cnn (9.6x random,
 14.1x PGD-trained, tighter on every image) and on the IBP-trained small-cnn for speed (6.1x) but with
-one image 0.0067 looser; at the limit on the PGD small-cnn (5.0x, one image 0.061 looser); NOT met on
+one image 0.0067 looser; at the limit on the Fast-AT small-cnn (benchmarks/.cache/mnist-robust-small-cnn-e6, the fast-at-mnist model of benchmarks/attacks.py) (5.0x, one image 0.061 looser); NOT met on
 the random small-cnn (3.5x, equal bounds): there every fc neuron of every sample is unstable, and the
 dense backward pass of 100 rows x 2 signs per sample through conv2 (transposed conv, already on the
 fastest CPU kernel measured) and conv1 (matmul + fold) is ~60% of fortify's time. Times under load vary
