@@ -11,6 +11,12 @@ Registered: ``mlp`` (LeNet-300-100), ``lenet5``, ``small-cnn`` (Wong & Kolter 20
 """
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from torch import nn
+
+from fortify.errors import ConfigError
 from fortify.models import zoo as _zoo  # noqa: F401  (registers the built-in architectures)
 from fortify.models.io import load, read_meta, save
 from fortify.models.normalized import Normalized
@@ -23,6 +29,24 @@ def names() -> list[str]:
     return MODELS.names()
 
 
+def from_config(cfg: Any) -> nn.Module:
+    """The untrained model a run config describes: ``create(model.name, in_shape, num_classes,
+    **model.args)`` for ``data.name``'s input shape, seeded by ``cfg.seed`` (the global RNG is left
+    as it was), wrapped in ``Normalized(mean, std)`` of the dataset when ``model.normalize``.
+    Raises ConfigError for ``model.args`` the architecture does not take."""
+    from fortify import data as fdata
+
+    spec = fdata.info(cfg.data.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        try:
+            net = create(cfg.model.name, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
+                         **cfg.model.args)
+        except TypeError as e:
+            raise ConfigError(f"model.args: {e}") from None
+    return Normalized(net, spec.mean, spec.std) if cfg.model.normalize else net
+
+
 __all__ = [
     "ARCH_ATTR",
     "KNOWN_PARAM_COUNTS",
@@ -30,6 +54,7 @@ __all__ = [
     "Normalized",
     "architecture",
     "create",
+    "from_config",
     "load",
     "names",
     "read_meta",

@@ -27,15 +27,7 @@ def build_model(ctx: RunContext) -> torch.nn.Module:
 
     cfg = ctx.config
     spec = fdata.info(cfg.data.name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        try:
-            net = models.create(cfg.model.name, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
-                                **cfg.model.args)
-        except TypeError as e:
-            raise ConfigError(f"model.args: {e}") from None
-    if cfg.model.normalize:
-        net = models.Normalized(net, spec.mean, spec.std)
+    net = models.from_config(cfg)
     ctx.model_meta.update({"dataset": cfg.data.name, "architecture": cfg.model.name, "args": dict(cfg.model.args),
                            "in_shape": list(spec.input_shape), "num_classes": spec.num_classes,
                            "normalized": bool(cfg.model.normalize)})

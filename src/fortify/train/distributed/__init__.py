@@ -69,16 +69,7 @@ def _from_recipe(recipe: Any, overrides: Iterable[str]) -> tuple[nn.Module, Any,
     from fortify.config import Config, load_config
 
     cfg = recipe if isinstance(recipe, Config) else load_config(recipe, list(overrides))
-    spec = fdata.info(cfg.data.name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        try:
-            net = models.create(cfg.model.name, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
-                                **cfg.model.args)
-        except TypeError as e:
-            raise ConfigError(f"model.args: {e}") from None
-    if cfg.model.normalize:
-        net = models.Normalized(net, spec.mean, spec.std)
+    net = models.from_config(cfg)
     d = cfg.data
     train = fdata.load(d.name, "train", data_dir=d.data_dir, limit=d.train_limit)
     test = fdata.load(d.name, "test", data_dir=d.data_dir, limit=d.test_limit)
