@@ -25,10 +25,11 @@ loads trained weights (fortify safetensors) instead. ``base-crown`` runs an earl
 the same interleaved loop, for before/after tables; ``min(lb - base-crown) >= 0`` (up to float
 rounding) shows that a change did not loosen any bound.
 
-Measured 2026-11-21 (09:00 UTC) on this 2-core x86_64 machine shared with other jobs, torch 2.13 CPU, one
-thread, mnist-5k test images, fortify at commit 14fab1c ("after"), "before" = a17624d (``base-crown``), auto_LiRPA
-0.3. CPU seconds per batch (``time.process_time`` of the child), median over interleaved repetitions (3 for
-small-cnn, 2 for madry-cnn); ``intersect_ibp=False`` (pure CROWN margins; IBP is not maxed in at the end).
+Measured 2026-11-21 (09:35-09:50 UTC) on this 2-core x86_64 machine shared with other jobs, torch 2.13 CPU, one
+thread, mnist-5k test images, fortify at commit e48ce6d ("after"), "before" = 0dea233 (``base-crown``; its
+certify code is that of 14fab1c, the previous table's "after"), auto_LiRPA 0.3. CPU seconds per batch
+(``time.process_time`` of the child), median over interleaved repetitions (3 for small-cnn, 2 for madry-cnn);
+``intersect_ibp=False`` (pure CROWN margins; IBP is not maxed in at the end).
 Tightness is fortify's lower margin minus auto_LiRPA's per image (max / mean, and how many images are
 tighter / equal within 1e-5 relative / looser)::
 
@@ -48,11 +49,37 @@ tighter / equal within 1e-5 relative / looser)::
 
 | model, weights (images, linf eps, certified) | fortify s/img | LiRPA s/img | ratio | before s/img | peak RSS fortify / LiRPA | tightness: max / mean, tighter/equal/looser |
 |---|---|---|---|---|---|---|
-| small-cnn, random init (32, 0.005, 32/32) | 0.0128 | 0.0452 | 3.5x | 0.0218 | 450 / 811 MiB | +1.5e-8 / +7e-10, 0/32/0 |
-| small-cnn, Fast-AT full MNIST 6 ep (catastrophically overfitted; 32, 0.1, 24/32) | 0.0172 | 0.0856 | 5.0x | 0.0333 | 474 / 1017 MiB | +0.39 / +0.014, 17/14/1 (-0.061) |
-| small-cnn, IBP mnist-5k 20 ep (32, 0.15, 25/32) | 0.0043 | 0.0265 | 6.1x | 0.0087 | 436 / 708 MiB | +1.22 / +0.080, 31/0/1 (-0.0067) |
-| madry-cnn, random init (4, 0.005, 0/4) | 0.809 | 7.80 | 9.6x | 2.18 | 409 / 5052 MiB | +0.51 / +0.47, 4/0/0 |
-| madry-cnn, PGD mnist-5k 2 ep (8, 0.02, fortify 7/8, LiRPA 6/8) | 0.339 | 4.79 | 14.1x | 1.05 | 435 / 5974 MiB | +0.31 / +0.23, 8/0/0 |
+| small-cnn, random init (32, 0.005, 32/32) | 0.0094 | 0.0641 | 6.8x | 0.0134 | 379 / 781 MiB | +1.5e-8 / +7e-10, 0/32/0 |
+| small-cnn, Fast-AT full MNIST 6 ep (catastrophically overfitted; 32, 0.1, 24/32) | 0.0137 | 0.1016 | 7.4x | 0.0164 | 389 / 1015 MiB | +0.39 / +0.014, 17/14/1 (-0.061) |
+| small-cnn, IBP mnist-5k 20 ep (32, 0.15, 25/32) | 0.0039 | 0.0285 | 7.3x | 0.0042 | 405 / 786 MiB | +1.22 / +0.080, 31/0/1 (-0.0067) |
+| madry-cnn, random init (4, 0.005, 0/4) | 0.858 | 10.85 | 12.6x | 0.868 | 424 / 5051 MiB | +0.51 / +0.47, 4/0/0 |
+| madry-cnn, PGD mnist-5k 2 ep (8, 0.02, fortify 7/8, LiRPA 6/8) | 0.379 | 6.77 | 17.9x | 0.346 | 440 / 5973 MiB | +0.31 / +0.23, 8/0/0 |
+
+auto_LiRPA's times in this run are 1.1-1.4x those of the previous run of the same commands (small-cnn random
+0.0452 s/img, Fast-AT 0.0856, IBP 0.0265, madry random 7.80, PGD 4.79; the machine was busier): against those
+figures fortify's ratios are 4.8x, 6.2x, 6.8x, 9.1x and 12.6x. The "before -> after" column is the robust one
+(interleaved in the same loop): the random small-cnn is 1.43x faster (0.0134 -> 0.0094), the Fast-AT small-cnn
+1.2x, the IBP small-cnn unchanged within noise (0.0042 -> 0.0039); madry-cnn runs the identical code path (same
+chunking at every batch size; 0.868 -> 0.858 and 0.346 -> 0.379 are noise, +-10% between repetitions).
+
+What changed (e48ce6d; exact, identical bounds, tests/certify/test_certify_symmetric.py): the row chunks of a
+refinement through whole maps (Linear rows, dense path) are capped at 16 MiB of temporaries instead of 64 MiB,
+growing up to 64 MiB only while a chunk holds < 256 (sample, row) pairs (few-image madry-cnn batches keep their
+chunks); windowed conv rows keep 64 MiB (their temporaries are windows; 16 MiB made small-cnn's conv2
+refinement slower, 0.14 s vs 0.08 s in one measurement). On the
+random small-cnn the first certification call page-faulted 43k times (fresh 16 MiB tensors: glibc returns the
+freed top of the heap to the OS and the next chunk faults it back in) vs 6.7k now.
+
+Tried and left out (measured, reverted): the symmetric / antisymmetric split of the ReLU step for the fc1 rows of
+the random small-cnn (propagate ``C = a (sl + su) / 2`` through conv2^T once for both signs and
+``D = |a| (su - sl) / 2``, non-zero on unstable relu2 columns only, separately; exact to 4e-8). Per sample only
+66 of 1568 relu2 neurons are unstable, but their union over the 32-image batch is 743 (47%), so ``D`` is dense
+for a transposed convolution; as a per-sample gathered matmul against the rows of conv2^T (79 columns padded)
+it costs 55% of the saved half (5.8 ms vs 10.5 ms per 20 neurons), and with the extra C / D temporaries the
+chunk was slower (median 0.10 s vs 0.079 s). conv2^T already runs at ~35 GMAC/s (near this core's peak), so
+window-local sparse forms (materialise + index_add + fold) cost more memory traffic than they save. Also
+measured without effect (within noise): bmm instead of a broadcast matmul in the first layer's column form, an
+in-place ``addcmul_`` in the ReLU step, 512 MiB windowed chunks (slower).
 
 Larger batches: fortify madry-cnn random (16) 0.877 s/img at 507 MiB, PGD-trained (32, eps 0.02, 22/32)
 0.375 s/img at 652 MiB (fortify is fastest at small batches: its row chunks are sized per batch);
@@ -68,7 +95,7 @@ either (to 2e-6), but the fc-layer bounds computed through them are looser on so
 and tighter on others. Plain CROWN (no IBP intersection) is never tighter than auto_LiRPA there and looser
 on some images (up to 5e-3 on the IBP row), so auto_LiRPA uses IBP somewhere too; not traced further.
 
-Changes behind "after" (each an exact rewrite, tested against the reference path in
+Changes of the previous session (a17624d -> 14fab1c; each an exact rewrite, tested against the reference path in
 tests/certify/test_certify_pooled.py and test_certify_fastpaths.py): the ReLU / MaxPool relaxations and
 the unfolded relaxation windows are computed once per refinement and shared by all row chunks (they were
 recomputed for every chunk); row chunks are capped at 64 MiB of temporaries (fresh large allocations are
@@ -80,14 +107,17 @@ convolutions run on channels-last input; the concretisation and ReLU constant ar
 products; a Linear layer's rows are refined as (sample, neuron) pairs when padding to the largest
 per-sample count would waste > 30%.
 
-The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds): met on madry-cnn (9.6x random,
-14.1x PGD-trained, tighter on every image) and on the IBP-trained small-cnn for speed (6.1x) but with
-one image 0.0067 looser; at the limit on the Fast-AT small-cnn (benchmarks/.cache/mnist-robust-small-cnn-e6, the fast-at-mnist model of benchmarks/attacks.py) (5.0x, one image 0.061 looser); NOT met on
-the random small-cnn (3.5x, equal bounds): there every fc neuron of every sample is unstable, and the
-dense backward pass of 100 rows x 2 signs per sample through conv2 (transposed conv, already on the
-fastest CPU kernel measured) and conv1 (matmul + fold) is ~60% of fortify's time. Times under load vary
-by up to ~2x between repetitions (auto_LiRPA's small-cnn random median was 2.13 s in an earlier run of
-the same command, 1.45 s here), so ratios carry roughly +-20%.
+The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds), with this run's auto_LiRPA times: met on
+every row (6.8x on the random small-cnn at equal bounds, 7.4x / 7.3x on the trained small-cnns, 12.6x / 17.9x
+on madry-cnn); with the previous run's (faster) auto_LiRPA times the random small-cnn is at 4.8x, just below
+(6.2x, 6.8x, 9.1x, 12.6x on the others). On the trained small-cnns one image per row stays looser (-0.061,
+-0.0067; see above). Where the random small-cnn's time goes now (0.30 s per 32 images): ~75% is the fc1
+refinement (100 rows x 2 signs per sample; per-sample counts from IBP are 100 of 100, while after CROWN only
+12 of 100 stay unstable), of which conv2^T (2.6 GMAC, near this core's peak) is about a third and the
+memory-bound ReLU1 step, conv1's column form + fold and the concretisation the rest; ~25% is the windowed conv2
+refinement. Times under load vary by up to ~2x between repetitions and auto_LiRPA's more than fortify's
+(its small-cnn random median was 1.45, 2.13 and 2.05 s per batch in three runs of the same command), so
+ratios against it carry roughly +-20-40%.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ _TEMP_FACTOR = 4
 #: grow up to ``_CHUNK_MAX_BYTES`` while they hold fewer than ``_CHUNK_MIN_ROWS`` (sample, row)
 #: pairs (few wide rows: the per-chunk overhead dominates). Measured on a 2-core EPYC, one thread:
 #: random small-cnn (32 images) 1.4x faster at 16 MiB than 64 MiB; madry-cnn (4-8 images, 40 rows
-#: a chunk at 16 MiB) 1.1-1.5x slower at 16 MiB, hence the row minimum.
+#: a chunk at 16 MiB) 1.1-1.3x slower at 16 MiB, hence the row minimum.
 _CHUNK_BYTES = 16 << 20
 _CHUNK_MAX_BYTES = 64 << 20
 _CHUNK_MIN_ROWS = 256
