@@ -169,6 +169,19 @@ epoch 5. Longer fortify schedules were worse under the preset (87.8% at 12 epoch
 1,000 images). The 30x is against Madry's 100k-iteration schedule, which PGD-40 with one-cycle Adam
 does not need: measured here, 3 epochs of PGD-40 (430 s, 4.0x fortify's 107 s) reached 84.7% (1,000
 images), below fortify; how long such a short PGD-40 schedule needs to reach 89% was not measured.
+
+Widened model (the recipe as shipped), full MNIST, 2026-11-21, one thread beside one other job,
+``standard`` at budget 0.5 on the first 1,000 test images (500 for multi)::
+
+    | fast (no guard), 6 ep        | 154 s  | 6.00e5 | not reached          | 98.9% | 49.3% (CO)            |
+    | fast-guard, 6 ep, 1 CO event | 302 s  | 1.05e6 | 225 s / 8.0e5 (ep 5) | 98.6% | 88.9%                 |
+    | multi (MSD), small-cnn, 8 ep | 1134 s | 4.40e6 | -                    | 98.0% | union 39.0% (88.2 / 42.2 / 66.6) |
+    | multi (MSD), widened, 4 ep   | 1140 s | 2.20e6 | -                    | 98.6% | union 54.2% (88.6 / 59.6 / 63.4) |
+
+    .venv/bin/python benchmarks/training.py --dataset mnist --methods fast,fast-guard --epochs-fast 6 \
+        --test-limit 1000 --budget 0.5 --monitor-n 500 --threads 1
+    .venv/bin/python benchmarks/training.py --dataset mnist --methods multi --epochs-multi 4 --test-limit 500 \
+        --budget 0.5 --monitor-n 256 --threads 1          # small-cnn: --epochs-multi 8 --set 'model.args={}'
 """
 from __future__ import annotations
 
