@@ -105,6 +105,26 @@ def test_first_layer_is_not_refined_and_equals_its_crown_bound() -> None:
     torch.testing.assert_close(hi, ibp[1][1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("threat", [ThreatModel("linf", 0.05), ThreatModel("l2", 0.3)], ids=str)
+def test_first_layer_after_two_mixing_maps_is_refined(threat: ThreatModel) -> None:
+    """Linear -> Linear before the first ReLU: IBP through the chain is loose, so that ReLU's input
+    bounds are CROWN's (a refinement of them changes nothing) and under linf strictly tighter than IBP."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 20), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 5)).eval()
+    x = torch.rand(8, 1, 4, 4)
+    inp = InputSet.from_threat(x, threat)
+    ops = build_ops(net, (1, 4, 4), x)
+    with torch.no_grad():
+        bounds = crown.layer_bounds(ops, inp)
+        lo, hi = crown._refine(ops, 3, *bounds[3], bounds, inp, 2 << 30)
+        ibp = ibp_intervals(ops, inp)[3]
+    torch.testing.assert_close(lo, bounds[3][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hi, bounds[3][1], atol=1e-5, rtol=1e-5)
+    assert bool((bounds[3][0] >= ibp[0] - 1e-6).all() and (bounds[3][1] <= ibp[1] + 1e-6).all())
+    if threat.norm == "linf":
+        assert float((bounds[3][1] - bounds[3][0]).mean()) < 0.75 * float((ibp[1] - ibp[0]).mean())
+
+
 def test_channels_last_transposed_conv_equals_contiguous() -> None:
     """ConvOp.back on a 32-channel map (channels-last kernel) == F.conv_transpose2d on contiguous input."""
     torch.manual_seed(2)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fortify.certify.bounds import InputSet, ibp_margin, linear_prefix, prefix_dual
-from fortify.certify.graph import LinearOp, MaxPoolOp, Op, ReLUOp, numel
+from fortify.certify.graph import ConvOp, LinearOp, MaxPoolOp, Op, ReLUOp, numel
 from fortify.certify.patches import windowed_lower, windowed_ok
 from fortify.certify.pooled import pooled_conv_back, pooled_conv_index
 
@@ -361,10 +361,14 @@ def layer_bounds(
     """Bounds of the input of every operator (plus the output, last entry). ``intermediate="crown"``
     refines the pre-activation bounds of each nonlinearity fed by a linear operator with CROWN;
     ``"ibp"`` keeps IBP (the CROWN-IBP setting of Zhang et al. 2020). The first nonlinearity is
-    never refined: its input is one affine map of the input, bounded exactly by IBP over a linf box
-    (CROWN's concretisation is the same formula) and by the dual-norm interval under l2 / l1."""
+    not refined when the linear block before it has a single Linear/Conv (the rest elementwise or
+    reshapes): IBP of one affine map over a linf box is exact (CROWN's concretisation is the same
+    formula), as is the dual-norm interval under l2 / l1. Two or more mixing maps in a row (e.g.
+    Linear -> Linear) are not exact under IBP and are refined like any other layer."""
     k = linear_prefix(ops) if inp.norm != "linf" else -1
     first = linear_prefix(ops)
+    if sum(isinstance(op, (LinearOp, ConvOp)) for op in ops[:first]) > 1:
+        first = -1
     bounds = []
     lo, hi = inp.lo, inp.hi
     for t, op in enumerate(ops):
