@@ -38,7 +38,7 @@ from fortify.train import checkpoint as ckpt
 from fortify.train.config import TrainConfig
 from fortify.train.progress import EpochProgress
 from fortify.train.schedules import StepLR
-from fortify.train.tasks import Task, create as create_task
+from fortify.train.tasks import Task, resolve as resolve_task
 from fortify.validation import check_images, check_labels
 
 _MASK64 = (1 << 64) - 1
@@ -99,7 +99,7 @@ class Trainer:
         """Validate arguments and build the optimiser; no training happens here."""
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.task: Task = create_task(task) if isinstance(task, str) else task
+        self.task: Task = resolve_task(task)
         if not isinstance(self.task, Task):
             raise ConfigError(f"task must be a Task or a registered task name, got {type(task).__name__}")
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -298,17 +298,20 @@ class Trainer:
                 for epoch in range(self.epoch, c.epochs):
                     if self.stopped:
                         break
-                    record = self._run_epoch(epoch, x, y, vx_vy, nb, total, bar)
-                    self._end_epoch(record)
-                    self.history.append(record)
-                    self.epoch = epoch + 1
-                    self._save(n)
-                    if bar is not None:
-                        bar.end_epoch(record)
+                    self._close_epoch(self._run_epoch(epoch, x, y, vx_vy, nb, total, bar), epoch, n, bar)
         self.model.eval()
         return copy.deepcopy(self.history)
 
     # ------------------------------------------------------------------ loop
+    def _close_epoch(self, record: dict[str, Any], epoch: int, n_train: int, bar: EpochProgress | None) -> None:
+        """After ``epoch``: callbacks/rollback, history, checkpoint, bar (also the async server's)."""
+        self._end_epoch(record)
+        self.history.append(record)
+        self.epoch = epoch + 1
+        self._save(n_train)
+        if bar is not None:
+            bar.end_epoch(record)
+
     def _end_epoch(self, record: dict[str, Any]) -> None:
         """Run the ``on_epoch_end`` callbacks, merge their metrics, then roll back / stop if asked.
 
@@ -486,13 +489,8 @@ def train(
     ``config_fields``: :class:`TrainConfig` fields (unknown ones raise ConfigError naming the
     allowed ones). Example: ``train(net, (x, y), task="standard", epochs=5, lr=0.05)``.
     """
-    if isinstance(task, str):
-        task = create_task(task, **dict(task_options or {}))
-    elif task_options:
-        raise ConfigError("task_options are only used with a task name, not a Task instance")
-    config = TrainConfig.from_dict(config_fields)
-    trainer = Trainer(model, task, config, checkpoint_dir=checkpoint_dir, progress=progress,
-                      callbacks=tuple(callbacks))
+    trainer = Trainer(model, resolve_task(task, task_options), TrainConfig.from_dict(config_fields),
+                      checkpoint_dir=checkpoint_dir, progress=progress, callbacks=tuple(callbacks))
     return trainer.fit(train, val, resume=resume)
 
 

@@ -39,7 +39,8 @@ from fortify.errors import ConfigError
 from fortify.train.config import DIST_MODES, TrainConfig
 from fortify.train.distributed.common import WorkerError
 from fortify.train.distributed.launch import DEFAULT_TIMEOUT_S, check_available, fit_trainer
-from fortify.train.tasks import Task, create as create_task
+from fortify.train.tasks import Task, create as create_task, resolve as resolve_task
+from fortify.train.trainer import Trainer, _check_pair
 
 
 @dataclass
@@ -119,10 +120,7 @@ def fit(
         if train is None:
             raise ConfigError("fit(model, train=(x, y), ...) needs training data")
         net = model_or_recipe
-        if isinstance(task, str):
-            task = create_task(task, **dict(task_options or {}))
-        elif task_options:
-            raise ConfigError("task_options are only used with a task name, not a Task instance")
+        task = resolve_task(task, task_options)
         base = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
     else:
         if train is not None or val is not None or config is not None or task_options:
@@ -134,16 +132,12 @@ def fit(
     cfg = base.replace(**changes)
     if mode == "async" or world_size > 1:
         check_available()
-    from fortify.train.trainer import Trainer
-
     trainer = Trainer(copy.deepcopy(net), task, cfg, checkpoint_dir=checkpoint_dir, progress=progress,
                       callbacks=tuple(callbacks))
     if mode == "sync" and world_size == 1:
         history = trainer.fit(train, val, resume=resume)
         stats: dict[str, Any] = {"mode": "sync", "world_size": 1, "steps": trainer.global_step}
     else:
-        from fortify.train.trainer import _check_pair
-
         x, y = _check_pair(train, "train")
         v = _check_pair(val, "val") if val is not None else None
         history = fit_trainer(trainer, (x, y), v, resume=resume, start_method=start_method,

@@ -146,14 +146,9 @@ def run_server(job: Job) -> dict[str, Any]:
                 bar.step(acc[0] / max(acc[1], 1.0), acc[2] / acc[3] if acc[3] else None)
             while not trainer.stopped and next_epoch in sums and sums[next_epoch][1] >= n:
                 record = _epoch_record(trainer, next_epoch, sums.pop(next_epoch), job, t_epoch)
-                trainer._end_epoch(record)
-                trainer.history.append(record)
-                trainer.epoch = next_epoch + 1
-                trainer._save(n)
-                if bar is not None:
-                    bar.end_epoch(record)
-                    if next_epoch + 1 < c.epochs and not trainer.stopped:
-                        bar.start_epoch(next_epoch + 1, nb)
+                trainer._close_epoch(record, next_epoch, n, bar)
+                if bar is not None and next_epoch + 1 < c.epochs and not trainer.stopped:
+                    bar.start_epoch(next_epoch + 1, nb)
                 next_epoch += 1
                 t_epoch = time.perf_counter()
             final = trainer.stopped or done[src] == expected[src]

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any, Mapping
+
+from fortify.errors import ConfigError
 
 from fortify.train.tasks.base import Task
 from fortify.train.tasks.registry import TASKS
@@ -70,4 +73,14 @@ def create(name: str, **kwargs: object) -> Task:
     return TASKS.get(name)(**kwargs)
 
 
-__all__ = ["TASKS", "Task", "create"]
+def resolve(task: Task | str, options: Mapping[str, Any] | None = None) -> Task:
+    """A registered task name instantiated with ``options``, or a Task instance as given
+    (ConfigError if ``options`` come with an instance)."""
+    if isinstance(task, str):
+        return create(task, **dict(options or {}))
+    if options:
+        raise ConfigError("task_options are only used with a task name, not a Task instance")
+    return task
+
+
+__all__ = ["TASKS", "Task", "create", "resolve"]
