@@ -95,13 +95,16 @@ def artefact_bytes(model: nn.Module, encoding: str = "auto") -> int:
         return save_compressed(model, Path(tmp, "m.safetensors"), encoding=encoding).stat().st_size
 
 
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """``(N,)`` bool: ``model`` classifies ``x[i]`` as ``y[i]``."""
+    with torch.no_grad():
+        return torch.cat([model(x[i: i + batch_size]).argmax(1) == y[i: i + batch_size]
+                          for i in range(0, x.shape[0], batch_size)])
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``x (N, ...)``, ``y (N,)``."""
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            correct += int((model(x[i: i + batch_size]).argmax(1) == y[i: i + batch_size]).sum())
-    return correct / max(1, x.shape[0])
+    return int(_correct(model, x, y, batch_size).sum()) / max(1, x.shape[0])
 
 
 CLOCKS = ("wall", "cpu")
@@ -148,16 +151,9 @@ def latencies(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, 
     return {n: {b: statistics.median(v) for b, v in d.items()} for n, d in times.items()}
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """``(N,)`` bool: ``model`` classifies ``x[i]`` as ``y[i]``."""
-    with torch.no_grad():
-        return torch.cat([model(x[i: i + batch_size]).argmax(1) == y[i: i + batch_size]
-                          for i in range(0, x.shape[0], batch_size)])
-
-
 def robust_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
                  float_twin: nn.Module | None = None, pgd_steps: int = 40, square_queries: int = 1000,
-                 seed: int = 0) -> dict[str, torch.Tensor]:
+                 seed: int = 0, with_fast: bool = True) -> dict[str, torch.Tensor]:
     """Per-attack, per-sample robustness ``{attack: (N,) bool}`` plus ``"all"`` (robust to every one).
 
     PyTorch model (white-box): ``"fast"`` -- fortify's ``fast`` cascade (APGD-CE, APGD-T; Croce &
@@ -165,7 +161,8 @@ def robust_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thr
     :class:`OnnxModule` (not differentiable): ``"square"`` on the model itself and, with
     ``float_twin``, ``"transfer_pgd"`` (PGD-``pgd_steps`` on the twin) and ``"transfer_fast"`` (the
     ``fast`` cascade's adversarial examples on the twin), each scored on the ONNX model. A point that
-    is misclassified clean is never robust. ``x (N, C, H, W)`` in the threat's bounds, ``y (N,)``.
+    is misclassified clean is never robust. ``with_fast=False`` skips the ``fast`` cascade (white-box
+    and transfer). ``x (N, C, H, W)`` in the threat's bounds, ``y (N,)``.
     """
     from fortify.attacks import create as create_attack
     from fortify.evaluate import robust_accuracy
@@ -182,11 +179,13 @@ def robust_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thr
             gen = torch.Generator().manual_seed(seed)
             x_pgd = create_attack("pgd", steps=pgd_steps)(float_twin, x, y, threat, generator=gen).x_adv
             masks["transfer_pgd"] = _correct(model, x_pgd, y)
-            rep = robust_accuracy(float_twin, x, y, threat, preset="fast", seed=seed, sanity=False)
-            masks["transfer_fast"] = _correct(model, rep.threats[0].x_adv, y)
+            if with_fast:
+                rep = robust_accuracy(float_twin, x, y, threat, preset="fast", seed=seed, sanity=False)
+                masks["transfer_fast"] = _correct(model, rep.threats[0].x_adv, y)
     else:
-        rep = robust_accuracy(model, x, y, threat, preset="fast", seed=seed, sanity=False)
-        masks["fast"] = rep.threats[0].robust.cpu()
+        if with_fast:
+            rep = robust_accuracy(model, x, y, threat, preset="fast", seed=seed, sanity=False)
+            masks["fast"] = rep.threats[0].robust.cpu()
         masks["square"] = square(model)
     masks = {k: v.cpu().bool() & clean.cpu() for k, v in masks.items()}
     every = clean.cpu().clone()
@@ -208,26 +207,21 @@ def robust_accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
         method = "+".join(k for k in masks if k != "all")
         return float(masks["all"].float().mean()), method, {f"robust_{k}": float(v.float().mean())
                                                            for k, v in masks.items() if k != "all"}
-    gen = torch.Generator().manual_seed(seed)
-    if isinstance(model, OnnxModule):
-        square = create_attack("square", n_queries=square_queries)(model, x, y, threat, generator=gen)
-        robust = ~square.success
-        extra = {"robust_square": float(robust.float().mean())}
+    if isinstance(model, OnnxModule):  # black-box Square on the int8 model + transfer PGD from its twin
+        masks = robust_masks(model, x, y, threat, float_twin=float_twin, pgd_steps=pgd_steps,
+                             square_queries=square_queries, seed=seed, with_fast=False)
+        extra = {"robust_square": float(masks["square"].float().mean())}
         method = f"square({square_queries})"
-        if float_twin is not None:
-            x_t = create_attack("pgd", steps=pgd_steps)(float_twin, x, y, threat, generator=gen).x_adv
-            with torch.no_grad():
-                transfer_ok = model(x_t).argmax(1) == y
-            extra["robust_transfer"] = float(transfer_ok.float().mean())
-            robust = robust & transfer_ok
+        if "transfer_pgd" in masks:
+            extra["robust_transfer"] = float(masks["transfer_pgd"].float().mean())
             method += f"+transfer-pgd({pgd_steps})"
-        return float(robust.float().mean()), method, extra
+        return float(masks["all"].float().mean()), method, extra
     if mode == "fast":
         from fortify.evaluate import robust_accuracy
 
         rep = robust_accuracy(model, x, y, threat, preset="fast", seed=seed, sanity=False)
         return rep.threats[0].robust_accuracy, "cascade-fast", {}
-    res = create_attack("pgd", steps=pgd_steps)(model, x, y, threat, generator=gen)
+    res = create_attack("pgd", steps=pgd_steps)(model, x, y, threat, generator=torch.Generator().manual_seed(seed))
     return float((~res.success).float().mean()), f"pgd({pgd_steps})", {}
 
 
