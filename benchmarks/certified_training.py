@@ -54,9 +54,15 @@ import time
 import torch
 
 
-def lr_at(epoch: int, epochs: int, lr: float) -> float:
-    """Step decay: ``lr`` until 80% of the epochs, then ``lr / 10``."""
-    return lr if epoch < math.ceil(0.8 * epochs) else lr / 10
+def lr_at(epoch: int, epochs: int, lr: float, milestones: list[int] | None = None, factor: float = 0.1) -> float:
+    """Step decay: ``lr`` times ``factor`` per milestone epoch passed; default one milestone at 80%
+    of the epochs."""
+    ms = milestones if milestones else [math.ceil(0.8 * epochs)]
+    return lr * factor ** sum(epoch >= m for m in ms)
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def main() -> None:
@@ -75,6 +81,19 @@ def main() -> None:
     ap.add_argument("--train-eps", type=float, default=0.4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", default="small-cnn", help="registered model (small-cnn, dm-medium, ...)")
+    ap.add_argument("--channels", default="", help="comma list of conv widths (default: the arch's)")
+    ap.add_argument("--hidden", default="", help="comma list of fc widths (default: the arch's)")
+    ap.add_argument("--init", choices=["default", "ibp"], default="default",
+                    help="ibp: IBP initialisation of Shi et al. 2021 (fortify.train.init.ibp_init)")
+    ap.add_argument("--schedule", choices=["linear", "smoothed"], default="linear", help="eps ramp shape")
+    ap.add_argument("--kappa-end", type=float, default=None, help="final clean-loss weight (ibp 0.5, crown_ibp 0)")
+    ap.add_argument("--lr-milestones", default="", help="comma list of epochs where the lr is multiplied by "
+                    "--lr-factor (default: one at 80%% of the epochs)")
+    ap.add_argument("--lr-factor", type=float, default=0.1)
+    ap.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0: off)")
+    ap.add_argument("--monitor", type=int, default=1000, help="IBP-verified accuracy on this many test images "
+                    "after each epoch (0: off)")
     ap.add_argument("--save", default="", help="path for the trained weights (.safetensors)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,17 +111,33 @@ def main() -> None:
     x, y = x[:args.train_limit].float(), y[:args.train_limit]
     xt, yt = fdata.load(args.dataset, split="test")
     xt, yt = xt[:args.test_limit].float(), yt[:args.test_limit]
-    net = fmodels.create("small-cnn", in_shape=tuple(x.shape[1:]), num_classes=10)
+    arch_args: dict = {}
+    if args.channels:
+        arch_args["channels"] = ints(args.channels)
+    if args.hidden:
+        h = ints(args.hidden)
+        arch_args["hidden"] = h[0] if len(h) == 1 and args.arch == "small-cnn" else h
+    net = fmodels.create(args.arch, in_shape=tuple(x.shape[1:]), num_classes=10, **arch_args)
+    if args.init == "ibp":
+        from fortify.train.init import ibp_init
+        ibp_init(net, torch.Generator().manual_seed(args.seed))
+    milestones = ints(args.lr_milestones)
     steps_per_epoch = math.ceil(len(x) / args.batch)
     total = steps_per_epoch * args.epochs
     warm = min(1.0, args.warmup_epochs / args.epochs)
     ramp_end = min(1.0, (args.warmup_epochs + args.ramp_epochs) / args.epochs)
-    kw = dict(threat=f"linf:{args.train_eps}", warmup=warm, ramp_end=ramp_end, kappa_start=1.0)
-    task = create_task(args.method, kappa_end=0.5 if args.method == "ibp" else 0.0, **kw)
+    kw = dict(threat=f"linf:{args.train_eps}", warmup=warm, ramp_end=ramp_end, kappa_start=1.0,
+              schedule=args.schedule)
+    kappa_end = args.kappa_end if args.kappa_end is not None else (0.5 if args.method == "ibp" else 0.0)
+    task = create_task(args.method, kappa_end=kappa_end, **kw)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     print(f"# {platform.machine()}, torch {torch.__version__}, threads {args.threads}; {args.method} on "
-          f"{args.dataset} ({len(x)} train, {args.epochs} epochs, batch {args.batch}), train eps {args.train_eps}, "
-          f"warmup {args.warmup_epochs} ep, ramp {args.ramp_epochs} ep", flush=True)
+          f"{args.dataset} ({len(x)} train, {args.epochs} epochs, batch {args.batch}), {args.arch} {arch_args} "
+          f"({sum(p.numel() for p in net.parameters()):,} params, init {args.init}), train eps {args.train_eps}, "
+          f"warmup {args.warmup_epochs} ep, {args.schedule} ramp {args.ramp_epochs} ep, kappa 1 -> {kappa_end}, "
+          f"lr {args.lr} x{args.lr_factor} at {milestones or '80%'}", flush=True)
+    from fortify import ThreatModel as _TM
+    mon_threat = _TM("linf", args.eps)
     t0, c0 = time.perf_counter(), time.process_time()
     step = 0
     g = torch.Generator().manual_seed(args.seed)
@@ -110,7 +145,7 @@ def main() -> None:
         job = bar.add_task("training", total=total)
         for epoch in range(args.epochs):
             for grp in opt.param_groups:
-                grp["lr"] = lr_at(epoch, args.epochs, args.lr)
+                grp["lr"] = lr_at(epoch, args.epochs, args.lr, milestones, args.lr_factor)
             net.train()
             perm = torch.randperm(len(x), generator=g)
             stats: dict[str, float] = {}
@@ -120,14 +155,27 @@ def main() -> None:
                 out = task(net, x[idx], y[idx])
                 opt.zero_grad()
                 out["loss"].backward()
+                if args.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
                 opt.step()
                 step += 1
                 bar.advance(job)
                 for k in ("loss", "verified", "eps"):
                     if k in out:
                         stats[k] = float(torch.as_tensor(out[k]).detach())
+            mon = ""
+            if args.monitor:
+                net.eval()
+                with torch.no_grad():
+                    nm = min(args.monitor, len(xt))
+                    acc = float((net(xt[:nm]).argmax(1) == yt[:nm]).float().mean())
+                    ver = certify(net, xt[:nm], yt[:nm], mon_threat, "ibp").certified_accuracy
+                mon = f"; test[:{nm}] clean {acc:.3f} IBP-verified@{args.eps} {ver:.3f}"
+                if args.save:
+                    fmodels.save(net, args.save, meta={"dataset": args.dataset, "task": args.method,
+                                                        "epoch": str(epoch + 1)})
             print(f"epoch {epoch + 1}: {time.perf_counter() - t0:.0f} s wall, " +
-                  ", ".join(f"{k} {v:.3f}" for k, v in stats.items()), flush=True)
+                  ", ".join(f"{k} {v:.3f}" for k, v in stats.items()) + mon, flush=True)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     net.eval()
     if args.save:
@@ -143,7 +191,8 @@ def main() -> None:
     ibp_sub = certify(net, xt[:nc], yt[:nc], threat, "ibp").certified_accuracy
     e2 = time.process_time()
     res = {"method": args.method, "dataset": args.dataset, "train": len(x), "epochs": args.epochs,
-           "train_eps": args.train_eps, "eps": args.eps, "train_wall_s": round(wall), "train_cpu_s": round(cpu),
+           "arch": args.arch, "arch_args": arch_args, "init": args.init, "schedule": args.schedule,
+           "kappa_end": kappa_end, "train_eps": args.train_eps, "eps": args.eps, "train_wall_s": round(wall), "train_cpu_s": round(cpu),
            "clean": clean, "ibp_verified": ibp, "n_test": len(xt), "crown_verified": crown,
            "ibp_verified_on_crown_subset": ibp_sub, "n_crown": nc, "ibp_eval_cpu_s": round(e1 - e0, 1),
            "crown_eval_cpu_s": round(e2 - e1, 1)}

@@ -20,9 +20,12 @@ def test_exact_minimum_is_sandwiched_and_attained(threat: ThreatModel) -> None:
     y = net(x).argmax(1)
     exact = CERTIFIERS.get("milp")(exact=True, time_limit=20)(net, x, y, threat)
     crown = CERTIFIERS.get("crown")()(net, x, y, threat).lower_margin
+    alpha = CERTIFIERS.get("alpha-crown")()(net, x, y, threat).lower_margin
     attack = strong_attack_margin(net, x, y, threat, steps=60, restarts=4)
     assert all(s in ("verified", "counterexample") for s in exact.status)
     assert bool((crown <= exact.lower_margin + 1e-4).all())
+    assert bool((alpha <= exact.lower_margin + 1e-4).all())
+    assert bool((alpha >= crown - 1e-6).all())
     assert bool((exact.lower_margin <= attack + 1e-4).all())
     # sampled points of the threat set never go below the exact minimum
     xs = threat.random_init(x.repeat(300, 1, 1, 1))

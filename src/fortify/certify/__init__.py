@@ -7,7 +7,10 @@ mutated. Registered names:
 * ``ibp``: interval bound propagation (Gowal et al. 2018), margin folded into the last layer;
 * ``crown``: CROWN backward linear bounds with adaptive ReLU slopes (Zhang et al. 2018), CROWN
   intermediate bounds (conv layers via receptive-field windows, see ``patches.py``), memory-aware
-  chunking (``memory_budget`` bytes), intersected with IBP (``intersect_ibp``);
+  chunking (``memory_budget`` bytes), intersected with IBP (``intersect_ibp``), final-pass slopes
+  refined by 3 optimisation steps on the 2 lowest margin rows (``alpha_steps``, ``alpha_rows``);
+* ``alpha-crown``: the same with 20 slope-optimisation steps on every margin row (alpha-CROWN of
+  Xu et al. 2021 on the final specification; intermediate bounds stay CROWN-Ada's);
 * ``crown-ibp``: IBP intermediate bounds + CROWN final bound (Zhang et al. 2020);
 * ``smoothing``: randomized smoothing, l2 (Cohen et al. 2019), ``Smoothing.predict`` abstains;
 * ``milp``: exact MILP verification of small ReLU nets (HiGHS via scipy), with counterexamples.
@@ -28,6 +31,7 @@ from fortify.certify.accuracy import (
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.milp import MILPVerifier
 from fortify.certify.propagation import (
+    AlphaCROWNCertifier,
     CROWNCertifier,
     CROWNIBPCertifier,
     IBPCertifier,
@@ -42,6 +46,7 @@ __all__ = [
     "Certifier",
     "IBPCertifier",
     "CROWNCertifier",
+    "AlphaCROWNCertifier",
     "CROWNIBPCertifier",
     "margin_lower_bound",
     "robust_logits",

@@ -81,15 +81,24 @@ def _relu_parts(lo: torch.Tensor, hi: torch.Tensor):
     return parts + (sl[..., cols], su[..., cols], bu[..., cols])
 
 
-def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, cache: dict | None = None):
+def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, cache: dict | None = None,
+               alpha: torch.Tensor | None = None):
     """Backward step through a ReLU for ``a (B' , S, *shape)``: ``a -> a * (sl if a > 0 else su)``,
     ``const += sum(min(a, 0) * bu)``. With few unstable columns (union over the batch, <= 1/4) the
     sign-dependent part is applied to those columns only (stable ones: a single product
     ``a * slope``); otherwise the whole-tensor form ``a * sl - min(a, 0) * (sl - su)`` avoids the
-    column gather / scatter."""
+    column gather / scatter. ``alpha (B', S, N)`` in [0, 1]: lower slopes of the unstable neurons
+    per specification row (alpha-CROWN; stable neurons keep their exact slope)."""
     parts = memo(cache, ("relu", id(lo), id(hi)), lambda: _relu_parts(lo, hi))
     sl, su, bu, cols = parts[:4]
     flat = a.reshape(a.shape[0], a.shape[1], -1)
+    if alpha is not None:
+        unstable = ((lo < 0) & (hi > 0)).reshape(lo.shape[0], 1, -1)
+        sl = torch.where(unstable, alpha, sl)
+        neg = flat.clamp(max=0)
+        const = const + neg.matmul(bu.transpose(1, 2)).squeeze(-1)
+        new = flat * sl + neg * (su - sl)
+        return new.reshape(new.shape[:2] + a.shape[2:]), const
     if len(parts) == 5:  # many unstable columns: whole-tensor form, no gather/scatter
         neg = flat.clamp(max=0)
         const = const + neg.matmul(bu.transpose(1, 2)).squeeze(-1)
@@ -195,13 +204,15 @@ def _maxpool_coef(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch
 def backward_lower(
     ops: list[Op], upto: int, a: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor]], inp: InputSet,
     const: torch.Tensor | None = None, pooled: bool = True, cache: dict | None = None,
+    alphas: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Lower bound ``(B, S)`` of ``a . z_upto + const`` over the input set, ``z_upto`` the input of
     ``ops[upto]`` (the output when ``upto == len(ops)``); ``bounds[t]`` bounds the input of ``ops[t]``.
     ``pooled``: take Conv -> [ReLU] -> MaxPool as one step at the pooled resolution
     (:mod:`fortify.certify.pooled`; same bounds, ``m*m`` less work in the convolution).
     ``cache``: a dict shared by calls with the same ``bounds`` (chunks of rows) that keeps the
-    relaxations, which do not depend on ``a``."""
+    relaxations, which do not depend on ``a``. ``alphas``: lower slopes per ReLU operator index for
+    :func:`optimize_slopes` (ReLUs fused into a MaxPool keep CROWN-Ada's)."""
     b = inp.x.shape[0]
     const = a.new_zeros(b, a.shape[1]) if const is None else const.expand(b, a.shape[1])
     t = upto - 1
@@ -211,7 +222,7 @@ def backward_lower(
             const = const + op.bias(a)
             a = op.back(a)
         elif isinstance(op, ReLUOp):
-            a, const = _relu_back(a, const, *bounds[t], cache=cache)
+            a, const = _relu_back(a, const, *bounds[t], cache=cache, alpha=None if alphas is None else alphas.get(t))
         elif isinstance(op, MaxPoolOp):
             fuse = fused_relu(ops, t)
             tc = pooled_conv_index(ops, t) if pooled else None
@@ -383,6 +394,56 @@ def layer_bounds(
     return bounds
 
 
+def optimize_slopes(ops: list[Op], bounds: list[tuple[torch.Tensor, torch.Tensor]], inp: InputSet, c: torch.Tensor,
+                    low: torch.Tensor, steps: int, lr: float = 0.5, rows: int = 0) -> torch.Tensor:
+    """Tighten the final bound ``low (B, S)`` of ``C z`` by optimising the lower ReLU slopes used in
+    the final backward pass (alpha-CROWN, Xu et al. 2021, with the intermediate bounds kept fixed):
+    one slope in [0, 1] per (sample, specification row, unstable neuron) for every ReLU that is not
+    fused into a MaxPool, started at CROWN-Ada's ``1[u > -l]``, ``steps`` of Adam on ``-sum(bound)``
+    (projected onto [0, 1]). Every slope in [0, 1] gives a sound bound, so the elementwise best
+    over the iterates is returned: never looser than ``low``. ``rows > 0``: only the ``rows``
+    lowest specification rows of each sample are optimised (a certificate is the minimum over the
+    rows; the others keep their CROWN-Ada bound)."""
+    if 0 < rows < low.shape[1]:
+        idx = low.topk(rows, dim=1, largest=False).indices  # (B, rows)
+        cb = c.expand(low.shape[0], -1, -1) if c.shape[0] != low.shape[0] else c
+        sub_c = cb.gather(1, idx.unsqueeze(-1).expand(-1, -1, cb.shape[-1]))
+        sub = optimize_slopes(ops, bounds, inp, sub_c, low.gather(1, idx), steps, lr)
+        return low.scatter(1, idx, sub)
+    b, s = low.shape
+    relus = [t for t, op in enumerate(ops) if isinstance(op, ReLUOp)
+             and not (t + 1 < len(ops) and fused_relu(ops, t + 1))]
+    alphas = {}
+    for t in relus:
+        lo, hi = bounds[t]
+        if bool(((lo < 0) & (hi > 0)).any()):
+            sl = relu_relax(lo, hi)[0].reshape(lo.shape[0], 1, -1)
+            alphas[t] = sl.expand(b, s, sl.shape[-1]).clone().requires_grad_(True)
+    if not alphas or steps < 1:
+        return low
+    best = low.detach().clone()
+    params = list(alphas.values())
+    m1 = [torch.zeros_like(v) for v in params]
+    m2 = [torch.zeros_like(v) for v in params]
+    b1, b2 = 0.9, 0.999
+    with torch.enable_grad():
+        for k in range(1, steps + 1):
+            cur = backward_lower(ops, len(ops), c, bounds, inp, alphas=alphas)
+            best = torch.maximum(best, cur.detach())
+            # autograd.grad, not backward(): no gradient may reach the model's parameters. Adam by
+            # hand (ascent on the bound): torch.optim's first step imports torch._dynamo (~1 s)
+            grads = torch.autograd.grad(cur.sum(), params)
+            with torch.no_grad():
+                for v, g, m, q in zip(params, grads, m1, m2):
+                    m.mul_(b1).add_(g, alpha=1 - b1)
+                    q.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    step = lr * (m / (1 - b1 ** k)) / ((q / (1 - b2 ** k)).sqrt() + 1e-8)
+                    v.add_(step).clamp_(0.0, 1.0)
+        with torch.no_grad():
+            best = torch.maximum(best, backward_lower(ops, len(ops), c, bounds, inp, alphas=alphas))
+    return best
+
+
 def crown_margin(
     ops: list[Op],
     inp: InputSet,
@@ -391,12 +452,18 @@ def crown_margin(
     intermediate: str = "crown",
     intersect_ibp: bool = True,
     memory_budget: int = 2 << 30,
+    alpha_steps: int = 0,
+    alpha_rows: int = 0,
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Lower bound ``(B, S)`` of ``C z`` (``C (B, S, K)``, folded into the last layer) and the
     per-layer bounds used. With ``intersect_ibp`` the result is the elementwise maximum with the IBP
-    margin bound (both are sound, so the maximum is)."""
+    margin bound (both are sound, so the maximum is). ``alpha_steps > 0``: the final pass's lower
+    ReLU slopes are then optimised (:func:`optimize_slopes`; no gradient reaches the model)."""
     bounds = layer_bounds(ops, inp, intermediate=intermediate, memory_budget=memory_budget)
     low = backward_lower(ops, len(ops), c, bounds, inp)
+    if alpha_steps > 0:
+        bounds = [(lo.detach(), hi.detach()) for lo, hi in bounds]
+        low = optimize_slopes(ops, bounds, inp, c.detach(), low.detach(), alpha_steps, rows=alpha_rows)
     if intersect_ibp:
         low = torch.maximum(low, ibp_margin(ops, inp, c))
     return low, bounds

@@ -33,11 +33,15 @@ def margin_lower_bound(
     keep_true_row: bool = True,
     memory_budget: int = 2 << 30,
     intersect_ibp: bool = True,
+    alpha_steps: int = 0,
+    alpha_rows: int = 0,
 ) -> torch.Tensor:
     """Lower bounds of ``z_y - z_j`` over the threat set: ``(B, K)`` (zero column at ``y``) or
     ``(B, K-1)`` without it. ``method``: ``ibp`` (Gowal et al. 2018), ``crown`` (CROWN intermediate
     and final bounds), ``crown-ibp`` (IBP intermediate bounds, CROWN final bound; Zhang et al. 2020).
-    ``eps`` overrides ``threat.eps`` (eps ramps). Does not change the model's mode."""
+    ``eps`` overrides ``threat.eps`` (eps ramps). ``alpha_steps`` / ``alpha_rows``: optimise the
+    final pass's lower ReLU slopes (:func:`fortify.certify.crown.optimize_slopes`; CROWN methods
+    only, not differentiable in the model). Does not change the model's mode."""
     if method not in BOUND_METHODS:
         raise ConfigError(f"unknown bound method {method!r}; allowed: {', '.join(BOUND_METHODS)}")
     e = threat.eps if eps is None else float(eps)
@@ -53,7 +57,8 @@ def margin_lower_bound(
     if method == "ibp":
         return ibp_margin(ops, inp, c)
     inter = "crown" if method == "crown" else "ibp"
-    low, _ = crown_margin(ops, inp, c, intermediate=inter, intersect_ibp=intersect_ibp, memory_budget=memory_budget)
+    low, _ = crown_margin(ops, inp, c, intermediate=inter, intersect_ibp=intersect_ibp, memory_budget=memory_budget,
+                          alpha_steps=alpha_steps, alpha_rows=alpha_rows)
     return low
 
 
@@ -63,15 +68,31 @@ def robust_logits(lower: torch.Tensor) -> torch.Tensor:
     return -lower
 
 
+def _count(v: object, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(f"{name} must be an int >= 0, got {v!r}")
+    return v
+
+
 class _BoundCertifier(Certifier):
     method: str = "ibp"
+    #: defaults of the final-pass slope optimisation (CROWN certifiers)
+    default_alpha_steps: int = 0
+    default_alpha_rows: int = 0
 
-    def __init__(self, batch_size: int = 256, memory_budget: int = 2 << 30, intersect_ibp: bool = True) -> None:
+    def __init__(self, batch_size: int = 256, memory_budget: int = 2 << 30, intersect_ibp: bool = True,
+                 alpha_steps: int | None = None, alpha_rows: int | None = None) -> None:
         if int(batch_size) < 1 or int(memory_budget) < 1 << 20:
             raise ConfigError("batch_size must be >= 1 and memory_budget >= 1 MiB")
         self.batch_size = int(batch_size)
         self.memory_budget = int(memory_budget)
         self.intersect_ibp = bool(intersect_ibp)
+        steps = self.default_alpha_steps if alpha_steps is None else alpha_steps
+        rows = self.default_alpha_rows if alpha_rows is None else alpha_rows
+        self.alpha_steps = _count(steps, "alpha_steps")
+        self.alpha_rows = _count(rows, "alpha_rows")
+        if self.method == "ibp" and self.alpha_steps:
+            raise ConfigError("alpha_steps needs a CROWN method (ibp has no linear relaxation to optimise)")
 
     def _chunk(self, model: nn.Module, x: torch.Tensor) -> int:
         """Batch chunk: at most ``batch_size``, and small enough that 16 specification rows of the
@@ -89,6 +110,7 @@ class _BoundCertifier(Certifier):
             low = margin_lower_bound(
                 model, x[s:s + chunk], y[s:s + chunk], threat, self.method, keep_true_row=False,
                 memory_budget=self.memory_budget, intersect_ibp=self.intersect_ibp,
+                alpha_steps=self.alpha_steps, alpha_rows=self.alpha_rows,
             )
             lows.append(low.amin(dim=1))
         lower = torch.cat(lows)
@@ -105,10 +127,29 @@ class IBPCertifier(_BoundCertifier):
 
 @CERTIFIERS.register("crown", help="CROWN backward linear bounds, adaptive ReLU slopes (Zhang et al. 2018)")
 class CROWNCertifier(_BoundCertifier):
-    """CROWN with CROWN intermediate bounds; the result is intersected with IBP by default."""
+    """CROWN with CROWN intermediate bounds (adaptive slopes ``1[u > -l]``); the result is
+    intersected with IBP by default. The final pass then takes 3 steps of slope optimisation on the
+    2 lowest margin rows of each sample (``alpha_steps=3, alpha_rows=2``; +5-35% time on
+    small-cnn): CROWN-Ada's slope choice is a heuristic and is not monotone in the intermediate
+    bounds, so without it a bound can come out looser than another CROWN implementation's on a
+    few images; ``alpha_steps=0`` gives plain CROWN-Ada."""
 
     name = "crown"
     method = "crown"
+    default_alpha_steps = 3
+    default_alpha_rows = 2
+
+
+@CERTIFIERS.register("alpha-crown", help="CROWN with optimised final-pass ReLU slopes (alpha-CROWN, Xu et al. 2021)")
+class AlphaCROWNCertifier(_BoundCertifier):
+    """CROWN intermediate bounds, then 20 Adam steps on the lower ReLU slopes of the final pass for
+    every margin row (alpha-CROWN restricted to the final specification: the intermediate bounds
+    are CROWN-Ada's, not re-optimised). Tighter than ``crown``, several times its final-pass cost."""
+
+    name = "alpha-crown"
+    method = "crown"
+    default_alpha_steps = 20
+    default_alpha_rows = 0
 
 
 @CERTIFIERS.register("crown-ibp", help="IBP intermediate bounds + CROWN final bound (Zhang et al. 2020)")

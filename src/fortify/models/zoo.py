@@ -12,6 +12,8 @@ pruned models can be described, saved and rebuilt.
   conv16 k4 s2 p1, conv32 k4 s2 p1, fc100, fc10; 166,406 parameters on MNIST.
 - ``madry-cnn``: the MNIST network of Madry et al. 2018 (ICLR, PGD adversarial training):
   conv32 k5 p2, pool, conv64 k5 p2, pool, fc1024, fc10; 3,274,634 parameters on MNIST.
+- ``dm-medium``: the "medium" network of Gowal et al. 2018 (IBP) / Zhang et al. 2020 (CROWN-IBP):
+  conv32 k3, conv32 k4 s2, conv64 k3, conv64 k4 s2, fc512, fc512, fc10; 1,974,762 parameters on MNIST.
 """
 from __future__ import annotations
 
@@ -144,6 +146,35 @@ def madry_cnn(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 1
     )
 
 
+@MODELS.register("dm-medium", help="Gowal et al. 2018 IBP 'medium' convnet (conv32-conv32s2-conv64-conv64s2-fc512-fc512)")
+def dm_medium(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
+              channels: Sequence[int] = (32, 32, 64, 64), hidden: Sequence[int] = (512, 512)) -> nn.Sequential:
+    """The "medium" network of Gowal et al. 2018 ("On the effectiveness of interval bound
+    propagation"), also used by Zhang et al. 2020 (CROWN-IBP): four convolutions without pooling.
+
+    ``conv(C->32, k3, p1), ReLU, conv(32->32, k4, s2, p1), ReLU, conv(32->64, k3, p1), ReLU,
+    conv(64->64, k4, s2, p1), ReLU, flatten, fc512, ReLU, fc512, ReLU, fc(num_classes)``. Shapes on
+    28x28: ``(N,1,28,28) -> (N,32,28,28) -> (N,32,14,14) -> (N,64,14,14) -> (N,64,7,7) -> (N,3136)
+    -> (N,512) -> (N,512) -> (N,10)``.
+    """
+    c1, c2, c3, c4 = _widths(channels, 4, "channels")
+    f1, f2 = _widths(hidden, 2, "hidden")
+    c, h, w = in_shape
+    for _ in range(2):
+        h, w = _conv_out(h, 4, 2, 1), _conv_out(w, 4, 2, 1)
+        _check_size(h, w, "dm-medium")
+    return nn.Sequential(
+        nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c3, c4, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(c4 * h * w, f1), nn.ReLU(),
+        nn.Linear(f1, f2), nn.ReLU(),
+        nn.Linear(f2, num_classes),
+    )
+
+
 #: Parameter counts of the default widths on ``(1, 28, 28)`` inputs with 10 classes (from the papers'
 #: layer sizes; checked by the contract tests).
 KNOWN_PARAM_COUNTS: dict[str, int] = {
@@ -151,6 +182,7 @@ KNOWN_PARAM_COUNTS: dict[str, int] = {
     "lenet5": 61_706,
     "small-cnn": 166_406,
     "madry-cnn": 3_274_634,
+    "dm-medium": 1_974_762,
 }
 
-__all__ = ["KNOWN_PARAM_COUNTS", "lenet5", "madry_cnn", "mlp", "small_cnn"]
+__all__ = ["KNOWN_PARAM_COUNTS", "dm_medium", "lenet5", "madry_cnn", "mlp", "small_cnn"]

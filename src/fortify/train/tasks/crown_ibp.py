@@ -26,8 +26,8 @@ class CROWNIBPTask(CertifiedTask):
 
     def __init__(self, threat: object = "linf:0.1", warmup: float = 0.0, ramp_end: float = 0.5,
                  kappa_start: float = 1.0, kappa_end: float = 0.0, beta_start: float = 1.0,
-                 beta_end: float = 0.0) -> None:
-        super().__init__(threat, warmup, ramp_end, kappa_start, kappa_end)
+                 beta_end: float = 0.0, schedule: str = "linear") -> None:
+        super().__init__(threat, warmup, ramp_end, kappa_start, kappa_end, schedule)
         self.beta_start = _fraction(beta_start, "beta_start")
         self.beta_end = _fraction(beta_end, "beta_end")
 

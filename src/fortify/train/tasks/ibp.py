@@ -4,9 +4,12 @@ interval bound propagation for training verifiably robust models").
 Loss: ``kappa * CE(f(x), y) + (1 - kappa) * CE(-m(x, eps_t), y)`` where ``m (B, K)`` holds the
 IBP lower bounds of ``z_y - z_j`` (0 at ``j = y``), so ``-m`` are worst-case logits
 (:func:`fortify.certify.robust_logits`). Schedule, from the Trainer's ``progress`` p in [0, 1]:
-``r = clamp((p - warmup) / (ramp_end - warmup), 0, 1)``, ``eps_t = r * eps``,
+``r = clamp((p - warmup) / (ramp_end - warmup), 0, 1)``, ``eps_t = s(r) * eps``,
 ``kappa_t = kappa_start + r * (kappa_end - kappa_start)`` (Gowal et al.: eps ramps up from 0,
-kappa from 1 to 0.5). Shapes: ``x (B, ...)``, ``y (B,)``; ``logits (B, K)`` are the clean logits.
+kappa from 1 to 0.5). ``schedule="linear"``: ``s(r) = r``; ``schedule="smoothed"`` (the
+SmoothedScheduler of Shi et al. 2021 / auto_LiRPA, mid point 0.25, exponent 4): ``s(r) = a (r/0.25)^4``
+up to ``r = 0.25``, then linear to 1, with ``a = 0.25 / (4 * 0.75 + 0.25)`` so that value and slope
+are continuous - eps grows slowly while the bounds are still loose. Shapes: ``x (B, ...)``, ``y (B,)``; ``logits (B, K)`` are the clean logits.
 Metrics: ``eps``, ``kappa``, ``robust_loss``, ``verified`` (fraction with all bounds > 0 at eps_t).
 """
 from __future__ import annotations
@@ -43,14 +46,31 @@ def _fraction(v: object, name: str) -> float:
     return f
 
 
+EPS_SCHEDULES = ("linear", "smoothed")
+SMOOTH_MID, SMOOTH_EXP = 0.25, 4.0
+
+
+def eps_fraction(r: float, schedule: str = "linear") -> float:
+    """Fraction of the final eps at ramp position ``r`` in [0, 1] (see the module docstring)."""
+    if schedule == "linear" or r >= 1.0:
+        return r
+    a = SMOOTH_MID / (SMOOTH_EXP * (1 - SMOOTH_MID) + SMOOTH_MID)
+    if r <= SMOOTH_MID:
+        return a * (r / SMOOTH_MID) ** SMOOTH_EXP
+    return a + (1 - a) * (r - SMOOTH_MID) / (1 - SMOOTH_MID)
+
+
 class CertifiedTask(Task):
     """Shared schedule of certified-training tasks (eps ramp and kappa mix)."""
 
     bound_method = "ibp"
 
     def __init__(self, threat: object = "linf:0.1", warmup: float = 0.0, ramp_end: float = 0.5,
-                 kappa_start: float = 1.0, kappa_end: float = 0.5) -> None:
+                 kappa_start: float = 1.0, kappa_end: float = 0.5, schedule: str = "linear") -> None:
         super().__init__()
+        if schedule not in EPS_SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(EPS_SCHEDULES)}; got {schedule!r}")
+        self.schedule = schedule
         self.threat = as_threat(threat)
         self.warmup = _fraction(warmup, "warmup")
         self.ramp_end = _fraction(ramp_end, "ramp_end")
@@ -66,7 +86,7 @@ class CertifiedTask(Task):
         return min(1.0, max(0.0, (self.progress - self.warmup) / (self.ramp_end - self.warmup)))
 
     def eps_now(self) -> float:
-        return self.ramp() * self.threat.eps
+        return eps_fraction(self.ramp(), self.schedule) * self.threat.eps
 
     def kappa_now(self) -> float:
         return self.kappa_start + self.ramp() * (self.kappa_end - self.kappa_start)
@@ -94,6 +114,6 @@ class CertifiedTask(Task):
 @TASKS.register("ibp", help="IBP certified training with eps ramp and kappa mix (Gowal et al. 2018)")
 class IBPTask(CertifiedTask):
     """IBP certified training. Args: ``threat``, ``warmup``/``ramp_end`` (fractions of training),
-    ``kappa_start``/``kappa_end`` (clean-loss weight)."""
+    ``kappa_start``/``kappa_end`` (clean-loss weight), ``schedule`` (eps ramp shape)."""
 
     name = "ibp"
