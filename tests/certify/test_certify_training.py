@@ -100,3 +100,46 @@ def test_gaussian_noise_task_lowers_loss_and_is_registered() -> None:
     assert out["logits"].shape == (60, 3)
     with pytest.raises(ConfigError):
         create("gaussian_noise", sigma=-1.0)
+
+
+def test_smoothed_eps_ramp_is_continuous_monotone_and_reaches_eps() -> None:
+    from fortify.train.tasks.ibp import SMOOTH_MID, eps_fraction
+
+    r = torch.linspace(0, 1, 2001).tolist()
+    f = [eps_fraction(v, "smoothed") for v in r]
+    assert f[0] == 0.0 and f[-1] == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(f, f[1:]))
+    h = 1e-6  # value and slope continuous at the switch from the power law to the line
+    left = (eps_fraction(SMOOTH_MID, "smoothed") - eps_fraction(SMOOTH_MID - h, "smoothed")) / h
+    right = (eps_fraction(SMOOTH_MID + h, "smoothed") - eps_fraction(SMOOTH_MID, "smoothed")) / h
+    assert left == pytest.approx(right, rel=1e-3)
+    assert eps_fraction(0.1, "smoothed") < 0.1 * eps_fraction(0.5, "smoothed")  # slow start
+    assert [eps_fraction(v) for v in (0.0, 0.3, 1.0)] == [0.0, 0.3, 1.0]  # linear is the identity
+    task = create("ibp", threat="linf:0.4", warmup=0.2, ramp_end=0.6, schedule="smoothed")
+    task.set_progress(0.6, 0)
+    assert task.eps_now() == pytest.approx(0.4)
+    task.set_progress(0.3, 0)  # r = 0.25: the switch point
+    assert task.eps_now() == pytest.approx(0.4 * eps_fraction(0.25, "smoothed"))
+    with pytest.raises(ConfigError, match="schedule"):
+        create("crown_ibp", threat=THREAT, schedule="cosine")
+
+
+def test_ibp_init_keeps_interval_radius_growth_constant_per_layer() -> None:
+    from fortify.train.init import ibp_init
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1000, 600), nn.ReLU(), nn.Conv2d(1, 1, 1), nn.Linear(600, 7))
+    last = net[3].weight.clone()
+    assert ibp_init(net, torch.Generator().manual_seed(1)) == 2
+    assert torch.equal(net[3].weight, last)  # the last layer keeps its initialisation
+    w = net[0].weight.detach()
+    assert float(w.std()) == pytest.approx((2 * torch.pi) ** 0.5 / 1000, rel=0.02)
+    assert float(w.mean()) == pytest.approx(0.0, abs=1e-4)
+    # an interval of radius r through |W|: E|w| * fan_in = sqrt(2/pi) * sqrt(2 pi) = 2, whatever the width
+    rad = torch.full((1, 1000), 0.1)
+    growth = float((rad @ w.abs().T).mean() / 0.1)
+    assert growth == pytest.approx(2.0, rel=0.03)
+    default = nn.Linear(1000, 600)  # Kaiming-uniform: E|w| * fan_in = sqrt(fan_in) / 2 ~ 15.8
+    assert float((rad @ default.weight.detach().abs().T).mean() / 0.1) > 5 * growth
+    with pytest.raises(ConfigError, match="no Linear or Conv2d"):
+        ibp_init(nn.Sequential(nn.ReLU()))
