@@ -49,13 +49,13 @@ def show_certification(ctx: Any, quiet: bool) -> None:
 class CertifyVerb:
     """``fortify certify MODEL --method M --threat NORM:EPS``: certified accuracy and its curve."""
     name: ClassVar[str] = "certify"
-    help: ClassVar[str] = "certified accuracy of a saved model (ibp, crown, smoothing, milp) and its curve vs eps"
+    help: ClassVar[str] = "certified accuracy of a saved model (ibp, crown, alpha-crown, smoothing, milp) and its curve"
     description = (
         "Load MODEL and prove robustness of the first --n test images under --threat: ibp (interval bounds), "
-        "crown (backward linear bounds), crown-ibp, smoothing (randomized smoothing, l2, a probabilistic "
-        "certificate for the smoothed classifier) or milp (exact verification of small ReLU MLPs). Prints the "
-        "certified accuracy, saves certified accuracy vs eps (radius for smoothing) as PNG with the run, and "
-        "records it in the run store and report. Example: fortify certify fortify-runs/<id>/model.safetensors "
+        "crown (backward linear bounds), alpha-crown (optimised final slopes), crown-ibp, smoothing (randomized "
+        "smoothing, l2, a probabilistic certificate for the smoothed classifier) or milp (exact verification of "
+        "small ReLU MLPs). Prints the certified accuracy, saves certified accuracy vs eps (radius for "
+        "smoothing) as PNG with the run, and records it in the run store and report. Example: fortify certify fortify-runs/<id>/model.safetensors "
         "--method crown --threat linf:0.1 --n 100")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -63,7 +63,7 @@ class CertifyVerb:
         add_model_options(parser)
         g = parser.add_argument_group("certification")
         g.add_argument("--method", metavar="NAME", default=None,
-                       help="ibp | crown | crown-ibp | smoothing | milp (default crown)")
+                       help="ibp | crown | alpha-crown | crown-ibp | smoothing | milp (default crown)")
         g.add_argument("--threat", metavar="NORM:EPS", default=None,
                        help="threat model, e.g. linf:0.1 (bound methods, milp: linf/l1) or l2:0.5 (smoothing); "
                             "default linf:0.1")
