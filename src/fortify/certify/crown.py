@@ -93,7 +93,7 @@ def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch
     sl, su, bu, cols = parts[:4]
     flat = a.reshape(a.shape[0], a.shape[1], -1)
     if alpha is not None:
-        unstable = ((lo < 0) & (hi > 0)).reshape(lo.shape[0], 1, -1)
+        unstable = memo(cache, ("unstable", id(lo), id(hi)), lambda: ((lo < 0) & (hi > 0)).reshape(lo.shape[0], 1, -1))
         sl = torch.where(unstable, alpha, sl)
         neg = flat.clamp(max=0)
         const = const + neg.matmul(bu.transpose(1, 2)).squeeze(-1)
@@ -426,9 +426,10 @@ def optimize_slopes(ops: list[Op], bounds: list[tuple[torch.Tensor, torch.Tensor
     m1 = [torch.zeros_like(v) for v in params]
     m2 = [torch.zeros_like(v) for v in params]
     b1, b2 = 0.9, 0.999
+    cache: dict = {}  # relaxations do not depend on the slopes: computed once for all steps
     with torch.enable_grad():
         for k in range(1, steps + 1):
-            cur = backward_lower(ops, len(ops), c, bounds, inp, alphas=alphas)
+            cur = backward_lower(ops, len(ops), c, bounds, inp, cache=cache, alphas=alphas)
             best = torch.maximum(best, cur.detach())
             # autograd.grad, not backward(): no gradient may reach the model's parameters. Adam by
             # hand (ascent on the bound): torch.optim's first step imports torch._dynamo (~1 s)
@@ -440,7 +441,7 @@ def optimize_slopes(ops: list[Op], bounds: list[tuple[torch.Tensor, torch.Tensor
                     step = lr * (m / (1 - b1 ** k)) / ((q / (1 - b2 ** k)).sqrt() + 1e-8)
                     v.add_(step).clamp_(0.0, 1.0)
         with torch.no_grad():
-            best = torch.maximum(best, backward_lower(ops, len(ops), c, bounds, inp, alphas=alphas))
+            best = torch.maximum(best, backward_lower(ops, len(ops), c, bounds, inp, cache=cache, alphas=alphas))
     return best
 
 
