@@ -9,7 +9,8 @@ IBP lower bounds of ``z_y - z_j`` (0 at ``j = y``), so ``-m`` are worst-case log
 kappa from 1 to 0.5). ``schedule="linear"``: ``s(r) = r``; ``schedule="smoothed"`` (the
 SmoothedScheduler of Shi et al. 2021 / auto_LiRPA, mid point 0.25, exponent 4): ``s(r) = a (r/0.25)^4``
 up to ``r = 0.25``, then linear to 1, with ``a = 0.25 / (4 * 0.75 + 0.25)`` so that value and slope
-are continuous - eps grows slowly while the bounds are still loose. Shapes: ``x (B, ...)``, ``y (B,)``; ``logits (B, K)`` are the clean logits.
+are continuous - eps grows slowly while the bounds are still loose. Shapes: ``x (B, ...)``,
+``y (B,)``; ``logits (B, K)`` are the clean logits.
 Metrics: ``eps``, ``kappa``, ``robust_loss``, ``verified`` (fraction with all bounds > 0 at eps_t).
 """
 from __future__ import annotations
