@@ -28,7 +28,7 @@ def test_help_documents_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         main(["certify", "--help"])
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    for opt in ("--method NAME", "ibp | crown | crown-ibp | smoothing | milp", "--threat NORM:EPS", "--n N",
+    for opt in ("--method NAME", "ibp | crown | alpha-crown | crown-ibp | smoothing | milp", "--threat NORM:EPS", "--n N",
                 "--sigma S", "--samples N", "--time-limit S", "--eps-grid", "--compare", "--curve-points K"):
         assert opt in out, opt
 
