@@ -25,19 +25,17 @@ loads trained weights (fortify safetensors) instead. ``base-crown`` runs an earl
 the same interleaved loop, for before/after tables; ``min(lb - base-crown) >= 0`` (up to float
 rounding) shows that a change did not loosen any bound.
 
-Measured 2026-11-21 (09:35-09:50 UTC) on this 2-core x86_64 machine shared with other jobs, torch 2.13 CPU, one
-thread, mnist-5k test images, fortify at commit e48ce6d ("after"), "before" = 0dea233 (``base-crown``; its
-certify code is that of 14fab1c, the previous table's "after"), auto_LiRPA 0.3. CPU seconds per batch
+Measured 2026-11-21 (10:35-11:00 UTC) on this 2-core x86_64 machine (two certified-training runs kept both
+cores busy), torch 2.13 CPU, one thread, mnist-5k test images, fortify at commit e0418e5 (madry-cnn rows: 597ed86,
+identical bounds), ``base-crown`` = 38b50a0 (the previous round), auto_LiRPA 0.3. CPU seconds per image
 (``time.process_time`` of the child), median over interleaved repetitions (3 for small-cnn, 2 for madry-cnn);
-``intersect_ibp=False`` (pure CROWN margins; IBP is not maxed in at the end).
-Tightness is fortify's lower margin minus auto_LiRPA's per image (max / mean, and how many images are
-tighter / equal within 1e-5 relative / looser)::
+``intersect_ibp=False`` (pure CROWN margins; IBP is not maxed in at the end). ``crown`` = fortify's default
+(CROWN-Ada intermediate bounds + 3 steps of final-pass slope optimisation on the 2 lowest margin rows),
+``ada`` = ``fortify-crown-ada`` (plain CROWN-Ada; the same bounds as ``base-crown`` on every image), ``alpha`` =
+``fortify-alpha-crown`` (20 steps, all rows). Tightness: fortify's lower margin minus auto_LiRPA's per image
+(max / mean / min; tighter / equal within 1e-5 relative / looser)::
 
-    .venv/bin/python benchmarks/certify.py --train-madry benchmarks/.cache/mnist5k-pgd-madry-cnn-e2.safetensors
-    .venv/bin/python benchmarks/certified_training.py --method ibp --dataset mnist-5k --train-limit 5000 \
-        --test-limit 1000 --crown-limit 50 --epochs 20 --warmup-epochs 1 --ramp-epochs 10 --train-eps 0.2 --eps 0.1 \
-        --save benchmarks/.cache/mnist5k-ibp-small-cnn-eps0.2-e20.safetensors
-    B="--methods fortify-crown lirpa-crown base-crown --base-src /tmp/base/src"
+    B="--methods fortify-crown fortify-crown-ada fortify-alpha-crown lirpa-crown base-crown --base-src /tmp/base/src"
     .venv/bin/python benchmarks/certify.py --models small-cnn --n 32 --eps 0.005 --reps 3 $B
     .venv/bin/python benchmarks/certify.py --models small-cnn --n 32 --eps 0.1 --reps 3 $B \
         --checkpoint small-cnn=benchmarks/.cache/mnist-robust-small-cnn-e6.safetensors
@@ -47,22 +45,25 @@ tighter / equal within 1e-5 relative / looser)::
     .venv/bin/python benchmarks/certify.py --models madry-cnn --n 8 --eps 0.02 --reps 2 $B \
         --checkpoint madry-cnn=benchmarks/.cache/mnist5k-pgd-madry-cnn-e2.safetensors
 
-| model, weights (images, linf eps, certified) | fortify s/img | LiRPA s/img | ratio | before s/img | peak RSS fortify / LiRPA | tightness: max / mean, tighter/equal/looser |
-|---|---|---|---|---|---|---|
-| small-cnn, random init (32, 0.005, 32/32) | 0.0094 | 0.0641 | 6.8x | 0.0134 | 379 / 781 MiB | +1.5e-8 / +7e-10, 0/32/0 |
-| small-cnn, Fast-AT full MNIST 6 ep (catastrophically overfitted; 32, 0.1, 24/32) | 0.0137 | 0.1016 | 7.4x | 0.0164 | 389 / 1015 MiB | +0.39 / +0.014, 17/14/1 (-0.061) |
-| small-cnn, IBP mnist-5k 20 ep (32, 0.15, 25/32) | 0.0039 | 0.0285 | 7.3x | 0.0042 | 405 / 786 MiB | +1.22 / +0.080, 31/0/1 (-0.0067) |
-| madry-cnn, random init (4, 0.005, 0/4) | 0.858 | 10.85 | 12.6x | 0.868 | 424 / 5051 MiB | +0.51 / +0.47, 4/0/0 |
-| madry-cnn, PGD mnist-5k 2 ep (8, 0.02, fortify 7/8, LiRPA 6/8) | 0.379 | 6.77 | 17.9x | 0.346 | 440 / 5973 MiB | +0.31 / +0.23, 8/0/0 |
+| model, weights (images, eps) | crown | ada | alpha | LiRPA | ratio | RSS crown / LiRPA | certified crown/ada/LiRPA | crown - LiRPA | ada - LiRPA min; t/e/l |
+|---|---|---|---|---|---|---|---|---|---|
+| small-cnn random (32, 0.005) | 0.0117 | 0.0108 | 0.0354 | 0.0620 | 5.3x | 382 / 817 MiB | 32/32/32 | +1.3e-4 / +2.4e-5 / -4e-9; 20/12/0 | -1e-8; 0/32/0 |
+| small-cnn Fast-AT (32, 0.1) | 0.0138 | 0.0127 | 0.0373 | 0.1139 | 8.3x | 390 / 1041 MiB | 25/24/24 | +1.39 / +0.25 / +0.065; 32/0/0 | -0.061; 17/14/1 |
+| small-cnn IBP mnist-5k (32, 0.15) | 0.0056 | 0.0046 | 0.0306 | 0.0359 | 6.4x | 403 / 746 MiB | 25/25/25 | +2.01 / +0.25 / +0.0115; 32/0/0 | -0.0067; 31/0/1 |
+| madry-cnn random (4, 0.005) | 0.789 | 0.804 | 0.977 | 10.84 | 13.7x | 422 / 5051 MiB | 0/0/0 | +0.51 / +0.47 / +0.42; 4/0/0 | +0.42; 4/0/0 |
+| madry-cnn PGD mnist-5k (8, 0.02) | 0.404 | 0.370 | 0.546 | 6.45 | 16.0x | 435 / 5976 MiB | 8/7/6 | +0.34 / +0.25 / +0.18; 8/0/0 | +0.17; 8/0/0 |
 
-auto_LiRPA's times in this run are 1.1-1.4x those of the previous run of the same commands (small-cnn random
-0.0452 s/img, Fast-AT 0.0856, IBP 0.0265, madry random 7.80, PGD 4.79; the machine was busier): against those
-figures fortify's ratios are 4.8x, 6.2x, 6.8x, 9.1x and 12.6x. The "before -> after" column is the robust one
-(interleaved in the same loop): the random small-cnn is 1.43x faster (0.0134 -> 0.0094), the Fast-AT small-cnn
-1.2x, the IBP small-cnn unchanged within noise (0.0042 -> 0.0039); madry-cnn runs the identical code path (same
-chunking at every batch size; 0.868 -> 0.858 and 0.346 -> 0.379 are noise, +-10% between repetitions).
+No image is looser than auto_LiRPA with the default ``crown``. Plain CROWN-Ada was looser on one image of each
+trained small-cnn: fortify intersects each CROWN intermediate bound with IBP, and CROWN-Ada's lower slope
+``1[u > -l]`` is chosen from those (tighter) bounds, which is not monotone: on the worst image of the Fast-AT row
+fortify's conv-layer bounds are at least as tight as auto_LiRPA's on every neuron unstable for either (to 2e-6),
+but the fc-layer bounds computed through them are looser on some neurons (up to 0.05) and tighter on others. The
+final-pass slope optimisation removes it (1 step: still -0.061; 2 steps: -7e-7; 3 steps: +0.065).
 
-What changed (e48ce6d; exact, identical bounds, tests/certify/test_certify_symmetric.py): the row chunks of a
+Previous round (09:35-09:50 UTC, commit e48ce6d, CROWN-Ada only): fortify 0.0094 / 0.0137 / 0.0039 / 0.858 /
+0.379 s/img against auto_LiRPA 0.0641 / 0.1016 / 0.0285 / 10.85 / 6.77 on the same five rows.
+
+What changed in the previous round (e48ce6d; exact, identical bounds, tests/certify/test_certify_symmetric.py): the row chunks of a
 refinement through whole maps (Linear rows, dense path) are capped at 16 MiB of temporaries instead of 64 MiB,
 growing up to 64 MiB only while a chunk holds < 256 (sample, row) pairs (few-image madry-cnn batches keep their
 chunks); windowed conv rows keep 64 MiB (their temporaries are windows; 16 MiB made small-cnn's conv2
@@ -87,13 +88,6 @@ auto_LiRPA madry-cnn PGD-trained (16) fails under a 10 GB address-space cap (pea
 allocating), so its largest feasible batch tried is 8. The Fast-AT small-cnn carries fortify's Normalized
 wrapper, which auto_LiRPA cannot trace: it gets the same function as a plain Sequential (1x1 conv).
 
-The one looser image of the two trained small-cnn rows is not a regression (``before`` gives the same
-bound): fortify intersects each CROWN intermediate bound with IBP, and CROWN-Ada's lower slope
-``1[u > -l]`` is chosen from those (tighter) bounds, which is not monotone: on the worst image of the
-Fast-AT row fortify's conv-layer bounds are at least as tight as auto_LiRPA's on every neuron unstable for
-either (to 2e-6), but the fc-layer bounds computed through them are looser on some neurons (up to 0.05)
-and tighter on others. Plain CROWN (no IBP intersection) is never tighter than auto_LiRPA there and looser
-on some images (up to 5e-3 on the IBP row), so auto_LiRPA uses IBP somewhere too; not traced further.
 
 Changes of the previous session (a17624d -> 14fab1c; each an exact rewrite, tested against the reference path in
 tests/certify/test_certify_pooled.py and test_certify_fastpaths.py): the ReLU / MaxPool relaxations and
@@ -107,17 +101,15 @@ convolutions run on channels-last input; the concretisation and ReLU constant ar
 products; a Linear layer's rows are refined as (sample, neuron) pairs when padding to the largest
 per-sample count would waste > 30%.
 
-The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds), with this run's auto_LiRPA times: met on
-every row (6.8x on the random small-cnn at equal bounds, 7.4x / 7.3x on the trained small-cnns, 12.6x / 17.9x
-on madry-cnn); with the previous run's (faster) auto_LiRPA times the random small-cnn is at 4.8x, just below
-(6.2x, 6.8x, 9.1x, 12.6x on the others). On the trained small-cnns one image per row stays looser (-0.061,
--0.0067; see above). Where the random small-cnn's time goes now (0.30 s per 32 images): ~75% is the fc1
-refinement (100 rows x 2 signs per sample; per-sample counts from IBP are 100 of 100, while after CROWN only
-12 of 100 stay unstable), of which conv2^T (2.6 GMAC, near this core's peak) is about a third and the
-memory-bound ReLU1 step, conv1's column form + fold and the concretisation the rest; ~25% is the windowed conv2
-refinement. Times under load vary by up to ~2x between repetitions and auto_LiRPA's more than fortify's
-(its small-cnn random median was 1.45, 2.13 and 2.05 s per batch in three runs of the same command), so
-ratios against it carry roughly +-20-40%.
+The issue's target (>= 5x auto_LiRPA at equal-or-tighter bounds), in this run: met on every row (5.3x on the
+random small-cnn, 8.3x / 6.4x on the trained small-cnns, 13.7x / 16.0x on madry-cnn), no image looser, tighter
+on every image of the trained and madry rows. Where the random small-cnn's CROWN-Ada time goes (previous round,
+0.30 s per 32 images): ~75% is the fc1 refinement (100 rows x 2 signs per sample; per-sample counts from IBP are
+100 of 100, while after CROWN only 12 of 100 stay unstable), of which conv2^T (2.6 GMAC, near this core's peak) is
+about a third and the memory-bound ReLU1 step, conv1's column form + fold and the concretisation the rest; ~25%
+is the windowed conv2 refinement; the slope optimisation adds ~8%. Times under load vary by up to ~2x between
+repetitions and auto_LiRPA's more than fortify's (its small-cnn random median was 1.45, 2.13 and 2.05 s per batch
+in three runs of the same command one round earlier), so ratios against it carry roughly +-20-40%.
 """
 from __future__ import annotations
 
