@@ -47,11 +47,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``model`` section: architecture name, its arguments, and whether to wrap it in Normalized."""
+    """``model`` section: architecture name, its arguments, whether to wrap it in Normalized, and the
+    weight initialisation (``default``: PyTorch's; ``ibp``: :func:`fortify.train.init.ibp_init`, the
+    IBP initialisation of Shi et al. 2021 for certified training)."""
 
     name: str = "small-cnn"
     normalize: bool = True
     args: dict[str, Any] = field(default_factory=dict)
+    init: Literal["default", "ibp"] = "default"
 
 
 @dataclass

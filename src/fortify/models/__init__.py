@@ -32,7 +32,8 @@ def names() -> list[str]:
 def from_config(cfg: Any) -> nn.Module:
     """The untrained model a run config describes: ``create(model.name, in_shape, num_classes,
     **model.args)`` for ``data.name``'s input shape, seeded by ``cfg.seed`` (the global RNG is left
-    as it was), wrapped in ``Normalized(mean, std)`` of the dataset when ``model.normalize``.
+    as it was), re-initialised by ``model.init`` (``ibp``: :func:`fortify.train.init.ibp_init`), wrapped
+    in ``Normalized(mean, std)`` of the dataset when ``model.normalize``.
     Raises ConfigError for ``model.args`` the architecture does not take."""
     from fortify import data as fdata
 
@@ -44,6 +45,10 @@ def from_config(cfg: Any) -> nn.Module:
                          **cfg.model.args)
         except TypeError as e:
             raise ConfigError(f"model.args: {e}") from None
+        if getattr(cfg.model, "init", "default") == "ibp":
+            from fortify.train.init import ibp_init
+
+            ibp_init(net)
     return Normalized(net, spec.mean, spec.std) if cfg.model.normalize else net
 
 
