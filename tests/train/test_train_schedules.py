@@ -30,6 +30,20 @@ def test_cosine_matches_torch_cosine_annealing() -> None:
         ref.step()
 
 
+def test_step_matches_torch_multistep() -> None:
+    # 70 "epochs" of 3 steps: lr / 5 at epochs 50 and 60, as torch's MultiStepLR(milestones=[150, 180], 0.2)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=5e-4)
+    ref = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[150, 180], gamma=0.2)
+    for t in range(210):
+        assert lr_at("step", t, 210, 5e-4) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        opt.step()
+        ref.step()
+    # with warmup the milestones sit at 5/7 and 6/7 of the steps after it
+    assert [lr_at("step", t, 80, 1.0, 0.125) for t in (0, 9, 10, 59, 60, 69, 70)] == pytest.approx(
+        [0.1, 1.0, 1.0, 1.0, 0.2, 0.2, 0.04])
+
+
 def test_onecycle_peak_and_ends() -> None:
     T, peak = 100, 0.2
     lrs = [lr_at("onecycle", t, T, peak, 0.3) for t in range(T)]
@@ -64,7 +78,7 @@ def test_steplr_state_round_trip_and_mismatch() -> None:
         StepLR(opt, "cosine", 21, 1.0).load_state_dict(s.state_dict())
 
 
-@pytest.mark.parametrize("schedule, warmup", [("cosine", 0.2), ("onecycle", None), ("constant", 0.25)])
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 0.2), ("onecycle", None), ("constant", 0.25), ("step", 0.1)])
 def test_trainer_applies_the_schedule_per_step(schedule: str, warmup: float | None) -> None:
     seen: list[float] = []
 

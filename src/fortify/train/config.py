@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from fortify.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine", "onecycle")
+SCHEDULES = ("constant", "cosine", "onecycle", "step")
 DIST_MODES = ("sync", "async")
 #: fraction of the steps spent warming up to the peak for ``onecycle`` when ``warmup`` is None
 #: (Smith & Topin 2019, "Super-convergence"; also PyTorch's ``OneCycleLR`` default ``pct_start``).
@@ -46,8 +46,9 @@ class TrainConfig:
     momentum: SGD momentum in ``[0, 1)``.
     weight_decay: L2 penalty coefficient, ``>= 0`` (coupled, as in ``torch.optim``).
     schedule: per-step learning-rate schedule, one of ``constant``, ``cosine`` (Loshchilov &
-        Hutter 2017, SGDR without restarts) or ``onecycle`` (Smith & Topin 2019; linear up from
-        ``lr/25`` to ``lr`` then linear down to 0, the cyclic schedule of Wong et al. 2020).
+        Hutter 2017, SGDR without restarts), ``onecycle`` (Smith & Topin 2019; linear up from
+        ``lr/25`` to ``lr`` then linear down to 0, the cyclic schedule of Wong et al. 2020) or
+        ``step`` (``lr / 5`` at 5/7 and again at 6/7 of training; Shi et al. 2021's MNIST schedule).
     warmup: fraction of all steps in ``[0, 1)`` spent ramping up linearly to ``lr``; ``None``
         means 0 for ``constant``/``cosine`` and 0.3 for ``onecycle`` (where it places the peak).
     seed: non-negative integer; fixes data order, the task's generator and torch's global RNG

@@ -13,6 +13,9 @@ With ``W = floor(warmup * T)`` warmup steps (``W <= T - 1`` since ``warmup < 1``
 * ``onecycle`` (Smith & Topin 2019; the cyclic schedule of Wong et al. 2020, "Fast is better than
   free"): linear from ``peak / 25`` at ``t = 0`` to ``peak`` at ``t = W``, then linear down to 0 at
   ``t = T`` (the last step uses ``peak / (T - W)``).
+* ``step``: the same linear warmup, then ``peak`` multiplied by ``STEP_GAMMA`` (0.2) at each of
+  ``STEP_MILESTONES`` (5/7 and 6/7 of the post-warmup steps): the MNIST schedule of Shi et al. 2021
+  for certified training (lr / 5 at epochs 50 and 60 of 70).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from fortify.errors import ConfigError
 from fortify.train.config import SCHEDULES
 
 ONECYCLE_DIV = 25.0
+STEP_MILESTONES = (5 / 7, 6 / 7)
+STEP_GAMMA = 0.2
 
 
 def warmup_steps(total_steps: int, warmup: float) -> int:
@@ -53,6 +58,9 @@ def lr_at(name: str, step: int, total_steps: int, peak: float, warmup: float = 0
         return peak * (t + 1) / W
     if name == "constant":
         return peak
+    if name == "step":
+        p = (t - W) / (T - W)
+        return peak * STEP_GAMMA ** sum(p >= m - 1e-12 for m in STEP_MILESTONES)
     p = (t - W) / (T - W)
     return peak * 0.5 * (1.0 + math.cos(math.pi * p))
 
@@ -112,4 +120,4 @@ class StepLR:
         self.step_count = int(state["step_count"])
 
 
-__all__ = ["lr_at", "warmup_steps", "StepLR", "ONECYCLE_DIV"]
+__all__ = ["lr_at", "warmup_steps", "StepLR", "ONECYCLE_DIV", "STEP_MILESTONES", "STEP_GAMMA"]
