@@ -24,6 +24,12 @@ unstable, intersected with IBP; rows are chosen per sample for conv layers (wind
 non-overlapping windows is applied at the pooled resolution (:func:`fused_relu`; exact). Memory: a
 backward pass holds ``a`` of ``B * S * max_t numel(z_t)`` floats; the specification rows are
 chunked so that this stays under ``memory_budget`` bytes.
+
+Final-pass slope optimisation (:func:`optimize_slopes`, ``alpha_steps > 0``): the lower slopes of
+the unstable neurons in the last backward pass become free parameters in [0, 1] per (sample, row,
+neuron), optimised by projected Adam with the intermediate bounds fixed (alpha-CROWN of Xu et al.
+2021 on the final specification only); the best iterate per row is kept, so the bound is never
+looser than CROWN-Ada's.
 """
 from __future__ import annotations
 
