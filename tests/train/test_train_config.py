@@ -21,7 +21,7 @@ from fortify.train import TrainConfig, train
         ("momentum", 1.0, "[0, 1)"),
         ("momentum", -0.1, "[0, 1)"),
         ("weight_decay", -1e-4, ">= 0"),
-        ("schedule", "step", "constant, cosine, onecycle"),
+        ("schedule", "multistep", "constant, cosine, onecycle, step"),
         ("warmup", 1.0, "[0, 1)"),
         ("seed", -1, ">= 0"),
         ("seed", "0", ">= 0"),
