@@ -98,17 +98,16 @@ def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch
     parts = memo(cache, ("relu", id(lo), id(hi)), lambda: _relu_parts(lo, hi))
     sl, su, bu, cols = parts[:4]
     flat = a.reshape(a.shape[0], a.shape[1], -1)
-    if alpha is not None:
-        unstable = memo(cache, ("unstable", id(lo), id(hi)), lambda: ((lo < 0) & (hi > 0)).reshape(lo.shape[0], 1, -1))
-        sl = torch.where(unstable, alpha, sl)
+    if alpha is not None or len(parts) == 5:  # whole-tensor form (many unstable columns, or free slopes)
+        gap = parts[4] if alpha is None else None  # su - sl
+        if alpha is not None:
+            unstable = memo(cache, ("unstable", id(lo), id(hi)),
+                            lambda: ((lo < 0) & (hi > 0)).reshape(lo.shape[0], 1, -1))
+            sl = torch.where(unstable, alpha, sl)
+            gap = su - sl
         neg = flat.clamp(max=0)
         const = const + neg.matmul(bu.transpose(1, 2)).squeeze(-1)
-        new = flat * sl + neg * (su - sl)
-        return new.reshape(new.shape[:2] + a.shape[2:]), const
-    if len(parts) == 5:  # many unstable columns: whole-tensor form, no gather/scatter
-        neg = flat.clamp(max=0)
-        const = const + neg.matmul(bu.transpose(1, 2)).squeeze(-1)
-        new = torch.addcmul(flat * sl, neg, parts[4])  # a > 0: lower slope; a < 0: upper slope
+        new = torch.addcmul(flat * sl, neg, gap)  # a > 0: lower slope; a < 0: upper slope
         return new.reshape(new.shape[:2] + a.shape[2:]), const
     new = flat * su
     if cols.numel():

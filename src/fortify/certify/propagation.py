@@ -129,8 +129,8 @@ class IBPCertifier(_BoundCertifier):
 class CROWNCertifier(_BoundCertifier):
     """CROWN with CROWN intermediate bounds (adaptive slopes ``1[u > -l]``); the result is
     intersected with IBP by default. The final pass then takes 3 steps of slope optimisation on the
-    2 lowest margin rows of each sample (``alpha_steps=3, alpha_rows=2``; +5-35% time on
-    small-cnn): CROWN-Ada's slope choice is a heuristic and is not monotone in the intermediate
+    2 lowest margin rows of each sample (``alpha_steps=3, alpha_rows=2``; +8-22% time on
+    small-cnn and madry-cnn, benchmarks/certify.py): CROWN-Ada's slope choice is a heuristic and is not monotone in the intermediate
     bounds, so without it a bound can come out looser than another CROWN implementation's on a
     few images; ``alpha_steps=0`` gives plain CROWN-Ada."""
 

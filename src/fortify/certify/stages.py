@@ -64,7 +64,7 @@ def pct(v: float) -> str:
 
 #: constructor options of each certifier taken from the section
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "ibp": ("batch_size",), "crown": ("batch_size",), "alpha-crown": ("batch_size",), "crown-ibp": ("batch_size",),
+    **{m: ("batch_size",) for m in ("ibp", "crown", "alpha-crown", "crown-ibp")},
     "smoothing": ("sigma", "n0", "samples", "alpha", "seed"), "milp": ("time_limit",),
 }
 

@@ -49,14 +49,15 @@ def show_certification(ctx: Any, quiet: bool) -> None:
 class CertifyVerb:
     """``fortify certify MODEL --method M --threat NORM:EPS``: certified accuracy and its curve."""
     name: ClassVar[str] = "certify"
-    help: ClassVar[str] = "certified accuracy of a saved model (ibp, crown, alpha-crown, smoothing, milp) and its curve"
+    help: ClassVar[str] = ("certified accuracy of a saved model (ibp, crown, alpha-crown, smoothing, milp) "
+                           "and its curve")
     description = (
         "Load MODEL and prove robustness of the first --n test images under --threat: ibp (interval bounds), "
         "crown (backward linear bounds), alpha-crown (optimised final slopes), crown-ibp, smoothing (randomized "
         "smoothing, l2, a probabilistic certificate for the smoothed classifier) or milp (exact verification of "
         "small ReLU MLPs). Prints the certified accuracy, saves certified accuracy vs eps (radius for "
-        "smoothing) as PNG with the run, and records it in the run store and report. Example: fortify certify fortify-runs/<id>/model.safetensors "
-        "--method crown --threat linf:0.1 --n 100")
+        "smoothing) as PNG with the run, and records it in the run store and report. Example: fortify certify "
+        "fortify-runs/<id>/model.safetensors --method crown --threat linf:0.1 --n 100")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """MODEL, run options and the certification options."""

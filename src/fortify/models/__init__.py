@@ -45,7 +45,7 @@ def from_config(cfg: Any) -> nn.Module:
                          **cfg.model.args)
         except TypeError as e:
             raise ConfigError(f"model.args: {e}") from None
-        if getattr(cfg.model, "init", "default") == "ibp":
+        if cfg.model.init == "ibp":
             from fortify.train.init import ibp_init
 
             ibp_init(net)

@@ -146,7 +146,8 @@ def madry_cnn(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 1
     )
 
 
-@MODELS.register("dm-medium", help="Gowal et al. 2018 IBP 'medium' convnet (conv32-conv32s2-conv64-conv64s2-fc512-fc512)")
+@MODELS.register("dm-medium",
+                 help="Gowal et al. 2018 IBP 'medium' convnet (conv32-conv32s2-conv64-conv64s2-fc512-fc512)")
 def dm_medium(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
               channels: Sequence[int] = (32, 32, 64, 64), hidden: Sequence[int] = (512, 512)) -> nn.Sequential:
     """The "medium" network of Gowal et al. 2018 ("On the effectiveness of interval bound

@@ -58,10 +58,9 @@ def lr_at(name: str, step: int, total_steps: int, peak: float, warmup: float = 0
         return peak * (t + 1) / W
     if name == "constant":
         return peak
-    if name == "step":
-        p = (t - W) / (T - W)
-        return peak * STEP_GAMMA ** sum(p >= m - 1e-12 for m in STEP_MILESTONES)
     p = (t - W) / (T - W)
+    if name == "step":
+        return peak * STEP_GAMMA ** sum(p >= m - 1e-12 for m in STEP_MILESTONES)
     return peak * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
