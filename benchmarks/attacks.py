@@ -167,12 +167,14 @@ def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str,
     times: dict[str, list[float]] = {k: [] for k in presets} | {"AutoAttack standard": []}
     accs: dict[str, float] = {}
     extra: dict[str, str] = {}
+    robust: dict[str, torch.Tensor] = {}  # per-image robust mask of the last round
     for r in range(repeats):
         for name, preset in presets.items():
             t0 = time.perf_counter()
             rep = robust_accuracy(model, x, y, ThreatModel("linf", EPS), preset=preset, seed=r)
             times[name].append(time.perf_counter() - t0)
             accs[name] = rep.robust_accuracy
+            robust[name] = rep.threats[0].robust.bool().cpu()
             extra[name] = ", ".join(f"{row.label} -{row.broken}" for row in rep.threats[0].rows) + (
                 f"; fired: {','.join(rep.fired) or '-'}")
         try:
@@ -188,9 +190,15 @@ def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str,
         x_adv = out[0] if isinstance(out, tuple) else out
         assert (x_adv - x).abs().max() <= EPS + 1e-5
         accs["AutoAttack standard"] = robust_acc(model, x_adv, y)
+        with torch.no_grad():
+            robust["AutoAttack standard"] = (model(x_adv).argmax(1) == y).cpu()
         extra["AutoAttack standard"] = "apgd-ce, apgd-t(9), fab-t(9), square(5000)"
     ref = statistics.median(times["AutoAttack standard"]) if "AutoAttack standard" in times else float("nan")
-    return [{"model": label, "impl": k, "robust_acc": accs[k], "median_s": statistics.median(v),
+    aa_mask = robust.get("AutoAttack standard")
+    # images fortify calls robust that AutoAttack breaks: the per-image "weaker than AutoAttack" count
+    weaker = {k: ("-" if aa_mask is None else int((m & ~aa_mask).sum())) for k, m in robust.items()}
+    return [{"model": label, "impl": k, "robust_acc": accs[k], "weaker_than_AA": weaker.get(k, "-"),
+             "median_s": statistics.median(v),
              "time_vs_AA": statistics.median(v) / ref, "rounds_s": " ".join(f"{t:.1f}" for t in v),
              "stages (points broken)": extra[k]} for k, v in times.items()]
 
@@ -226,19 +234,24 @@ def main() -> None:
     # one-off process costs must not be charged to whichever attack runs first: creating the first
     # torch optimizer imports torch._dynamo (~6 s here; the cascade's surrogate uses Adam)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    models = {"standard": get_model("standard", args.dataset, args.epochs).eval(),
-              "fast-AT": get_model("robust", args.dataset, args.robust_epochs).eval(),
-              "PGD-AT": get_model("pgd", args.dataset, args.pgd_epochs).eval()}
+    recipes = {"standard": ("standard", args.epochs), "fast-AT": ("robust", args.robust_epochs),
+               "PGD-AT": ("pgd", args.pgd_epochs)}
+    cache: dict[str, torch.nn.Module] = {}
+
+    def model_of(label: str) -> torch.nn.Module:  # trained (or read from the cache) only when used
+        if label not in cache:
+            cache[label] = get_model(recipes[label][0], args.dataset, recipes[label][1]).eval()
+        return cache[label]
     if "a" in args.part:
         for label in ("standard", "fast-AT"):
             print(f"\n(a) PGD-linf-40 eps={EPS} on the {label} model, {args.repeats} interleaved rounds")
-            print(table(part_a(models[label], x, y, args.repeats)), flush=True)
+            print(table(part_a(model_of(label), x, y, args.repeats)), flush=True)
     if "b" in args.part:
         xb, yb = x[: args.n_b], y[: args.n_b]
         for label in args.models_b.split(","):
             print(f"\n(b) standard preset vs AutoAttack-standard, {label} model, n={len(xb)}, "
                   f"{args.repeats_b} interleaved round(s)")
-            print(table(part_b(models[label], xb, yb, label, args.repeats_b, args.no_shortcuts)), flush=True)
+            print(table(part_b(model_of(label), xb, yb, label, args.repeats_b, args.no_shortcuts)), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -5,16 +5,16 @@ on the points still robust, so cheap-and-strong attacks come first and expensive
 few survivors (the cascade of Croce & Hein 2020, "Reliable evaluation of adversarial robustness
 with an ensemble of diverse parameter-free attacks", AutoAttack).
 
-* ``fast``: APGD-CE then APGD-T (DLR, 3 target classes), one restart each, 50 iterations.
-* ``standard``: at least as strong as AutoAttack-standard (APGD-CE, APGD-T, FAB-T, Square 5,000)
-  at a fraction of its cost (measurements: benchmarks/README.md). APGD-CE then APGD-T over the
-  top-3 target classes (AutoAttack's further targets added no point in our measurements), each
-  stopping per sample at first success and only on survivors. Square (5,000 queries) runs in full
-  only on signs of gradient masking -- a fired pre-check flag, or the FGSM / transfer probes, the
-  doubled-iterations probe or a 1,000-query Square probe on at most 128 survivors breaking a point
-  the gradient attacks missed. APGD-T over 9 targets and FAB-T (9 targets), which added no point on
-  any model we measured, run only when a pre-check flag fired. Without sanity checks (no evidence
-  either way) every attack runs.
+* ``fast``: APGD-CE then APGD-T (DLR, 3 target classes), one restart each, 50 iterations. An upper
+  bound that can be above AutoAttack (measured: 75.6% vs AutoAttack's 74.8% on the main job's model,
+  first 500 mnist-5k test images, linf 0.3); :data:`PRESET_CAVEATS` is printed next to its figure.
+* ``standard``: AutoAttack-standard's suite at its budgets -- APGD-CE (100 iterations), APGD-T over
+  9 target classes, FAB-T over 9 target classes and Square (5,000 queries) -- every attack on every
+  survivor, no shortcut. An earlier ``standard`` skipped APGD-T's further targets, FAB-T and the
+  full Square unless a sanity flag fired: on the main job's model (first 500 mnist-5k test images,
+  linf 0.3) it left 75.4% robust where the reference AutoAttack left 74.8% (3 images AutoAttack
+  broke and fortify did not), so those shortcuts are gone: honesty wins over the 1/5 cost target.
+  Attacks still stop per sample at first success and run only on survivors, as AutoAttack's do.
 * ``thorough``: ``standard`` with more restarts plus untargeted APGD-DLR, CW-L2 (l2 only), NES, and
   the hard-label HopSkipJump and Sign-OPT attacks (robust to gradient masking and to output
   saturation).
@@ -104,10 +104,9 @@ _FAST = [
 ]
 _STANDARD = [
     _s("apgd-ce", "apgd", "pgd", loss="ce", steps=100, restarts=1),
-    _s("apgd-t", "apgd-t", steps=100, restarts=1, n_target_classes=3),
-    _s("square", "square", queries=5000, restarts=1, when="suspect", probe={"queries": 1000}),
-    _s("apgd-t9", "apgd-t", steps=100, restarts=1, n_target_classes=9, when="flagged"),
-    _s("fab-t", "fab", steps=100, restarts=1, n_target_classes=9, when="flagged"),
+    _s("apgd-t", "apgd-t", steps=100, restarts=1, n_target_classes=9),
+    _s("fab-t", "fab", steps=100, restarts=1, n_target_classes=9),
+    _s("square", "square", queries=5000, restarts=1),
 ]
 _THOROUGH = [
     _s("apgd-ce", "apgd", "pgd", loss="ce", steps=100, restarts=5),
@@ -120,6 +119,11 @@ _THOROUGH = [
     _s("hopskipjump", "hopskipjump", queries=5000),
     _s("signopt", "signopt", queries=5000),
 ]
+#: the caveat printed next to a robust accuracy measured with a preset weaker than AutoAttack
+PRESET_CAVEATS: dict[str, str] = {
+    "fast": "fast preset: an upper bound that can exceed AutoAttack's figure (+0.8 points measured on the "
+            "main job's model); use --preset standard for a figure at least as strong as AutoAttack",
+}
 _TABLE: dict[str, list[AttackSpec]] = {"fast": _FAST, "standard": _STANDARD, "thorough": _THOROUGH}
 
 

@@ -158,6 +158,13 @@ def pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
+def preset_caveat(sec: "RobustnessConfig") -> str | None:
+    """The caveat to print next to a figure measured with a preset weaker than AutoAttack (None otherwise)."""
+    from fortify.evaluate.presets import PRESET_CAVEATS
+
+    return PRESET_CAVEATS.get(sec.preset) if sec.attacks is None else None
+
+
 @register_stage
 class RobustnessStage:
     """Robust accuracy under the configured threats (attack cascade), sanity flags and curves."""
@@ -216,6 +223,9 @@ class RobustnessStage:
         fired = f"; sanity flags fired: {', '.join(report.fired)}" if report.fired else "; no sanity flag fired"
         ctx.print(f"robust accuracy ({sec.preset if sec.attacks is None else 'custom cascade'}, {x.shape[0]} images): "
                   f"{what}{union} (clean {pct(report.clean_accuracy)}){fired}")
+        caveat = preset_caveat(sec)
+        if caveat:
+            ctx.print(f"  note: {caveat}")
 
     @staticmethod
     def section(report: Any, sec: RobustnessConfig, n: int, figure: Path | None, run_dir: Path) -> Section:
@@ -242,6 +252,7 @@ class RobustnessStage:
                 + (" under every threat at once (union)" if len(report.threats) > 1 else "")
                 + (f". Sanity flags fired: {', '.join(report.fired)} (the evaluation may be unreliable; see the "
                    "explanations)." if report.fired else ". No sanity flag fired.")
-                + (f" Wrappers used by the attacks: {', '.join(report.wrappers)}." if report.wrappers else ""))
+                + (f" Wrappers used by the attacks: {', '.join(report.wrappers)}." if report.wrappers else "")
+                + (f" Caveat: {preset_caveat(sec)}." if preset_caveat(sec) else ""))
         figs = [str(figure.relative_to(run_dir))] if figure is not None and figure.is_relative_to(run_dir) else []
         return Section("Robustness (attacks)", text=text, tables=tables, figures=figs)
