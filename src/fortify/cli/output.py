@@ -79,7 +79,10 @@ def _pillar_rows(ctx: RunContext) -> list[tuple[str, str]]:
         if len(per_threat) > 1 and "robust_accuracy" in rob:
             text += f", union {rob['robust_accuracy']:.2%}"
         flags = int(rob.get("flags_fired", 0))
-        rows.append(("robust accuracy", f"{text} ({fmt(rob.get('n'))} images, {preset} preset, "
+        from fortify.evaluate.presets import PRESET_CAVEATS
+
+        caveat = "; may be above AutoAttack" if preset in PRESET_CAVEATS else ""
+        rows.append(("robust accuracy", f"{text} ({fmt(rob.get('n'))} images, {preset} preset{caveat}, "
                                         f"{flags} sanity flag{'s' if flags != 1 else ''} fired)"))
     cert = ctx.metrics.get("certify", {})
     if "certified_accuracy" in cert:

@@ -430,8 +430,8 @@ class ExportStage:
         metrics = {"onnx_bytes": size, "max_abs_diff": diff, "agreement": agree, "n_check": int(x.shape[0]),
                    "export_seconds": seconds}
         ctx.log_metrics(metrics)
-        ctx.state[self.name] = {"path": path, **metrics, "int8": sec.int8}
-        kind = f"int8 ({sec.int8})" if sec.int8 else "float"
+        ctx.state[self.name] = {"path": path, **metrics, "int8": sec.int8, "int8_scheme": onnx.int8_scheme}
+        kind = f"int8 ({sec.int8}, {onnx.int8_scheme})" if sec.int8 else "float"
         ctx.add_section(Section("ONNX export", text=(
             f"The model was exported to ONNX ({kind}) as {path.name}, {size:,} bytes. ONNX Runtime and PyTorch "
             f"agree on {agree:.2%} of the predicted classes of {x.shape[0]} test images; largest logit "
