@@ -46,6 +46,11 @@ class OutputError(FortifyError):
     """An output location (run folder, run store, report) cannot be written."""
 
 
+class ResourceError(FortifyError):
+    """The machine cannot do what was asked: out of memory, more threads than it can run, no disk space.
+    The message says what to reduce."""
+
+
 class WorkerError(FortifyError):
     """A distributed-training worker process failed (an exception, a crash or a timeout); the
     message names the rank and the worker's own error. Worker errors that are already
@@ -63,5 +68,6 @@ __all__ = [
     "ModelFileError",
     "UnsupportedLayerError",
     "OutputError",
+    "ResourceError",
     "WorkerError",
 ]

@@ -2,14 +2,18 @@
 
 A registry maps a name to an object (usually a factory or class). Registering a name twice is an
 error; looking up an unknown name raises :class:`fortify.errors.UnknownNameError` listing the
-allowed names. The CLI and the contract tests enumerate registries, so a new method is found
-everywhere by registering it.
+allowed names. :meth:`Registry.create` is the one construction path: it checks the keyword
+arguments against the registered class's (or factory's) signature, so an unknown or missing
+argument is a :class:`fortify.errors.ConfigError` naming the allowed ones, never a bare TypeError.
+The CLI and the contract tests enumerate registries, so a new method is found everywhere by
+registering it.
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from fortify.errors import ConfigError, UnknownNameError
+from fortify.validation import build, check_kwargs
 
 T = TypeVar("T")
 
@@ -53,6 +57,18 @@ class Registry(Generic[T]):
         except (KeyError, TypeError):
             allowed = ", ".join(sorted(self._items)) or "(none registered)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; allowed: {allowed}") from None
+
+    def check_kwargs(self, name: str, kwargs: dict[str, Any]) -> None:
+        """ConfigError if ``kwargs`` are not keyword arguments of the object registered as ``name``."""
+        check_kwargs(self.get(name), kwargs, what=f"{self.kind} {name!r}")  # type: ignore[arg-type]
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        """Call the object registered as ``name`` (a class or factory) with ``kwargs``.
+
+        Raises UnknownNameError for an unknown name and ConfigError for an unknown or missing
+        keyword argument (the message names the allowed ones).
+        """
+        return build(self.get(name), kwargs, what=f"{self.kind} {name!r}")  # type: ignore[arg-type]
 
     def help(self, name: str) -> str:
         self.get(name)

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 
 from fortify.errors import InputError, ThreatModelError
+from fortify.validation import check_finite_number
 
 Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
@@ -46,8 +47,11 @@ class ThreatModel:
 
     Args:
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
-        eps: radius, ``>= 0``.
-        bounds: ``(lo, hi)`` valid input range, ``lo < hi``.
+        eps: radius, a finite real number ``>= 0`` (``bool`` and ``str`` are refused: ``eps=True``
+            or ``eps="0.1"`` is a mistake, not 1.0 or 0.1; use :meth:`parse` for text).
+        bounds: ``(lo, hi)`` valid input range, finite numbers with ``lo < hi``.
+
+    Every invalid value raises :class:`fortify.errors.ThreatModelError` (a ``ConfigError``).
     """
 
     norm: str
@@ -55,19 +59,15 @@ class ThreatModel:
     bounds: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
+        if not isinstance(self.norm, str) or self.norm not in NORMS:
             raise ThreatModelError(f"unknown norm {self.norm!r}; allowed: {', '.join(NORMS)}")
-        try:
-            eps = float(self.eps)
-        except (TypeError, ValueError):
-            raise ThreatModelError(f"eps must be a number, got {self.eps!r}") from None
-        if not math.isfinite(eps) or eps < 0:
+        eps = check_finite_number(self.eps, "eps", error=ThreatModelError)
+        if eps < 0:
             raise ThreatModelError(f"eps must be a finite number >= 0, got {self.eps!r}")
-        try:
-            lo, hi = (float(b) for b in self.bounds)
-        except (TypeError, ValueError):
-            raise ThreatModelError(f"bounds must be a pair (lo, hi), got {self.bounds!r}") from None
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        if isinstance(self.bounds, (str, bytes)) or not hasattr(self.bounds, "__len__") or len(self.bounds) != 2:
+            raise ThreatModelError(f"bounds must be a pair (lo, hi), got {self.bounds!r}")
+        lo, hi = (check_finite_number(b, "bounds", error=ThreatModelError) for b in self.bounds)
+        if not lo < hi:
             raise ThreatModelError(f"bounds must be finite with lo < hi, got {self.bounds!r}")
         object.__setattr__(self, "eps", eps)
         object.__setattr__(self, "bounds", (lo, hi))

@@ -23,8 +23,9 @@ for _name, _cls in ATTACKS.items():
 
 
 def create(name: str, **kwargs: object) -> Attack:
-    """Instantiate the attack registered as ``name`` with its hyper-parameters."""
-    return ATTACKS.get(name)(**kwargs)
+    """Instantiate the attack registered as ``name`` with its hyper-parameters (ConfigError naming the
+    allowed ones for an unknown keyword)."""
+    return ATTACKS.create(name, **kwargs)
 
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "Oracle", "create"] + [c.__name__ for _, c in ATTACKS.items()]

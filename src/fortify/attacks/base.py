@@ -7,10 +7,12 @@
 * ``targeted``: ``None`` (untargeted) or target labels ``(N,)``.
 * returns :class:`AttackResult`.
 
-:meth:`Attack.__call__` is final: it validates, switches the model to eval mode (restoring every
-module's ``training`` flag and every parameter's ``requires_grad`` afterwards), runs the subclass'
-search :meth:`Attack._run` only on the points not already misclassified (or already on target),
-projects onto the threat model and scores success. Subclasses implement ``_run`` against an
+:meth:`Attack.__call__` is final: it validates with :mod:`fortify.validation` (the checks every entry
+point shares: dtype equal to the model's, the sample shape the model declares, finite values inside
+``threat.bounds``, integer labels ``(N,)`` below the class count; all typed errors), switches the
+model to eval mode (restoring every module's ``training`` flag and every parameter's
+``requires_grad`` afterwards), runs the subclass' search :meth:`Attack._run` only on the points not
+already misclassified (or already on target), projects onto the threat model and scores success. Subclasses implement ``_run`` against an
 :class:`Oracle`, which is the only way they touch the model and which counts queries and
 gradient evaluations. Attacks never write ``param.grad`` (gradients are taken with
 ``torch.autograd.grad`` on the input), never move the model and never print.
@@ -27,7 +29,9 @@ from torch import nn
 
 from fortify.errors import InputError, ThreatModelError
 from fortify.threat import ThreatModel
-from fortify.validation import check_images, check_labels, check_logits
+from fortify.validation import (
+    check_device, check_images, check_labels, check_logits, check_model_input, forward_checked,
+)
 
 
 @dataclass
@@ -146,13 +150,12 @@ class Attack(abc.ABC):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_images(x, threat.bounds)
+        check_device(model, x)
+        check_model_input(model, x)
         n = x.shape[0]
-        dev = model_device(model)
-        if dev is not None and x.device != dev:
-            raise InputError(f"x is on {x.device} but the model is on {dev}; fortify never moves the model")
         x = x.detach()
         with frozen_eval(model):
-            clean = check_logits(model(x).detach(), n)
+            clean = check_logits(forward_checked(model, x).detach(), n)
             num_classes = clean.shape[1]
             y = check_labels(y, n, num_classes).to(x.device)
             if targeted is not None:

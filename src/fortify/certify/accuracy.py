@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from fortify import progress
 from fortify.certify.base import CERTIFIERS, Certificate
 from fortify.errors import ConfigError, ThreatModelError
 from fortify.plotting import pyplot, save_figure
@@ -25,8 +26,9 @@ from fortify.threat import ThreatModel
 
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, method: str = "crown",
             **options: Any) -> Certificate:
-    """Run the certifier registered as ``method`` (constructed with ``options``) on ``x (N, ...)``."""
-    return CERTIFIERS.get(method)(**options)(model, x, y, threat)
+    """Run the certifier registered as ``method`` (constructed with ``options``; an unknown option is a
+    ConfigError naming the allowed ones) on ``x (N, ...)``."""
+    return CERTIFIERS.create(method, **options)(model, x, y, threat)
 
 
 def certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -69,7 +71,12 @@ def certified_accuracy_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         acc = [float((good & (rad.to(y.device) >= e)).float().mean()) for e in radii]
         meta = {"sigma": options.get("sigma", 0.25)}
     else:
-        acc = [certified_accuracy(model, x, y, ThreatModel(norm, e, bounds), method, **options) for e in radii]
+        acc = []
+        with progress.task(f"certified curve {method}", total=len(radii), unit="radii") as bar:
+            for e in radii:
+                bar.update(info=f"eps {e:.3g}")
+                acc.append(certified_accuracy(model, x, y, ThreatModel(norm, e, bounds), method, **options))
+                bar.advance()
         meta = {}
     return CertifiedCurve(method, norm, radii, acc, int(x.shape[0]), meta)
 

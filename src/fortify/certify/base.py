@@ -7,7 +7,8 @@
   ``min_{x' in threat set} min_{j != y} (z_y(x') - z_j(x'))``; ``certified = lower_margin > 0``
   (for randomized smoothing, whose guarantee is about the smoothed classifier, see smoothing.py).
 
-:class:`Certifier` is a template: ``__call__`` validates and freezes the model, subclasses write
+:class:`Certifier` is a template: ``__call__`` validates (:func:`fortify.validation.check_batch`, the
+checks every entry point shares) and freezes the model, subclasses write
 ``_certify`` on a batch chunk.
 """
 from __future__ import annotations
@@ -19,11 +20,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fortify.attacks.base import frozen_eval, model_device
-from fortify.errors import InputError, ThreatModelError
+from fortify.attacks.base import frozen_eval
+from fortify.errors import ThreatModelError
 from fortify.registry import Registry
 from fortify.threat import ThreatModel
-from fortify.validation import check_images, check_labels, check_logits
+from fortify.validation import check_batch
 
 CERTIFIERS: Registry = Registry("certifier")
 
@@ -72,17 +73,12 @@ class Certifier(abc.ABC):
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
         threat = check_threat(threat)
         if threat.norm not in self.norms:
-            raise ThreatModelError(f"{self.name} does not support norm {threat.norm!r}; supported: {', '.join(self.norms)}")
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_images(x, threat.bounds)
-        dev = model_device(model)
-        if dev is not None and x.device != dev:
-            raise InputError(f"x is on {x.device} but the model is on {dev}; fortify never moves the model")
+            raise ThreatModelError(
+                f"{self.name} does not support norm {threat.norm!r}; supported: {', '.join(self.norms)}"
+            )
+        x, y, _ = check_batch(model, x, y, threat.bounds)
         x = x.detach()
         with frozen_eval(model), torch.no_grad():
-            logits = check_logits(model(x[:1]), 1)
-            y = check_labels(y, x.shape[0], logits.shape[1]).to(x.device)
             return self._certify(model, x, y, threat)
 
     @abc.abstractmethod

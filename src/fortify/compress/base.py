@@ -24,6 +24,7 @@ from torch import nn
 from fortify.errors import ConfigError, InputError, UnsupportedLayerError
 from fortify.models import Normalized
 from fortify.registry import Registry
+from fortify.validation import check_device, check_images, check_model_input, check_pair, probe_num_classes
 
 #: Layers compression can walk (parametric: Conv2d, Linear; the rest are shape/activation ops).
 SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
@@ -97,16 +98,41 @@ def check_int(value: object, name: str, lo: int = 1) -> int:
     return int(value)
 
 
-def check_data(data: object, name: str = "data") -> Data:
-    """Validate ``(x (N, ...), y (N,))``; ConfigError if missing, InputError if malformed."""
+#: the input box compression data and example inputs must lie in (fortify's pixel space)
+INPUT_BOUNDS: tuple[float, float] = (0.0, 1.0)
+
+
+def check_data(data: object, name: str = "data", *, num_classes: int | None = None) -> Data:
+    """Validate ``(x (N, ...), y (N,))`` with the shared checks of :func:`fortify.validation.check_pair`
+    (floating x, finite, inside :data:`INPUT_BOUNDS`; integer y of shape ``(N,)``, below
+    ``num_classes`` when given). ConfigError if missing, InputError if malformed."""
     if data is None:
         raise ConfigError(f"this transform needs {name}=(x, y) training data")
-    if not isinstance(data, (tuple, list)) or len(data) != 2 or not all(isinstance(t, torch.Tensor) for t in data):
-        raise InputError(f"{name} must be a pair (x, y) of tensors")
-    x, y = data
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise InputError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0]}")
-    return x, y
+    return check_pair(data, name=name, bounds=INPUT_BOUNDS, num_classes=num_classes)
+
+
+def check_transform_inputs(model: object, example_inputs: object, data: object, *,
+                           needs_data: bool) -> tuple[torch.Tensor, Data | None]:
+    """The checks of :meth:`Transform.__call__` (one forward pass of one example, model flags restored).
+
+    ``example_inputs`` and ``data``'s x must have the model's dtype and declared sample shape, lie in
+    :data:`INPUT_BOUNDS` and be finite; ``data``'s labels must be below the model's class count.
+    ``data`` is checked whenever given, and required when ``needs_data``.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    ex = check_images(example_inputs, INPUT_BOUNDS, name="example_inputs")
+    check_device(model, ex, name="example_inputs")
+    check_model_input(model, ex, name="example_inputs")
+    classes = probe_num_classes(model, ex, name="example_inputs")
+    if data is None and not needs_data:
+        return ex, None
+    pair = check_data(data, num_classes=classes)
+    if pair[0].shape[1:] != ex.shape[1:] or pair[0].dtype != ex.dtype:
+        raise InputError(f"data x has samples of shape {tuple(pair[0].shape[1:])} ({pair[0].dtype}) but "
+                         f"example_inputs has {tuple(ex.shape[1:])} ({ex.dtype})")
+    check_device(model, pair[0], name="data x")
+    return ex, pair
 
 
 class Transform:
@@ -121,14 +147,10 @@ class Transform:
     def __call__(self, model: nn.Module, example_inputs: torch.Tensor, *, data: Data | None = None) -> TransformResult:
         """Validate, copy ``model``, apply, and check the input was left untouched.
 
-        ``example_inputs``: ``(B, C, H, W)`` in [0, 1], used for shape tracing and reports.
+        ``example_inputs``: ``(B, *sample_shape)`` in [0, 1] with the model's dtype, used for shape
+        tracing and reports. Inputs are checked by :func:`check_transform_inputs` (typed errors).
         """
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"transform needs an nn.Module, got {type(model).__name__}")
-        if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 2:
-            raise InputError("example_inputs must be a batched tensor (B, ...)")
-        if self.needs_data:
-            data = check_data(data)
+        example_inputs, data = check_transform_inputs(model, example_inputs, data, needs_data=self.needs_data)
         before = param_fingerprint(model)
         work = copy.deepcopy(model)
         with torch.random.fork_rng():
@@ -152,8 +174,8 @@ TRANSFORMS: Registry[Callable[..., Transform]] = Registry("transform")
 
 
 def create(name: str, **kwargs: Any) -> Transform:
-    """Instantiate the transform registered as ``name`` with its hyper-parameters."""
-    return TRANSFORMS.get(name)(**kwargs)
+    """Instantiate the transform registered as ``name`` (ConfigError naming the allowed keywords for an unknown one)."""
+    return TRANSFORMS.create(name, **kwargs)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -164,6 +186,7 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 __all__ = [
-    "SUPPORTED", "TRANSFORMS", "Transform", "TransformResult", "check_data", "check_fraction", "check_int",
+    "INPUT_BOUNDS", "SUPPORTED", "TRANSFORMS", "Transform", "TransformResult", "check_data", "check_transform_inputs",
+    "check_fraction", "check_int",
     "count_params", "create", "param_fingerprint", "sequential_of", "weight_layers",
 ]

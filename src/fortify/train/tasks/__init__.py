@@ -69,8 +69,8 @@ TASKS.__class__ = _PluginTaskRegistry
 
 
 def create(name: str, **kwargs: object) -> Task:
-    """Instantiate the task registered as ``name``."""
-    return TASKS.get(name)(**kwargs)
+    """Instantiate the task registered as ``name`` (ConfigError naming the allowed keywords for an unknown one)."""
+    return TASKS.create(name, **kwargs)
 
 
 def resolve(task: Task | str, options: Mapping[str, Any] | None = None) -> Task:
