@@ -38,8 +38,9 @@ def show_compression(ctx: Any, quiet: bool) -> None:
     if quiet:
         a, b = rows
         parts = [f"bytes={a.bytes}->{b.bytes}", f"size_ratio={m.get('size_ratio', float('nan')):.2f}"]
-        if "speedup_b256" in m:
-            parts.append(f"speedup_b256={m['speedup_b256']:.2f}")
+        if "speedup_b256_ci_low" in m:  # never a bare ratio: its 95% interval and the noisy flag with it
+            parts.append(f"speedup_b256={m['speedup_b256']:.2f}[{m['speedup_b256_ci_low']:.2f},"
+                         f"{m['speedup_b256_ci_high']:.2f}]{'~noisy' if m.get('speedup_b256_noisy') else ''}")
         for key in ("clean_acc", "robust_acc"):
             if getattr(a, key) is not None and getattr(b, key) is not None:
                 parts.append(f"{key}={getattr(a, key):.4f}->{getattr(b, key):.4f}")
@@ -66,10 +67,12 @@ def show_compression(ctx: Any, quiet: bool) -> None:
               ratio(a.params_nonzero, b.params_nonzero) + " fewer")
     t.add_row("parameters (total)", f(a.params_total, ","), f(b.params_total, ","), ratio(a.params_total, b.params_total))
     t.add_row("MACs (nonzero)", f(a.macs_nonzero, ","), f(b.macs_nonzero, ","), ratio(a.macs_nonzero, b.macs_nonzero))
-    t.add_row("CPU latency batch 1 (ms)", f(a.latency_b1_ms, ".3f"), f(b.latency_b1_ms, ".3f"),
-              ratio(a.latency_b1_ms, b.latency_b1_ms) + " faster" if b.latency_b1_ms else "-")
-    t.add_row("CPU latency batch 256 (ms)", f(a.latency_b256_ms, ".2f"), f(b.latency_b256_ms, ".2f"),
-              ratio(a.latency_b256_ms, b.latency_b256_ms) + " faster" if b.latency_b256_ms else "-")
+    for batch, spec in ((1, ".3f"), (256, ".2f")):  # the ratio column: CPU-time speed-up with its 95% interval
+        speed = b.speedups.get(batch)
+        t.add_row(f"CPU latency batch {batch} (ms)", f(getattr(a, f"latency_b{batch}_ms"), spec),
+                  f(getattr(b, f"latency_b{batch}_ms"), spec), speed.wall.short() if speed and speed.wall else "-")
+        t.add_row(f"CPU time batch {batch} (ms, 1 thread)", f(getattr(a, f"latency_b{batch}_cpu_ms"), spec),
+                  f(getattr(b, f"latency_b{batch}_cpu_ms"), spec), speed.short() if speed else "-")
     t.add_row(f"clean accuracy ({res['n_test']} images)", f(a.clean_acc, ".2%"),
               f(b.clean_acc, ".2%"), "-")
     t.add_row(f"robust accuracy ({sec.threat})", f(a.robust_acc, ".2%"), f(b.robust_acc, ".2%"), "-")

@@ -92,9 +92,13 @@ def _pillar_rows(ctx: RunContext) -> list[tuple[str, str]]:
                                            f"{fmt(cert.get('eps'))} ({method}, {fmt(cert.get('n'))} images)"))
     comp = ctx.metrics.get("compress", {})
     if "size_ratio" in comp:
+        from fortify.timing import SpeedUp
+
+        speed = SpeedUp.from_metrics(comp, "speedup_b256")  # a ratio is shown only with its interval
         rows.append(("compressed model", (
             f"{comp['size_ratio']:.1f}x smaller on disk ({fmt(comp.get('bytes[original]'))} -> "
-            f"{fmt(comp.get('bytes[compressed]'))} bytes), {fmt(comp.get('speedup_b256'))}x faster at batch 256; "
+            f"{fmt(comp.get('bytes[compressed]'))} bytes)"
+            + (f"; batch 256: {speed.text()}" if speed is not None else "") + "; "
             f"clean {fmt(comp.get('clean_acc[original]'))} -> {fmt(comp.get('clean_acc[compressed]'))}, "
             f"robust {fmt(comp.get('robust_acc[original]'))} -> {fmt(comp.get('robust_acc[compressed]'))}")))
     return rows

@@ -7,12 +7,20 @@ Every figure comes from the real artefact and the real run:
   weight-shared models), or the size of a file you pass in ``artefacts``.
 * ``params_total`` / ``params_nonzero``; ``macs`` (multiply-accumulates of one input: Conv2d
   ``H_out W_out C_out C_in k_h k_w``, Linear ``I O``) and ``macs_nonzero`` (zero weights skipped).
-* ``latency_b1_ms`` / ``latency_b256_ms`` -- CPU medians over ``repeats`` rounds after a warm-up;
-  the models are timed *interleaved* (round-robin inside each round, the order rotated every round,
-  so no model always runs right after PyTorch's still-spinning OpenMP threads) so drift in machine
-  load hits all of them alike; PyTorch runs with ``threads`` intra-op threads, ONNX Runtime
-  sessions too (without busy-waiting). For clean figures set ``OMP_WAIT_POLICY=PASSIVE`` before
-  importing torch (``benchmarks/compress.py`` does).
+* ``latency_b1_ms`` / ``latency_b256_ms``: wall-clock medians with ``threads`` intra-op threads (PyTorch
+  and ONNX Runtime alike), the latency a caller waits; ``latency_b1_cpu_ms`` / ``latency_b256_cpu_ms``:
+  CPU-time medians on **one** thread, the compute a forward pass costs. Both come from
+  :func:`fortify.timing.interleave`: the models are timed *interleaved* (one sample each per round,
+  the order rotated every round, so drift in machine load hits all of them alike), at least
+  ``repeats`` rounds, more until every speed-up's interval is narrow or the time budget is spent.
+  ``speedups[batch]`` of every model after the first is a :class:`fortify.timing.SpeedUp` against
+  the first: headline CPU time on one thread (robust to other jobs on the machine) with its
+  bootstrap 95% interval and noisy flag, and the wall-clock ratio with ``threads`` threads beside
+  it, marked ``contention`` (no ratio printed) when that run was over 1.5x slower than one thread --
+  on an oversubscribed CPU, PyTorch's OpenMP pool waits for its threads and spins meanwhile, which
+  turned a 2x compression speed-up into "528x" (issue 11). Print with ``.text()``: a speed-up only
+  when its interval excludes 1. ONNX Runtime sessions do not busy-wait; for clean multi-thread
+  figures set ``OMP_WAIT_POLICY=PASSIVE`` before importing torch (``benchmarks/compress.py`` does).
 * ``clean_acc`` and ``robust_acc``: for PyTorch models, PGD (``robust="pgd"``) or fortify's
   cascade (``robust="fast"``: :func:`fortify.evaluate.robust_accuracy` with the ``fast`` preset);
   for an ONNX model, the attack runs on the quantized model itself (black-box Square, score-based)
@@ -24,10 +32,8 @@ Every figure comes from the real artefact and the real run:
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,6 +44,7 @@ from fortify.compress.base import count_params
 from fortify.compress.quantize.runtime import OnnxModule
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
+from fortify.timing import CPU, WALL, Interleaved, SpeedUp, TimingPolicy, fixed_rounds, interleave
 
 ROBUST_MODES = ("pgd", "fast", "strong", "none")
 
@@ -54,6 +61,9 @@ class Measurement:
     macs_nonzero: int | None = None
     latency_b1_ms: float | None = None
     latency_b256_ms: float | None = None
+    latency_b1_cpu_ms: float | None = None
+    latency_b256_cpu_ms: float | None = None
+    speedups: dict[int, SpeedUp] = field(default_factory=dict)
     clean_acc: float | None = None
     robust_acc: float | None = None
     robust_method: str = ""
@@ -109,46 +119,61 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 CLOCKS = ("wall", "cpu")
 
+#: the measurement's timing rules: >= ``repeats`` rounds, then until every interval is <= 10% wide
+#: (relative) or 2 s per batch size and thread count have passed
+LATENCY_POLICY = TimingPolicy(min_rounds=7, max_rounds=100, budget_s=2.0, warmup=3, min_sample_s=0.002)
+#: a run with several threads this much slower (wall) than one thread is contended: its ratio is not shown
+CONTENDED = 1.5
 
-def latencies(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, batch_sizes: tuple[int, ...] = (1, 256),
-              repeats: int = 15, warmup: int = 3, threads: int = 2, clock: str = "wall") -> dict[str, dict[int, float]]:
-    """Median forward latency in ms ``{name: {batch: ms}}``, models interleaved round-robin.
 
-    Inputs are ``example_inputs`` repeated to each batch size. Batch 1 timings average 20 calls per sample.
-    ``clock="wall"``: elapsed time (``time.perf_counter``), the latency a caller sees. ``clock="cpu"``:
-    CPU time of the whole process summed over its threads (``time.process_time``), i.e. the compute a
-    forward pass costs; on a CPU shared with other jobs it does not count the time the threads wait to be
-    scheduled, so its ratios are far more stable than wall-clock ratios (ONNX Runtime sessions do not
-    busy-wait, see :mod:`fortify.compress.quantize.runtime`; set ``OMP_WAIT_POLICY=PASSIVE`` for PyTorch).
+def _batches(example_inputs: torch.Tensor, batch_sizes: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """``example_inputs[:1]`` repeated to each batch size."""
+    rest = [1] * (example_inputs.dim() - 1)
+    return {b: example_inputs[:1].repeat(b, *rest).contiguous() for b in batch_sizes}
+
+
+def latency_runs(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *,
+                 batch_sizes: tuple[int, ...] = (1, 256), policy: TimingPolicy = LATENCY_POLICY,
+                 threads: int = 2) -> dict[int, Interleaved]:
+    """Interleaved forward-pass timings ``{batch: Interleaved}`` of ``models`` (see :mod:`fortify.timing`).
+
+    Inputs are ``example_inputs[:1]`` repeated to each batch size; the first model is the baseline
+    of the stopping rule. PyTorch uses ``threads`` intra-op threads during the timing (restored after).
     """
-    if clock not in CLOCKS:
-        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
-    now = time.perf_counter if clock == "wall" else time.process_time
+    if not models:
+        raise ConfigError("latency: no models to time")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        inputs = {b: example_inputs[:1].repeat(b, *([1] * (example_inputs.dim() - 1))).contiguous() for b in batch_sizes}
-        times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batch_sizes} for n in models}
+        inputs = _batches(example_inputs, batch_sizes)
+        runs = {}
         with torch.no_grad():
             for m in models.values():
                 m.eval()
-                for b in batch_sizes:
-                    for _ in range(warmup):
-                        m(inputs[b])
-            names = list(models)
-            for r in range(repeats):
-                order = names[r % len(names):] + names[: r % len(names)]  # rotate: no model always follows another
-                for b in batch_sizes:
-                    inner = 20 if b == 1 else 1
-                    for name in order:
-                        m = models[name]
-                        t0 = now()
-                        for _ in range(inner):
-                            m(inputs[b])
-                        times[name][b].append((now() - t0) * 1000.0 / inner)
+            for b in batch_sizes:
+                fns = {n: (lambda m=m, x=inputs[b]: m(x)) for n, m in models.items()}
+                runs[b] = interleave(fns, policy)
     finally:
         torch.set_num_threads(old)
-    return {n: {b: statistics.median(v) for b, v in d.items()} for n, d in times.items()}
+    return runs
+
+
+def latencies(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, batch_sizes: tuple[int, ...] = (1, 256),
+              repeats: int = 15, warmup: int = 3, threads: int = 2, clock: str = "wall") -> dict[str, dict[int, float]]:
+    """Median forward latency in ms ``{name: {batch: ms}}`` over exactly ``repeats`` interleaved rounds.
+
+    ``clock="wall"``: elapsed time (``time.perf_counter``), the latency a caller sees. ``clock="cpu"``:
+    CPU time of the whole process summed over its threads (``time.process_time``), i.e. the compute a
+    forward pass costs; on a CPU shared with other jobs it does not count the time the threads wait to be
+    scheduled, so its ratios are far more stable than wall-clock ratios. For ratios with intervals use
+    :func:`latency_runs` (or :func:`measure`'s ``speedups``). ``repeats`` below 3 count as 3.
+    """
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
+    policy = fixed_rounds(replace(LATENCY_POLICY, warmup=warmup), max(3, repeats))
+    runs = latency_runs(models, example_inputs, batch_sizes=batch_sizes, policy=policy, threads=threads)
+    key = WALL if clock == "wall" else CPU
+    return {n: {b: run.median(n, key) * 1000.0 for b, run in runs.items()} for n in models}
 
 
 def robust_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
@@ -239,6 +264,8 @@ def measure(models: Mapping[str, nn.Module] | nn.Module, x: torch.Tensor, y: tor
         float_twins: ``{name: float model}`` for ONNX models (transfer attack and MAC count).
         artefacts: ``{name: path}`` of files already written (their size is reported).
         encodings: ``{name: encoding}`` used when the artefact is written here (default ``auto``).
+        latency, threads, repeats: time the models (``threads`` PyTorch threads) over at least ``repeats``
+            interleaved rounds, on one thread and on ``threads`` (:func:`latency_speedups`).
     Returns: one :class:`Measurement` per model, in order.
     """
     if isinstance(models, nn.Module):
@@ -247,7 +274,7 @@ def measure(models: Mapping[str, nn.Module] | nn.Module, x: torch.Tensor, y: tor
         raise ConfigError(f"robust must be one of {', '.join(ROBUST_MODES)}; got {robust!r}")
     t = ThreatModel.parse(threat) if isinstance(threat, str) else threat
     twins, files, encs = dict(float_twins or {}), dict(artefacts or {}), dict(encodings or {})
-    lat = latencies(models, x, threads=threads, repeats=repeats) if latency else {}
+    speed = latency_speedups(models, x, threads=threads, repeats=repeats) if latency else None
     rows = []
     for name, m in models.items():
         m.eval()
@@ -257,8 +284,8 @@ def measure(models: Mapping[str, nn.Module] | nn.Module, x: torch.Tensor, y: tor
         if ref is not None:
             row.params_nonzero, row.params_total = count_params(ref)
             row.macs, row.macs_nonzero = count_macs(ref, x)
-        if name in lat:
-            row.latency_b1_ms, row.latency_b256_ms = lat[name].get(1), lat[name].get(256)
+        if speed is not None:
+            speed.fill(row)
         row.clean_acc = accuracy(m, x, y)
         if t is not None and robust != "none":
             row.robust_acc, row.robust_method, row.extra = robust_accuracy_of(
@@ -268,22 +295,75 @@ def measure(models: Mapping[str, nn.Module] | nn.Module, x: torch.Tensor, y: tor
     return rows
 
 
+@dataclass
+class LatencyRuns:
+    """The two interleaved timings of :func:`latency_speedups`: ``compute`` on one thread, ``user`` on ``threads``."""
+
+    compute: dict[int, Interleaved]
+    user: dict[int, Interleaved]
+    threads: int
+    baseline: str
+
+    def contention(self, batch: int) -> float:
+        """Largest ``threads``-thread / one-thread wall-median ratio over the models (0 below :data:`CONTENDED`)."""
+        if self.threads == 1:
+            return 0.0
+        c, u = self.compute[batch], self.user[batch]
+        worst = max(u.median(n, WALL) / c.median(n, WALL) for n in c.samples if c.median(n, WALL) > 0)
+        return worst if worst > CONTENDED else 0.0
+
+    def speedup(self, name: str, batch: int) -> SpeedUp:
+        """``name`` against the baseline: CPU time on one thread, wall clock on ``threads`` beside it."""
+        wall = replace(self.user[batch].speedup(self.baseline, name, WALL), threads=self.threads,
+                       contention=self.contention(batch))
+        return replace(self.compute[batch].speedup(self.baseline, name, CPU), threads=1, wall=wall)
+
+    def fill(self, row: Measurement) -> None:
+        """Set ``row``'s latency medians (ms) and, unless it is the baseline, its speed-ups."""
+        for b in self.compute:
+            if b in (1, 256):
+                setattr(row, f"latency_b{b}_ms", self.user[b].median(row.name, WALL) * 1000.0)
+                setattr(row, f"latency_b{b}_cpu_ms", self.compute[b].median(row.name, CPU) * 1000.0)
+            if row.name != self.baseline:
+                row.speedups[b] = self.speedup(row.name, b)
+
+
+def latency_speedups(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, threads: int = 2,
+                     repeats: int = 7, batch_sizes: tuple[int, ...] = (1, 256),
+                     policy: TimingPolicy = LATENCY_POLICY) -> LatencyRuns:
+    """Time ``models`` on one thread (CPU time: the headline) and, if ``threads > 1``, on ``threads`` (wall).
+
+    At least ``max(3, repeats)`` rounds each; the first model is the baseline. Cost: up to twice
+    ``policy.budget_s`` per batch size, plus warm-ups.
+    """
+    policy = replace(policy, min_rounds=max(3, repeats), max_rounds=max(policy.max_rounds, repeats))
+    compute = latency_runs(models, example_inputs, batch_sizes=batch_sizes, policy=policy, threads=1)
+    user = compute if threads == 1 else latency_runs(models, example_inputs, batch_sizes=batch_sizes,
+                                                     policy=policy, threads=threads)
+    return LatencyRuns(compute, user, threads, next(iter(models)))
+
+
 def format_table(rows: list[Measurement], baseline: str | None = None) -> str:
-    """A Markdown table of ``rows``; ratios relative to ``baseline`` (default: the first row)."""
+    """A Markdown table of ``rows``; size ratios relative to ``baseline`` (default: the first row).
+
+    The speed-up column is each row's measured ``speedups[256]`` (against the first row measured, CPU
+    time on one thread, 95% interval; "no measurable difference" when the interval contains 1).
+    """
     base = next((r for r in rows if r.name == baseline), rows[0]) if rows else None
-    head = "| model | bytes | x smaller | params (nz/total) | MACs | lat b1 ms | lat b256 ms | x faster b256 | clean | robust |"
+    head = ("| model | bytes | x smaller | params (nz/total) | MACs | lat b1 ms | lat b256 ms "
+            "| speed-up b256 (CPU time, 1 thread) | clean | robust |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         ratio = base.bytes / r.bytes if base else 1.0
-        speed = (base.latency_b256_ms / r.latency_b256_ms) if base and r.latency_b256_ms and base.latency_b256_ms else None
+        speed = r.speedups[256].short() if 256 in r.speedups else None
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         lines.append(
             f"| {r.name} | {r.bytes:,} | {ratio:.1f} | {fmt(r.params_nonzero, ',')}/{fmt(r.params_total, ',')} | "
             f"{fmt(r.macs, ',')} | {fmt(r.latency_b1_ms, '.3f')} | {fmt(r.latency_b256_ms, '.2f')} | "
-            f"{fmt(speed, '.2f')} | {fmt(r.clean_acc, '.4f')} | {fmt(r.robust_acc, '.4f')} |")
+            f"{speed or '-'} | {fmt(r.clean_acc, '.4f')} | {fmt(r.robust_acc, '.4f')} |")
     return "\n".join(lines)
 
 
-__all__ = ["CLOCKS", "Measurement", "ROBUST_MODES", "accuracy", "artefact_bytes", "count_macs", "format_table", "latencies",
-           "measure", "robust_accuracy_of",
-           "robust_masks"]
+__all__ = ["CLOCKS", "CONTENDED", "LATENCY_POLICY", "LatencyRuns", "Measurement", "ROBUST_MODES", "accuracy",
+           "artefact_bytes", "count_macs", "format_table", "latencies", "latency_runs", "latency_speedups", "measure",
+           "robust_accuracy_of", "robust_masks"]

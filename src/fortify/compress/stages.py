@@ -9,7 +9,8 @@ parameters, MACs, CPU latency at batch 1 and 256 (interleaved medians), clean ac
 ``n_test`` test images and robust accuracy on the first ``n_robust`` (PGD for PyTorch models; an
 int8 ONNX model is attacked itself with Square plus a transfer PGD from its float twin). Writes
 ``compress/compress.json`` and ``compress/pareto.png`` (size vs robust accuracy), logs the figures
-in the run store (``bytes[original]``, ``bytes[compressed]``, ``size_ratio``, ``speedup_b256``, ...)
+in the run store (``bytes[original]``, ``bytes[compressed]``, ``size_ratio``, ``speedup_b256`` with
+``speedup_b256_ci_low`` / ``_ci_high`` / ``_noisy`` / ``_rounds`` and ``speedup_b256_wall*``, ...)
 and adds a report section.
 
 Recipe section ``compress`` (:class:`CompressConfig`)::
@@ -25,7 +26,7 @@ Recipe section ``compress`` (:class:`CompressConfig`)::
       n_test: 1000               # test images for clean accuracy (null: the whole split)
       n_train: null              # training / calibration images (null: the whole split)
       latency: true              # time the models at batch 1 and 256
-      repeats: 7                 # timing rounds (medians)
+      repeats: 7                 # min. interleaved timing rounds (more until the 95% interval is narrow)
       threads: 2                 # CPU threads of the timings
       pgd_steps: 40
       square_queries: 1000
@@ -267,16 +268,14 @@ class CompressStage:
         out: dict[str, Any] = {}
         for r in rows:
             for key in ("bytes", "params_total", "params_nonzero", "macs", "macs_nonzero", "latency_b1_ms",
-                        "latency_b256_ms", "clean_acc", "robust_acc"):
+                        "latency_b256_ms", "latency_b1_cpu_ms", "latency_b256_cpu_ms", "clean_acc", "robust_acc"):
                 v = getattr(r, key)
                 if v is not None:
                     out[f"{key}[{r.name}]"] = v
         a, b = rows
         out["size_ratio"] = a.bytes / b.bytes if b.bytes else math.nan
-        if a.latency_b256_ms and b.latency_b256_ms:
-            out["speedup_b256"] = a.latency_b256_ms / b.latency_b256_ms
-        if a.latency_b1_ms and b.latency_b1_ms:
-            out["speedup_b1"] = a.latency_b1_ms / b.latency_b1_ms
+        for batch, speedup in sorted(b.speedups.items()):  # ratio + 95% CI + rounds + noisy, CPU and wall
+            out.update(speedup.to_metrics(f"speedup_b{batch}"))
         if a.clean_acc is not None and b.clean_acc is not None:
             out["clean_acc_drop"] = a.clean_acc - b.clean_acc
         if a.robust_acc is not None and b.robust_acc is not None:
@@ -290,12 +289,14 @@ class CompressStage:
                 artefact: Path, figure: Path | None, run_dir: Path) -> Section:
         """The report section: measurement table, steps table, Pareto figure."""
         base = rows[0]
-        head = ["model", "bytes", "x smaller", "params (nonzero/total)", "MACs", "latency b1 ms", "latency b256 ms",
-                "clean accuracy", "robust accuracy"]
+        lat = f"ms (wall {sec.threads} threads / CPU 1 thread)"
+        head = ["model", "bytes", "x smaller", "params (nonzero/total)", "MACs", f"latency b1 {lat}",
+                f"latency b256 {lat}", "speed-up b256 (CPU time, 1 thread)", "clean accuracy", "robust accuracy"]
         body = [[r.name, r.bytes, round(base.bytes / r.bytes, 2) if r.bytes else None,
                  f"{_fmt(r.params_nonzero, ',')}/{_fmt(r.params_total, ',')}", r.macs,
-                 None if r.latency_b1_ms is None else round(r.latency_b1_ms, 3),
-                 None if r.latency_b256_ms is None else round(r.latency_b256_ms, 2), r.clean_acc, r.robust_acc]
+                 f"{_fmt(r.latency_b1_ms, '.3f')}/{_fmt(r.latency_b1_cpu_ms, '.3f')}",
+                 f"{_fmt(r.latency_b256_ms, '.2f')}/{_fmt(r.latency_b256_cpu_ms, '.2f')}",
+                 r.speedups[256].short() if 256 in r.speedups else "-", r.clean_acc, r.robust_acc]
                 for r in rows]
         tables = [Table(head, body, "measured before and after compression")]
         step_rows = [[i, rep.get("transform", ""), ", ".join(f"{k}={v}" for k, v in rep.items()
@@ -306,13 +307,15 @@ class CompressStage:
         robust = (f" (method: {b.robust_method})" if b.robust_method else "")
         text = (f"Compression with {sec.describe()}: the artefact {artefact.name} has {b.bytes:,} bytes on disk, "
                 f"{metrics['size_ratio']:.1f}x smaller than the dense float model"
-                + (f", {metrics['speedup_b256']:.2f}x faster at batch 256 on CPU ({sec.threads} threads)"
-                   if "speedup_b256" in metrics else "")
+                + (f"; batch 256: {b.speedups[256].text()}" if 256 in b.speedups else "")
+                + (f"; batch 1: {b.speedups[1].text()}" if 1 in b.speedups else "")
                 + (f"; clean accuracy {_fmt(base.clean_acc, '.2%')} -> {_fmt(b.clean_acc, '.2%')}"
                    if b.clean_acc is not None else "")
                 + (f", robust accuracy under {sec.threat} {_fmt(base.robust_acc, '.2%')} -> "
                    f"{_fmt(b.robust_acc, '.2%')}{robust}" if b.robust_acc is not None else "")
-                + ". Sizes are those of the files written, latencies medians of interleaved CPU runs.")
+                + ". Sizes are those of the files written; latencies are medians of interleaved runs, speed-ups "
+                  "ratios of one-thread CPU-time medians with a paired bootstrap 95% interval (claimed only when "
+                  "the interval excludes 1), the wall-clock ratio beside them.")
         figs = [str(figure.relative_to(run_dir))] if figure is not None and figure.is_relative_to(run_dir) else []
         return Section("Compression", text=text, tables=tables, figures=figs)
 
