@@ -171,3 +171,12 @@ def test_bad_policy_and_names_raise_config_errors() -> None:
     assert run.rounds == QUICK.min_rounds
     with pytest.raises(ConfigError, match="no samples"):
         run.speedup("a", "b")
+
+
+def test_table_cell_follows_the_same_rule() -> None:
+    base = dict(baseline_median=2e-3, candidate_median=1e-3, n=30, spread=0.05, noisy=False)
+    assert SpeedUp(ratio=2.0, ci_low=1.9, ci_high=2.1, **base).cell() == "2.00x faster (CI 1.90-2.10)"
+    assert SpeedUp(ratio=0.5, ci_low=0.4, ci_high=0.625, **base).cell() == "2.00x slower (CI 1.60-2.50)"
+    assert SpeedUp(ratio=1.04, ci_low=0.91, ci_high=1.18, **base).cell() == "none (CI 0.91-1.18)"
+    assert SpeedUp(ratio=528.3, ci_low=300.0, ci_high=700.0, clock=WALL, threads=2, contention=95.0,
+                   **base).cell() == "contended"

@@ -142,6 +142,19 @@ class SpeedUp:
                     f"{_fmt(self.ci_low)}-{_fmt(self.ci_high)})")
         return head + (", noisy" if self.noisy else "")
 
+    def cell(self) -> str:
+        """A table cell: ``2.31x faster (CI 2.12-2.55)``, ``none (CI 0.91-1.18)``, ``contended``; `` noisy`` appended."""
+        if self.contention > 0:
+            return "contended"
+        lo, hi = _fmt(self.ci_low), _fmt(self.ci_high)
+        if self.ci_low > 1.0:
+            head = f"{_fmt(self.ratio)}x faster (CI {lo}-{hi})"
+        elif self.ci_high < 1.0:
+            head = f"{_fmt(1 / self.ratio)}x slower (CI {_fmt(1 / self.ci_high)}-{_fmt(1 / self.ci_low)})"
+        else:
+            head = f"none (CI {lo}-{hi})"
+        return head + (" noisy" if self.noisy else "")
+
     def text(self) -> str:
         """The sentence to print: a speed-up only when the interval excludes 1, always with it."""
         if self.contention > 0:

@@ -50,9 +50,9 @@ def show_compression(ctx: Any, quiet: bool) -> None:
     sec = res["config"]
     a, b = rows
     t = Table(title=f"compression ({sec.describe()}): the files written, measured on CPU ({sec.threads} threads)")
-    t.add_column("measurement")
+    t.add_column("measurement", no_wrap=True)
     for c in ("original", "compressed", "ratio"):
-        t.add_column(c, justify="right", no_wrap=True)
+        t.add_column(c, justify="right", no_wrap=c != "ratio")  # speed-up cells carry their 95% CI: may wrap
 
     def f(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
@@ -67,12 +67,12 @@ def show_compression(ctx: Any, quiet: bool) -> None:
               ratio(a.params_nonzero, b.params_nonzero) + " fewer")
     t.add_row("parameters (total)", f(a.params_total, ","), f(b.params_total, ","), ratio(a.params_total, b.params_total))
     t.add_row("MACs (nonzero)", f(a.macs_nonzero, ","), f(b.macs_nonzero, ","), ratio(a.macs_nonzero, b.macs_nonzero))
-    for batch, spec in ((1, ".3f"), (256, ".2f")):  # the ratio column: CPU-time speed-up with its 95% interval
+    for batch, spec in ((1, ".3f"), (256, ".2f")):  # ratio: the speed-up with its 95% interval, else none
         speed = b.speedups.get(batch)
         t.add_row(f"CPU latency batch {batch} (ms)", f(getattr(a, f"latency_b{batch}_ms"), spec),
-                  f(getattr(b, f"latency_b{batch}_ms"), spec), speed.wall.short() if speed and speed.wall else "-")
-        t.add_row(f"CPU time batch {batch} (ms, 1 thread)", f(getattr(a, f"latency_b{batch}_cpu_ms"), spec),
-                  f(getattr(b, f"latency_b{batch}_cpu_ms"), spec), speed.short() if speed else "-")
+                  f(getattr(b, f"latency_b{batch}_ms"), spec), speed.wall.cell() if speed and speed.wall else "-")
+        t.add_row("  CPU time, 1 thread (ms)", f(getattr(a, f"latency_b{batch}_cpu_ms"), spec),
+                  f(getattr(b, f"latency_b{batch}_cpu_ms"), spec), speed.cell() if speed else "-")
     t.add_row(f"clean accuracy ({res['n_test']} images)", f(a.clean_acc, ".2%"),
               f(b.clean_acc, ".2%"), "-")
     t.add_row(f"robust accuracy ({sec.threat})", f(a.robust_acc, ".2%"), f(b.robust_acc, ".2%"), "-")
