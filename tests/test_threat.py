@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from scipy.optimize import linprog
 
 from fortify import ThreatModel
-from fortify.errors import InputError, ThreatModelError
+from fortify.errors import ConfigError, InputError, ThreatModelError
 
 torch.set_default_dtype(torch.float32)
 
@@ -154,6 +155,37 @@ def test_contains_rejects_outside_ball_and_box():
 def test_invalid_threat_models_raise_typed_errors(args):
     with pytest.raises(ThreatModelError):
         ThreatModel(*args)
+
+
+@pytest.mark.parametrize(
+    "eps",
+    [True, False, "0.1", b"0.1", float("inf"), float("-inf"), float("nan"), None, [0.1], torch.tensor(True)],
+    ids=repr,
+)
+def test_eps_must_be_a_finite_real_number_not_bool_or_str(eps):
+    """``eps=True`` used to become 1.0 and ``eps="0.1"`` was accepted; both are mistakes."""
+    with pytest.raises(ConfigError) as info:
+        ThreatModel("linf", eps)
+    assert isinstance(info.value, ThreatModelError) and "eps" in str(info.value)
+
+
+@pytest.mark.parametrize("bounds", [(0, True), ("0", "1"), (0.0, float("inf")), (float("nan"), 1.0), "01", (0, 1, 2)],
+                         ids=repr)
+def test_bounds_must_be_a_pair_of_finite_numbers(bounds):
+    with pytest.raises(ThreatModelError, match="bounds"):
+        ThreatModel("linf", 0.1, bounds)
+
+
+def test_numeric_eps_types_are_accepted_as_float():
+    for eps in (np.float32(0.25), np.int64(2), torch.tensor(0.5), 3):
+        tm = ThreatModel("l2", eps)
+        assert type(tm.eps) is float and tm.eps == float(eps)
+    assert ThreatModel("linf", 0.1, (np.float64(-1), 1)).bounds == (-1.0, 1.0)
+    with pytest.raises(ThreatModelError):
+        ThreatModel(None, 0.1)  # type: ignore[arg-type]
+    for spec in ("linf:nan", "linf:inf"):
+        with pytest.raises(ThreatModelError):
+            ThreatModel.parse(spec)
 
 
 def test_parse():

@@ -85,7 +85,8 @@ def check_labels(y: object, n: int, num_classes: int | None = None, *, name: str
     if n and int(y.min()) < 0:
         raise InputError(f"{name} contains negative labels (min {int(y.min())})")
     if num_classes is not None and n and int(y.max()) >= num_classes:
-        raise InputError(f"{name} contains label {int(y.max())} but the model has {num_classes} classes")
+        raise InputError(f"{name} contains label {int(y.max())} but the model has {num_classes} classes "
+                         f"(labels must be in [0, {num_classes}))")
     return y.long()
 
 
@@ -167,7 +168,7 @@ def check_model_input(model: nn.Module, x: torch.Tensor, *, name: str = "x") -> 
     if dtype is not None and x.dtype != dtype:
         raise InputError(
             f"{name} has dtype {x.dtype} but the model computes in {dtype}; fortify never casts silently, "
-            f"cast it with x.to({dtype})"
+            f"cast it first (.to({dtype}))"
         )
     return expected
 
@@ -176,19 +177,22 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-def forward_checked(model: nn.Module, x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
+def forward_checked(model: nn.Module, x: torch.Tensor, *, name: str = "x",
+                    shown_shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """``model(x)``, with an error the model raises on a shape or dtype it cannot take turned into
     :class:`InputError` naming the shape given and the one expected where the model declares it.
-    Out-of-memory becomes :class:`ResourceError`. Runs under the caller's grad mode and flags."""
+    Out-of-memory becomes :class:`ResourceError`. Runs under the caller's grad mode and flags.
+    ``shown_shape``: the shape to name in messages (the whole batch when ``x`` is a slice of it)."""
+    shape = tuple(shown_shape) if shown_shape is not None else tuple(x.shape)
     try:
         return model(x)
     except _FORWARD_ERRORS as exc:
         if _is_oom(exc):
-            raise ResourceError(f"out of memory running the model on {name} of shape {tuple(x.shape)}") from None
+            raise ResourceError(f"out of memory running the model on {name} of shape {shape}") from None
         expected = expected_input_shape(model)
         want = f"; the model expects {_shape_text(expected)}" if expected is not None else ""
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(f"the model rejects {name} of shape {tuple(x.shape)} ({first}){want}") from None
+        raise InputError(f"the model rejects {name} of shape {shape} ({first}){want}") from None
 
 
 @contextmanager
@@ -221,7 +225,7 @@ def probe_num_classes(model: nn.Module, x: torch.Tensor, *, name: str = "x", cac
             return seen[key]
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), _eval_no_grad(model):
-        logits = check_logits(forward_checked(model, x[:1].detach(), name=name), 1)
+        logits = check_logits(forward_checked(model, x[:1].detach(), name=name, shown_shape=tuple(x.shape)), 1)
     classes = int(logits.shape[1])
     if cache:
         try:

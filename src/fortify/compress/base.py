@@ -128,6 +128,7 @@ def check_transform_inputs(model: object, example_inputs: object, data: object, 
     if data is None and not needs_data:
         return ex, None
     pair = check_data(data, num_classes=classes)
+    check_model_input(model, pair[0], name="data x")
     if pair[0].shape[1:] != ex.shape[1:] or pair[0].dtype != ex.dtype:
         raise InputError(f"data x has samples of shape {tuple(pair[0].shape[1:])} ({pair[0].dtype}) but "
                          f"example_inputs has {tuple(ex.shape[1:])} ({ex.dtype})")
