@@ -28,12 +28,13 @@ single forward pass of one sample in eval mode without gradients, the model's fl
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import os
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -303,6 +304,28 @@ def check_kwargs(target: Callable[..., Any], kwargs: Mapping[str, Any], *, what:
         raise ConfigError(f"{what} needs argument(s) {', '.join(map(repr, missing))}")
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def strict_keywords(what: str) -> Callable[[F], F]:
+    """Decorator: an unknown keyword argument of the decorated function is a ConfigError naming the
+    allowed ones (``what`` names the function in the message), not Python's bare TypeError."""
+
+    def wrap(fn: F) -> F:
+        allowed, var_kw = _accepted(fn)
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            unknown = [k for k in kwargs if k not in allowed]
+            if unknown and not var_kw:
+                check_kwargs(fn, {k: None for k in kwargs}, what=what)
+            return fn(*args, **kwargs)
+
+        return checked  # type: ignore[return-value]
+
+    return wrap
+
+
 def build(target: Callable[..., Any], kwargs: Mapping[str, Any], *, what: str) -> Any:
     """``target(**kwargs)`` after :func:`check_kwargs`."""
     check_kwargs(target, kwargs, what=what)
@@ -367,5 +390,5 @@ def check_finite_number(value: object, name: str, *, error: type[ConfigError] = 
 __all__ = [
     "MAX_THREADS", "build", "check_batch", "check_device", "check_finite_number", "check_images", "check_kwargs",
     "check_labels", "check_logits", "check_model_input", "check_pair", "check_threads", "expected_input_shape",
-    "forward_checked", "model_dtype", "probe_num_classes", "resource_guard", "thread_limit",
+    "forward_checked", "model_dtype", "probe_num_classes", "resource_guard", "strict_keywords", "thread_limit",
 ]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import fortify.attacks as attacks
-from fortify import models
+from fortify import data, models
 from fortify.attacks import ATTACKS
 from fortify.certify import CERTIFIERS, certify
 from fortify.compress.base import TRANSFORMS
@@ -314,5 +314,9 @@ def test_create_helpers_and_certify_refuse_unknown_keywords() -> None:
         certify(declared_model(), x, y, THREAT, "ibp", bogus=1)
     with pytest.raises(ConfigError, match="bogus"):
         models.create("mlp", bogus=1)
+    with pytest.raises(ConfigError, match="'bogus'; allowed: name, split, data_dir, limit"):
+        data.load("mnist-5k", bogus=1)
+    with pytest.raises(ConfigError, match="task 'kd' got unknown argument.*'bogus'"):
+        TRANSFORMS.create("distill", method_args={"bogus": 1})
     with pytest.raises(UnknownNameError):
         attacks.create("nope")

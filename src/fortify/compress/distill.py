@@ -156,6 +156,7 @@ class Distill(Transform):
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
         self.student, self.student_args = student, dict(student_args or {})
         self.method, self.method_args = method, dict(method_args or {})
+        TASKS.check_kwargs(method, {"teacher": None, **self.method_args})  # ConfigError naming the allowed keys
         self.epochs, self.config = check_int(epochs, "epochs"), dict(config or {})
 
     def _student(self, teacher: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
@@ -174,7 +175,7 @@ class Distill(Transform):
         x, y = check_data(data)
         model.eval()
         student = self._student(model, example_inputs)
-        task = TASKS.get(self.method)(teacher=model, **self.method_args)
+        task = TASKS.create(self.method, teacher=model, **self.method_args)
         cfg = TrainConfig.from_dict({"lr": 0.05, "batch_size": 128, **self.config, "epochs": self.epochs})
         hist = Trainer(student, task, cfg, progress=False).fit((x, y))
         return TransformResult(student.eval(), {"method": self.method, "teacher_params": count_params(model)[1],

@@ -17,6 +17,7 @@ import torch
 
 from fortify.errors import ConfigError, DataFileError
 from fortify.registry import Registry
+from fortify.validation import strict_keywords
 
 #: ``loader(split, data_dir) -> (x, y)`` with x float32/uint8 numpy ``(N, C, H, W)``, y int ``(N,)``.
 Loader = Callable[[str, Optional[Path]], "tuple[np.ndarray, np.ndarray]"]
@@ -98,6 +99,7 @@ def _to_tensors(spec: DatasetSpec, split: str, x: np.ndarray, y: np.ndarray) -> 
     return xt, yt
 
 
+@strict_keywords("data.load")
 def load(
     name: str,
     split: str = "train",
