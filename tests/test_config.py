@@ -131,3 +131,48 @@ def test_recipe_by_path_and_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         find_recipe(str(tmp_path / "missing.yaml"))
     assert resolve({}).stages == ["train", "evaluate", "save", "report"]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
+def test_empty_recipe_is_an_error_naming_the_file(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=f"recipe '{p}' is empty"):
+        read_recipe(p)
+    p.write_text("{}\n")  # the explicit way to ask for every default
+    assert read_recipe(p) == {}
+
+
+@pytest.mark.parametrize("override, names", [
+    ("task.args.threat=linf:-1", ["task.args.threat=linf:-1", "eps"]),
+    ("task.args.threat=l7:0.1", ["task.args.threat=l7:0.1", "unknown norm 'l7'"]),
+    ("task.args.threat=linf:abc", ["task.args.threat=linf:abc", "not a number"]),
+    ("task.args.steps=0", ["task.args.steps=0", "steps must be an integer >= 1"]),
+])
+def test_bad_task_argument_values_name_their_key(override: str, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config("default", [override])
+    assert all(n in str(e.value) for n in names), str(e.value)
+    # a task that is not trained is not built: an evaluate-only config with the same value passes
+    assert load_config("default", [override, "stages=[evaluate]"]).task.args
+
+
+def _warnings(overrides: list[str]) -> list[str]:
+    from fortify.config import eps_box_warnings
+
+    return eps_box_warnings(load_config("default", overrides))
+
+
+def test_eps_covering_the_input_box_warns_once_per_threat() -> None:
+    assert _warnings([]) == []  # the default recipe's threats are far inside the box
+    d = 28 * 28  # mnist-5k inputs, diameter: linf 1, l2 28, l1 784
+    (w,) = _warnings(["robustness.threats=[linf:5, 'l2:2']"])
+    assert w.startswith("robustness.threats[0] linf:5: eps 5 >= 1, the linf diameter") and "[0, 1]^784" in w
+    assert _warnings(["robustness.threats=[linf:1]"])  # at the diameter: already every input
+    assert not _warnings(["robustness.threats=[linf:0.999]"])
+    assert _warnings(["robustness.threats=[l2:28]"]) and not _warnings(["robustness.threats=[l2:27.9]"])
+    assert _warnings([f"robustness.threats=[l1:{d}]"]) and not _warnings([f"robustness.threats=[l1:{d - 1}]"])
+    keys = [w.split(" ", 1)[0] for w in _warnings(["task.args.threat=linf:2", "certify.threat=linf:1.5",
+                                                   "compress.threat=linf:3"])]
+    assert keys == ["task.args.threat", "certify.threat", "compress.threat"]
+    assert not _warnings(["task.args.threat=linf:2", "stages=[evaluate]"])  # no training: task unused

@@ -128,6 +128,8 @@ def find_recipe(name_or_path: str | Path | None) -> Path:
     p = Path(name_or_path)
     if p.is_file():
         return p
+    if p.is_dir():
+        raise ConfigError(f"recipe {str(name_or_path)!r} is a folder; give a YAML file or a shipped recipe name")
     s = str(name_or_path)
     if "/" not in s and "\\" not in s and not s.endswith((".yaml", ".yml")):
         shipped = recipes_dir() / f"{s}.yaml"
@@ -158,8 +160,9 @@ def read_recipe(name_or_path: str | Path | None = None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read recipe {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
     raw = parse_yaml(text, str(path))
-    if raw is None:
-        return {}
+    if raw is None:  # an empty file, or only comments: almost always a mistake (wrong file, failed write)
+        raise ConfigError(f"recipe {str(path)!r} is empty; write at least one section (e.g. 'train: {{epochs: 3}}'), "
+                          "or write '{}' to run with every default")
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of sections, got {type(raw).__name__}")
     return raw
@@ -218,10 +221,11 @@ def build_section(cls: type, data: Any, where: str) -> Any:
     try:
         return factory(values) if callable(factory) else cls(**values)
     except FortifyError as e:
-        msg = str(e)
+        msg = str(e).replace(f"{cls.__name__}.", f"{where}.")  # 'TrainConfig.epochs' -> 'train.epochs'
         raise type(e)(msg if msg.startswith(where) else f"{where}: {msg}") from None
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        msg = str(e).replace(f"{cls.__name__}.", f"{where}.")
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
 def check_value(tp: Any, v: Any, key: str) -> Any:
@@ -352,7 +356,105 @@ def resolve(raw: Mapping[str, Any], *, check_names: bool = True) -> Config:
         _check_name(TASKS, cfg.task.name, "task.name")
         _check_args(MODELS.get(cfg.model.name), cfg.model.args, "model.args", {"in_shape", "num_classes"})
         _check_args(TASKS.get(cfg.task.name), cfg.task.args, "task.args", set())
+        if "train" in cfg.stages:
+            _check_task_values(TASKS.get(cfg.task.name), cfg.task.args)
+    if "train" in cfg.stages and getattr(cfg.train, "nproc", 1) > 1:
+        from fortify.validation import check_threads
+
+        check_threads(cfg.train.nproc, name="train.nproc")  # one process per worker: bounded by the machine
     return cfg
+
+
+def _check_task_values(factory: Any, args: Mapping[str, Any]) -> None:
+    """Build the task once from ``task.args`` so a bad value (``threat: linf:-1``, ``steps: 0``) fails
+    before any run is created, naming its key and value. A task that cannot be built without
+    run-time inputs (a distillation teacher) is left to the train stage."""
+    try:
+        factory()
+    except (FortifyError, TypeError, ValueError):
+        return
+    try:
+        factory(**args)
+        return
+    except (FortifyError, TypeError, ValueError) as e:
+        error: Exception = e
+    for key, value in args.items():  # the first argument that fails on its own is the one to name
+        try:
+            factory(**{key: value})
+        except (FortifyError, TypeError, ValueError) as e:
+            kind = type(e) if isinstance(e, ConfigError) else ConfigError
+            raise kind(f"task.args.{key}={_show(value)}: {e}") from None
+    kind = type(error) if isinstance(error, ConfigError) else ConfigError
+    raise kind(f"task.args: {error}") from None
+
+
+def _show(value: Any) -> str:
+    """A config value as the user wrote it (``linf:-1``, ``[linf:0.3, l2:2]``, ``3``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
+
+
+# -- warnings ----------------------------------------------------------------------------------
+def _threat_specs(cfg: Config) -> list[tuple[str, str]]:
+    """``(key, "norm:eps")`` of every threat the stages of ``cfg`` will use (``task.args.threat``,
+    ``robustness.threats[i]``, ``certify.threat``, ...): keys named ``threat``/``threats`` holding strings."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                sub = f"{key}.{k}"
+                if k in ("threat", "threats") and isinstance(v, str):
+                    found.append((sub, v))
+                elif k in ("threat", "threats") and isinstance(v, (list, tuple)):
+                    found.extend((f"{sub}[{i}]", t) for i, t in enumerate(v) if isinstance(t, str))
+                else:
+                    walk(v, sub)
+
+    if "train" in cfg.stages:
+        walk(cfg.task.args, "task.args")
+    for name, sec in cfg.sections.items():
+        if name in cfg.stages and dataclasses.is_dataclass(sec) and not isinstance(sec, type):
+            walk(dataclasses.asdict(sec), name)
+    return found
+
+
+def eps_box_warnings(cfg: Config) -> list[str]:
+    """One warning line per threat of ``cfg`` whose ball covers the whole input box ``[0, 1]^d``.
+
+    With ``span = hi - lo`` and ``d`` input coordinates (the dataset's ``C*H*W``), the box's diameter is
+    ``span`` in linf, ``span*sqrt(d)`` in l2 and ``span*d`` in l1
+    (:func:`fortify.evaluate.eps_checks.box_covering_eps`).
+    An eps at or beyond it lets every image reach every other one: robust accuracy is ~0 by construction
+    and says nothing about the model. Unknown datasets or unparseable threats give no warning (they fail
+    validation elsewhere)."""
+    import math
+
+    from fortify.evaluate.eps_checks import box_covering_eps
+    from fortify.threat import ThreatModel
+
+    try:
+        from fortify.data import DATASETS
+
+        dim = math.prod(DATASETS.get(cfg.data.name).input_shape)
+    except FortifyError:
+        return []
+    out = []
+    for key, spec in _threat_specs(cfg):
+        try:
+            thr = ThreatModel.parse(spec)
+        except FortifyError:
+            continue
+        cover = box_covering_eps(thr, dim)
+        if thr.eps >= cover:
+            out.append(f"{key} {thr}: eps {thr.eps:g} >= {cover:.4g}, the {thr.norm} diameter of the input box "
+                       f"[{thr.bounds[0]:g}, {thr.bounds[1]:g}]^{dim}, so the ball covers every input and any "
+                       "image can become any other: robust accuracy is ~0 by construction, not a property of "
+                       "the model")
+    return out
 
 
 def _check_args(factory: Any, args: Mapping[str, Any], key: str, reserved: set[str]) -> None:
@@ -379,4 +481,4 @@ def load_config(recipe: str | Path | None = None, overrides: Iterable[str] = (),
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TaskConfig", "OutputConfig", "load_config", "resolve",
            "read_recipe", "find_recipe", "list_recipes", "recipes_dir", "apply_overrides", "build_section",
-           "check_value", "parse_yaml", "DEFAULT_RECIPE"]
+           "check_value", "parse_yaml", "eps_box_warnings", "DEFAULT_RECIPE"]

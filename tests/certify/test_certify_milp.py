@@ -76,3 +76,48 @@ def test_milp_rejects_maxpool_and_l2_with_typed_errors() -> None:
     with pytest.raises(UnsupportedLayerError, match="Tanh"):
         CERTIFIERS.get("milp")()(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)),
                                  torch.rand(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), ThreatModel("linf", 0.1))
+
+
+def test_milp_refuses_a_model_too_large_before_solving(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fortify.certify import milp as milp_mod
+    from fortify.certify.bounds import InputSet
+    from fortify.certify.crown import layer_bounds
+    from fortify.certify.graph import build_ops
+    from fortify.errors import ResourceError
+
+    net = mlp(seed=2, d=12, h=40, depth=3, scale=3.0)
+    x = torch.rand(3, 1, 3, 4)
+    y = net(x).argmax(1)
+    threat = ThreatModel("linf", 0.3)
+    ops = build_ops(net, tuple(x.shape[1:]), x)
+    _, relus = milp_mod.affine_blocks(ops)
+    bounds = layer_bounds(ops, InputSet.from_threat(x, threat), intermediate="crown")
+    counts = milp_mod.count_binaries(bounds, relus, 3)
+    manual = [sum(int(((bounds[t][0][i] < 0) & (bounds[t][1][i] > 0)).sum()) for t in relus) for i in range(3)]
+    assert counts.tolist() == manual and 5 < max(manual) <= 120  # 3 hidden layers of 40 ReLUs
+
+    def no_solver(*a: object, **k: object) -> None:
+        raise AssertionError("the MILP solver ran although the model is too large")
+
+    monkeypatch.setattr(milp_mod, "milp", no_solver)
+    limit = max(manual) - 1
+    with pytest.raises(milp_mod.MILPTooLargeError) as e:
+        CERTIFIERS.get("milp")(max_binaries=limit)(net, x, y, threat)
+    msg = str(e.value)
+    assert isinstance(e.value, ResourceError) and "\n" not in msg
+    assert f"image {int(counts.argmax())} has {max(manual)} unstable ReLUs" in msg
+    assert f"max_binaries={limit}" in msg and "crown" in msg
+    monkeypatch.undo()
+    # at the limit (and with no limit) it runs
+    cert = CERTIFIERS.get("milp")(max_binaries=max(manual), time_limit=0.05)(net, x[:1], y[:1], threat)
+    assert len(cert.status or []) == 1
+    assert CERTIFIERS.get("milp")(max_binaries=None).max_binaries is None
+    assert CERTIFIERS.get("milp")().max_binaries == milp_mod.MAX_BINARIES
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
+def test_milp_max_binaries_must_be_a_positive_integer(bad: object) -> None:
+    from fortify.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_binaries"):
+        CERTIFIERS.get("milp")(max_binaries=bad)

@@ -68,7 +68,7 @@ def test_config_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "unrecognized arguments: --bogus" in _error_line(capsys, ["run", "--bogus", *out])
     assert "invalid int value" in _error_line(capsys, ["run", "--seed", "x", *out])
     assert "must look like key=value" in _error_line(capsys, ["run", "oops", *out])
-    assert "invalid choice" in _error_line(capsys, ["nosuchverb"])
+    assert "unknown verb 'nosuchverb'" in _error_line(capsys, ["nosuchverb"])
     assert not (tmp_path / "runs").exists()  # validation happens before anything is written
 
 

@@ -190,3 +190,38 @@ def test_absurd_widths_in_record_refused_without_allocating(saved: tuple[nn.Modu
     crafted = _craft(tmp_path / "huge.safetensors", record, dict(model.state_dict()))
     with pytest.raises(ModelFileError, match="do not match"):  # 10**10 x 64 floats would be 2.5 TB
         models.load(crafted)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_non_finite_weights_refused_naming_the_tensor(tmp_path: Path, bad: float, suffix: str) -> None:
+    model = models.create("mlp", in_shape=(1, 8, 8), hidden=(16,))
+    with torch.no_grad():
+        model.state_dict()["3.bias"][3] = bad  # the second Linear's bias, one value of 10
+    path = tmp_path / f"nan{suffix}"
+    if suffix == ".pt":
+        torch.save(model.state_dict(), path)
+    else:
+        models.save(model, path)
+    arch = {"name": "mlp", "args": {"hidden": [16]}, "in_shape": [1, 8, 8], "num_classes": 10}
+    with pytest.raises(ModelFileError) as e:
+        models.load(path, architecture=arch if suffix == ".pt" else None)
+    msg = str(e.value)
+    kind = "NaN" if bad != bad else "infinite"
+    assert "'3.bias'" in msg and f"1 {kind} value (of 10)" in msg and "\n" not in msg and str(path) in msg
+
+
+def test_shape_mismatch_says_which_shape_is_the_files(saved: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    _, path = saved
+    state = models.load(path).state_dict()
+    pt = tmp_path / "m.pt"
+    torch.save(state, pt)
+    wider = {"name": "mlp", "args": {"hidden": [32]}, "in_shape": [1, 8, 8], "num_classes": 10}
+    with pytest.raises(ModelFileError) as e:
+        models.load(pt, architecture=wider)
+    msg = str(e.value)
+    assert "tensor '1.weight' is (16, 64) in the file, the architecture expects (32, 64)" in msg
+    assert "tensor '3.weight' is (10, 16) in the file, the architecture expects (10, 32)" in msg and "\n" not in msg
+    deeper = {**wider, "args": {"hidden": [16, 16]}}
+    with pytest.raises(ModelFileError, match=r"the file lacks '5\.bias', '5\.weight'"):
+        models.load(pt, architecture=deeper)

@@ -18,6 +18,7 @@ float32 forward pass at the minimiser is not misclassified: a tie within roundin
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,8 +30,26 @@ from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.bounds import InputSet, margin_spec
 from fortify.certify.crown import backward_lower, layer_bounds
 from fortify.certify.graph import Op, ReLUOp, build_ops, numel
-from fortify.errors import ConfigError, UnsupportedLayerError
+from fortify.errors import ConfigError, ResourceError, UnsupportedLayerError
 from fortify.threat import ThreatModel
+
+
+#: default refusal threshold of :class:`MILPVerifier`: binary variables (unstable ReLUs) of one image
+MAX_BINARIES = 200
+
+
+class MILPTooLargeError(ResourceError):
+    """The MILP of some image would need more binary variables than the verifier's ``max_binaries``."""
+
+
+def count_binaries(bounds: Sequence[tuple[torch.Tensor, torch.Tensor]], relus: list[int], n: int) -> torch.Tensor:
+    """Binary variables of each image's MILP: its unstable ReLUs (pre-activation bounds ``l < 0 < u``),
+    ``(N,)`` int64. Stable neurons are linear constraints and cost no branching."""
+    total = torch.zeros(n, dtype=torch.long)
+    for t in relus:
+        lo, hi = bounds[t]
+        total += ((lo < 0) & (hi > 0)).reshape(n, -1).sum(1).cpu()
+    return total
 
 
 def affine_blocks(ops: list[Op]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
@@ -71,13 +90,34 @@ class MILPVerifier(Certifier):
     name = "milp"
     norms = ("linf", "l1")
 
-    def __init__(self, time_limit: float = 30.0, slack: float = 1e-5, exact: bool = False) -> None:
+    def __init__(self, time_limit: float = 30.0, slack: float = 1e-5, exact: bool = False,
+                 max_binaries: int | None = MAX_BINARIES) -> None:
         """``time_limit`` seconds per point; ``slack`` relative widening of the big-M bounds (float32
         rounding); ``exact`` solves every row (the exact minimum margin) instead of skipping rows that
-        CROWN already proves."""
+        CROWN already proves; ``max_binaries`` refuses, before any MILP is solved, a batch in which an
+        image has more unstable ReLUs than this (branch and bound is exponential in them: past a few
+        hundred it only times out); ``None`` removes the limit."""
         if not time_limit > 0:
             raise ConfigError(f"time_limit must be > 0, got {time_limit!r}")
+        if max_binaries is not None and (isinstance(max_binaries, bool) or not isinstance(max_binaries, int)
+                                         or max_binaries < 1):
+            raise ConfigError(f"max_binaries must be null or an integer >= 1, got {max_binaries!r}")
         self.time_limit, self.slack, self.exact = float(time_limit), float(slack), bool(exact)
+        self.max_binaries = max_binaries
+
+    def _check_size(self, bounds: Sequence[tuple[torch.Tensor, torch.Tensor]], relus: list[int], n: int,
+                    threat: ThreatModel) -> None:
+        """Raise :class:`MILPTooLargeError` when an image's MILP needs more than ``max_binaries`` binaries."""
+        if self.max_binaries is None or not relus:
+            return
+        binaries = count_binaries(bounds, relus, n)
+        worst = int(binaries.argmax())
+        if int(binaries[worst]) > self.max_binaries:
+            raise MILPTooLargeError(
+                f"milp: the model is too large for exact verification at {threat}: image {worst} has "
+                f"{int(binaries[worst]):,} unstable ReLUs (binary variables), above the limit max_binaries="
+                f"{self.max_binaries:,}; use a bound method (crown, alpha-crown), a smaller eps, or raise the "
+                f"limit (max_binaries=N; CLI: --max-binaries N)")
 
     def _certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
         ops = build_ops(model, tuple(x.shape[1:]), x)
@@ -86,6 +126,7 @@ class MILPVerifier(Certifier):
         bounds = layer_bounds(ops, inp, intermediate="crown")
         k = blocks[-1][0].shape[0]
         c = margin_spec(y, k).to(x.dtype)
+        self._check_size(bounds, relus, x.shape[0], threat)
         crown_rows = backward_lower(ops, len(ops), c, bounds, inp)
         lows, status, cex = [], [], torch.full_like(x, float("nan"))
         for i in range(x.shape[0]):

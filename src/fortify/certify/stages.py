@@ -65,7 +65,7 @@ def pct(v: float) -> str:
 #: constructor options of each certifier taken from the section
 _OPTIONS: dict[str, tuple[str, ...]] = {
     **{m: ("batch_size",) for m in ("ibp", "crown", "alpha-crown", "crown-ibp")},
-    "smoothing": ("sigma", "n0", "samples", "alpha", "seed"), "milp": ("time_limit",),
+    "smoothing": ("sigma", "n0", "samples", "alpha", "seed"), "milp": ("time_limit", "max_binaries"),
 }
 
 
@@ -76,7 +76,8 @@ class CertifyConfig:
     ``curve_eps`` (a list of radii) overrides ``curve_points`` (evenly spaced radii from 0 to the
     threat's eps; for smoothing from 0 to just past the largest certified radius). Smoothing options:
     ``sigma`` (noise level), ``n0`` (selection draws), ``samples`` (estimation draws), ``alpha``
-    (failure probability), ``seed``; MILP: ``time_limit`` seconds per image; bound methods:
+    (failure probability), ``seed``; MILP: ``time_limit`` seconds per image, ``max_binaries`` (refuse
+    an image with more unstable ReLUs; null: no limit); bound methods:
     ``batch_size``.
     """
 
@@ -92,6 +93,7 @@ class CertifyConfig:
     samples: int = 1000
     alpha: float = 0.001
     time_limit: float = 30.0
+    max_binaries: int | None = 200  # fortify.certify.milp.MAX_BINARIES
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -127,6 +129,8 @@ class CertifyConfig:
             raise ConfigError(f"certify.alpha must be in (0, 1), got {self.alpha!r}")
         if not (math.isfinite(self.time_limit) and self.time_limit > 0):
             raise ConfigError(f"certify.time_limit must be a number > 0, got {self.time_limit!r}")
+        if self.max_binaries is not None and self.max_binaries < 1:
+            raise ConfigError(f"certify.max_binaries must be null or an integer >= 1, got {self.max_binaries!r}")
 
     def threat_model(self) -> ThreatModel:
         """The threat as a :class:`ThreatModel` (bounds ``(0, 1)``)."""
@@ -136,7 +140,8 @@ class CertifyConfig:
         """Constructor keyword arguments of the certifier ``method`` (default: ``self.method``)."""
         method = method or self.method
         vals = {"batch_size": self.batch_size, "sigma": self.sigma, "n0": self.n0, "samples": self.samples,
-                "alpha": self.alpha, "seed": seed if self.seed is None else self.seed, "time_limit": self.time_limit}
+                "alpha": self.alpha, "seed": seed if self.seed is None else self.seed, "time_limit": self.time_limit,
+                "max_binaries": self.max_binaries}
         rename = {"samples": "n"}
         return {rename.get(k, k): vals[k] for k in _OPTIONS.get(method, ())}
 

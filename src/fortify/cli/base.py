@@ -43,8 +43,15 @@ class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors raise :class:`UsageError` (printed as one line by ``main``)."""
 
     def error(self, message: str) -> NoReturn:
-        """Raise UsageError instead of printing usage and exiting."""
-        raise UsageError(f"{self.prog.split(' ', 1)[-1] if ' ' in self.prog else self.prog}: {message}")
+        """Raise UsageError instead of printing usage and exiting.
+
+        The message is prefixed with the verb (``run: argument --seed: ...``), never with the program
+        name: ``main`` already prints ``fortify: error:`` in front of it."""
+        if message.startswith("argument VERB: invalid choice:"):
+            message = "unknown verb " + message.split("invalid choice:", 1)[1].strip().replace(
+                " (choose from", "; allowed verbs:").rstrip(")")
+        verb = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        raise UsageError(f"{verb}: {message}" if verb else message)
 
 
 def add_run_options(p: argparse.ArgumentParser, *, recipe: bool = True) -> None:
@@ -73,17 +80,28 @@ def add_resume_option(p: argparse.ArgumentParser) -> None:
                         "checkpoint); no recipe or overrides allowed")
 
 
-def set_threads(args: argparse.Namespace) -> int:
-    """Apply ``--threads`` (or ``$FORTIFY_THREADS``, else 1) to torch; returns the number used."""
-    import torch
+def thread_count(args: argparse.Namespace) -> int:
+    """``--threads`` (or ``$FORTIFY_THREADS``, else 1), checked against the machine
+    (:func:`fortify.validation.check_threads`: 1 .. 4 x cores); a bad count is a UsageError."""
+    from fortify.validation import check_threads
 
-    n = args.threads if getattr(args, "threads", None) is not None else os.environ.get("FORTIFY_THREADS", "1")
+    given = getattr(args, "threads", None)
+    name, n = ("--threads", given) if given is not None else ("FORTIFY_THREADS", os.environ.get("FORTIFY_THREADS", "1"))
     try:
         n = int(n)
     except ValueError:
-        raise UsageError(f"FORTIFY_THREADS must be an integer, got {n!r}") from None
-    if n < 1:
-        raise UsageError(f"--threads must be >= 1, got {n}")
+        raise UsageError(f"{name} must be an integer, got {n!r}") from None
+    try:
+        return check_threads(n, name=name)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def set_threads(args: argparse.Namespace) -> int:
+    """Apply the checked :func:`thread_count` to torch; returns the number used."""
+    import torch
+
+    n = thread_count(args)
     torch.set_num_threads(n)
     return n
 
@@ -138,45 +156,75 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
     """Validate ``raw`` (or reopen ``--resume ID`` with its recorded config), open the store, run
     the pipeline, print the summary, then ``show(ctx, quiet)`` when given (verb-specific output).
 
-    Nothing is created before the configuration is valid; a failing stage marks the run failed
-    (its folder, config.json and report.json are kept) and its FortifyError reaches ``main``."""
+    Nothing is created before the configuration and ``--threads`` are valid; a failing stage marks the
+    run failed (its folder, config.json and report.json are kept) and its FortifyError reaches ``main``.
+    Warnings about the configuration (e.g. an eps whose ball covers the whole input box) are printed
+    on stderr before the run and again under the summary."""
     from rich.console import Console
 
     from fortify.cli.output import print_summary
-    from fortify.config import resolve
-    from fortify.pipeline import prepare_out_dir, run_pipeline
-    from fortify.store import RunStore
+    from fortify.pipeline import run_pipeline
 
     resume = getattr(args, "resume", None)
     if resume is not None:
-        if getattr(args, "model_path", None) is not None or getattr(args, "explicit", False):
-            raise UsageError("--resume continues a run with its recorded config: drop MODEL, options and KEY=VALUE")
-        if getattr(args, "recipe", None) or getattr(args, "overrides", None):
-            raise UsageError("--resume continues a run with its recorded config: drop --recipe and KEY=VALUE")
-        path = store_path(args, getattr(args, "out", None))
-        if not path.is_file():
-            raise OutputError(f"no run store at {str(path)!r} to resume from (pass --store PATH or --out DIR)")
-        store = RunStore(path)
-        rec = store.get_run(resume)
-        if rec.status == "ok":
-            raise ConfigError(f"run {rec.id} finished ok; nothing to resume")
-        if rec.verb != verb:
-            raise ConfigError(f"run {rec.id} was made by 'fortify {rec.verb}'; resume it with that verb")
-        resume = rec.id
-        cfg = resolve(rec.config)
+        cfg, store, resume = _reopen(args, verb, resume)
     else:
-        if stages is not None:
-            raw = {**raw, "stages": list(stages)}
-        cfg = resolve(raw)
-        prepare_out_dir(cfg.output.dir)
-        store = RunStore(store_path(args, cfg.output.dir, cfg.output.store))
-    set_threads(args)
+        cfg, store = _prepare(args, raw, stages)
+    warnings = config_warnings(cfg)
     err = Console(stderr=True)
+    for w in warnings:
+        err.print(f"fortify: warning: {w}", highlight=False, markup=False, soft_wrap=True)
     ctx = run_pipeline(cfg, verb=verb, argv=list(argv), store=store, console=err, quiet=args.quiet, resume=resume)
     print_summary(ctx, store, quiet=args.quiet)
+    out = Console()
+    for w in warnings:
+        out.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True, style=None if args.quiet else "red")
     if show is not None:
         show(ctx, args.quiet)
     return 0
+
+
+def config_warnings(cfg: Any) -> list[str]:
+    """One line per questionable but valid setting of ``cfg`` (see :func:`fortify.config.eps_box_warnings`)."""
+    from fortify.config import eps_box_warnings
+
+    return eps_box_warnings(cfg)
+
+
+def _prepare(args: argparse.Namespace, raw: dict[str, Any], stages: Sequence[str] | None) -> tuple[Any, Any]:
+    """A new run: validate the config and ``--threads``, then create the runs folder and open the store."""
+    from fortify.config import resolve
+    from fortify.pipeline import prepare_out_dir
+    from fortify.store import RunStore
+
+    if stages is not None:
+        raw = {**raw, "stages": list(stages)}
+    cfg = resolve(raw)
+    set_threads(args)
+    prepare_out_dir(cfg.output.dir)
+    return cfg, RunStore(store_path(args, cfg.output.dir, cfg.output.store))
+
+
+def _reopen(args: argparse.Namespace, verb: str, resume: str) -> tuple[Any, Any, str]:
+    """``--resume ID``: the recorded config of a failed or interrupted run of ``verb``, its store and full id."""
+    from fortify.config import resolve
+    from fortify.store import RunStore
+
+    if getattr(args, "model_path", None) is not None or getattr(args, "explicit", False):
+        raise UsageError("--resume continues a run with its recorded config: drop MODEL, options and KEY=VALUE")
+    if getattr(args, "recipe", None) or getattr(args, "overrides", None):
+        raise UsageError("--resume continues a run with its recorded config: drop --recipe and KEY=VALUE")
+    set_threads(args)
+    path = store_path(args, getattr(args, "out", None))
+    if not path.is_file():
+        raise OutputError(f"no run store at {str(path)!r} to resume from (pass --store PATH or --out DIR)")
+    store = RunStore(path)
+    rec = store.get_run(resume)
+    if rec.status == "ok":
+        raise ConfigError(f"run {rec.id} finished ok; nothing to resume")
+    if rec.verb != verb:
+        raise ConfigError(f"run {rec.id} was made by 'fortify {rec.verb}'; resume it with that verb")
+    return resolve(rec.config), store, rec.id
 
 
 def env_flag(name: str) -> bool:

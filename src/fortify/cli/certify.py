@@ -81,6 +81,9 @@ class CertifyVerb:
                        help="smoothing: failure probability of the certificate (default 0.001)")
         g.add_argument("--time-limit", type=float, metavar="S", default=None,
                        help="milp: seconds per image before giving up (default 30)")
+        g.add_argument("--max-binaries", type=int, metavar="N", default=None,
+                       help="milp: refuse, before solving, a model with more than N unstable ReLUs on an image "
+                            "(one binary variable each; default 200)")
 
     def run(self, args: argparse.Namespace) -> int:
         """Certify MODEL (or resume a certify run)."""
@@ -93,7 +96,7 @@ class CertifyVerb:
         elif args.method == "smoothing":
             extra.append("certify.threat='l2:0.5'")  # smoothing certifies l2 radii
         for flag, key in (("n", "n"), ("curve_points", "curve_points"), ("sigma", "sigma"), ("samples", "samples"),
-                          ("alpha", "alpha"), ("time_limit", "time_limit")):
+                          ("alpha", "alpha"), ("time_limit", "time_limit"), ("max_binaries", "max_binaries")):
             if getattr(args, flag) is not None:
                 extra.append(f"certify.{key}={getattr(args, flag)}")
         if args.eps_grid is not None:

@@ -130,7 +130,9 @@ class CompressVerb:
         g.add_argument("--n", type=int, metavar="N", default=None,
                        help="attack the first N test images before and after (default 200)")
         g.add_argument("--robust", metavar="MODE", default=None,
-                       help="robust accuracy of PyTorch models: pgd (default), fast (attack cascade) or none")
+                       help="how robust accuracy is measured: pgd (default), fast (attack cascade), strong (the "
+                            "fast cascade + the Square attack the int8 model gets: equal footing for float vs "
+                            "int8) or none")
         g.add_argument("--no-latency", action="store_true", help="skip the CPU latency timings")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -152,6 +154,8 @@ class CompressVerb:
             extra.append("compress.task=null")  # the recipe's own fine-tuning tasks (not the recipe file's task)
         if args.resume is not None:
             return run_model_verb(args, self.name, {}, COMPRESS_STAGES, show_compression)
+        if args.model_path is None:
+            raise UsageError("compress: the MODEL argument is required (or --resume ID)")
         if args.compress_recipe is None and not any(o.split("=", 1)[0].strip() in (
                 "compress.recipe", "compress.steps", "compress") for o in args.overrides):
             raise UsageError(f"compress: --recipe NAME is required (or compress.steps=[...]); recipes: "

@@ -33,6 +33,7 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
     """``load.path``/``load.architecture``/``data.name`` overrides from MODEL, --architecture, --dataset."""
     if args.model_path is None:
         raise UsageError(f"{args.verb}: the MODEL argument is required (or --resume ID)")
+    check_architecture_flag(args)
     extra = [f"load.path={_quote(args.model_path)}"]
     if args.architecture is not None:
         extra.append(f"load.architecture={args.architecture}")
@@ -41,6 +42,22 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
     elif not any(o.split("=", 1)[0].strip() == "data.name" for o in args.overrides):
         extra += _dataset_of(args.model_path)
     return extra
+
+
+def check_architecture_flag(args: argparse.Namespace) -> None:
+    """A ``.pt``/``.pth`` MODEL needs ``--architecture NAME`` (the file holds only tensors); a
+    ``.safetensors`` MODEL records its own, so ``--architecture`` there is a mistake. Said in CLI terms."""
+    from fortify.models import MODELS
+
+    path = str(args.model_path)
+    given = args.architecture is not None or any(o.split("=", 1)[0].strip() == "load.architecture"
+                                                 for o in args.overrides)
+    if path.lower().endswith((".pt", ".pth")) and not given:
+        raise UsageError(f"{args.verb}: {path} is a .pt/.pth state dict, which holds no architecture; pass "
+                         f"--architecture NAME (e.g. --architecture mlp; one of: {', '.join(MODELS.names())})")
+    if path.lower().endswith(".safetensors") and args.architecture is not None:
+        raise UsageError(f"{args.verb}: --architecture {args.architecture} applies to .pt/.pth state dicts only; "
+                         f"{path} records its own architecture")
 
 
 def run_model_verb(args: argparse.Namespace, verb: str, raw: dict[str, Any], stages: Sequence[str],

@@ -55,6 +55,14 @@ class TrainVerb:
             raise UsageError(f"--resume continues a run with its recorded config: drop {', '.join(given)}")
         if args.nproc is not None and args.nproc < 1:
             raise UsageError(f"--nproc must be an integer >= 1, got {args.nproc}")
+        if args.nproc is not None:
+            from fortify.errors import ConfigError
+            from fortify.validation import check_threads
+
+            try:
+                check_threads(args.nproc, name="--nproc")  # each worker is a process with its own thread
+            except ConfigError as e:
+                raise UsageError(str(e)) from None
         if args.max_staleness is not None and args.max_staleness < 0:
             raise UsageError(f"--max-staleness must be an integer >= 0, got {args.max_staleness}")
         if args.max_staleness is not None and args.mode != "async":

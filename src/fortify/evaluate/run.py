@@ -41,6 +41,9 @@ def _write_json(path: Path, doc: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=2, allow_nan=True)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; like every other file of a run
     os.replace(tmp, path)
 
 

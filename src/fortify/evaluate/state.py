@@ -53,6 +53,9 @@ def save_state(path: str | os.PathLike, doc: dict[str, Any], tensors: dict[str, 
         os.close(fd)
         body = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(body, tmp, metadata={"fortify_state": json.dumps({**doc, "version": STATE_VERSION})})
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; like every other file of a run
         os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write evaluation state to {path}: {e}") from None

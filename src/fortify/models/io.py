@@ -140,10 +140,10 @@ def _check_structure(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any],
     expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     actual = {k: tuple(v.shape) for k, v in state.items()}
     if expected != actual:
-        diff = sorted(set(expected.items()) ^ set(actual.items()))[:4]
         raise ConfigError(
             f"the model no longer matches its architecture record {arch['name']!r} {arch['args']} "
-            f"(differences: {diff}); rebuild it with fortify.models.create(...) using the new widths "
+            f"({shape_mismatch(actual, expected, source='the model')}); rebuild it with fortify.models.create(...) "
+            "using the new widths "
             "and copy the weights before saving"
         )
 
@@ -238,8 +238,8 @@ def _build(
             expected = {k: tuple(v.shape) for k, v in make().state_dict().items()}
         actual = {k: tuple(v.shape) for k, v in state.items()}
         if expected != actual:
-            diff = sorted(set(expected.items()) ^ set(actual.items()), key=str)[:4]
-            raise ModelFileError(f"{path}: weights do not match the architecture {arch['name']!r}: {diff}")
+            raise ModelFileError(f"{path}: weights do not match the architecture {arch['name']!r}: "
+                                 f"{shape_mismatch(actual, expected)}")
         return make()
     except ModelFileError:
         raise
@@ -247,6 +247,42 @@ def _build(
         raise ModelFileError(f"{path}: cannot rebuild architecture {arch['name']!r}: {exc}") from None
     except (TypeError, KeyError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: malformed architecture/normalization record: {exc}") from None
+
+
+def shape_mismatch(in_file: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
+                   limit: int = 3, *, source: str = "the file") -> str:
+    """Say how the tensors of a file differ from those an architecture expects, file shape first:
+    ``tensor '1.weight' is (300, 784) in the file, the architecture expects (6, 1, 5, 5); ...``."""
+    parts = []
+    for k in sorted(set(in_file) & set(expected)):
+        if tuple(in_file[k]) != tuple(expected[k]):
+            parts.append(f"tensor {k!r} is {tuple(in_file[k])} in {source}, the architecture expects "
+                         f"{tuple(expected[k])}")
+    missing = sorted(set(expected) - set(in_file))
+    extra = sorted(set(in_file) - set(expected))
+    if missing:
+        parts.append(f"{source} lacks {', '.join(repr(k) for k in missing[:limit])}"
+                     f"{f' (+{len(missing) - limit} more)' if len(missing) > limit else ''}")
+    if extra:
+        parts.append(f"the architecture has no {', '.join(repr(k) for k in extra[:limit])}"
+                     f"{f' (+{len(extra) - limit} more)' if len(extra) > limit else ''}")
+    more = len(parts) - limit
+    shown = parts if more <= 0 else [*parts[:limit], f"{more} more difference{'s' if more > 1 else ''}"]
+    return "; ".join(shown)
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Refuse a state dict with a NaN or infinite value, naming the first such tensor and its counts.
+
+    Non-finite weights (a diverged training run, a corrupt file) make every prediction NaN and every
+    metric meaningless, so they fail at load instead of giving figures. Cost: one pass over the weights."""
+    for name, t in state.items():
+        if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+            continue
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        what = " and ".join(f"{n} {w}" for n, w in ((nan, "NaN"), (inf, "infinite")) if n)
+        raise ModelFileError(f"{path}: tensor {name!r} has {what} value{'s' if nan + inf > 1 else ''} "
+                             f"(of {t.numel()}); refusing a model with non-finite weights (did its training diverge?)")
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> nn.Module:
@@ -296,6 +332,7 @@ def _load_torch_state_dict(path: Path, architecture_arg: str | Mapping[str, Any]
     normalization = None
     if "mean" in state and "std" in state and all(k in ("mean", "std") or k.startswith("inner.") for k in state):
         normalization = {"mean": state["mean"].flatten().tolist(), "std": state["std"].flatten().tolist()}
+    check_finite_weights(state, path)
     model = _build(spec, spec.get("in_shape", (1, 28, 28)), spec.get("num_classes", 10), normalization, state, path)
     return _load_state(model, state, path)
 
@@ -313,8 +350,9 @@ def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] 
         ``nn.Module`` mapping ``(N, *in_shape)`` to ``(N, num_classes)``; ``Normalized`` if the file
         records a normalisation.
     Raises:
-        ModelFileError: missing, corrupt, truncated or hostile file, unknown architecture, or
-        weights that do not fit the architecture. Nothing from the file is ever executed.
+        ModelFileError: missing, corrupt, truncated or hostile file, unknown architecture,
+        weights that do not fit the architecture (the message gives the file's shape and the expected
+        one), or a NaN/infinite weight (the message names the tensor). Nothing from the file is ever executed.
     """
     p = Path(path)
     if p.suffix.lower() in _TORCH_SUFFIXES:
@@ -327,10 +365,11 @@ def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] 
         state = st_load(blob)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise ModelFileError(f"{p}: corrupt or truncated safetensors data ({exc})") from None
+    check_finite_weights(state, p)
     model = _build(
         meta.get("architecture"), meta.get("in_shape"), meta.get("num_classes"), meta.get("normalization"), state, p
     )
     return _load_state(model, state, p)
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "load", "read_meta", "save"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "check_finite_weights", "load", "read_meta", "save", "shape_mismatch"]

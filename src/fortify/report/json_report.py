@@ -55,6 +55,9 @@ def write_atomic(path: str | Path, text: str) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; reports are ordinary files (0644 under umask 022)
         os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
