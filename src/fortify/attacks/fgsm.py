@@ -7,7 +7,6 @@ Shapes: ``x (B, ...)`` -> ``x_adv (B, ...)``.
 """
 from __future__ import annotations
 
-import torch
 
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.losses import ce_loss

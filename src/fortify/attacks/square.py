@@ -26,7 +26,6 @@ from fortify.attacks._blackbox import (
     QueryBudget,
     check_positive_float,
     check_positive_int,
-    flat,
     is_adversarial,
 )
 from fortify.attacks.base import Attack, Oracle

@@ -26,6 +26,7 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
+from fortify import progress
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.bounds import InputSet, margin_spec
 from fortify.certify.crown import backward_lower, layer_bounds
@@ -132,14 +133,16 @@ class MILPVerifier(Certifier):
         self._check_size(bounds, relus, x.shape[0], threat)
         crown_rows = backward_lower(ops, len(ops), c, bounds, inp)
         lows, status, cex = [], [], torch.full_like(x, float("nan"))
-        for i in range(x.shape[0]):
-            pre = [(bounds[t][0][i].reshape(-1).double().cpu().numpy(), bounds[t][1][i].reshape(-1).double().cpu().numpy())
-                   for t in relus]
-            low, st, xs = self._one(model, blocks, pre, inp, i, int(y[i]), crown_rows[i], threat)
-            lows.append(low)
-            status.append(st)
-            if xs is not None:
-                cex[i] = xs
+        with progress.task(f"certify milp {threat}", total=x.shape[0], unit="images") as bar:
+            for i in range(x.shape[0]):
+                pre = [(bounds[t][0][i].reshape(-1).double().cpu().numpy(),
+                        bounds[t][1][i].reshape(-1).double().cpu().numpy()) for t in relus]
+                low, st, xs = self._one(model, blocks, pre, inp, i, int(y[i]), crown_rows[i], threat)
+                lows.append(low)
+                status.append(st)
+                if xs is not None:
+                    cex[i] = xs
+                bar.advance(info=f"{status.count('verified')} verified")
         lower = torch.tensor(lows, dtype=x.dtype, device=x.device)
         return Certificate(lower, torch.tensor([s == "verified" for s in status], device=x.device), self.name, status=status,
                            extra={"counterexample": cex})

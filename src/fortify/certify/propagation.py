@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from fortify import progress
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.bounds import InputSet, ibp_margin, margin_spec
 from fortify.certify.crown import _row_bytes, crown_margin
@@ -106,13 +107,15 @@ class _BoundCertifier(Certifier):
     def _certify(self, model, x, y, threat):
         chunk = self._chunk(model, x)
         lows = []
-        for s in range(0, x.shape[0], chunk):
-            low = margin_lower_bound(
-                model, x[s:s + chunk], y[s:s + chunk], threat, self.method, keep_true_row=False,
-                memory_budget=self.memory_budget, intersect_ibp=self.intersect_ibp,
-                alpha_steps=self.alpha_steps, alpha_rows=self.alpha_rows,
-            )
-            lows.append(low.amin(dim=1))
+        with progress.task(f"certify {self.name} {threat}", total=-(-x.shape[0] // chunk), unit="chunks") as bar:
+            for s in range(0, x.shape[0], chunk):
+                low = margin_lower_bound(
+                    model, x[s:s + chunk], y[s:s + chunk], threat, self.method, keep_true_row=False,
+                    memory_budget=self.memory_budget, intersect_ibp=self.intersect_ibp,
+                    alpha_steps=self.alpha_steps, alpha_rows=self.alpha_rows,
+                )
+                lows.append(low.amin(dim=1))
+                bar.advance(info=f"{min(s + chunk, x.shape[0])}/{x.shape[0]} images")
         lower = torch.cat(lows)
         return Certificate(lower_margin=lower, certified=lower > 0, method=self.name)
 

@@ -24,6 +24,7 @@ from scipy.special import betaincinv, ndtri
 from scipy.stats import binomtest
 from torch import nn
 
+from fortify import progress
 from fortify.attacks.base import frozen_eval
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.errors import ConfigError
@@ -59,16 +60,18 @@ def noise_counts(
     """Class counts ``(N, K)`` of ``f(x_i + sigma * eps)`` over ``n`` Gaussian draws per input."""
     total = x.shape[0] * n
     counts: torch.Tensor | None = None
-    for s in range(0, total, batch_size):
-        idx = torch.arange(s, min(total, s + batch_size), device=x.device) // n
-        xb = x[idx]
-        dev = generator.device if generator is not None else x.device
-        noise = torch.randn(xb.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
-        pred = model(xb + sigma * noise).argmax(dim=1)
-        if counts is None:
-            k = model(x[:1]).shape[1]
-            counts = torch.zeros(x.shape[0], k, dtype=torch.long, device=x.device)
-        counts.index_put_((idx, pred), torch.ones_like(pred), accumulate=True)
+    with progress.task(f"smoothing: {n} noise draws per image", total=-(-total // batch_size), unit="batches") as bar:
+        for s in range(0, total, batch_size):
+            idx = torch.arange(s, min(total, s + batch_size), device=x.device) // n
+            xb = x[idx]
+            dev = generator.device if generator is not None else x.device
+            noise = torch.randn(xb.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
+            pred = model(xb + sigma * noise).argmax(dim=1)
+            if counts is None:
+                k = model(x[:1]).shape[1]
+                counts = torch.zeros(x.shape[0], k, dtype=torch.long, device=x.device)
+            counts.index_put_((idx, pred), torch.ones_like(pred), accumulate=True)
+            bar.advance()
     return counts  # type: ignore[return-value]
 
 

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fortify import progress
 from fortify.errors import ConfigError, OutputError, ThreatModelError
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.report.sections import Section, Table
@@ -245,23 +246,26 @@ class CertifyStage:
         n = int(x.shape[0])
         prev = torch.ones(n, dtype=torch.bool)
         acc: dict[float, float] = {}
-        for r in sorted(radii):
-            if r == thr.eps:
-                cur = at_eps
-            else:
-                known = at_eps if r < thr.eps else torch.zeros(n, dtype=torch.bool)
-                cand = prev & ~known
-                cur = known.clone()
-                if bool(cand.any()):
-                    idx = cand.nonzero().squeeze(1)
-                    xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
-                    if r == 0 and method != "milp":
-                        c = certify(ctx.model, xs, ys, thr.with_eps(0.0), "ibp", batch_size=sec.batch_size)
-                    else:
-                        c = certify(ctx.model, xs, ys, thr.with_eps(r), method, **sec.options(method))
-                    cur[idx] = c.certified.detach().cpu().bool()
-            acc[r] = float(cur.float().mean())
-            prev = cur
+        with progress.task(f"certified curve {method}", total=len(radii), unit="radii") as bar:
+            for r in sorted(radii):
+                bar.update(info=f"eps {r:.3g}")
+                if r == thr.eps:
+                    cur = at_eps
+                else:
+                    known = at_eps if r < thr.eps else torch.zeros(n, dtype=torch.bool)
+                    cand = prev & ~known
+                    cur = known.clone()
+                    if bool(cand.any()):
+                        idx = cand.nonzero().squeeze(1)
+                        xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
+                        if r == 0 and method != "milp":
+                            c = certify(ctx.model, xs, ys, thr.with_eps(0.0), "ibp", batch_size=sec.batch_size)
+                        else:
+                            c = certify(ctx.model, xs, ys, thr.with_eps(r), method, **sec.options(method))
+                        cur[idx] = c.certified.detach().cpu().bool()
+                acc[r] = float(cur.float().mean())
+                prev = cur
+                bar.advance()
         return CertifiedCurve(method, thr.norm, list(radii), [acc[r] for r in radii], n, {"pruned": True})
 
     @staticmethod

@@ -164,6 +164,7 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
 
     from fortify.cli.output import print_summary
     from fortify.pipeline import run_pipeline
+    from fortify.progress import log_console
 
     resume = getattr(args, "resume", None)
     if resume is not None:
@@ -171,7 +172,7 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
     else:
         cfg, store = _prepare(args, raw, stages)
     warnings = config_warnings(cfg)
-    err = Console(stderr=True)
+    err = log_console()  # one message = one line in a log file (rich would wrap it at 80 columns)
     for w in warnings:
         err.print(f"fortify: warning: {w}", highlight=False, markup=False, soft_wrap=True)
     ctx = run_pipeline(cfg, verb=verb, argv=list(argv), store=store, console=err, quiet=args.quiet, resume=resume)

@@ -57,7 +57,8 @@ def finetune(model: nn.Module, data: Data, *, task: str = "standard", task_args:
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(
         {"epochs": 1, "lr": 0.01, "weight_decay": 0.0, "batch_size": 128, **dict(config or {})})
     callbacks = [KeepMasks(model)] if keep_sparsity else []
-    trainer = Trainer(model, create_task(task, **dict(task_args or {})), cfg, progress=False, callbacks=callbacks)
+    # progress=None: the epoch lines show inside a pipeline step (fortify.progress.enabled), never in library use
+    trainer = Trainer(model, create_task(task, **dict(task_args or {})), cfg, progress=None, callbacks=callbacks)
     history = trainer.fit(data, val)
     if keep_sparsity:
         apply_masks(model, callbacks[0].masks)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from fortify import progress
 from fortify.compress.base import TRANSFORMS, Data, Transform, check_data
 from fortify.compress.measure import Measurement, measure
 from fortify.compress.quantize.runtime import OnnxModule
@@ -132,6 +133,8 @@ def compress(model: nn.Module, recipe_or_steps: str | Sequence[Step], data: Data
             ``pareto.png`` and ``compress.json`` are written.
         threat: threat model of the robust accuracy (``None`` skips it).
         out_dir: folder for the artefact, the report and the plot.
+
+    Inside :func:`fortify.progress.enabled` each step shows progress (and fine-tuning its epochs).
     """
     transforms = resolve_steps(recipe_or_steps)
     if data is not None:
@@ -145,14 +148,17 @@ def compress(model: nn.Module, recipe_or_steps: str | Sequence[Step], data: Data
         example_inputs = source[0][:8]
     current, twin, reports = model, None, []
     encoding = "auto"
-    for tr in transforms:
-        if isinstance(current, OnnxModule):
-            raise ConfigError(f"step {tr.name!r} comes after quantization; quantization must be the last step")
-        result = tr(current, example_inputs, data=data)
-        reports.append(result.report)
-        twin = result.extras.get("float_twin", twin)
-        current = result.model
-        encoding = "codebook" if tr.name == "deep_compression" else "auto"
+    with progress.task("compress", total=len(transforms), unit="steps") as bar:
+        for tr in transforms:
+            if isinstance(current, OnnxModule):
+                raise ConfigError(f"step {tr.name!r} comes after quantization; quantization must be the last step")
+            bar.update(info=tr.name)
+            result = tr(current, example_inputs, data=data)
+            bar.advance()
+            reports.append(result.report)
+            twin = result.extras.get("float_twin", twin)
+            current = result.model
+            encoding = "codebook" if tr.name == "deep_compression" else "auto"
     res = CompressionResult(model=current, reports=reports, float_twin=twin)
     if out_dir is not None:
         res.artefact = save_artefact(current, out_dir, encoding=encoding)

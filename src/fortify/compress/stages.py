@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
+from fortify import progress
 from fortify.errors import ConfigError, OutputError
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.report.sections import Section, Table
@@ -220,20 +221,27 @@ class CompressStage:
         t0 = time.perf_counter()
         current, twin, reports, encoding = ctx.model, None, [], "auto"
         example = x[:8]
-        for tr in sec.build(run_task):
-            if isinstance(current, OnnxModule):
-                raise ConfigError(f"compress: step {tr.name!r} comes after quantization; quantization must be last")
-            ctx.print(f"compress: {tr.name} ...")
-            r = tr(current, example, data=(x, y))
-            reports.append(r.report)
-            twin = r.extras.get("float_twin", twin)
-            current = r.model
-            encoding = "codebook" if tr.name == "deep_compression" else "auto"
+        built = sec.build(run_task)
+        with progress.task("compress", total=len(built), unit="steps") as bar:  # fine-tuning epochs nest in it
+            for tr in built:
+                if isinstance(current, OnnxModule):
+                    raise ConfigError(f"compress: step {tr.name!r} comes after quantization; "
+                                      "quantization must be last")
+                ctx.print(f"compress: {tr.name} ...")
+                bar.update(info=tr.name)
+                r = tr(current, example, data=(x, y))
+                bar.advance()
+                reports.append(r.report)
+                twin = r.extras.get("float_twin", twin)
+                current = r.model
+                encoding = "codebook" if tr.name == "deep_compression" else "auto"
         compress_seconds = time.perf_counter() - t0
         artefact = save_artefact(current, out, encoding=encoding)
         ctx.add_artefact("compressed_model", artefact, kind="model")
 
         t1 = time.perf_counter()
+        # one line, no live display: a refresh thread would perturb the latency timings
+        progress.echo("compress: measuring size, latency and accuracy of both models ...")
         rows = measure({"original": ctx.model, "compressed": current}, xt, yt, threat=sec.threat, robust=sec.robust,
                        n_robust=sec.n_robust, float_twins={"compressed": twin} if twin is not None else {},
                        artefacts={"compressed": artefact}, encodings={"original": "dense", "compressed": encoding},

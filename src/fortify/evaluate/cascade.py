@@ -262,7 +262,7 @@ def robust_accuracy(
 
         def on_stage(t: str, row: AttackRow) -> None:
             if bar is not None:
-                bar[0].update(bar[1], advance=1, description=f"{t} {row.label}")
+                bar.advance(info=f"{t} {row.label}")
             if callback is not None:
                 callback(t, row)
 
@@ -273,7 +273,7 @@ def robust_accuracy(
                     batch_size, seed, doc, tensors, state_path, sur, on_stage))
         finally:
             if bar is not None:
-                bar[0].stop()
+                bar.close()
         flags = list(remedy.flags)
         if sanity:
             flags += _post_flags(results, remedy.attack_model, scorer, x, y, clean_correct, threats, plans,
@@ -283,17 +283,13 @@ def robust_accuracy(
                             config=config, seconds=time.perf_counter() - t0)
 
 
-def _progress_bar(enabled: bool, total: int) -> tuple[Any, Any] | None:
-    """A started rich progress bar and its task, or None when disabled."""
+def _progress_bar(enabled: bool, total: int) -> Any:
+    """An open :func:`fortify.progress.task` (a bar on a terminal, periodic lines in a log), or None."""
     if not enabled:
         return None
-    from rich.console import Console
-    from rich.progress import Progress
+    from fortify import progress as fprogress
 
-    prog = Progress(console=Console(stderr=True), transient=True)
-    task = prog.add_task("evaluating", total=total)
-    prog.start()
-    return prog, task
+    return fprogress.task("attack cascade", total=total, unit="attacks", enabled=True)
 
 
 def _surrogate_id(surrogate: nn.Module | None) -> str:
@@ -309,7 +305,6 @@ def _evaluate_threat(ti: int, thr: ThreatModel, stages: list[_Stage], skipped: l
                      doc: dict[str, Any], tensors: dict[str, torch.Tensor], state_path: str | None,
                      sur: list[nn.Module | None], callback: Callable[[str, AttackRow], None] | None) -> ThreatResult:
     """Run (or resume) the cascade for one threat; updates ``doc``/``tensors`` and saves them."""
-    n = x.shape[0]
     labels = [s.label for s in stages]
     tdoc = doc["threats"][ti]
     if tdoc.get("done"):

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from fortify import progress
 from fortify.attacks import ATTACKS
 from fortify.attacks.base import frozen_eval
 from fortify.errors import ConfigError, ThreatModelError
@@ -65,14 +66,19 @@ def _default_grid(norm: str, span: float, dim: int, dist: torch.Tensor, points: 
 
 
 def _attack_all(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, thr: ThreatModel,
-                budget: float, batch_size: int, seed: int) -> torch.Tensor:
-    """Distances ``(M,)`` of successful adversarial examples (inf where the attack failed)."""
+                budget: float, batch_size: int, seed: int, bar: progress.Task | None = None,
+                what: str = "") -> torch.Tensor:
+    """Distances ``(M,)`` of successful adversarial examples (inf where the attack failed); ``bar`` shows
+    ``what`` (default: the attack's label) and the batch."""
     attack, _ = build_attack(spec, budget)
+    batches = -(-x.shape[0] // batch_size)
     s = (seed * 31 + zlib.crc32(f"{spec.label}:{thr}".encode())) % (2**62)
     torch.manual_seed(s)
     gen = torch.Generator(device=x.device).manual_seed(s)
     out = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)
     for i in range(0, x.shape[0], batch_size):
+        if bar is not None:
+            bar.update(info=f"{what or spec.label}, batch {i // batch_size + 1}/{batches}")
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         res = attack(model, xb, yb, thr, generator=gen)
         with torch.no_grad():
@@ -89,7 +95,8 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
     """Accuracy vs eps for ``norm`` on ``x (N, ...)``, ``y (N,)`` (see module doc).
 
     ``eps_grid``: eps values (default: 21 points up to the largest distance found). ``checks``:
-    number of grid eps cross-checked with a fixed-eps attack. ``budget`` scales attack iterations."""
+    number of grid eps cross-checked with a fixed-eps attack. ``budget`` scales attack iterations.
+    Progress (:mod:`fortify.progress`, shown inside ``progress.enabled()``): one unit per attack run."""
     if norm not in NORMS:
         raise ThreatModelError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
     if eps_grid is not None:
@@ -102,7 +109,8 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
     x = x.detach()
     n, dim = x.shape[0], x[0].numel()
     cap = ThreatModel(norm, box_covering_eps(ThreatModel(norm, 0.0, bounds), dim), bounds)
-    with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []), frozen_eval(model):
+    rng = torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else [])
+    with rng, frozen_eval(model), progress.task(f"curve {label or norm}", unit="attacks") as bar:
         with torch.no_grad():
             logits = check_logits(model(x), n)
         y = check_labels(y, n, logits.shape[1]).to(x.device)
@@ -111,9 +119,12 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
         xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
         dist_c = torch.full((idx.numel(),), float("inf"), dtype=torch.float64)
         used = [a for a in MIN_NORM_ATTACKS if a in ATTACKS and norm in ATTACKS.get(a).norms]
-        for a in used:
-            dist_c = torch.minimum(dist_c, _attack_all(model, AttackSpec(a, a), xs, ys, cap, budget, batch_size, seed))
         fixed = next((a for a in FIXED_ATTACKS if a in ATTACKS and norm in ATTACKS.get(a).norms), None)
+        bar.update(total=len(used) + (checks if fixed is not None else 0))
+        for a in used:
+            d = _attack_all(model, AttackSpec(a, a), xs, ys, cap, budget, batch_size, seed, bar)
+            dist_c = torch.minimum(dist_c, d)
+            bar.advance()
         grid = eps_grid if eps_grid is not None else _default_grid(norm, bounds[1] - bounds[0], dim, dist_c)
         positive = sorted(e for e in grid if e > 0)
         if used:
@@ -121,6 +132,7 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
             check_eps = sorted(set(pick))
         else:
             check_eps = positive
+        bar.update(total=len(used) + (len(check_eps) if fixed is not None else 0))
         done = []
         for e in check_eps:
             if fixed is None:
@@ -130,9 +142,10 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
             newly = 0
             if todo.numel():
                 d = _attack_all(model, AttackSpec(fixed, fixed), xs[todo.to(x.device)], ys[todo.to(y.device)],
-                                ThreatModel(norm, e, bounds), budget, batch_size, seed)
+                                ThreatModel(norm, e, bounds), budget, batch_size, seed, bar, f"{fixed} at eps {e:.3g}")
                 newly = int(torch.isfinite(d).sum())
                 dist_c[todo] = torch.minimum(dist_c[todo], d)
+            bar.advance()
             done.append({"eps": e, "attack": fixed, "acc_min_norm": before,
                          "acc_combined": float(((dist_c > e).sum()) / n), "newly_broken": newly})
     distances = torch.zeros(n, dtype=torch.float64)

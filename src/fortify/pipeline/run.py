@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
 
+from fortify import progress
 from fortify.errors import ConfigError, OutputError
 from fortify.pipeline.base import STAGES, RunContext
 from fortify.store import new_run_id, package_versions
@@ -93,7 +94,7 @@ def run_pipeline(
         run_id = new_run_id()
     run_dir = out / run_id
     ctx = RunContext(config=config, run_dir=run_dir, run_id=run_id, verb=verb, store=store,
-                     console=console or Console(stderr=True), quiet=quiet, model=model)
+                     console=console or progress.log_console(), quiet=quiet, model=model)
     ctx.state["versions"] = versions
     ctx.state["stages"] = names
     ctx.state["resume"] = resume is not None
@@ -107,12 +108,13 @@ def run_pipeline(
         if store is not None:
             store.set_run_dir(run_id, run_dir)
         ctx.add_artefact("config", run_dir / "config.json", kind="config")
-        for name, cls in zip(names, classes):
-            ctx.stage = name
-            t0 = time.perf_counter()
-            cls().run(ctx)
-            ctx.timing[name] = time.perf_counter() - t0
-            ctx.log_metrics({"seconds": ctx.timing[name]})
+        with progress.enabled(not quiet):  # long steps inside stages show bars / periodic log lines
+            for name, cls in zip(names, classes):
+                ctx.stage = name
+                t0 = time.perf_counter()
+                cls().run(ctx)
+                ctx.timing[name] = time.perf_counter() - t0
+                ctx.log_metrics({"seconds": ctx.timing[name]})
         ctx.stage = ""
         ctx.timing["total"] = time.perf_counter() - t_start
         ctx.log_metrics({"total_seconds": ctx.timing["total"]}, stage="run")

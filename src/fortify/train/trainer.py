@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from fortify import progress as fprogress
 from fortify.errors import ConfigError, InputError, ModelFileError
 from fortify.train import checkpoint as ckpt
 from fortify.train.config import TrainConfig
@@ -93,10 +94,11 @@ class Trainer:
         config: TrainConfig | Mapping[str, Any],
         *,
         checkpoint_dir: str | Path | None = None,
-        progress: bool = True,
+        progress: bool | None = True,
         callbacks: Sequence[object] = (),
     ) -> None:
-        """Validate arguments and build the optimiser; no training happens here."""
+        """Validate arguments and build the optimiser; no training happens here. ``progress=None`` shows the
+        epoch bar and lines when an enclosing :func:`fortify.progress.enabled` block asks for them."""
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.task: Task = resolve_task(task)
@@ -109,7 +111,7 @@ class Trainer:
         self.replays = replays
         self.model = model
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.progress = bool(progress)
+        self.progress = fprogress.is_enabled(progress)
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             if not (hasattr(cb, "on_epoch_end") or hasattr(cb, "on_step_end")):
