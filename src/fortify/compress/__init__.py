@@ -11,6 +11,8 @@ steps, saves the artefact and measures it with :func:`measure`.
 """
 from __future__ import annotations
 
+from torch import nn
+
 from fortify.compress import prune  # noqa: F401  (registers the pruning transforms)
 from fortify.compress import quantize  # noqa: F401  (registers the quantization transforms)
 from fortify.compress.base import TRANSFORMS, Transform, TransformResult, count_params, create
@@ -27,7 +29,7 @@ from fortify.compress.quantize import OnnxModule
 from fortify.compress.quantize.qat import QuantAwareInt8
 
 
-def load(path: str) -> "torch.nn.Module":  # noqa: F821
+def load(path: str) -> nn.Module:
     """Load any compression artefact: ``.onnx`` -> :class:`OnnxModule`, else :func:`load_compressed`."""
     if str(path).endswith(".onnx"):
         return OnnxModule.load(path)

@@ -65,7 +65,7 @@ def sequential_of(model: nn.Module) -> nn.Sequential:
     return seq
 
 
-def weight_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
+def weight_layers(model: nn.Module) -> list[tuple[int, nn.Conv2d | nn.Linear]]:
     """``(index, layer)`` of every Conv2d/Linear in the compressible Sequential, in order."""
     return [(i, m) for i, m in enumerate(sequential_of(model)) if isinstance(m, (nn.Conv2d, nn.Linear))]
 

@@ -32,7 +32,9 @@ def onnx_bytes(model: nn.Module, example_inputs: torch.Tensor, *, opset: int = O
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example_inputs[:1].detach().float(),), buf, dynamo=False,
+            # the TorchScript exporter (dynamo=False) writes to file-like objects; torch annotates f as a path only
+            torch.onnx.export(model, (example_inputs[:1].detach().float(),),
+                              buf, dynamo=False,  # type: ignore[arg-type]
                               input_names=["x"], output_names=["logits"],
                               dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
     finally:

@@ -15,7 +15,7 @@ task (``pgd_at`` for adversarial fine-tuning) follows.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 from torch import nn
@@ -37,7 +37,17 @@ def rank_for(s: torch.Tensor, *, energy: float | None, budget: float | None, ful
     return max(1, int(math.floor(budget * full_params / per_rank)))
 
 
-def factorize(layer: nn.Module, rank: int) -> nn.Sequential:
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's ``kernel_size``/``stride``/``padding`` tuple, always of length 2 (torch stores them so)."""
+    return cast(tuple[int, int], value)
+
+
+def _padding(conv: nn.Conv2d) -> str | tuple[int, int]:
+    """``conv.padding`` as Conv2d's constructor takes it (a mode string or a pair)."""
+    return conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+
+
+def factorize(layer: nn.Conv2d | nn.Linear, rank: int) -> nn.Sequential:
     """Two-layer truncated-SVD replacement of a Conv2d/Linear ``layer`` at ``rank`` (see module doc)."""
     w = layer.weight.detach()
     mat = w.reshape(w.shape[0], -1).double()
@@ -46,16 +56,19 @@ def factorize(layer: nn.Module, rank: int) -> nn.Sequential:
     root = s[:r].sqrt()
     first = (root[:, None] * vh[:r]).float()
     second = (u[:, :r] * root[None, :]).float()
+    a: nn.Conv2d | nn.Linear
+    b: nn.Conv2d | nn.Linear
     if isinstance(layer, nn.Linear):
         a, b = nn.Linear(layer.in_features, r, bias=False), nn.Linear(r, layer.out_features, bias=layer.bias is not None)
         a.weight.data.copy_(first)
         b.weight.data.copy_(second)
     else:
-        a = nn.Conv2d(layer.in_channels, r, layer.kernel_size, layer.stride, layer.padding, bias=False)
+        a = nn.Conv2d(layer.in_channels, r, _pair(layer.kernel_size), _pair(layer.stride), _padding(layer),
+                      bias=False)
         b = nn.Conv2d(r, layer.out_channels, 1, bias=layer.bias is not None)
         a.weight.data.copy_(first.reshape(r, *w.shape[1:]))
         b.weight.data.copy_(second.reshape(w.shape[0], r, 1, 1))
-    if layer.bias is not None:
+    if layer.bias is not None and b.bias is not None:  # b has a bias iff layer has one
         b.bias.data.copy_(layer.bias.detach())
     return nn.Sequential(a, b)
 
@@ -103,7 +116,8 @@ class LowRank(Transform):
             if i not in chosen:
                 new_layers.append(layer)
                 continue
-            w = layer.weight.detach()
+            weighted = candidates[i]
+            w = weighted.weight.detach()
             out_dim, in_dim = w.shape[0], w[0].numel()
             s = torch.linalg.svdvals(w.reshape(out_dim, -1).double())
             r = self.rank or rank_for(s, energy=self.energy, budget=self.budget,
@@ -114,7 +128,7 @@ class LowRank(Transform):
                 new_layers.append(layer)
                 continue
             ranks[str(i)] = [int(s.numel()), r]
-            new_layers.extend(factorize(layer, r))
+            new_layers.extend(factorize(weighted, r))
         new_seq = nn.Sequential(*new_layers)
         if hasattr(seq, ARCH_ATTR) and any(v[0] != v[1] for v in ranks.values()):
             pass  # the registry architecture no longer describes the model: not copied

@@ -14,6 +14,7 @@ Sequential family; :func:`Group` instances pair a producer with its consumer sli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -75,27 +76,42 @@ def groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Group]:
     return out
 
 
-def _new_like(layer: nn.Module, out_units: int | None = None, in_units: int | None = None) -> nn.Module:
+def param_layer(seq: nn.Sequential, index: int) -> nn.Conv2d | nn.Linear:
+    """Layer ``index`` of ``seq``, which must be a Conv2d or Linear (a group's producer or consumer)."""
+    layer = seq[index]
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise UnsupportedLayerError(f"layer {index} ({type(layer).__name__}) is not a Conv2d/Linear layer")
+    return layer
+
+
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's ``kernel_size``/``stride``/``padding`` tuple, always of length 2 (torch stores them so)."""
+    return cast(tuple[int, int], value)
+
+
+def _new_like(layer: nn.Conv2d | nn.Linear, out_units: int | None = None,
+              in_units: int | None = None) -> nn.Conv2d | nn.Linear:
     """A fresh Conv2d/Linear like ``layer`` with other output/input widths."""
     if isinstance(layer, nn.Conv2d):
-        return nn.Conv2d(in_units or layer.in_channels, out_units or layer.out_channels, layer.kernel_size,
-                         layer.stride, layer.padding, bias=layer.bias is not None)
+        padding = layer.padding if isinstance(layer.padding, str) else _pair(layer.padding)
+        return nn.Conv2d(in_units or layer.in_channels, out_units or layer.out_channels, _pair(layer.kernel_size),
+                         _pair(layer.stride), padding, bias=layer.bias is not None)
     return nn.Linear(in_units or layer.in_features, out_units or layer.out_features, bias=layer.bias is not None)
 
 
 def remove_units(seq: nn.Sequential, group: Group, keep: torch.Tensor) -> None:
     """Physically keep only output units ``keep`` (sorted 1-D long) of ``group.producer`` in place of
     ``seq``, slicing the consumer's inputs to match. Shapes: producer weight ``(U, ...)`` -> ``(len(keep), ...)``."""
-    prod, cons = seq[group.producer], seq[group.consumer]
+    prod, cons = param_layer(seq, group.producer), param_layer(seq, group.consumer)
     cols = group.consumer_index(keep)
     new_p = _new_like(prod, out_units=int(keep.numel()))
     new_c = _new_like(cons, in_units=int(cols.numel()))
     with torch.no_grad():
         new_p.weight.copy_(prod.weight[keep])
-        if prod.bias is not None:
+        if prod.bias is not None and new_p.bias is not None:  # _new_like gives new_p a bias iff prod has one
             new_p.bias.copy_(prod.bias[keep])
         new_c.weight.copy_(cons.weight[:, cols])
-        if cons.bias is not None:
+        if cons.bias is not None and new_c.bias is not None:
             new_c.bias.copy_(cons.bias)
     seq[group.producer], seq[group.consumer] = new_p, new_c
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fortify.compress.base import TRANSFORMS, Data, Transform, TransformResult, check_fraction, count_params, sequential_of
-from fortify.compress.prune.dependency import Group, groups, refresh_architecture, remove_units
+from fortify.compress.prune.dependency import Group, groups, param_layer, refresh_architecture, remove_units
 
 
 def merge_group(seq: nn.Sequential, group: Group, n_remove: int) -> list[float]:
@@ -26,7 +26,7 @@ def merge_group(seq: nn.Sequential, group: Group, n_remove: int) -> list[float]:
     Incoming vectors ``(U, D)`` = weight rows with the bias appended; outgoing slices are the consumer
     weight columns of each unit (``(O, S)`` per unit, ``S`` = 1, ``k*k`` or ``H*W``).
     """
-    prod, cons = seq[group.producer], seq[group.consumer]
+    prod, cons = param_layer(seq, group.producer), param_layer(seq, group.consumer)
     units = prod.weight.shape[0]
     w_in = prod.weight.detach().reshape(units, -1)
     if prod.bias is not None:
@@ -76,7 +76,7 @@ class NeuronMerge(Transform):
         before = count_params(model)[1]
         report: dict[str, list[float]] = {}
         for g in groups(model, example_inputs):
-            units = seq[g.producer].weight.shape[0]
+            units = param_layer(seq, g.producer).weight.shape[0]
             frac = self.amount.get(g.producer, 0.0) if isinstance(self.amount, dict) else self.amount
             sal = merge_group(seq, g, int(round(units * frac)))
             report[str(g.producer)] = [len(sal), max(sal) if sal else 0.0]

@@ -19,13 +19,13 @@ from fortify.compress.base import (
     TRANSFORMS, Data, Transform, TransformResult, check_fraction, count_params, sequential_of,
 )
 from fortify.compress.finetune import finetune
-from fortify.compress.prune.dependency import groups, refresh_architecture, remove_units
+from fortify.compress.prune.dependency import groups, param_layer, refresh_architecture, remove_units
 from fortify.errors import ConfigError
 
 CRITERIA = ("l1", "l2")
 
 
-def unit_importance(layer: nn.Module, criterion: str = "l2") -> torch.Tensor:
+def unit_importance(layer: nn.Conv2d | nn.Linear, criterion: str = "l2") -> torch.Tensor:
     """``(U,)`` norm of each output unit's incoming weights and bias (``W`` is ``(U, ...)``)."""
     w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
     if layer.bias is not None:
@@ -63,7 +63,7 @@ class ChannelPrune(Transform):
         widths: dict[str, list[int]] = {}
         for g in groups(model, example_inputs):
             frac = self.amount.get(g.producer, 0.0) if isinstance(self.amount, dict) else self.amount
-            imp = unit_importance(seq[g.producer], self.criterion)
+            imp = unit_importance(param_layer(seq, g.producer), self.criterion)
             n_keep = max(1, int(round(imp.numel() * (1.0 - frac))))
             keep = torch.sort(torch.argsort(imp, descending=True, stable=True)[:n_keep]).values
             widths[str(g.producer)] = [int(imp.numel()), n_keep]
