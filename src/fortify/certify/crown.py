@@ -99,12 +99,13 @@ def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch
     sl, su, bu, cols = parts[:4]
     flat = a.reshape(a.shape[0], a.shape[1], -1)
     if alpha is not None or len(parts) == 5:  # whole-tensor form (many unstable columns, or free slopes)
-        gap = parts[4] if alpha is None else None  # su - sl
         if alpha is not None:
             unstable = memo(cache, ("unstable", id(lo), id(hi)),
                             lambda: ((lo < 0) & (hi > 0)).reshape(lo.shape[0], 1, -1))
             sl = torch.where(unstable, alpha, sl)
             gap = su - sl
+        else:
+            gap = parts[4]  # su - sl
         neg = flat.clamp(max=0)
         const = const + neg.matmul(bu.transpose(1, 2)).squeeze(-1)
         new = torch.addcmul(flat * sl, neg, gap)  # a > 0: lower slope; a < 0: upper slope
@@ -149,9 +150,11 @@ def fused_relu(ops: list[Op], t: int) -> bool:
     step puts each window's coefficient on its ``j*`` only (zeros elsewhere), so the ReLU step is
     the same when applied to the pooled coefficients with the ReLU relaxation taken at ``j*``
     (exactly equal bounds, 1 / kernel-area of the work)."""
-    if t < 1 or not isinstance(ops[t], MaxPoolOp) or not isinstance(ops[t - 1], ReLUOp):
+    if t < 1:
         return False
     op = ops[t]
+    if not isinstance(op, MaxPoolOp) or not isinstance(ops[t - 1], ReLUOp):
+        return False
     kern = _pair(op.kernel)
     return kern == _pair(op.stride or op.kernel) and _pair(op.dilation) == (1, 1)
 
@@ -234,7 +237,9 @@ def backward_lower(
             if tc is not None and (fuse or tc == t - 1):  # pool (+ ReLU) + conv in one step
                 coef, index, const = _maxpool_coef(op, a, const, *bounds[t], relu=bounds[t - 1] if fuse else None,
                                                    cache=cache)
-                a, const = pooled_conv_back(ops[tc], op, coef, index, const, cache, ("kern", id(op), id(bounds[t][0])))
+                conv = ops[tc]
+                assert isinstance(conv, ConvOp), "pooled_conv_index returns a Conv2d's index"
+                a, const = pooled_conv_back(conv, op, coef, index, const, cache, ("kern", id(op), id(bounds[t][0])))
                 t = tc
             else:
                 a, const = _maxpool_back(op, a, const, *bounds[t], relu=bounds[t - 1] if fuse else None, cache=cache)
@@ -385,7 +390,7 @@ def layer_bounds(
     first = linear_prefix(ops)
     if sum(isinstance(op, (LinearOp, ConvOp)) for op in ops[:first]) > 1:
         first = -1
-    bounds = []
+    bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     lo, hi = inp.lo, inp.hi
     for t, op in enumerate(ops):
         if intermediate == "crown" and not op.linear and t > 0 and ops[t - 1].linear and t != first:

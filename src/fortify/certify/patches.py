@@ -20,7 +20,10 @@ from fortify.certify.graph import ConvOp, MaxPoolOp, Op, ReLUOp, ScaleShiftOp, c
 
 def windowed_ok(ops: list[Op], t: int) -> bool:
     """Whether the rows of ``ops[t-1]`` (a Conv2d) can be propagated as windows down to the input."""
-    if t < 1 or not isinstance(ops[t - 1], ConvOp) or ops[t - 1].groups != 1 or len(ops[0].in_shape) != 3:
+    if t < 1:
+        return False
+    conv = ops[t - 1]
+    if not isinstance(conv, ConvOp) or conv.groups != 1 or len(ops[0].in_shape) != 3:
         return False
     return all(isinstance(op, (ConvOp, ReLUOp, MaxPoolOp, ScaleShiftOp)) for op in ops[:t - 1])
 
@@ -228,13 +231,15 @@ def _concretize(inp: InputSet, a, g: Grid, const, cache=None) -> torch.Tensor:
     return torch.maximum(box, dual) + const
 
 
-def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds, inp: InputSet,
-                   cache: dict | None = None) -> torch.Tensor:
+def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor]],
+                   inp: InputSet, cache: dict | None = None) -> torch.Tensor:
     """Lower bounds ``(B, 2S)`` of ``+z_r`` (first S) and ``-z_r`` (last S) for the flat neurons
     ``rows`` (``(S,)`` shared, or ``(B, S)`` per sample) of the output of ``ops[t-1]`` (a Conv2d),
     by windowed backward propagation. ``cache``: a dict shared by the chunks of rows of one
     refinement (fixed ``bounds``), keeping the unfolded relaxation windows."""
-    a, g, c0 = conv_rows_window(ops[t - 1], rows)
+    conv = ops[t - 1]
+    assert isinstance(conv, ConvOp), "windowed_ok admits only a Conv2d here"
+    a, g, c0 = conv_rows_window(conv, rows)
     a, c0, g = torch.cat([a, -a], dim=1), torch.cat([c0, -c0], dim=1), g.cat()
     const = c0.expand(inp.x.shape[0], -1)
     from fortify.certify.crown import fused_relu
@@ -250,6 +255,7 @@ def windowed_lower(ops: list[Op], t: int, rows: torch.Tensor, bounds, inp: Input
         elif isinstance(op, ReLUOp):
             a, const = _relu_back(a, g, const, *bounds[k], cache=cache)
         else:
+            assert isinstance(op, MaxPoolOp), "windowed_ok admits Conv2d, ScaleShift, ReLU and MaxPool2d only"
             fuse = fused_relu(ops, k)
             a, g, const = _maxpool_back(op, a, g, const, *bounds[k], relu=bounds[k - 1] if fuse else None, cache=cache)
             k -= int(fuse)

@@ -35,13 +35,15 @@ def pooled_conv_index(ops: list[Op], t: int, max_fan_in: int = 64) -> int | None
     one and only wins where the dense transposed convolution is slow (few input channels, e.g. the
     first layer on grey images: measured 1.8x faster on madry-cnn's first conv, 2x slower on its
     second, 32-channel one)."""
-    if not isinstance(ops[t], MaxPoolOp):
-        return None
     pool = ops[t]
+    if not isinstance(pool, MaxPoolOp):
+        return None
     tc = t - 2 if t >= 2 and isinstance(ops[t - 1], ReLUOp) else t - 1
-    if tc < 0 or not isinstance(ops[tc], ConvOp):
+    if tc < 0:
         return None
     conv = ops[tc]
+    if not isinstance(conv, ConvOp):
+        return None
     m = _pair(pool.kernel)
     if m != _pair(pool.stride or pool.kernel) or _pair(pool.padding) != (0, 0) or _pair(pool.dilation) != (1, 1):
         return None

@@ -175,6 +175,8 @@ class CertifyStage:
 
         sec: CertifyConfig = ctx.config.section(self.name) or CertifyConfig()
         x, y = eval_inputs(ctx, sec.n)
+        model = ctx.model
+        assert model is not None, "eval_inputs refuses a run without a model"
         thr = sec.threat_model()
         out = ctx.path("certify")
         try:
@@ -182,7 +184,7 @@ class CertifyStage:
         except OSError as e:
             raise OutputError(f"cannot create {str(out)!r}: {e.strerror or e}") from None
         t0 = time.perf_counter()
-        cert = certify(ctx.model, x, y, thr, sec.method, **sec.options(seed=ctx.config.seed))
+        cert = certify(model, x, y, thr, sec.method, **sec.options(seed=ctx.config.seed))
         seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {"certified_accuracy": cert.certified_accuracy, "n": int(x.shape[0]),
                                    "eps": thr.eps, "certify_seconds": seconds}
@@ -201,6 +203,7 @@ class CertifyStage:
             radii = _radii(sec, thr, cert)
             if sec.method == "smoothing":
                 good = cert.extra["prediction"].to(y.device) == y
+                assert cert.radius is not None, "randomized smoothing certifies a radius per image"
                 rad = cert.radius.to(y.device)
                 acc = [float((good & (rad >= r)).float().mean()) for r in radii]
                 curves.append(CertifiedCurve("smoothing", thr.norm, radii, acc, int(x.shape[0]), {"sigma": sec.sigma}))
@@ -208,7 +211,7 @@ class CertifyStage:
                 curves.append(self._bound_curve(ctx, x, y, thr, sec.method, radii, cert, sec))
                 for m in sec.compare:
                     if m != sec.method:
-                        curves.append(certified_accuracy_curve(ctx.model, x, y, thr.norm, radii, m,
+                        curves.append(certified_accuracy_curve(model, x, y, thr.norm, radii, m,
                                                                **sec.options(m, ctx.config.seed)))
         curve_seconds = time.perf_counter() - t1
         figure = None
@@ -242,6 +245,8 @@ class CertifyStage:
         """
         from fortify.certify import CertifiedCurve, certify
 
+        model = ctx.model
+        assert model is not None, "run() checked the model through eval_inputs"
         at_eps = cert.certified.detach().cpu().bool()
         n = int(x.shape[0])
         prev = torch.ones(n, dtype=torch.bool)
@@ -259,9 +264,9 @@ class CertifyStage:
                         idx = cand.nonzero().squeeze(1)
                         xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
                         if r == 0 and method != "milp":
-                            c = certify(ctx.model, xs, ys, thr.with_eps(0.0), "ibp", batch_size=sec.batch_size)
+                            c = certify(model, xs, ys, thr.with_eps(0.0), "ibp", batch_size=sec.batch_size)
                         else:
-                            c = certify(ctx.model, xs, ys, thr.with_eps(r), method, **sec.options(method))
+                            c = certify(model, xs, ys, thr.with_eps(r), method, **sec.options(method))
                         cur[idx] = c.certified.detach().cpu().bool()
                 acc[r] = float(cur.float().mean())
                 prev = cur
