@@ -1,14 +1,16 @@
-"""Run store: round trip, WAL mode, unknown ids, and many concurrent writer processes losing nothing."""
+"""Run store: round trip, WAL mode, unknown ids, and many concurrent writer processes losing nothing
+(safety in test_store_safety.py, liveness in test_store_liveness.py)."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from fortify.errors import OutputError, UnknownNameError
-from fortify.store import RunStore, default_store_path, new_run_id, package_versions
+from fortify.store import SCHEMA_VERSION, RunStore, default_store_path, new_run_id, package_versions, this_host
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -32,6 +34,9 @@ def test_round_trip(tmp_path: Path) -> None:
         ("nan_metric", None, "", None)]
     assert rec.artefacts[0].name == "model" and rec.artefacts[0].path.endswith("model.safetensors")
     assert rec.duration is not None and rec.duration >= 0
+    assert rec.wall_seconds is not None and 0 <= rec.duration <= rec.wall_seconds + 1e-6
+    assert (rec.pid, rec.host) == (os.getpid(), this_host()) and rec.heartbeat is not None
+    assert store.schema_version == SCHEMA_VERSION
     assert store.final_metrics(rid)["evaluate/test_acc"] == 0.97
     assert store.journal_mode() == "wal"
     with sqlite3.connect(tmp_path / "s" / "fortify.db") as con:  # independent reader

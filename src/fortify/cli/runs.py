@@ -1,10 +1,15 @@
-"""``fortify runs ls|show``: browse the run store."""
+"""``fortify runs ls|show``: browse the run store (opened read-only: a shared read-only store can be browsed)."""
 from __future__ import annotations
 
 import argparse
-from typing import ClassVar
+import shlex
+import time
+from typing import TYPE_CHECKING, ClassVar
 
-from fortify.cli.base import add_store_option, register_verb, store_path
+from fortify.cli.base import UsageError, add_store_option, register_verb, store_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fortify.store import RunRecord
 
 
 @register_verb
@@ -12,13 +17,18 @@ class RunsVerb:
     """``fortify runs ls`` / ``fortify runs show ID``."""
     name: ClassVar[str] = "runs"
     help: ClassVar[str] = "list recorded runs (runs ls) or show one run's config, metrics and artefacts (runs show ID)"
-    description = "Browse the run store (SQLite): every run's id, verb, config, seed, versions, status, metrics, files."
+    description = ("Browse the run store (SQLite, opened read-only): every run's id, verb, config, seed, versions, "
+                   "status, metrics, files. A run whose process is gone (killed, machine lost) shows as "
+                   "'interrupted' with the command that resumes it; the time column is active time (a resumed "
+                   "run's downtime is not counted).")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Sub-commands ``ls`` (``--limit``) and ``show`` (``ID``, ``--json``), each with ``--store``/``--out``."""
+        """Sub-commands ``ls`` (``--limit``/``--all``) and ``show`` (``ID``, ``--json``), each with
+        ``--store``/``--out``."""
         sub = parser.add_subparsers(dest="runs_cmd", metavar="{ls,show}", required=True, parser_class=type(parser))
         ls = sub.add_parser("ls", help="table of recorded runs, newest first", description="Table of recorded runs.")
-        ls.add_argument("--limit", type=int, default=20, help="show at most N runs (default 20; 0 = all)")
+        ls.add_argument("--limit", type=int, default=20, help="show at most N runs (N >= 1, default 20)")
+        ls.add_argument("--all", action="store_true", help="show every run (no limit)")
         ls.add_argument("--out", metavar="DIR", default=None, help="runs folder whose fortify.db to read")
         add_store_option(ls)
         show = sub.add_parser("show", help="one run: config, metrics, artefacts",
@@ -29,17 +39,67 @@ class RunsVerb:
         add_store_option(show)
 
     def run(self, args: argparse.Namespace) -> int:
-        """Open the store (an absent store is an OutputError) and print the table or the run."""
+        """Open the store read-only (an absent, foreign or corrupt store is a one-line error) and print."""
         from fortify.cli.output import print_run, print_runs
         from fortify.errors import OutputError
         from fortify.store import RunStore
 
+        if args.runs_cmd == "ls" and args.limit < 1:
+            raise UsageError(f"--limit must be >= 1 (use --all to list every run), got {args.limit}")
         path = store_path(args, args.out)
         if not path.is_file():
             raise OutputError(f"no run store at {str(path)!r} (run something first, or pass --store PATH)")
-        store = RunStore(path)
+        store = RunStore(path, readonly=True)
         if args.runs_cmd == "ls":
-            print_runs(store, None if args.limit <= 0 else args.limit)
+            limit = None if args.all else args.limit
+            print_runs(store, limit)
+            print_resume_hints(store.list_runs(limit=limit), _location(args))
         else:
-            print_run(store.get_run(args.run_id), as_json=args.json)
+            rec = store.get_run(args.run_id)
+            print_run(rec, as_json=args.json)
+            if not args.json:
+                print_resume_hints([rec], _location(args))
         return 0
+
+
+def _location(args: argparse.Namespace) -> str:
+    """The option that points a later command at the same store (``--store PATH`` / ``--out DIR``), or ''."""
+    if getattr(args, "store", None):
+        return f"--store {shlex.quote(args.store)}"
+    if getattr(args, "out", None):
+        return f"--out {shlex.quote(args.out)}"
+    return ""
+
+
+def resumable(verb: str) -> bool:
+    """Whether ``fortify <verb>`` takes ``--resume ID`` (asked of the verb's own parser)."""
+    from fortify.cli.base import VERBS, Parser
+
+    try:
+        parser = Parser(prog=f"fortify {verb}")
+        VERBS.get(verb)().add_arguments(parser)
+        known, _ = parser.parse_known_args(["--resume", "X"])
+    except (Exception, SystemExit):  # noqa: BLE001 - an unknown or odd verb simply is not resumable
+        return False
+    return getattr(known, "resume", None) == "X"
+
+
+def print_resume_hints(runs: "list[RunRecord]", location: str) -> None:
+    """Under the table: each interrupted run, why it counts as interrupted, and the command resuming it."""
+    gone = [r for r in runs if r.status == "interrupted"]
+    if not gone:
+        return
+    print("interrupted runs (their process is gone):")
+    for r in gone:
+        beat = "no heartbeat" if r.heartbeat is None else f"last heartbeat {_ago(time.time() - r.heartbeat)} ago"
+        where = f"pid {r.pid} on {r.host}" if r.pid is not None else "process unknown"
+        if resumable(r.verb):
+            todo = "resume: " + " ".join(filter(None, [f"fortify {r.verb} --resume {r.id}", location]))
+        else:
+            todo = f"fortify {r.verb} cannot resume: run it again"
+        print(f"  {r.id}  {where}, {beat}\n    {todo}")
+
+
+def _ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"

@@ -99,6 +99,7 @@ def run_pipeline(
     ctx.state["stages"] = names
     ctx.state["resume"] = resume is not None
     t_start = time.perf_counter()
+    beat = store.keep_alive(run_id) if store is not None else None  # liveness for `runs ls` (interrupted)
     try:
         try:
             run_dir.mkdir(parents=True, exist_ok=resume is not None)
@@ -135,6 +136,9 @@ def run_pipeline(
             except Exception:  # noqa: BLE001
                 pass
         raise
+    finally:
+        if beat is not None:
+            beat.stop()
     if store is not None:
         store.finish_run(run_id, "ok")
     return ctx
