@@ -146,6 +146,7 @@ class FAB(MinNormMixin, Attack):
         b = x.shape[0]
         best = x.clone()
         best_d = torch.full((b,), math.inf, dtype=x.dtype, device=x.device)
+        runs: list[tuple[torch.Tensor, torch.Tensor | None]]  # (candidate classes (B, k), target labels or None)
         if targeted is not None:
             runs = [(targeted[:, None], targeted)]
         else:

@@ -19,7 +19,7 @@ import io
 import pickle
 import zlib
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, cast
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """``_reconstruct`` restricted to exact ``numpy.ndarray`` (no subclasses)."""
     if subtype is not np.ndarray:
         raise DataFileError(f"restricted unpickler: refusing to reconstruct {subtype!r}")
-    return _np_reconstruct(subtype, shape, dtype)
+    return cast(np.ndarray, _np_reconstruct(subtype, shape, dtype))  # subtype is exactly ndarray (checked)
 
 
 def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -84,7 +84,7 @@ _PARSE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, Attrib
                  KeyError, OverflowError, MemoryError, UnicodeDecodeError)
 
 
-def _load(stream: IO[bytes], source: str, encoding: str) -> Any:
+def _load(stream: IO[bytes] | gzip.GzipFile, source: str, encoding: str) -> Any:
     try:
         return NumpyOnlyUnpickler(stream, encoding=encoding).load()
     except DataFileError as exc:

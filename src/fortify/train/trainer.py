@@ -87,6 +87,9 @@ class Trainer:
     completed), ``global_step`` (optimiser steps done), ``grad_evals`` (cumulative), ``device``.
     """
 
+    #: a distributed run's statistics, set by :func:`fortify.train.distributed.launch.fit_trainer` (absent otherwise)
+    dist_stats: dict[str, Any]
+
     def __init__(
         self,
         model: nn.Module,

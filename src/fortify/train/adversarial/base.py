@@ -10,7 +10,7 @@ examples (``train_adv_acc``, read by the robustness monitor), and keeps all of i
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -190,7 +190,7 @@ class AdversarialTask(Task):
 
     # ------------------------------------------------------------------ state
     #: attributes that recovery actions change and that must survive a rollback
-    PINNABLE = ("step_ratio", "grad_align", "co_events")
+    PINNABLE: ClassVar[tuple[str, ...]] = ("step_ratio", "grad_align", "co_events")
 
     def pin_state(self) -> None:
         """Keep the current recovery settings across later ``load_state_dict`` calls in this process

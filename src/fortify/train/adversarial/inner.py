@@ -125,6 +125,7 @@ def perturb(
             step = steepest_ascent(g, threat.norm, L1_SPARSITY if threat.norm == "l1" else None)
             x_adv = threat.project(x_adv + alpha * step, x)
         if keep_best:
+            assert best_loss is not None, "check_steps guarantees at least one step"
             with torch.no_grad():
                 last = loss_fn(model(x_adv))
             better = last > best_loss

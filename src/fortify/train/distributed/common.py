@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -76,14 +76,14 @@ def float_buffers(model: nn.Module) -> list[torch.Tensor]:
     return [b for b in model.buffers() if b.is_floating_point()]
 
 
-def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Concatenate ``tensors`` into one float32 vector ``(sum numel,)`` (detached)."""
     if not tensors:
         return torch.zeros(0)
     return torch.cat([t.detach().reshape(-1).float() for t in tensors])
 
 
-def unflatten_into(vec: torch.Tensor, tensors: list[torch.Tensor]) -> int:
+def unflatten_into(vec: torch.Tensor, tensors: Sequence[torch.Tensor]) -> int:
     """Copy consecutive slices of ``vec`` into ``tensors`` in place; return the elements used."""
     i = 0
     with torch.no_grad():

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,9 @@ import torch.multiprocessing as tmp
 from fortify.errors import ConfigError
 from fortify.train.distributed.common import (HOST, Job, WorkerError, as_parent_error, init_group, read_errors,
                                               read_result, write_error, write_result)
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerContext, SpawnContext
 
 #: default seconds a collective / point-to-point operation may wait inside a worker
 DEFAULT_TIMEOUT_S = 600.0
@@ -83,6 +86,7 @@ def _entry(rank: int, job: Job) -> None:
         job.model, job.task, job.callbacks = copy.deepcopy((job.model, job.task, job.callbacks))
         init_group(rank, job)
         try:
+            result: dict[str, Any] | None = None
             if job.mode == "sync":
                 from fortify.train.distributed import sync
 
@@ -90,7 +94,10 @@ def _entry(rank: int, job: Job) -> None:
             else:
                 from fortify.train.distributed import async_sgd
 
-                result = async_sgd.run_server(job) if rank == 0 else async_sgd.run_worker(rank, job)
+                if rank == 0:
+                    result = async_sgd.run_server(job)
+                else:
+                    async_sgd.run_worker(rank, job)
             if rank == 0 and result is not None:
                 write_result(job.workdir, result)
         finally:
@@ -111,7 +118,9 @@ def launch(job_fields: dict[str, Any], n_procs: int, *, start_method: str | None
     method = start_method or default_start_method()
     if method not in START_METHODS:
         raise ConfigError(f"start_method must be one of {', '.join(START_METHODS)}; got {method!r}")
-    ctx = tmp.get_context(method)
+    # method is one of START_METHODS: the literal calls give the context's precise type (with its Process)
+    ctx: ForkServerContext | SpawnContext = (tmp.get_context("forkserver") if method == "forkserver"
+                                             else tmp.get_context("spawn"))
     if method == "forkserver":
         ctx.set_forkserver_preload(PRELOAD)
     timeout_s = float(job_fields.get("timeout_s", DEFAULT_TIMEOUT_S))
