@@ -372,8 +372,7 @@ CASES = [
     case("export {model} --onnx --threads 0", "--threads", "0"),
     # -- runs -------------------------------------------------------------------------------------
     case("runs ls", "no run store"),
-    case("runs ls --limit -1 --store {fortify_db}", "--limit", "-1",
-         pending="cli/runs.py still reads a negative --limit as 'all' (the run-store work owns that file)"),
+    case("runs ls --limit -1 --store {fortify_db}", "--limit", "-1"),
     case("runs ls --limit abc", "--limit", "'abc'"),
     case("runs ls --store {W}/missing.db", "missing.db"),
     case("runs show", "ID"),
