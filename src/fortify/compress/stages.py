@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from fortify import progress
+from fortify.io import write_atomic
 from fortify.errors import ConfigError, OutputError
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.report.sections import Section, Table
@@ -373,28 +374,6 @@ class ExportConfig:
                 raise OutputError(f"cannot write {self.path!r}: the file is not writable")
 
 
-def _write_atomic(path: Path, blob: bytes) -> Path:
-    """Write ``blob`` to ``path`` through a temporary file in the same folder (an old file survives errors)."""
-    import os
-    import tempfile
-
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as e:
-        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
-    return path
-
-
 @register_stage
 class ExportStage:
     """Export the run's model to ONNX (float or int8), verify it with ONNX Runtime, record its size."""
@@ -435,7 +414,7 @@ class ExportStage:
             raise ConfigError(f"the int8 ONNX model predicts the PyTorch model's class on only {agree:.2%} of "
                               f"{x.shape[0]} test images (< {sec.min_agreement:.0%})")
         path = Path(sec.path) if sec.path else ctx.path("model.int8.onnx" if sec.int8 else "model.onnx")
-        _write_atomic(path, onnx.blob)
+        write_atomic(path, onnx.blob, what="ONNX model")
         size = path.stat().st_size
         ctx.add_artefact("onnx_model", path, kind="model")
         metrics = {"onnx_bytes": size, "max_abs_diff": diff, "agreement": agree, "n_check": int(x.shape[0]),

@@ -14,12 +14,12 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from fortify.io import write_atomic
 from fortify.errors import ConfigError, DataFileError
 
 #: IDX dtype code -> big-endian numpy dtype.
@@ -116,17 +116,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, *, compress: bool
         compress = p.name.endswith(".gz")
     if compress:
         body = gzip.compress(body, mtime=0)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
+    return write_atomic(p, body, what="IDX file")
 
 
 __all__ = ["IDX_DTYPES", "parse_idx", "read_idx", "write_idx"]

@@ -8,8 +8,6 @@ Returns the report, the curves and the written paths, for the run store and the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from fortify.io import write_atomic
 from fortify.errors import OutputError
 from fortify.evaluate.cascade import ThreatLike, _as_threats, robust_accuracy
 from fortify.evaluate.curves import RobustnessCurve, plot_curves, robustness_curve
@@ -37,14 +36,8 @@ class EvaluationRun:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    """Write ``doc`` as JSON atomically (temp file + ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2, allow_nan=True)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; like every other file of a run
-    os.replace(tmp, path)
+    """Write ``doc`` as JSON atomically (:func:`fortify.io.write_atomic`)."""
+    write_atomic(path, json.dumps(doc, indent=2, allow_nan=True), what="evaluation file")
 
 
 def run_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -148,7 +148,8 @@ def eval_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Ten
 
 def write_json(path: Path, doc: dict[str, Any]) -> Path:
     """Write ``doc`` (NaN/inf -> null) as indented JSON atomically."""
-    from fortify.report.json_report import jsonable, write_atomic
+    from fortify.io import write_atomic
+    from fortify.report.json_report import jsonable
 
     return write_atomic(path, json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
 

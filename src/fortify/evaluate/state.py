@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fortify.io import atomic_target
 from fortify.errors import ConfigError, DataFileError, OutputError
 
 STATE_VERSION = 1
@@ -49,16 +49,11 @@ def save_state(path: str | os.PathLike, doc: dict[str, Any], tensors: dict[str, 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        body = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(body, tmp, metadata={"fortify_state": json.dumps({**doc, "version": STATE_VERSION})})
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; like every other file of a run
-        os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write evaluation state to {path}: {e}") from None
+    body = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_target(path, what="evaluation state") as tmp:
+        save_file(body, str(tmp), metadata={"fortify_state": json.dumps({**doc, "version": STATE_VERSION})})
 
 
 def load_state(path: str | os.PathLike, expected_fingerprint: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:

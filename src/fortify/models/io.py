@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,7 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from fortify.errors import ConfigError, FortifyError, ModelFileError, OutputError
+from fortify.io import write_atomic
+from fortify.errors import ConfigError, FortifyError, ModelFileError
 from fortify.models.normalized import Normalized
 from fortify.models.registry import architecture, create
 
@@ -97,24 +97,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], meta: Mapping[str, Any]
     tensors = _effective_state(model)
     _check_structure(tensors, arch, normalization)
     blob = st_save(tensors, metadata={_META_KEY: header})
-    dest = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(f"cannot write model file {dest}: {exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is an ordinary readable file
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise OutputError(f"cannot write model file {dest}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+    return write_atomic(path, blob, what="model file", fsync=True)
 
 
 def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:

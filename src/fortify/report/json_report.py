@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fortify.errors import OutputError
+from fortify.io import write_atomic
 from fortify.report.sections import Section
 
 
@@ -46,22 +44,6 @@ def build_report(*, run_id: str, verb: str, status: str, config: Mapping[str, An
         "config": config, "versions": versions, "metrics": metrics, "history": list(history),
         "artefacts": artefacts, "timing": dict(timing or {}), "sections": [s.to_dict() for s in sections],
     })
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; reports are ordinary files (0644 under umask 022)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
-    return path
 
 
 def write_json(report: Mapping[str, Any], path: str | Path) -> Path:

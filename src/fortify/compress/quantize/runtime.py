@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fortify.errors import ModelFileError, OutputError
+from fortify.errors import ModelFileError
 
 
 def make_session(blob: bytes, threads: int = 2) -> Any:
@@ -75,12 +75,9 @@ class OnnxModule(nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the ONNX bytes to ``path`` (the artefact whose size is reported)."""
-        dest = Path(path)
-        try:
-            dest.write_bytes(self.blob)
-        except OSError as exc:
-            raise OutputError(f"cannot write {dest}: {exc}") from None
-        return dest
+        from fortify.io import write_atomic
+
+        return write_atomic(path, self.blob, what="ONNX model")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, threads: int = 2) -> "OnnxModule":
