@@ -21,7 +21,7 @@ from torch import nn
 
 from fortify.attacks import PGD
 from fortify.certify import Smoothing, certified_accuracy
-from fortify.certify.stages import CertifyStage
+from fortify.pipeline.stages.certify import CertifyStage
 from fortify.config import load_config
 from fortify.errors import ConfigError, ThreatModelError, UnknownNameError, UnsupportedLayerError
 from fortify.pipeline import RunContext

@@ -13,7 +13,7 @@ from torch import nn
 
 from fortify.cli.output import _pillar_rows
 from fortify.compress.measure import LatencyRuns, Measurement, format_table, latency_runs, measure
-from fortify.compress.stages import CompressStage
+from fortify.pipeline.stages.compress import CompressStage
 from fortify.timing import CPU, WALL, Interleaved, SpeedUp, TimingPolicy
 
 FAST = TimingPolicy(min_rounds=5, max_rounds=40, budget_s=1.5, warmup=1, min_sample_s=0.002)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from fortify import data, models
 from fortify.compress.base import param_fingerprint
-from fortify.compress.stages import CompressConfig, CompressStage, ExportConfig, ExportStage
+from fortify.pipeline.stages.compress import CompressConfig, CompressStage, ExportConfig, ExportStage
 from fortify.config import resolve
 from fortify.errors import ConfigError, OutputError, UnknownNameError
 from fortify.pipeline.base import RunContext

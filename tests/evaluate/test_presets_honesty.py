@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fortify.attacks import ATTACKS
 from fortify.evaluate.presets import PRESET_CAVEATS, PRESETS, preset_specs, resolve_kwargs
-from fortify.evaluate.stages import RobustnessConfig, preset_caveat
+from fortify.pipeline.stages.robustness import RobustnessConfig, preset_caveat
 
 #: AutoAttack-standard (Croce & Hein 2020, version="standard", Linf): attack -> semantic budget
 AUTOATTACK_STANDARD = {"apgd": {"steps": 100}, "apgd-t": {"steps": 100, "n_target_classes": 9},

@@ -19,7 +19,7 @@ from torch import nn
 from fortify.config import load_config
 from fortify.errors import ConfigError, InputError, ThreatModelError, UnknownNameError
 from fortify.evaluate import StateMismatchError
-from fortify.evaluate.stages import RobustnessStage
+from fortify.pipeline.stages.robustness import RobustnessStage
 from fortify.pipeline import RunContext
 from fortify.store import RunStore
 

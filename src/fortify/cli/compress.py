@@ -1,5 +1,5 @@
 """``fortify compress MODEL --recipe NAME``: compress a saved model and measure it for real (stages
-load, compress, report; see :mod:`fortify.compress.stages`)."""
+load, compress, report; see :mod:`fortify.pipeline.stages.compress`)."""
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,5 @@
 """``fortify export MODEL --onnx``: write a saved model as ONNX (float or int8), verified with ONNX
-Runtime against PyTorch (stages load, export, report; see :class:`fortify.compress.stages.ExportStage`)."""
+Runtime against PyTorch (stages load, export, report; see :class:`fortify.pipeline.stages.compress.ExportStage`)."""
 from __future__ import annotations
 
 import argparse

@@ -2,8 +2,8 @@
 
 A stage is a class with a ``name``, an optional ``config_class`` (a dataclass validating the
 recipe section of the same name) and ``run(ctx)``. Stages are registered in :data:`STAGES` with
-:func:`register_stage`; the built-in ones live in ``fortify/pipeline/stages/`` and a pillar adds
-its own in ``fortify/<pillar>/stages.py`` (imported automatically by :mod:`fortify.pipeline`).
+:func:`register_stage`; they all live in ``fortify/pipeline/stages/`` (imported by
+:mod:`fortify.pipeline`): the application imports the pillars, a pillar never imports the pipeline.
 
 Stages communicate only through the context: ``ctx.model``, ``ctx.data(split)``,
 ``ctx.log_metrics``, ``ctx.add_artefact``, ``ctx.add_section`` and ``ctx.state`` (a free-form

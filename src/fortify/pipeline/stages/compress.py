@@ -100,7 +100,7 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         from fortify.compress.measure import ROBUST_MODES
-        from fortify.evaluate.stages import parse_threats
+        from fortify.pipeline.stages.robustness import parse_threats
 
         (thr,) = parse_threats([self.threat], "compress.threat")
         self.threat = str(thr)
@@ -203,7 +203,7 @@ class CompressStage:
         from fortify.compress import measure, plot_pareto
         from fortify.compress.pipeline import save_artefact
         from fortify.compress.quantize.runtime import OnnxModule
-        from fortify.evaluate.stages import eval_inputs, write_json
+        from fortify.pipeline.stages.robustness import eval_inputs, write_json
 
         sec: CompressConfig = ctx.config.section(self.name) or CompressConfig()
         xt, yt = eval_inputs(ctx, sec.n_test)
@@ -387,7 +387,7 @@ class ExportStage:
         from fortify.compress.export import onnx_bytes
         from fortify.compress.quantize.ptq import agreement
         from fortify.compress.quantize.runtime import OnnxModule
-        from fortify.evaluate.stages import eval_inputs
+        from fortify.pipeline.stages.robustness import eval_inputs
 
         sec: ExportConfig = ctx.config.section(self.name) or ExportConfig()
         x, _ = eval_inputs(ctx, sec.n_check)

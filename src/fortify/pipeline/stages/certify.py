@@ -39,21 +39,21 @@ from fortify.threat import ThreatModel
 def parse_threats(specs: list[str], where: str) -> list[ThreatModel]:
     """Shared with the robustness stage (imported lazily: both stage modules load during
     ``fortify.pipeline``'s import)."""
-    from fortify.evaluate.stages import parse_threats as parse
+    from fortify.pipeline.stages.robustness import parse_threats as parse
 
     return parse(specs, where)
 
 
 def eval_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` validated test images and labels (see :func:`fortify.evaluate.stages.eval_inputs`)."""
-    from fortify.evaluate.stages import eval_inputs as inputs
+    """The first ``n`` validated test images and labels (see :func:`fortify.pipeline.stages.robustness.eval_inputs`)."""
+    from fortify.pipeline.stages.robustness import eval_inputs as inputs
 
     return inputs(ctx, n)
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> Path:
     """Atomic JSON (NaN/inf -> null)."""
-    from fortify.evaluate.stages import write_json as write
+    from fortify.pipeline.stages.robustness import write_json as write
 
     return write(path, doc)
 
