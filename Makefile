@@ -57,7 +57,8 @@ test-latest: qemu
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q torch==2.13.0
-	$(LATEST)/bin/python -m pip install -q -U --upgrade-strategy eager -e . $(DEV_PKGS)
+	echo "torch==2.13.0" > $(LATEST)/torch.txt  # an eager upgrade would pull a CUDA build of torch
+	$(LATEST)/bin/python -m pip install -q -U --upgrade-strategy eager -c $(LATEST)/torch.txt -e . $(DEV_PKGS)
 	$(LATEST)/bin/python -m pip install -q --no-deps $(DATA_PKGS)
 	@$(LATEST)/bin/python -m pip freeze | grep -v -E '^(-e|#)' | sort > $(LATEST)/versions.txt
 	@echo "versions that differ from $(CONSTRAINTS):"; \
