@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import betaincinv, ndtri
+from scipy.special import ndtri
 from scipy.stats import binomtest
 from torch import nn
 
@@ -28,19 +28,10 @@ from fortify import progress
 from fortify.attacks.base import frozen_eval
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.errors import ConfigError
+from fortify.stats import clopper_pearson_lower
 from fortify.threat import ThreatModel
 
 ABSTAIN = -1
-
-
-def clopper_pearson_lower(k: np.ndarray | int, n: int, alpha: float) -> np.ndarray:
-    """One-sided ``(1 - alpha)`` Clopper-Pearson lower bound of a binomial proportion, ``k`` of ``n``
-    successes: ``Beta^-1(alpha; k, n - k + 1)``, and 0 when ``k = 0``. Vectorised over ``k``."""
-    k = np.asarray(k, dtype=np.float64)
-    out = np.zeros_like(k)
-    pos = k > 0
-    out[pos] = betaincinv(k[pos], n - k[pos] + 1, alpha)
-    return out
 
 
 @dataclass

@@ -52,7 +52,7 @@ def print_summary(ctx: RunContext, store: RunStore, *, quiet: bool = False) -> N
         t.add_row("model", str(arch.get("name", arch)) if isinstance(arch, dict) else str(arch))
     if acc is not None:
         n = ctx.metrics["evaluate"].get("test_examples")
-        t.add_row("clean test accuracy", f"[bold]{acc:.2%}[/bold] ({fmt(n)} images)")
+        t.add_row("clean test accuracy", f"[bold]{_rate(acc, n)}[/bold]")
     tr = ctx.metrics.get("train", {})
     if "train_loss" in tr:
         t.add_row("final train loss / acc", f"{fmt(tr.get('train_loss'))} / {fmt(tr.get('train_acc'))}")
@@ -67,6 +67,13 @@ def print_summary(ctx: RunContext, store: RunStore, *, quiet: bool = False) -> N
     out.print(t)
 
 
+def _rate(value: float, n: object) -> str:
+    """An accuracy with its exact 95% interval and n (:func:`fortify.stats.rate_text`); bare if n is unknown."""
+    from fortify.stats import rate_text
+
+    return rate_text(float(value), int(n)) if isinstance(n, (int, float)) and n >= 1 else f"{value:.2%}"
+
+
 def _pillar_rows(ctx: RunContext) -> list[tuple[str, str]]:
     """Headline figures of the robustness, certify and compress stages, when they ran."""
     rows: list[tuple[str, str]] = []
@@ -75,21 +82,22 @@ def _pillar_rows(ctx: RunContext) -> list[tuple[str, str]]:
     if per_threat:
         cfg = ctx.config.sections.get("robustness")
         preset = getattr(cfg, "preset", "") if cfg is not None else ""
-        text = ", ".join(f"{k} [bold]{v:.2%}[/bold]" for k, v in per_threat.items())
+        n = rob.get("n")
+        text = ", ".join(f"{k} [bold]{_rate(v, n)}[/bold]" for k, v in per_threat.items())
         if len(per_threat) > 1 and "robust_accuracy" in rob:
-            text += f", union {rob['robust_accuracy']:.2%}"
+            text += f", union {_rate(rob['robust_accuracy'], n)}"
         flags = int(rob.get("flags_fired", 0))
         from fortify.evaluate.presets import PRESET_CAVEATS
 
         caveat = "; may be above AutoAttack" if preset in PRESET_CAVEATS else ""
-        rows.append(("robust accuracy", f"{text} ({fmt(rob.get('n'))} images, {preset} preset{caveat}, "
+        rows.append(("robust accuracy", f"{text} ({preset} preset{caveat}, "
                                         f"{flags} sanity flag{'s' if flags != 1 else ''} fired)"))
     cert = ctx.metrics.get("certify", {})
     if "certified_accuracy" in cert:
         cfg = ctx.config.sections.get("certify")
         method = getattr(cfg, "method", "") if cfg is not None else ""
-        rows.append(("certified accuracy", f"[bold]{cert['certified_accuracy']:.2%}[/bold] at eps "
-                                           f"{fmt(cert.get('eps'))} ({method}, {fmt(cert.get('n'))} images)"))
+        rows.append(("certified accuracy", f"[bold]{_rate(cert['certified_accuracy'], cert.get('n'))}[/bold] at "
+                                           f"eps {fmt(cert.get('eps'))} ({method})"))
     comp = ctx.metrics.get("compress", {})
     if "size_ratio" in comp:
         from fortify.timing import SpeedUp
@@ -99,8 +107,9 @@ def _pillar_rows(ctx: RunContext) -> list[tuple[str, str]]:
             f"{comp['size_ratio']:.1f}x smaller on disk ({fmt(comp.get('bytes[original]'))} -> "
             f"{fmt(comp.get('bytes[compressed]'))} bytes)"
             + (f"; batch 256: {speed.text()}" if speed is not None else "") + "; "
-            f"clean {fmt(comp.get('clean_acc[original]'))} -> {fmt(comp.get('clean_acc[compressed]'))}, "
-            f"robust {fmt(comp.get('robust_acc[original]'))} -> {fmt(comp.get('robust_acc[compressed]'))}")))
+            f"clean {fmt(comp.get('clean_acc[original]'))} -> {fmt(comp.get('clean_acc[compressed]'))} "
+            f"(n={fmt(comp.get('n_test'))}), robust {fmt(comp.get('robust_acc[original]'))} -> "
+            f"{fmt(comp.get('robust_acc[compressed]'))} (n={fmt(comp.get('n_robust'))})")))
     return rows
 
 

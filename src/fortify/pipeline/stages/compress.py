@@ -254,7 +254,8 @@ class CompressStage:
             figure = plot_pareto(rows, out / "pareto.png",
                                  title=f"size vs robust accuracy ({sec.threat}, {min(sec.n_robust, len(yt))} images)")
             ctx.add_artefact("pareto", figure, kind="figure")
-        metrics = self.metrics(rows, compress_seconds, measure_seconds)
+        metrics = {**self.metrics(rows, compress_seconds, measure_seconds), "n_test": int(xt.shape[0]),
+                   "n_robust": min(sec.n_robust, int(xt.shape[0]))}
         doc = {"recipe": sec.recipe if sec.steps is None else None, "steps": steps, "threat": sec.threat,
                "task": sec.task,
                "robust": sec.robust, "n_test": int(xt.shape[0]), "n_robust": min(sec.n_robust, int(xt.shape[0])),

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from fortify.errors import ConfigError, InputError, ThreatModelError, UnknownNameError
+from fortify.stats import rate_text
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.report.sections import Section, Table
 from fortify.threat import ThreatModel
@@ -219,10 +220,11 @@ class RobustnessStage:
         ctx.log_metrics(metrics)
         ctx.state[self.name] = report
         ctx.add_section(self.section(report, sec, int(x.shape[0]), figure, ctx.run_dir))
-        what = ", ".join(f"{t.threat} {pct(t.robust_accuracy)}" for t in report.threats)
-        union = f", union {pct(report.robust_accuracy)}" if len(report.threats) > 1 else ""
+        n = int(x.shape[0])
+        what = ", ".join(f"{t.threat} {rate_text(t.robust_accuracy, n)}" for t in report.threats)
+        union = f", union {rate_text(report.robust_accuracy, n)}" if len(report.threats) > 1 else ""
         fired = f"; sanity flags fired: {', '.join(report.fired)}" if report.fired else "; no sanity flag fired"
-        ctx.print(f"robust accuracy ({sec.preset if sec.attacks is None else 'custom cascade'}, {x.shape[0]} images): "
+        ctx.print(f"robust accuracy ({sec.preset if sec.attacks is None else 'custom cascade'}): "
                   f"{what}{union} (clean {pct(report.clean_accuracy)}){fired}")
         caveat = preset_caveat(sec)
         if caveat:
