@@ -61,6 +61,10 @@ def get_model(kind: str, dataset: str, epochs: int) -> torch.nn.Module:
         task = create_task("fast_at", threat=ThreatModel("linf", EPS), step_ratio=1.25,
                            schedule=[{"name": "eps-ramp", "warmup": 0.4}], co_guard={"max_drop": 0.2, "action": "auto"})
         cfg = TrainConfig(epochs=epochs, batch_size=64, optimizer="adam", lr=2e-3, schedule="onecycle", seed=0)
+    elif kind == "trades":  # TRADES (beta 6), KL maximised by PGD-5 (step 0.5 eps), eps ramp over 30%
+        task = create_task("trades", threat=ThreatModel("linf", EPS), steps=5, step_ratio=0.5, beta=6.0,
+                           schedule=[{"name": "eps-ramp", "warmup": 0.3}])
+        cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=2e-3, schedule="onecycle", seed=0)
     else:  # "pgd": PGD-5 adversarial training (step 0.5 eps), eps ramp over 30% of training
         task = create_task("pgd_at", threat=ThreatModel("linf", EPS), steps=5, step_ratio=0.5,
                            schedule=[{"name": "eps-ramp", "warmup": 0.3}])
@@ -150,7 +154,7 @@ def part_a(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: in
 
 
 def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str, repeats: int,
-           with_full: bool = False) -> list[dict]:
+           with_full: bool = False, save: Path | None = None) -> list[dict]:
     """fortify ``standard`` (sanity checks on, as a user runs it) vs AutoAttack-standard, interleaved."""
     from fortify.evaluate import robust_accuracy
 
@@ -165,14 +169,16 @@ def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str,
     if with_full:
         presets["fortify, no shortcuts"] = full
     times: dict[str, list[float]] = {k: [] for k in presets} | {"AutoAttack standard": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # process CPU time: robust to a contended machine
     accs: dict[str, float] = {}
     extra: dict[str, str] = {}
     robust: dict[str, torch.Tensor] = {}  # per-image robust mask of the last round
     for r in range(repeats):
         for name, preset in presets.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             rep = robust_accuracy(model, x, y, ThreatModel("linf", EPS), preset=preset, seed=r)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             accs[name] = rep.robust_accuracy
             robust[name] = rep.threats[0].robust.bool().cpu()
             extra[name] = ", ".join(f"{row.label} -{row.broken}" for row in rep.threats[0].rows) + (
@@ -184,9 +190,10 @@ def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str,
             times.pop("AutoAttack standard", None)
             continue
         aa = AutoAttack(model, norm="Linf", eps=EPS, version="standard", seed=r)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = aa.run_standard_evaluation(x, y, batch_size=len(x))
         times["AutoAttack standard"].append(time.perf_counter() - t0)
+        cpu["AutoAttack standard"].append(time.process_time() - c0)
         x_adv = out[0] if isinstance(out, tuple) else out
         assert (x_adv - x).abs().max() <= EPS + 1e-5
         accs["AutoAttack standard"] = robust_acc(model, x_adv, y)
@@ -194,12 +201,25 @@ def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str,
             robust["AutoAttack standard"] = (model(x_adv).argmax(1) == y).cpu()
         extra["AutoAttack standard"] = "apgd-ce, apgd-t(9), fab-t(9), square(5000)"
     ref = statistics.median(times["AutoAttack standard"]) if "AutoAttack standard" in times else float("nan")
+    ref_cpu = statistics.median(cpu["AutoAttack standard"]) if cpu.get("AutoAttack standard") else float("nan")
     aa_mask = robust.get("AutoAttack standard")
     # images fortify calls robust that AutoAttack breaks: the per-image "weaker than AutoAttack" count
     weaker = {k: ("-" if aa_mask is None else int((m & ~aa_mask).sum())) for k, m in robust.items()}
+    if save is not None:  # per-image masks, so the table can be recomputed and missed images re-attacked
+        import json
+
+        save.mkdir(parents=True, exist_ok=True)
+        doc = {"model": label, "n": len(x), "eps": EPS, "torch": torch.__version__, "machine": platform.processor(),
+               "robust": {k: [int(i) for i in m.nonzero().flatten()] for k, m in robust.items()},
+               "weaker_than_AA": {k: ([] if aa_mask is None else [int(i) for i in (m & ~aa_mask).nonzero().flatten()])
+                                  for k, m in robust.items()},
+               "median_s": {k: statistics.median(v) for k, v in times.items()},
+               "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items() if v}, "stages": extra}
+        (save / f"part_b-{label}.json").write_text(json.dumps(doc, indent=1))
     return [{"model": label, "impl": k, "robust_acc": accs[k], "weaker_than_AA": weaker.get(k, "-"),
              "median_s": statistics.median(v),
-             "time_vs_AA": statistics.median(v) / ref, "rounds_s": " ".join(f"{t:.1f}" for t in v),
+             "time_vs_AA": statistics.median(v) / ref,
+             "cpu_s": statistics.median(cpu[k]), "cpu_vs_AA": statistics.median(cpu[k]) / ref_cpu, "rounds_s": " ".join(f"{t:.1f}" for t in v),
              "stages (points broken)": extra[k]} for k, v in times.items()]
 
 
@@ -223,7 +243,13 @@ def main() -> None:
     ap.add_argument("--part", choices=["a", "b", "ab"], default="ab")
     ap.add_argument("--n-b", type=int, default=1024, help="images for part (b) (the first n-b of --n)")
     ap.add_argument("--repeats-b", type=int, default=1)
-    ap.add_argument("--models-b", default="standard,fast-AT,PGD-AT")
+    ap.add_argument("--models-b", default="standard,fast-AT,PGD-AT,TRADES",
+                    help="comma-separated: standard, fast-AT, PGD-AT, TRADES, or a LABEL given by --model-file")
+    ap.add_argument("--trades-epochs", type=int, default=3, help="epochs of TRADES (PGD-5) training")
+    ap.add_argument("--model-file", action="append", default=[], metavar="LABEL=PATH[@DATASET]",
+                    help="a saved model to compare too (e.g. main=fortify-runs/ID/model.safetensors@mnist-5k); "
+                         "its images come from DATASET's test split (default --dataset)")
+    ap.add_argument("--save", type=Path, default=None, help="folder for per-image robust masks (JSON per model)")
     ap.add_argument("--no-shortcuts", action="store_true",
                     help="part (b) also runs the pre-shortcut standard suite (every attack on every survivor)")
     args = ap.parse_args()
@@ -235,23 +261,37 @@ def main() -> None:
     # torch optimizer imports torch._dynamo (~6 s here; the cascade's surrogate uses Adam)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     recipes = {"standard": ("standard", args.epochs), "fast-AT": ("robust", args.robust_epochs),
-               "PGD-AT": ("pgd", args.pgd_epochs)}
+               "PGD-AT": ("pgd", args.pgd_epochs), "TRADES": ("trades", args.trades_epochs)}
+    files: dict[str, tuple[str, str]] = {}
+    for item in args.model_file:
+        label, _, rest = item.partition("=")
+        path, _, dataset = rest.partition("@")
+        files[label] = (path, dataset or args.dataset)
     cache: dict[str, torch.nn.Module] = {}
 
     def model_of(label: str) -> torch.nn.Module:  # trained (or read from the cache) only when used
         if label not in cache:
-            cache[label] = get_model(recipes[label][0], args.dataset, recipes[label][1]).eval()
+            if label in files:
+                cache[label] = fmodels.load(files[label][0]).eval()
+            else:
+                cache[label] = get_model(recipes[label][0], args.dataset, recipes[label][1]).eval()
         return cache[label]
+
+    def images_of(label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if label in files and files[label][1] != args.dataset:
+            return fdata.load(files[label][1], split="test", limit=args.n_b)
+        return x[: args.n_b], y[: args.n_b]
     if "a" in args.part:
         for label in ("standard", "fast-AT"):
             print(f"\n(a) PGD-linf-40 eps={EPS} on the {label} model, {args.repeats} interleaved rounds")
             print(table(part_a(model_of(label), x, y, args.repeats)), flush=True)
     if "b" in args.part:
-        xb, yb = x[: args.n_b], y[: args.n_b]
         for label in args.models_b.split(","):
+            xb, yb = images_of(label)
             print(f"\n(b) standard preset vs AutoAttack-standard, {label} model, n={len(xb)}, "
                   f"{args.repeats_b} interleaved round(s)")
-            print(table(part_b(model_of(label), xb, yb, label, args.repeats_b, args.no_shortcuts)), flush=True)
+            print(table(part_b(model_of(label), xb, yb, label, args.repeats_b, args.no_shortcuts, args.save)),
+                  flush=True)
 
 if __name__ == "__main__":
     main()

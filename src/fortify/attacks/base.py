@@ -20,14 +20,14 @@ gradient evaluations. Attacks never write ``param.grad`` (gradients are taken wi
 from __future__ import annotations
 
 import abc
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
 from fortify.errors import InputError, ThreatModelError
+from fortify.models.state import frozen
 from fortify.threat import ThreatModel
 from fortify.validation import (
     check_device, check_images, check_labels, check_logits, check_model_input, forward_checked,
@@ -88,30 +88,6 @@ class Oracle:
         return logits.detach(), loss.detach(), grad.detach()
 
 
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters for the duration; every flag restored exactly afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for m, _ in modes:
-            m.training = False
-        for p, _ in grads:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, flag in modes:
-            m.training = flag
-        for p, flag in grads:
-            p.requires_grad_(flag)
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return None
-
-
 class Attack(abc.ABC):
     """Base class: subclasses set the class attributes and implement :meth:`_run`."""
 
@@ -154,7 +130,7 @@ class Attack(abc.ABC):
         check_model_input(model, x)
         n = x.shape[0]
         x = x.detach()
-        with frozen_eval(model):
+        with frozen(model):
             clean = check_logits(forward_checked(model, x).detach(), n)
             num_classes = clean.shape[1]
             y = check_labels(y, n, num_classes).to(x.device)

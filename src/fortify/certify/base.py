@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fortify.attacks.base import frozen_eval
+from fortify.models.state import frozen
 from fortify.errors import ThreatModelError
 from fortify.registry import Registry
 from fortify.threat import ThreatModel
@@ -78,7 +78,7 @@ class Certifier(abc.ABC):
             )
         x, y, _ = check_batch(model, x, y, threat.bounds)
         x = x.detach()
-        with frozen_eval(model), torch.no_grad():
+        with frozen(model), torch.no_grad():
             return self._certify(model, x, y, threat)
 
     @abc.abstractmethod

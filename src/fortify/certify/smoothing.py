@@ -25,7 +25,7 @@ from scipy.stats import binomtest
 from torch import nn
 
 from fortify import progress
-from fortify.attacks.base import frozen_eval
+from fortify.models.state import frozen
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.errors import ConfigError
 from fortify.stats import clopper_pearson_lower
@@ -90,7 +90,7 @@ class Smoothing(Certifier):
     def certify(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> SmoothingResult:
         """Cohen et al.'s CERTIFY for a batch ``x (N, ...)`` (eval mode for the call, flags restored)."""
         gen = generator if generator is not None else self._gen()
-        with torch.no_grad(), frozen_eval(model):
+        with torch.no_grad(), frozen(model):
             c_a = noise_counts(model, x, self.sigma, self.n0, self.batch_size, gen).argmax(dim=1)
             counts = noise_counts(model, x, self.sigma, self.n, self.batch_size, gen)
         n_a = counts.gather(1, c_a[:, None]).squeeze(1).cpu().numpy()
@@ -104,7 +104,7 @@ class Smoothing(Certifier):
     def predict(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Cohen et al.'s PREDICT: ``(N,)`` class or -1 (abstain) at level ``alpha`` with ``n`` draws."""
         gen = generator if generator is not None else self._gen()
-        with torch.no_grad(), frozen_eval(model):
+        with torch.no_grad(), frozen(model):
             counts = noise_counts(model, x, self.sigma, self.n, self.batch_size, gen)
         top2 = counts.topk(2, dim=1)
         out = top2.indices[:, 0].clone()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fortify.attacks import ATTACKS
-from fortify.attacks.base import frozen_eval, model_device
+from fortify.models.state import device_of, frozen
 from fortify.errors import ConfigError, InputError, ThreatModelError
 from fortify.evaluate import sanity as S
 from fortify.evaluate.presets import AttackSpec, build_attack, preset_specs
@@ -215,7 +215,7 @@ def robust_accuracy(
         raise ConfigError(f"eot_samples must be a positive integer, got {eot_samples!r}")
     for t in threats:
         check_images(x, t.bounds)
-    dev = model_device(model)
+    dev = device_of(model)
     if dev is not None and x.device != dev:
         raise InputError(f"x is on {x.device} but the model is on {dev}; fortify never moves the model")
     if seed is None:
@@ -224,7 +224,7 @@ def robust_accuracy(
     n = x.shape[0]
     t0 = time.perf_counter()
     rng_devices = [x.device.index or 0] if x.is_cuda else []
-    with torch.random.fork_rng(devices=rng_devices), frozen_eval(model):
+    with torch.random.fork_rng(devices=rng_devices), frozen(model):
         torch.manual_seed(seed)
         with torch.no_grad():
             logits = check_logits(model(x[:batch_size]), min(n, batch_size))

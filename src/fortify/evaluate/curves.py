@@ -21,7 +21,7 @@ from torch import nn
 
 from fortify import progress
 from fortify.attacks import ATTACKS
-from fortify.attacks.base import frozen_eval
+from fortify.models.state import frozen
 from fortify.errors import ConfigError, ThreatModelError
 from fortify.evaluate.eps_checks import box_covering_eps
 from fortify.evaluate.presets import build_attack, AttackSpec
@@ -110,7 +110,7 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
     n, dim = x.shape[0], x[0].numel()
     cap = ThreatModel(norm, box_covering_eps(ThreatModel(norm, 0.0, bounds), dim), bounds)
     rng = torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else [])
-    with rng, frozen_eval(model), progress.task(f"curve {label or norm}", unit="attacks") as bar:
+    with rng, frozen(model), progress.task(f"curve {label or norm}", unit="attacks") as bar:
         with torch.no_grad():
             logits = check_logits(model(x), n)
         y = check_labels(y, n, logits.shape[1]).to(x.device)

@@ -94,7 +94,7 @@ def pre_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eot_sample
                surrogate_factory: Callable[[], nn.Module] | None = None) -> Remedy:
     """Run the pre-attack checks on ``x (N, ...)``, ``y (N,)`` and choose the evaluation wrappers.
 
-    The model must already be in eval mode (the cascade runs this inside ``frozen_eval``)."""
+    The model must already be in eval mode (the cascade runs this inside ``models.state.frozen``)."""
     xs, ys = x[:max_points], y[:max_points]
     flags: list[SanityFlag] = []
     wrappers: list[str] = []

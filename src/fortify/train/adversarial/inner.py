@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fortify.attacks.base import frozen_eval
+from fortify.models.state import frozen
 from fortify.attacks.steps import steepest_ascent
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
@@ -112,7 +112,7 @@ def perturb(
     else:
         x_adv = x.clone()
     best, best_loss = x_adv, None
-    with frozen_eval(model):
+    with frozen(model):
         for _ in range(steps):
             g, loss = _input_grad(model, x_adv, loss_fn)
             if keep_best:
@@ -159,7 +159,7 @@ def msd_perturb(
     view = (-1,) + (1,) * (x.dim() - 1)
     x_adv = x.clone()
     loss_fn = ce_per_sample(y)
-    with frozen_eval(model):
+    with frozen(model):
         for _ in range(steps):
             g, _ = _input_grad(model, x_adv, loss_fn)
             best, best_loss = x_adv, torch.full((b,), -float("inf"), device=x.device, dtype=x.dtype)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fortify.attacks.base import frozen_eval
+from fortify.models.state import frozen
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
 from fortify.train.adversarial.base import parse_threat
@@ -45,7 +45,7 @@ def robust_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, th
     clean = robust = 0
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        with frozen_eval(model), torch.no_grad():
+        with frozen(model), torch.no_grad():
             clean += int((model(xb).argmax(1) == yb).sum())
         robust += int((~pgd(model, xb, yb, threat, generator=gen).success).sum())
     n = max(1, x.shape[0])
