@@ -199,3 +199,23 @@ def test_parse():
 def test_shape_mismatch_is_input_error():
     with pytest.raises(InputError):
         ThreatModel("l2", 1).project(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# ---------------------------------------------------------------------------------------------- coerce
+def test_coerce_accepts_the_three_spellings():
+    ref = ThreatModel("linf", 0.3)
+    assert ThreatModel.coerce(ref) is ref
+    assert ThreatModel.coerce("linf:0.3") == ref
+    assert ThreatModel.coerce("L2=2") == ThreatModel("l2", 2.0)
+    assert ThreatModel.coerce({"norm": "linf", "eps": 0.3}) == ref
+    assert ThreatModel.coerce({"norm": "l1", "eps": 10, "bounds": [-1, 1]}) == ThreatModel("l1", 10.0, (-1.0, 1.0))
+
+
+@pytest.mark.parametrize("bad", [None, 0.3, ["linf", 0.3], "linf", "linf:x", "lp:0.3", "linf:-1", {"norm": "linf"},
+                                 {"norm": "linf", "eps": 0.3, "radius": 1}, {"norm": "linf", "eps": "0.3"},
+                                 {"norm": "linf", "eps": 0.3, "bounds": [1, 0]}])
+def test_coerce_refuses_with_a_threat_model_error_naming_where(bad):
+    with pytest.raises(ThreatModelError) as info:
+        ThreatModel.coerce(bad, where="task.args.threat")
+    assert str(info.value).startswith("task.args.threat")
+    assert "\n" not in str(info.value)

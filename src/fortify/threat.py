@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Mapping, TypeAlias, Union
 
 import torch
 
@@ -84,6 +84,43 @@ class ThreatModel:
         except ValueError:
             raise ThreatModelError(f"eps in threat {spec!r} is not a number") from None
         return cls(norm.strip().lower(), value, bounds)
+
+    @classmethod
+    def coerce(cls, threat: "ThreatLike", *, where: str = "threat") -> "ThreatModel":
+        """The one way every pillar turns user input into a ThreatModel.
+
+        Accepts a :class:`ThreatModel` (returned as is), a ``"linf:0.3"`` string (see :meth:`parse`)
+        or a mapping ``{"norm": "linf", "eps": 0.3[, "bounds": [lo, hi]]}`` (e.g. from a recipe).
+        Anything else, an unknown mapping key, a missing one or a bad value is a
+        :class:`ThreatModelError` whose message starts with ``where`` (the argument or recipe key).
+        """
+        if isinstance(threat, ThreatModel):
+            return threat
+        try:
+            if isinstance(threat, str):
+                return cls.parse(threat)
+            if isinstance(threat, Mapping):
+                return cls._from_mapping(threat)
+        except ThreatModelError as e:
+            raise ThreatModelError(f"{where}: {e}") from None
+        raise ThreatModelError(f"{where} must be a ThreatModel, a string like 'linf:0.3' or a mapping "
+                               f"{{norm, eps[, bounds]}}, got {type(threat).__name__} {threat!r}")
+
+    @classmethod
+    def _from_mapping(cls, spec: Mapping[Any, Any]) -> "ThreatModel":
+        """``{"norm", "eps"[, "bounds"]}`` -> ThreatModel; ThreatModelError naming unknown / missing keys."""
+        allowed = ("norm", "eps", "bounds")
+        unknown = sorted(str(k) for k in spec if k not in allowed)
+        if unknown:
+            raise ThreatModelError(f"unknown threat key(s) {', '.join(map(repr, unknown))}; allowed: "
+                                   f"{', '.join(allowed)}")
+        missing = [k for k in ("norm", "eps") if k not in spec]
+        if missing:
+            raise ThreatModelError(f"threat mapping needs {', '.join(map(repr, missing))}, got {dict(spec)!r}")
+        bounds = spec.get("bounds", (0.0, 1.0))
+        if isinstance(bounds, list):
+            bounds = tuple(bounds)
+        return cls(spec["norm"], spec["eps"], bounds)
 
     def __str__(self) -> str:
         return f"{self.norm}:{self.eps:g}"
@@ -161,6 +198,10 @@ class ThreatModel:
             sign = torch.randint(0, 2, (n, d), generator=generator, device=dev).to(dt) * 2 - 1
             delta = (mag * sign * self.eps).reshape(x.shape)
         return (x + delta).clamp(*self.bounds)
+
+
+#: what :meth:`ThreatModel.coerce` accepts
+ThreatLike: TypeAlias = Union[ThreatModel, str, Mapping[str, Any]]
 
 
 def _project_l1_box(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:

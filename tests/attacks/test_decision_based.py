@@ -22,9 +22,9 @@ from fortify.threat import ThreatModel
 #: batches, the budget for the no-backward check, and constructor arguments that must be refused
 CASES: dict[str, dict[str, Any]] = {
     "hopskipjump": {"cls": HopSkipJump, "factor": {"l2": 1.1, "linf": 1.15}, "no_backward_queries": 500,
-                    "small": {"n_queries": 400, "init_evals": 30}, "bad": [{"steps": 0}, {"gamma": 0}]},
+                    "small": {"queries": 400, "init_evals": 30}, "bad": [{"steps": 0}, {"gamma": 0}]},
     "signopt": {"cls": SignOPT, "factor": {"l2": 1.1, "linf": 1.25}, "no_backward_queries": 800,
-                "small": {"n_queries": 400, "k": 50, "init_directions": 20}, "bad": [{"steps": 0}, {"beta": 0}]},
+                "small": {"queries": 400, "k": 50, "init_directions": 20}, "bad": [{"steps": 0}, {"beta": 0}]},
 }
 
 
@@ -37,7 +37,7 @@ def make(name: str, **kwargs: Any) -> Attack:
 def test_linear_reaches_near_minimal_distance(name: str, norm: str, gen: torch.Generator) -> None:
     lin, x, y, d = linear_problem(norm)
     model = Counting(lin)
-    res = make(name, n_queries=2000)(model, x, y, ThreatModel(norm, 10.0), generator=gen)
+    res = make(name, queries=2000)(model, x, y, ThreatModel(norm, 10.0), generator=gen)
     assert bool(res.success.all())
     dist = ThreatModel(norm, 1.0).distance(res.x_adv, x)
     assert bool((dist >= d * (1 - 1e-4)).all())  # nothing beats the exact minimum
@@ -49,7 +49,7 @@ def test_linear_reaches_near_minimal_distance(name: str, norm: str, gen: torch.G
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_success_exactly_within_eps(name: str, norm: str, gen: torch.Generator) -> None:
     lin, x, y, d = linear_problem(norm, n=16)
-    atk = make(name, n_queries=1500)
+    atk = make(name, queries=1500)
     low = ThreatModel(norm, 0.9 * float(d.min()))
     res = atk(lin, x, y, low, generator=gen)
     assert not bool(res.success.any())
@@ -63,8 +63,8 @@ def test_success_exactly_within_eps(name: str, norm: str, gen: torch.Generator) 
 def test_stop_at_eps_saves_queries(name: str, gen: torch.Generator) -> None:
     lin, x, y, d = linear_problem("l2", n=16)
     threat = ThreatModel("l2", 1.5 * float(d.max()))
-    full = make(name, n_queries=1500)(lin, x, y, threat, generator=gen)
-    early = make(name, n_queries=1500, stop_at_eps=True)(lin, x, y, threat, generator=gen)
+    full = make(name, queries=1500)(lin, x, y, threat, generator=gen)
+    early = make(name, queries=1500, stop_at_eps=True)(lin, x, y, threat, generator=gen)
     assert bool(early.success.all())
     assert early.queries < full.queries / 2
 
@@ -74,7 +74,7 @@ def test_no_backward_and_registry(name: str, gen: torch.Generator) -> None:
     cls = CASES[name]["cls"]
     assert ATTACKS.get(name) is cls and cls.access == "decision" and cls.minimum_norm
     lin, x, y, d = linear_problem("l2", n=5)
-    res = make(name, n_queries=CASES[name]["no_backward_queries"])(NoBackward(lin), x, y, ThreatModel("l2", 2 * float(d.max())), generator=gen)
+    res = make(name, queries=CASES[name]["no_backward_queries"])(NoBackward(lin), x, y, ThreatModel("l2", 2 * float(d.max())), generator=gen)
     assert bool(res.success.all()) and res.grad_evals == 0
 
 
@@ -99,7 +99,7 @@ def test_images_any_batch_in_threat_model(name: str, norm: str, eps: float, n: i
 def test_targeted_hits_target(name: str, norm: str, gen: torch.Generator) -> None:
     lin, x, y, d = linear_problem(norm, n=12)
     target = (y + 1) % 4
-    res = make(name, n_queries=1000)(lin, x, y, ThreatModel(norm, 10.0), targeted=target, generator=gen)
+    res = make(name, queries=1000)(lin, x, y, ThreatModel(norm, 10.0), targeted=target, generator=gen)
     with torch.no_grad():
         pred = lin(res.x_adv).argmax(1)
     assert torch.equal(res.success, pred == target)
@@ -117,7 +117,7 @@ def test_budget_is_a_hard_cap(name: str, budget: int, gen: torch.Generator) -> N
     lin, x, y, d = linear_problem("l2", n=7)
     model = Counting(lin)
     threat = ThreatModel("l2", 10.0)
-    res = make(name, n_queries=budget)(model, x, y, threat, targeted=(y + 1) % 4, generator=gen)
+    res = make(name, queries=budget)(model, x, y, threat, targeted=(y + 1) % 4, generator=gen)
     assert res.queries == model.rows <= (budget + 2) * len(y)
     assert bool(threat.contains(res.x_adv, x).all())
     with torch.no_grad():

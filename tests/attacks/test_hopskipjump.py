@@ -19,7 +19,7 @@ def test_unreachable_target_does_not_crash(norm: str, gen: torch.Generator) -> N
         lin.bias[3] = -1e4  # class 3 is never predicted anywhere in the box
     target = torch.full_like(y, 3)
     model = Counting(lin)
-    res = HopSkipJump(n_queries=300, init_tries=5)(model, x, y, ThreatModel(norm, 0.3), targeted=target, generator=gen)
+    res = HopSkipJump(queries=300, init_tries=5)(model, x, y, ThreatModel(norm, 0.3), targeted=target, generator=gen)
     assert res.x_adv.shape == x.shape and not bool(res.success.any())
     assert torch.equal(res.x_adv, x)
     assert res.queries == model.rows <= (300 + 2) * len(y)

@@ -34,7 +34,7 @@ def test_estimate_matches_analytic_gradient(gen: torch.Generator) -> None:
 def test_linear_succeeds_above_and_never_below_min_distance(norm: str, gen: torch.Generator) -> None:
     lin, x, y, d = linear_problem(norm)
     model = Counting(lin)
-    atk = NES(n_queries=500, samples=20)
+    atk = NES(queries=500, samples=20)
     above = atk(model, x, y, ThreatModel(norm, 1.5 * float(d.max())), generator=gen)
     assert bool(above.success.all())
     assert above.queries == model.rows <= (500 + 2) * len(y)
@@ -51,7 +51,7 @@ def test_linear_succeeds_above_and_never_below_min_distance(norm: str, gen: torc
 def test_no_backward_and_registry(gen: torch.Generator) -> None:
     assert ATTACKS.get("nes") is NES and NES.access == "score"
     lin, x, y, d = linear_problem("l2", n=5)
-    res = NES(n_queries=300, samples=10)(NoBackward(lin), x, y, ThreatModel("l2", 2 * float(d.max())), generator=gen)
+    res = NES(queries=300, samples=10)(NoBackward(lin), x, y, ThreatModel("l2", 2 * float(d.max())), generator=gen)
     assert bool(res.success.all()) and res.grad_evals == 0
 
 
@@ -61,7 +61,7 @@ def test_images_any_batch_in_threat_model(norm: str, eps: float, n: int, gen: to
     model, x, y = trained_mlp()
     x, y = x[:n], y[:n]
     threat = ThreatModel(norm, eps)
-    res = NES(n_queries=200, samples=10)(model, x, y, threat, generator=gen)
+    res = NES(queries=200, samples=10)(model, x, y, threat, generator=gen)
     assert res.x_adv.shape == x.shape and res.success.shape == (n,)
     assert bool(threat.contains(res.x_adv, x).all())
     assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
@@ -74,7 +74,7 @@ def test_images_any_batch_in_threat_model(norm: str, eps: float, n: int, gen: to
 def test_targeted_hits_target(norm: str, gen: torch.Generator) -> None:
     lin, x, y, d = linear_problem(norm, n=12)
     target = (y + 1) % 4
-    res = NES(n_queries=1000, samples=20)(
+    res = NES(queries=1000, samples=20)(
         lin, x, y, ThreatModel(norm, 6 * float(d.max())), targeted=target, generator=gen
     )
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_targeted_hits_target(norm: str, gen: torch.Generator) -> None:
 
 def test_trained_mlp_robust_accuracy_drops(gen: torch.Generator) -> None:
     model, x, y = trained_mlp()
-    atk = NES(n_queries=1000, samples=20)
+    atk = NES(queries=1000, samples=20)
     # white-box PGD-100 leaves ~0% (l2 1.0) and ~73% / lower (linf 0.1 / 0.12) on this model
     assert float(atk(model, x, y, ThreatModel("l2", 1.0), generator=gen).robust.float().mean()) <= 0.3
     assert float(atk(model, x, y, ThreatModel("linf", 0.12), generator=gen).robust.float().mean()) <= 0.8
@@ -95,7 +95,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ConfigError):
         NES(samples=0)
     with pytest.raises(ConfigError):
-        NES(n_queries=10, samples=10)
+        NES(queries=10, samples=10)
     with pytest.raises(ConfigError):
         NES(momentum=1.0)
     with pytest.raises(ConfigError):

@@ -16,7 +16,7 @@ from fortify.threat import ThreatModel
 def test_linear_succeeds_above_and_never_below_min_distance(norm: str, gen: torch.Generator) -> None:
     lin, x, y, d = linear_problem(norm)
     model = Counting(lin)
-    atk = Square(n_queries=400)
+    atk = Square(queries=400)
     above = atk(model, x, y, ThreatModel(norm, 1.5 * float(d.max())), generator=gen)
     assert bool(above.success.all())
     assert above.queries == model.rows
@@ -32,7 +32,7 @@ def test_linear_succeeds_above_and_never_below_min_distance(norm: str, gen: torc
 def test_no_backward_and_registry() -> None:
     assert ATTACKS.get("square") is Square and Square.access == "score"
     lin, x, y, d = linear_problem("linf", n=5)
-    res = Square(n_queries=100)(NoBackward(lin), x, y, ThreatModel("linf", 2 * float(d.max())))
+    res = Square(queries=100)(NoBackward(lin), x, y, ThreatModel("linf", 2 * float(d.max())))
     assert bool(res.success.all()) and res.grad_evals == 0
 
 
@@ -42,7 +42,7 @@ def test_images_any_batch_in_threat_model(norm: str, eps: float, n: int, gen: to
     model, x, y = trained_mlp()
     x, y = x[:n], y[:n]
     threat = ThreatModel(norm, eps)
-    res = Square(n_queries=150)(model, x, y, threat, generator=gen)
+    res = Square(queries=150)(model, x, y, threat, generator=gen)
     assert res.x_adv.shape == x.shape and res.success.shape == (n,)
     assert bool(threat.contains(res.x_adv, x).all())
     assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
@@ -55,7 +55,7 @@ def test_images_any_batch_in_threat_model(norm: str, eps: float, n: int, gen: to
 def test_targeted_hits_target(norm: str, gen: torch.Generator) -> None:
     lin, x, y, d = linear_problem(norm, n=12)
     target = (y + 1) % 4
-    res = Square(n_queries=1000)(lin, x, y, ThreatModel(norm, 6 * float(d.max())), targeted=target, generator=gen)
+    res = Square(queries=1000)(lin, x, y, ThreatModel(norm, 6 * float(d.max())), targeted=target, generator=gen)
     with torch.no_grad():
         pred = lin(res.x_adv).argmax(1)
     assert torch.equal(res.success, pred == target)
@@ -64,17 +64,17 @@ def test_targeted_hits_target(norm: str, gen: torch.Generator) -> None:
 
 def test_trained_mlp_robust_accuracy_drops(gen: torch.Generator) -> None:
     model, x, y = trained_mlp()
-    res = Square(n_queries=300)(model, x, y, ThreatModel("linf", 0.1), generator=gen)
+    res = Square(queries=300)(model, x, y, ThreatModel("linf", 0.1), generator=gen)
     # a plain white-box PGD-100 leaves ~73% here; random search with 300 queries gets close
     assert float(res.robust.float().mean()) <= 0.85
-    res2 = Square(n_queries=300)(model, x, y, ThreatModel("l2", 1.0), generator=gen)
+    res2 = Square(queries=300)(model, x, y, ThreatModel("l2", 1.0), generator=gen)
     assert float(res2.robust.float().mean()) <= 0.95
 
 
 def test_deterministic_given_generator() -> None:
     model, x, y = trained_mlp()
-    a = Square(n_queries=50)(model, x, y, ThreatModel("l2", 1.0), generator=torch.Generator().manual_seed(3))
-    b = Square(n_queries=50)(model, x, y, ThreatModel("l2", 1.0), generator=torch.Generator().manual_seed(3))
+    a = Square(queries=50)(model, x, y, ThreatModel("l2", 1.0), generator=torch.Generator().manual_seed(3))
+    b = Square(queries=50)(model, x, y, ThreatModel("l2", 1.0), generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.x_adv, b.x_adv) and a.queries == b.queries
 
 
@@ -88,7 +88,7 @@ def test_p_schedule_matches_paper() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ConfigError):
-        Square(n_queries=0)
+        Square(queries=0)
     with pytest.raises(ConfigError):
         Square(p_init=1.5)
     lin, x, y, _ = linear_problem("linf", n=3)

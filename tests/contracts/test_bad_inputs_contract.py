@@ -37,7 +37,7 @@ N, C, H, W, K = 4, 1, 8, 8, 5
 THREAT = ThreatModel("linf", 0.05)
 #: tiny budgets, mapped onto each constructor by name (keys a constructor lacks are dropped)
 TINY: dict[str, Any] = {
-    "steps": 1, "restarts": 1, "n_queries": 20, "queries": 20, "samples": 2, "binary_search_steps": 1,
+    "steps": 1, "restarts": 1, "queries": 20, "samples": 2, "binary_search_steps": 1,
     "n_target_classes": 1, "init_evals": 2, "max_evals": 4, "init_tries": 2, "init_directions": 2, "k": 2,
     "n0": 4, "n": 8, "batch_size": 8, "time_limit": 5.0, "epochs": 1, "threat": "linf:0.05",
     "threats": ("linf:0.05", "l2:0.5"), "candidates": 2,
@@ -305,8 +305,8 @@ def test_unknown_constructor_keyword_is_config_error(kind: str, name: str) -> No
 
 
 def test_create_helpers_and_certify_refuse_unknown_keywords() -> None:
-    with pytest.raises(ConfigError, match=r"'queries' \(did you mean 'n_queries'\?\); allowed: n_queries"):
-        attacks.create("square", queries=10)
+    with pytest.raises(ConfigError, match=r"'querys' \(did you mean 'queries'\?\); allowed: queries"):
+        attacks.create("square", querys=10)
     with pytest.raises(ConfigError, match="'bogus'"):
         attacks.create("pgd", bogus=1)
     x, y = good_inputs()

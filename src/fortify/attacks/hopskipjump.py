@@ -36,6 +36,7 @@ from fortify.attacks._blackbox import (
 )
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.registry import ATTACKS
+from fortify.registry import renamed_kwargs
 from fortify.threat import ThreatModel
 
 _MAX_PROBE_ELEMENTS = 1 << 24
@@ -47,7 +48,7 @@ class HopSkipJump(Attack):
     """HopSkipJump (Chen et al. 2020), labels only, ``l2`` and ``linf``, minimum-norm.
 
     Args:
-        n_queries: query budget per sample inside the search; a sample stops when the budget
+        queries: query budget per sample inside the search; a sample stops when the budget
             cannot pay a full iteration.
         steps: the most iterations.
         init_evals / max_evals: Monte-Carlo probes per gradient estimate at iteration ``t`` are
@@ -64,9 +65,10 @@ class HopSkipJump(Attack):
     supports_targeted = True
     minimum_norm = True
 
+    @renamed_kwargs(n_queries="queries")
     def __init__(
         self,
-        n_queries: int = 5000,
+        queries: int = 5000,
         steps: int = 64,
         init_evals: int = 100,
         max_evals: int = 10000,
@@ -74,7 +76,7 @@ class HopSkipJump(Attack):
         init_tries: int = 100,
         stop_at_eps: bool = False,
     ) -> None:
-        self.n_queries = check_positive_int("n_queries", n_queries)
+        self.queries = check_positive_int("queries", queries)
         self.steps = check_positive_int("steps", steps)
         self.init_evals = check_positive_int("init_evals", init_evals)
         self.max_evals = check_positive_int("max_evals", max_evals)
@@ -159,7 +161,7 @@ class HopSkipJump(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_adv (B, ...), found (B,))``: a batch peer classified as the target (targeted mode),
         else uniform noise in the box, ``init_tries`` draws at most (only unfound samples query)."""
-        if t is not None and self.n_queries > 1:
+        if t is not None and self.queries > 1:
             x_adv, found = peer_starts(q, x, t)
         else:
             x_adv, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -192,7 +194,7 @@ class HopSkipJump(Attack):
         theta = self.gamma / (d * math.sqrt(d)) if norm == "l2" else self.gamma / d**2
         # bisection steps: log2(range / tolerance); the linf range is at most the box width
         bs_cost = int(math.ceil(math.log2(max(1.0, bounds[1] - bounds[0]) / theta))) + 2
-        q = QueryBudget(oracle, b, self.n_queries, x.device)
+        q = QueryBudget(oracle, b, self.queries, x.device)
         x_adv, found = self._starting_points(q, x, y, targeted, generator, bounds)
         alive = found & (q.remaining() >= bs_cost)
         idx = alive.nonzero().squeeze(1)

@@ -29,6 +29,7 @@ from fortify.attacks._blackbox import (
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.losses import margin_loss
 from fortify.attacks.registry import ATTACKS
+from fortify.registry import renamed_kwargs
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
 
@@ -41,7 +42,7 @@ class NES(Attack):
     """NES + projected gradient steps (Ilyas et al. 2018), score-based, ``linf`` and ``l2``.
 
     Args:
-        n_queries: query budget per sample inside the search.
+        queries: query budget per sample inside the search.
         samples: antithetic pairs per gradient estimate (``2 * samples`` queries).
         sigma: probe scale, relative to the width of the input box.
         step_ratio: initial step size as a fraction of ``eps``.
@@ -56,9 +57,10 @@ class NES(Attack):
     supports_targeted = True
     minimum_norm = False
 
+    @renamed_kwargs(n_queries="queries")
     def __init__(
         self,
-        n_queries: int = 5000,
+        queries: int = 5000,
         samples: int = 50,
         sigma: float = 1e-3,
         step_ratio: float = 0.25,
@@ -66,7 +68,7 @@ class NES(Attack):
         momentum: float = 0.5,
         patience: int = 5,
     ) -> None:
-        self.n_queries = check_positive_int("n_queries", n_queries)
+        self.queries = check_positive_int("queries", queries)
         self.samples = check_positive_int("samples", samples)
         self.sigma = check_positive_float("sigma", sigma)
         self.step_ratio = check_positive_float("step_ratio", step_ratio)
@@ -75,9 +77,9 @@ class NES(Attack):
         if self.momentum >= 1:
             raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
         self.patience = check_positive_int("patience", patience)
-        if self.n_queries < 2 * self.samples + 1:
+        if self.queries < 2 * self.samples + 1:
             raise ConfigError(
-                f"n_queries={n_queries} cannot pay one NES iteration (2 * samples + 1 = {2 * self.samples + 1})"
+                f"queries={queries} cannot pay one NES iteration (2 * samples + 1 = {2 * self.samples + 1})"
             )
 
     @staticmethod
@@ -133,7 +135,7 @@ class NES(Attack):
         if threat.eps == 0:
             return x.clone()
         sigma = self.sigma * (hi - lo)
-        budget = QueryBudget(oracle, b, self.n_queries, dev)
+        budget = QueryBudget(oracle, b, self.queries, dev)
         cost = 2 * self.samples + 1
         x_cur = x.clone()
         x_best = x.clone()

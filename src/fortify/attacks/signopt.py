@@ -36,6 +36,7 @@ from fortify.attacks._blackbox import (
 )
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.registry import ATTACKS
+from fortify.registry import renamed_kwargs
 from fortify.threat import ThreatModel
 
 _INF = float("inf")
@@ -121,7 +122,7 @@ class SignOPT(Attack):
     """Sign-OPT (Cheng et al. 2020), labels only, ``l2`` (and ``linf``), minimum-norm.
 
     Args:
-        n_queries: query budget per sample inside the search.
+        queries: query budget per sample inside the search.
         steps: the most outer iterations.
         k: random directions per sign-gradient estimate (``k`` queries).
         alpha: initial step size on the unit direction.
@@ -136,9 +137,10 @@ class SignOPT(Attack):
     supports_targeted = True
     minimum_norm = True
 
+    @renamed_kwargs(n_queries="queries")
     def __init__(
         self,
-        n_queries: int = 5000,
+        queries: int = 5000,
         steps: int = 1000,
         k: int = 200,
         alpha: float = 0.2,
@@ -146,7 +148,7 @@ class SignOPT(Attack):
         init_directions: int = 100,
         stop_at_eps: bool = False,
     ) -> None:
-        self.n_queries = check_positive_int("n_queries", n_queries)
+        self.queries = check_positive_int("queries", queries)
         self.steps = check_positive_int("steps", steps)
         self.k = check_positive_int("k", k)
         self.alpha = check_positive_float("alpha", alpha)
@@ -240,7 +242,7 @@ class SignOPT(Attack):
         if threat.eps == 0:  # x itself is correctly classified: nothing to find
             return x.clone()
         b = x.shape[0]
-        p = _Problem(QueryBudget(oracle, b, self.n_queries, x.device), x, y, targeted, threat)
+        p = _Problem(QueryBudget(oracle, b, self.queries, x.device), x, y, targeted, threat)
         theta, g = self._initial(p, generator)
         alpha = torch.full_like(g, self.alpha)
         beta = torch.full_like(g, self.beta)

@@ -31,15 +31,16 @@ from fortify.attacks._blackbox import (
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.losses import margin_loss
 from fortify.attacks.registry import ATTACKS
+from fortify.registry import renamed_kwargs
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
 
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_selection(p_init: float, it: int, n_queries: int) -> float:
-    """The paper's piece-wise constant schedule of ``p`` at iteration ``it`` of ``n_queries``."""
-    i = int(it / max(n_queries, 1) * 10000)
+def p_selection(p_init: float, it: int, queries: int) -> float:
+    """The paper's piece-wise constant schedule of ``p`` at iteration ``it`` of ``queries``."""
+    i = int(it / max(queries, 1) * 10000)
     halvings = sum(1 for t in _SCHEDULE if i > t)
     return p_init / (2**halvings)
 
@@ -122,7 +123,7 @@ class Square(Attack):
     """Square attack (Andriushchenko et al. 2020), score-based, ``linf`` and ``l2``.
 
     Args:
-        n_queries: query budget per sample and restart inside the search (the initial point
+        queries: query budget per sample and restart inside the search (the initial point
             counts as one); a sample stops querying as soon as it is adversarial.
         p_init: initial fraction of coordinates changed per iteration. The paper's defaults are
             0.05 (linf) / 0.1 (l2) for standard models; 0.8 (the default here, as in AutoAttack)
@@ -136,8 +137,9 @@ class Square(Attack):
     supports_targeted = True
     minimum_norm = False
 
-    def __init__(self, n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1) -> None:
-        self.n_queries = check_positive_int("n_queries", n_queries)
+    @renamed_kwargs(n_queries="queries")
+    def __init__(self, queries: int = 5000, p_init: float = 0.8, restarts: int = 1) -> None:
+        self.queries = check_positive_int("queries", queries)
         self.p_init = check_positive_float("p_init", p_init)
         if self.p_init > 1:
             raise ConfigError(f"p_init must be in (0, 1], got {p_init!r}")
@@ -182,7 +184,7 @@ class Square(Attack):
         b, c, h, w = x.shape
         lo, hi = threat.bounds
         eps = threat.eps
-        budget = QueryBudget(oracle, b, self.n_queries, x.device)
+        budget = QueryBudget(oracle, b, self.queries, x.device)
         all_idx = torch.arange(b, device=x.device)
         if threat.norm == "linf":
             x_best = (x + eps * _random_sign((b, c, 1, w), gen, x)).clamp(lo, hi)
@@ -196,10 +198,10 @@ class Square(Attack):
         act = (~done).nonzero().squeeze(1)
         xa, xb, mb, ya = x[act], x_best[act], m_best[act], y[act]
         ta = None if t is None else t[act]
-        for it in range(self.n_queries - 1):
+        for it in range(self.queries - 1):
             if act.numel() == 0:
                 break
-            p = p_selection(self.p_init, it, self.n_queries)
+            p = p_selection(self.p_init, it, self.queries)
             if threat.norm == "linf":
                 x_new = self._linf_proposal(xa, xb, p, eps, lo, hi, gen)
             else:

@@ -24,34 +24,25 @@ resolved table): with the attacks registered today ``l1`` has no score- or decis
 so the l1 evaluation relies on the gradient attacks plus the sanity probes (FGSM, doubled
 iterations, transfer).
 
-Budgets use *semantic* keys (``steps``, ``restarts``, ``queries``, ``n_target_classes``,
-``loss``); :func:`build_attack` maps each onto the constructor parameter of the registered attack
-by name (``steps`` also matches ``n_iter``/``iterations``, ...), multiplies the iteration/query
-counts by the ``budget`` knob, and drops (and reports) keys the attack does not take. Attacks not
-(yet) registered or not supporting the norm are skipped and listed in the report.
+Budgets use the attacks' own constructor names, which are the same for every attack (``steps``,
+``restarts``, ``queries``, ``n_target_classes``, ``loss``, ``samples``): :func:`resolve_kwargs`
+passes each key 1:1 to the registered attack, multiplies the iteration/query counts
+(:data:`SCALED`) by the ``budget`` knob, and drops (and reports) keys the attack does not take.
+Attacks not (yet) registered or not supporting the norm are skipped and listed in the report.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from fortify.attacks import ATTACKS, Attack
 from fortify.errors import ConfigError, UnknownNameError
+from fortify.registry import accepted_kwargs
 
 PRESETS: tuple[str, ...] = ("fast", "standard", "thorough")
 #: allowed ``AttackSpec.when`` values
 WHEN: tuple[str, ...] = ("always", "suspect", "flagged")
 
-#: semantic budget key -> accepted constructor parameter names, in order of preference
-SYNONYMS: dict[str, tuple[str, ...]] = {
-    "steps": ("steps", "n_iter", "iterations", "max_iter", "num_steps", "n_steps"),
-    "restarts": ("restarts", "n_restarts", "num_restarts"),
-    "queries": ("queries", "n_queries", "max_queries", "query_budget", "max_num_queries"),
-    "n_target_classes": ("n_target_classes", "n_targets", "num_targets", "target_classes"),
-    "loss": ("loss",),
-    "samples": ("samples", "n_samples", "population"),
-}
 #: keys whose value is multiplied by the budget scale
 SCALED: frozenset[str] = frozenset({"steps", "queries"})
 
@@ -164,36 +155,26 @@ def preset_specs(preset: "str | Sequence[AttackSpec]", norm: str) -> tuple[list[
     return run, skipped
 
 
-def _accepted(cls: type) -> tuple[set[str], bool]:
-    """Constructor parameter names of ``cls`` and whether it takes ``**kwargs``."""
-    sig = inspect.signature(cls.__init__)
-    params = [p for p in sig.parameters.values() if p.name != "self"]
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    return {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}, var_kw
-
-
 def resolve_kwargs(attack: str, kwargs: dict[str, Any], budget: float = 1.0) -> tuple[dict[str, Any], list[str]]:
-    """Map semantic ``kwargs`` onto the constructor of ``ATTACKS[attack]``; scale budgets.
+    """Pass ``kwargs`` 1:1 to the constructor of ``ATTACKS[attack]``; scale :data:`SCALED` budgets.
 
-    Returns ``(constructor kwargs, notes)`` where notes name dropped keys.
+    Returns ``(constructor kwargs, notes)`` where notes name dropped keys (keys the constructor
+    does not take, e.g. ``restarts`` for an attack without restarts). A deprecated spelling
+    declared with :func:`fortify.registry.renamed_kwargs` is passed on as given (the attack warns).
     """
     if not (budget > 0):
         raise ConfigError(f"budget must be > 0, got {budget!r}")
     cls = ATTACKS.get(attack)
-    accepted, var_kw = _accepted(cls)
+    accepted, var_kw = accepted_kwargs(cls)
     out: dict[str, Any] = {}
     notes: list[str] = []
     for key, value in kwargs.items():
         if key in SCALED and isinstance(value, int):
             value = max(1, int(round(value * budget)))
-        names = SYNONYMS.get(key, (key,))
-        hit = next((n for n in names if n in accepted), None)
-        if hit is None and var_kw:
-            hit = key
-        if hit is None:
+        if key not in accepted and not var_kw:
             notes.append(f"{attack}: ignored {key}={value!r} (not a constructor parameter)")
             continue
-        out[hit] = value
+        out[key] = value
     return out, notes
 
 
