@@ -27,7 +27,7 @@ import sys
 import warnings
 import weakref
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, TypeVar, overload
 
 from fortify.errors import ConfigError, UnknownNameError
 from fortify.validation import build, check_kwargs
@@ -138,6 +138,12 @@ class Registry(Generic[T]):
     def instances(cls) -> list["Registry[Any]"]:
         """Every live registry, in creation order (the contract tests enumerate these)."""
         return [r for r in (ref() for ref in cls._all) if r is not None]
+
+    @overload
+    def register(self, name: str, obj: None = None, *, help: str = "") -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, obj: T, *, help: str = "") -> T: ...
 
     def register(self, name: str, obj: T | None = None, *, help: str = "") -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""

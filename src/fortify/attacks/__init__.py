@@ -2,22 +2,17 @@
 
 ``fortify.attacks.ATTACKS`` maps names to attack classes; each class is constructed with its
 hyper-parameters and then called as ``attack(model, x, y, threat)``. Every module of this package
-is imported here, so an attack is available everywhere (CLI, presets, contract tests) as soon as
+is imported here by :func:`fortify.registry.discover`, so an attack is available everywhere (CLI, presets, contract tests) as soon as
 its file registers it; the registered classes are re-exported by class name
 (``fortify.attacks.PGD``).
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from fortify.attacks.base import Attack, AttackResult, Oracle
 from fortify.attacks.registry import ATTACKS
+from fortify.registry import discover
 
-_INFRA = {"base", "registry", "losses", "steps"}
-for _m in pkgutil.iter_modules(__path__):
-    if _m.name not in _INFRA and not _m.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_m.name}")
+discover(__name__)
 for _name, _cls in ATTACKS.items():
     globals()[_cls.__name__] = _cls
 

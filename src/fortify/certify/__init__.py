@@ -39,6 +39,9 @@ from fortify.certify.propagation import (
     robust_logits,
 )
 from fortify.certify.smoothing import Smoothing, SmoothingResult, clopper_pearson_lower
+from fortify.registry import discover
+
+discover(__name__)  # every certifier module registers itself; a new file is found without an edit here
 
 __all__ = [
     "CERTIFIERS",

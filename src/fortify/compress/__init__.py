@@ -2,7 +2,9 @@
 
 Every transform follows ``result = transform(model, example_inputs, *, data=None)`` ->
 :class:`TransformResult` ``(model, report, extras)``; the input model is never mutated. All are
-registered in :data:`TRANSFORMS`; :func:`compress` runs a recipe (:data:`RECIPES`) or a list of
+registered in :data:`TRANSFORMS` by its own module, and :func:`fortify.registry.discover` imports
+every module of this package (``prune/`` and ``quantize/`` included), so a new file's transform is
+never silently unregistered; :func:`compress` runs a recipe (:data:`RECIPES`) or a list of
 steps, saves the artefact and measures it with :func:`measure`.
 
 >>> from fortify import compress as C                                        # doctest: +SKIP
@@ -13,8 +15,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from fortify.compress import prune  # noqa: F401  (registers the pruning transforms)
-from fortify.compress import quantize  # noqa: F401  (registers the quantization transforms)
 from fortify.compress.base import TRANSFORMS, Transform, TransformResult, count_params, create
 from fortify.compress.deep_compression import DeepCompression
 from fortify.compress.distill import Distill
@@ -27,6 +27,9 @@ from fortify.compress.pareto import plot_pareto
 from fortify.compress.pipeline import RECIPES, CompressionResult, compress
 from fortify.compress.quantize import OnnxModule
 from fortify.compress.quantize.qat import QuantAwareInt8
+from fortify.registry import discover
+
+discover(__name__)
 
 
 def load(path: str) -> nn.Module:

@@ -20,6 +20,9 @@ from fortify.data.registry import (
     load,
     register_dataset,
 )
+from fortify.registry import discover
+
+discover(__name__)  # every dataset source module registers itself; a new file is found without an edit here
 
 
 def names() -> list[str]:

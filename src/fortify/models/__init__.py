@@ -22,6 +22,9 @@ from fortify.models.io import load, read_meta, save
 from fortify.models.normalized import Normalized
 from fortify.models.registry import ARCH_ATTR, MODELS, architecture, create
 from fortify.models.zoo import KNOWN_PARAM_COUNTS
+from fortify.registry import discover
+
+discover(__name__)  # every architecture module registers itself; a new file is found without an edit here
 
 
 def names() -> list[str]:
