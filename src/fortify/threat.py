@@ -86,7 +86,7 @@ class ThreatModel:
         return cls(norm.strip().lower(), value, bounds)
 
     @classmethod
-    def coerce(cls, threat: "ThreatLike", *, where: str = "threat") -> "ThreatModel":
+    def coerce(cls, threat: object, *, where: str = "threat") -> "ThreatModel":
         """The one way every pillar turns user input into a ThreatModel.
 
         Accepts a :class:`ThreatModel` (returned as is), a ``"linf:0.3"`` string (see :meth:`parse`)

@@ -23,17 +23,9 @@ from fortify.train.tasks.base import Task
 
 
 def parse_threat(threat: object) -> ThreatModel:
-    """Accept a ThreatModel, ``"linf:0.3"`` or ``{"norm": "linf", "eps": 0.3}``."""
-    if isinstance(threat, ThreatModel):
-        return threat
-    if isinstance(threat, str):
-        return ThreatModel.parse(threat)
-    if isinstance(threat, Mapping):
-        try:
-            return ThreatModel(**dict(threat))
-        except TypeError as e:
-            raise ConfigError(f"bad threat mapping {dict(threat)!r}: {e}") from None
-    raise ConfigError(f"threat must be like 'linf:0.3', got {threat!r}")
+    """Accept a ThreatModel, ``"linf:0.3"`` or ``{"norm": "linf", "eps": 0.3}``: :meth:`ThreatModel.coerce`
+    (kept as a name for existing callers; ThreatModelError, a ConfigError, on a bad value)."""
+    return ThreatModel.coerce(threat)
 
 
 def positive(value: object, name: str, *, allow_zero: bool = False) -> float:

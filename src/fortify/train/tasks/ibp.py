@@ -29,12 +29,8 @@ from fortify.train.tasks.registry import TASKS
 
 
 def as_threat(threat: object) -> ThreatModel:
-    """Accept a ThreatModel or a ``"norm:eps"`` string."""
-    if isinstance(threat, ThreatModel):
-        return threat
-    if isinstance(threat, str):
-        return ThreatModel.parse(threat)
-    raise ConfigError(f"threat must be a ThreatModel or a string like 'linf:0.1', got {threat!r}")
+    """Accept a ThreatModel, a ``"norm:eps"`` string or a mapping: :meth:`ThreatModel.coerce`."""
+    return ThreatModel.coerce(threat)
 
 
 def _fraction(v: object, name: str) -> float:
