@@ -28,13 +28,12 @@ def test_eps_sweep_flags_fire_on_pathological_predictions() -> None:
     model, x, y = _linear_problem()
     thr = ThreatModel("linf", 0.05)
     fgsm = AttackSpec("fgsm", "fgsm")
-    correct = torch.ones(20, dtype=torch.bool)
 
     def honest(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return model(z).argmax(1)
 
-    ok = {f.name: f for f in eps_sweep_flags(model, honest, x, y, correct, thr, fgsm, 1.0, 64, 0, 64)}
+    ok = {f.name: f for f in eps_sweep_flags(model, honest, x, y, thr, fgsm, batch_size=64)}
     assert not ok["non_monotone_in_eps"].fired and not ok["large_eps_not_broken"].fired
     acc = ok["non_monotone_in_eps"].evidence["accuracy"]
     assert all(a >= b for a, b in zip(acc, acc[1:]))
@@ -45,7 +44,7 @@ def test_eps_sweep_flags_fire_on_pathological_predictions() -> None:
         d = (z - x).abs().amax(dim=1)
         return torch.where((d > 0.04) & (d < 0.08), (y + 1) % 3, y)
 
-    bad = {f.name: f for f in eps_sweep_flags(model, banded, x, y, correct, thr, fgsm, 1.0, 64, 0, 64)}
+    bad = {f.name: f for f in eps_sweep_flags(model, banded, x, y, thr, fgsm, batch_size=64)}
     assert bad["non_monotone_in_eps"].fired and bad["non_monotone_in_eps"].evidence["rises"]
     assert bad["large_eps_not_broken"].fired
     assert bad["large_eps_not_broken"].evidence["eps"] == box_covering_eps(thr, 8) == 1.0

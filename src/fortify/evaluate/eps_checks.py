@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fortify.attacks import Attack
 from fortify.evaluate import sanity as S
 from fortify.evaluate.presets import AttackSpec, build_attack
 from fortify.evaluate.report import SanityFlag
@@ -31,10 +32,9 @@ def box_covering_eps(threat: ThreatModel, dim: int) -> float:
 
 
 def sweep(model: nn.Module, predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-          threat: ThreatModel, spec: AttackSpec, eps_list: list[float], budget: float, batch_size: int,
-          seed: int) -> list[float]:
-    """Accuracy of ``predict`` on ``x (M, ...)`` after attacking at each eps of ``eps_list``."""
-    attack, _ = build_attack(spec, budget)
+          threat: ThreatModel, attack: Attack, eps_list: list[float], *, batch_size: int, seed: int) -> list[float]:
+    """Accuracy of ``predict`` on ``x (M, ...)``, ``y (M,)`` after ``attack`` on ``model`` at each eps of
+    ``eps_list`` (a point counts as broken only inside the threat model); one seed per eps."""
     accs = []
     for eps in eps_list:
         thr = threat.with_eps(eps)
@@ -52,24 +52,27 @@ def sweep(model: nn.Module, predict: Callable[[torch.Tensor], torch.Tensor], x: 
 
 
 def eps_sweep_flags(model: nn.Module, predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                    y: torch.Tensor, clean_correct: torch.Tensor, threat: ThreatModel, spec: AttackSpec | None,
-                    budget: float, batch_size: int, seed: int, points: int) -> list[SanityFlag]:
-    """``non_monotone_in_eps`` and ``large_eps_not_broken`` for ``threat`` (see module doc)."""
+                    y: torch.Tensor, threat: ThreatModel, spec: AttackSpec | None, *, budget: float = 1.0,
+                    batch_size: int = 256, seed: int = 0) -> list[SanityFlag]:
+    """``non_monotone_in_eps`` and ``large_eps_not_broken`` for ``threat`` (see module doc).
+
+    ``x (M, ...)``, ``y (M,)``: the points to sweep, correctly classified by ``predict`` (the cascade
+    passes its first ``eps_check_points`` clean-correct ones). ``spec``: the attack (None: not run)."""
     names = ("non_monotone_in_eps", "large_eps_not_broken")
     if spec is None:
         return [S.not_run(n, "no gradient attack is registered") for n in names]
-    idx = clean_correct.nonzero().squeeze(1)[:points].to(x.device)
-    if idx.numel() == 0 or threat.eps == 0:
+    m = x.shape[0]
+    if m == 0 or threat.eps == 0:
         return [S.not_run(n, "no correctly classified points or eps = 0") for n in names]
-    xs, ys = x[idx], y[idx]
     eps_list = [threat.eps * f for f in FACTORS]
-    big = box_covering_eps(threat, xs[0].numel())
-    accs = sweep(model, predict, xs, ys, threat, spec, eps_list + [big], budget, batch_size, seed)
+    big = box_covering_eps(threat, x[0].numel())
+    attack, _ = build_attack(spec, budget)
+    accs = sweep(model, predict, x, y, threat, attack, eps_list + [big], batch_size=batch_size, seed=seed)
     curve = [1.0] + accs[:-1]
     grid = [0.0] + eps_list
-    tol = max(1, math.ceil(0.02 * idx.numel())) / idx.numel()
+    tol = max(1, math.ceil(0.02 * m)) / m
     rises = [(grid[i], grid[i + 1], curve[i], curve[i + 1]) for i in range(len(curve) - 1) if curve[i + 1] > curve[i] + tol]
-    ev = {"attack": spec.label, "points": int(idx.numel()), "eps": grid, "accuracy": curve}
+    ev = {"attack": spec.label, "points": m, "eps": grid, "accuracy": curve}
     return [
         S.make_flag("non_monotone_in_eps", bool(rises), {**ev, "rises": rises}),
         S.make_flag("large_eps_not_broken", accs[-1] > LARGE_EPS_MAX_ACC,

@@ -17,7 +17,8 @@ from torch import nn
 
 from fortify.io import write_atomic
 from fortify.errors import OutputError
-from fortify.evaluate.cascade import ThreatLike, _as_threats, robust_accuracy
+from fortify.evaluate.cascade import robust_accuracy
+from fortify.evaluate.plan import ThreatLike, as_threats
 from fortify.evaluate.curves import RobustnessCurve, plot_curves, robustness_curve
 from fortify.evaluate.report import EvaluationReport
 
@@ -48,7 +49,7 @@ def run_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     ``curves``: also compute accuracy-vs-eps per norm on the first ``curve_points`` inputs.
     ``out_dir`` None: nothing is written (no resumable state either)."""
-    thr = _as_threats(threats)
+    thr = as_threats(threats)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         try:
