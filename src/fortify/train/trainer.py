@@ -1,6 +1,6 @@
 """The training loop shared by every task.
 
-``Trainer(model, task, config).fit(train=(x, y), val=(x, y))`` trains ``model`` *in place* with
+``Trainer(model, task, config).fit(train=(x, y), val=(x, y))`` trains ``model``'s weights *in place* with
 the task's objective and returns one record per epoch. The Trainer owns the optimiser, the
 per-step LR schedule, seeding, checkpoints, callbacks and progress; a :class:`Task` only maps
 ``(model, x, y)`` to ``{"loss", "logits", ...}``.
@@ -18,6 +18,8 @@ task with an integer attribute ``replays = m > 1`` gets every minibatch ``m`` ti
 as many steps as a plain epoch but covers ``1/m`` of a data pass, so ``m`` consecutive epochs
 are one pass over the data (drawn from the generator seeded by ``(seed, pass)``) and the total
 gradient cost equals that of ``epochs`` plain epochs, as in the paper's comparison.
+Flags: ``fit`` trains under :func:`fortify.models.state.train_mode` (a frozen BatchNorm stays frozen),
+``evaluate`` scores under ``eval_mode``; every module's own ``training`` flag is restored afterwards.
 Processes: ``config.nproc > 1`` or ``dist_mode="async"`` runs in worker processes, see
 :mod:`fortify.train.distributed` (a sync worker runs this loop with ``trainer.parallel`` set).
 """
@@ -35,6 +37,7 @@ from torch import nn
 
 from fortify import progress as fprogress
 from fortify.errors import ConfigError, InputError, ModelFileError
+from fortify.models.state import eval_mode, train_mode
 from fortify.train import checkpoint as ckpt
 from fortify.train.config import TrainConfig
 from fortify.train.progress import EpochProgress
@@ -267,7 +270,7 @@ class Trainer:
         ``train``/``val``: ``(x (N, ...), y (N,) int)``; ``val`` is scored on clean inputs.
         ``resume``: continue from the newest complete checkpoint in ``checkpoint_dir`` (a fresh
         start when there is none); otherwise any earlier checkpoints of this folder are removed.
-        The model is left in eval mode.
+        Every module's ``training`` flag is restored afterwards (see the module doc).
         """
         x, y = _check_pair(train, "train")
         vx_vy = _check_pair(val, "val") if val is not None else None
@@ -287,7 +290,7 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.scheduler = StepLR(self.optimizer, c.schedule, total, c.lr, c.warmup_fraction)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), train_mode(self.model):
             if not (resume and self._resume(n)):
                 self.history, self.epoch, self.global_step, self.grad_evals, self.stopped = [], 0, 0, 0, False
                 self.generator.manual_seed(derive_seed(c.seed, 1))
@@ -304,7 +307,6 @@ class Trainer:
                     if self.stopped:
                         break
                     self._close_epoch(self._run_epoch(epoch, x, y, vx_vy, nb, total, bar), epoch, n, bar)
-        self.model.eval()
         return copy.deepcopy(self.history)
 
     # ------------------------------------------------------------------ loop
@@ -401,7 +403,6 @@ class Trainer:
         ``rolled_back`` and whatever callbacks add.
         """
         t0 = time.perf_counter()
-        self.model.train()
         pass_idx, first, end = self._chunk(epoch, nb)
         if self.parallel is not None:
             self.parallel.start_epoch(self, epoch)
@@ -458,20 +459,16 @@ class Trainer:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """Clean ``(accuracy, mean cross-entropy)`` of the model on ``x (N, ...)``, ``y (N,)``.
 
-        Runs in eval mode and restores the model's previous mode.
+        Runs in eval mode and restores every module's own flag.
         """
-        was_training = self.model.training
-        self.model.eval()
         correct, loss = 0, 0.0
-        try:
+        with eval_mode(self.model):
             for i in range(0, x.shape[0], self.config.batch_size):
                 xb = x[i:i + self.config.batch_size].to(self.device)
                 yb = y[i:i + self.config.batch_size].to(self.device)
                 logits = self.model(xb)
                 correct += int((logits.argmax(1) == yb).sum())
                 loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-        finally:
-            self.model.train(was_training)
         return correct / x.shape[0], loss / x.shape[0]
 
 
