@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fortify.errors import ConfigError
+from fortify.models.state import eval_mode
 from fortify.train.adversarial.base import AdversarialTask
 from fortify.train.adversarial.inner import ce_per_sample
 from fortify.train.tasks.registry import TASKS
@@ -52,16 +53,17 @@ class ImportanceAT(AdversarialTask):
         self.fraction = f
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Loss, adversarial logits ``(B, C)`` and ``hard_fraction`` of one minibatch ``x (B, ...)``, ``y (B,)``.
+
+        The hard set is ranked in eval mode (every module's flag restored afterwards).
+        """
         b = x.shape[0]
         x_adv, evals = self.attack(model, x, ce_per_sample(y), steps=1)
         k = self.current_steps()
         n_hard = 0
         if k > 1:
-            with torch.no_grad():
-                was = model.training
-                model.eval()
+            with torch.no_grad(), eval_mode(model):
                 z = model(x_adv)
-                model.train(was)
             true = z.gather(1, y[:, None]).squeeze(1)
             margin = true - z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
             margin = torch.where(margin > 0, margin, torch.full_like(margin, float("inf")))  # broken: skip

@@ -2,7 +2,7 @@
 
 ``loss = CE(f(x), y) + beta * KL(p(x) || p(x'))`` with ``x'`` maximising the KL term inside the
 threat set (K steps of the shared inner loop, started at ``x + 0.001 * N(0, I)`` as in the
-reference code). ``beta`` trades clean accuracy for robustness (6 in the paper; 1/lambda).
+reference code, clipped to the threat model's input box). ``beta`` trades clean accuracy for robustness (6 in the paper; 1/lambda).
 Shapes: ``x (B, ...)``, ``y (B,)``; ``logits (B, C)`` of the adversarial inputs.
 Cost: ``K * B`` input-gradient evaluations per step.
 """
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fortify.models.state import eval_mode
 from fortify.train.adversarial.base import AdversarialTask, positive
 from fortify.train.adversarial.inner import kl_per_sample
 from fortify.train.tasks.registry import TASKS
@@ -35,13 +36,15 @@ class TRADES(AdversarialTask):
         self.beta = positive(beta, "beta")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
+        """Loss, adversarial logits ``(B, C)`` and metrics of one minibatch ``x (B, ...)``, ``y (B,)``.
+
+        The clean reference of the inner KL is computed in eval mode (every module's flag restored).
+        """
+        with torch.no_grad(), eval_mode(model):
             clean_ref = model(x)
-            model.train(was)
         noise = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype) * START_STD
-        x_adv, evals = self.attack(model, x, kl_per_sample(clean_ref), x_init=(x + noise).clamp(0, 1))
+        lo, hi = self.threat.bounds
+        x_adv, evals = self.attack(model, x, kl_per_sample(clean_ref), x_init=(x + noise).clamp(lo, hi))
         logits_clean = model(x)
         logits_adv = model(x_adv)
         natural = F.cross_entropy(logits_clean, y)
