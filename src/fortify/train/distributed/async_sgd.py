@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fortify.errors import ConfigError, InputError
+from fortify.models.state import train_mode
 from fortify.train import checkpoint as ckpt
 from fortify.train.distributed.common import (Job, exact, flatten, float_buffers, plain_state, trainable,
                                               unflatten_into)
@@ -98,66 +99,65 @@ def run_server(job: Job) -> dict[str, Any]:
         buf[REPLY + n_par:] = flatten(buffers)
         pending[w] = dist.isend(buf, w)
 
-    model.train()
-    for w in expected:
-        reply(w, False)
-    active = set(expected)
-    name = getattr(trainer.task, "name", "") or type(trainer.task).__name__
-    display = EpochProgress(True, c.epochs, f"{name} async") if job.progress else nullcontext()
-    with display as bar:
-        if bar is not None:
-            bar.start_epoch(0, nb)
-        while active:
-            src = dist.recv(push)
-            head = push[:HEAD].tolist()
-            epoch, used = int(head[0]), int(head[1])
-            tau = version - used
-            cpu[src] = head[7]
-            done[src] += 1
-            processed += 1
-            trainer.task.set_progress(min(processed / total, 1.0), epoch)
-            acc = sums.setdefault(epoch, [0.0] * 7)  # loss*b, b, correct, rows, evals, applied, dropped
-            for i in range(5):
-                acc[i] += head[2 + i]
-            if not trainer.stopped:
-                if tau > c.max_staleness:
-                    dropped += 1
-                    acc[6] += 1
-                else:
-                    lr = trainer.scheduler.apply() / max(1, tau)
-                    for group in trainer.optimizer.param_groups:
-                        group["lr"] = lr
-                    i = HEAD
-                    for p in params:
-                        p.grad = push[i:i + p.numel()].view_as(p).clone()
-                        i += p.numel()
-                    unflatten_into(push[HEAD + n_par:], buffers)
-                    if c.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(params, c.grad_clip)
-                    trainer.optimizer.step()
-                    version += 1
-                    applied += 1
-                    acc[5] += 1
-                    staleness[tau] = staleness.get(tau, 0) + 1
-                trainer.scheduler.advance()
-                trainer.global_step = applied
-                trainer.grad_evals += int(head[6])
+    with train_mode(model):  # the server scores val / runs callbacks; a frozen BatchNorm stays frozen
+        for w in expected:
+            reply(w, False)
+        active = set(expected)
+        name = getattr(trainer.task, "name", "") or type(trainer.task).__name__
+        display = EpochProgress(True, c.epochs, f"{name} async") if job.progress else nullcontext()
+        with display as bar:
             if bar is not None:
-                bar.step(acc[0] / max(acc[1], 1.0), acc[2] / acc[3] if acc[3] else None)
-            while not trainer.stopped and next_epoch in sums and sums[next_epoch][1] >= n:
-                record = _epoch_record(trainer, next_epoch, sums.pop(next_epoch), job, t_epoch)
-                trainer._close_epoch(record, next_epoch, n, bar)
-                if bar is not None and next_epoch + 1 < c.epochs and not trainer.stopped:
-                    bar.start_epoch(next_epoch + 1, nb)
-                next_epoch += 1
-                t_epoch = time.perf_counter()
-            final = trainer.stopped or done[src] == expected[src]
-            reply(src, final)
-            if final:
-                active.discard(src)
+                bar.start_epoch(0, nb)
+            while active:
+                src = dist.recv(push)
+                head = push[:HEAD].tolist()
+                epoch, used = int(head[0]), int(head[1])
+                tau = version - used
+                cpu[src] = head[7]
+                done[src] += 1
+                processed += 1
+                trainer.task.set_progress(min(processed / total, 1.0), epoch)
+                acc = sums.setdefault(epoch, [0.0] * 7)  # loss*b, b, correct, rows, evals, applied, dropped
+                for i in range(5):
+                    acc[i] += head[2 + i]
+                if not trainer.stopped:
+                    if tau > c.max_staleness:
+                        dropped += 1
+                        acc[6] += 1
+                    else:
+                        lr = trainer.scheduler.apply() / max(1, tau)
+                        for group in trainer.optimizer.param_groups:
+                            group["lr"] = lr
+                        i = HEAD
+                        for p in params:
+                            p.grad = push[i:i + p.numel()].view_as(p).clone()
+                            i += p.numel()
+                        unflatten_into(push[HEAD + n_par:], buffers)
+                        if c.grad_clip is not None:
+                            nn.utils.clip_grad_norm_(params, c.grad_clip)
+                        trainer.optimizer.step()
+                        version += 1
+                        applied += 1
+                        acc[5] += 1
+                        staleness[tau] = staleness.get(tau, 0) + 1
+                    trainer.scheduler.advance()
+                    trainer.global_step = applied
+                    trainer.grad_evals += int(head[6])
+                if bar is not None:
+                    bar.step(acc[0] / max(acc[1], 1.0), acc[2] / acc[3] if acc[3] else None)
+                while not trainer.stopped and next_epoch in sums and sums[next_epoch][1] >= n:
+                    record = _epoch_record(trainer, next_epoch, sums.pop(next_epoch), job, t_epoch)
+                    trainer._close_epoch(record, next_epoch, n, bar)
+                    if bar is not None and next_epoch + 1 < c.epochs and not trainer.stopped:
+                        bar.start_epoch(next_epoch + 1, nb)
+                    next_epoch += 1
+                    t_epoch = time.perf_counter()
+                final = trainer.stopped or done[src] == expected[src]
+                reply(src, final)
+                if final:
+                    active.discard(src)
     for work in pending.values():
         work.wait()
-    model.eval()
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "history": trainer.history,
@@ -206,46 +206,46 @@ def run_worker(rank: int, job: Job) -> None:
     reply = torch.zeros(REPLY + n_par + n_buf)
     gen = torch.Generator()
     dist.recv(reply, 0)
-    model.train()
-    for epoch in range(c.epochs):
-        gen.manual_seed(derive_seed(c.seed, 21, epoch, rank))
-        torch.default_generator.manual_seed(derive_seed(c.seed, 22, epoch, rank))
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(c.seed, epoch)))
-        for bi in batches_of(rank - 1, n_workers, nb):
-            version = reply[0].item()
-            unflatten_into(reply[REPLY:REPLY + n_par], params)
-            unflatten_into(reply[REPLY + n_par:], buffers)
-            idx = perm[bi * c.batch_size:(bi + 1) * c.batch_size]
-            xb, yb = x[idx], y[idx]
-            task.set_progress((epoch * nb + bi) / total, epoch)
-            task.generator = gen  # type: ignore[attr-defined]
-            for p in params:
-                p.grad = None
-            out = task(model, xb, yb)
-            loss = out["loss"] if isinstance(out, dict) else None
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
-                raise InputError(f"task {type(task).__name__} must return a dict with a scalar 'loss' with graph")
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise ConfigError(f"training diverged: loss is {lv} at epoch {epoch + 1}, minibatch {bi + 1}; "
-                                  "lower lr or set grad_clip")
-            loss.backward()
-            logits, b = out.get("logits"), yb.shape[0]
-            correct, rows = 0, 0
-            if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] % b == 0:
-                rows = logits.shape[0]
-                correct = int((logits.detach().argmax(1) == yb.repeat(rows // b)).sum())
-            ge = out.get("grad_evals", 0)
-            evals = b + int(ge.item() if isinstance(ge, torch.Tensor) else ge)
-            push[:HEAD] = torch.tensor([epoch, version, lv * b, b, correct, rows, exact(evals, "grad_evals"),
-                                        time.process_time() - t0])
-            push[HEAD:HEAD + n_par] = flatten([p.grad if p.grad is not None else torch.zeros_like(p)
-                                               for p in params])
-            push[HEAD + n_par:] = flatten(buffers)
-            dist.send(push, 0)
-            dist.recv(reply, 0)
-            if reply[1].item() > 0:
-                return
+    with train_mode(model):  # a module the caller froze (eval mode) stays frozen
+        for epoch in range(c.epochs):
+            gen.manual_seed(derive_seed(c.seed, 21, epoch, rank))
+            torch.default_generator.manual_seed(derive_seed(c.seed, 22, epoch, rank))
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(c.seed, epoch)))
+            for bi in batches_of(rank - 1, n_workers, nb):
+                version = reply[0].item()
+                unflatten_into(reply[REPLY:REPLY + n_par], params)
+                unflatten_into(reply[REPLY + n_par:], buffers)
+                idx = perm[bi * c.batch_size:(bi + 1) * c.batch_size]
+                xb, yb = x[idx], y[idx]
+                task.set_progress((epoch * nb + bi) / total, epoch)
+                task.generator = gen  # type: ignore[attr-defined]
+                for p in params:
+                    p.grad = None
+                out = task(model, xb, yb)
+                loss = out["loss"] if isinstance(out, dict) else None
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+                    raise InputError(f"task {type(task).__name__} must return a dict with a scalar 'loss' with graph")
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise ConfigError(f"training diverged: loss is {lv} at epoch {epoch + 1}, minibatch {bi + 1}; "
+                                      "lower lr or set grad_clip")
+                loss.backward()
+                logits, b = out.get("logits"), yb.shape[0]
+                correct, rows = 0, 0
+                if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] % b == 0:
+                    rows = logits.shape[0]
+                    correct = int((logits.detach().argmax(1) == yb.repeat(rows // b)).sum())
+                ge = out.get("grad_evals", 0)
+                evals = b + int(ge.item() if isinstance(ge, torch.Tensor) else ge)
+                push[:HEAD] = torch.tensor([epoch, version, lv * b, b, correct, rows, exact(evals, "grad_evals"),
+                                            time.process_time() - t0])
+                push[HEAD:HEAD + n_par] = flatten([p.grad if p.grad is not None else torch.zeros_like(p)
+                                                   for p in params])
+                push[HEAD + n_par:] = flatten(buffers)
+                dist.send(push, 0)
+                dist.recv(reply, 0)
+                if reply[1].item() > 0:
+                    return
 
 
 __all__ = ["run_server", "run_worker", "batches_of", "HEAD", "REPLY"]

@@ -191,7 +191,8 @@ def fit_trainer(trainer: Any, train: tuple[torch.Tensor, torch.Tensor],
                 deadline_s: float | None = None) -> list[dict[str, Any]]:
     """:meth:`Trainer.fit` for ``config.nproc > 1`` or ``dist_mode="async"``: train in worker
     processes, then load the weights, history, counters, task and callback state into ``trainer``
-    (its model is updated in place, as by the single-process Trainer) and return the history.
+    (its model's weights are updated in place and its flags left as they were, as by the
+    single-process Trainer) and return the history.
     The run's statistics are left in ``trainer.dist_stats``.
     """
     c = trainer.config
@@ -215,7 +216,6 @@ def fit_trainer(trainer: Any, train: tuple[torch.Tensor, torch.Tensor],
     for cb, state in zip(trainer.callbacks, result["callbacks"]):
         vars(cb).update(state)
     trainer.dist_stats = dict(result["stats"])
-    trainer.model.eval()
     return copy.deepcopy(trainer.history)
 
 
