@@ -2,9 +2,22 @@
 
 A recipe is a YAML mapping with the core sections ``data``, ``model``, ``task``, ``train``,
 ``output`` and ``stages`` (the ordered list of pipeline stages), plus one optional section per
-pipeline stage, validated by the config dataclass the stage registered (see
-:mod:`fortify.pipeline`). Overrides are dotted keys whose values are parsed as YAML
-(``train.epochs=3``, ``stages=[train,evaluate]``, ``model.args.hidden=64``).
+pipeline stage. Overrides are dotted keys whose values are parsed as YAML (``train.epochs=3``,
+``stages=[train,accuracy]``, ``model.args.hidden=64``).
+
+This module is the recipe language and imports no pillar and not the pipeline. The application
+(:mod:`fortify.pipeline`) registers, when it is imported, the dataclass of every stage section and
+of the ``train`` section (:func:`register_section`, with deprecated names as ``aliases``) and the
+checks that need the pillars' registries (:func:`register_check`: dataset / model / task names,
+``task.args`` against the task's constructor). So:
+
+* :func:`parse_config` validates the structure and the core sections ``data``, ``model``, ``task``,
+  ``output``, ``stages`` with no pillar imported; sections it has no class for stay plain mappings
+  (``Config.complete`` is False).
+* :func:`resolve` / :func:`load_config` validate everything: every section is built by its
+  registered class (threats become :class:`fortify.ThreatModel` objects, per-method options are
+  checked against the method's constructor) and the registered checks run. When no application has
+  registered yet they import :data:`APPLICATION` first (library callers that never imported it).
 
 Every mistake raises :class:`fortify.errors.ConfigError` with one line naming the bad key and the
 allowed keys or values; malformed YAML names the file and line.
@@ -13,20 +26,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
+import importlib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Union
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
 
 import yaml
 
 from fortify.errors import ConfigError, FortifyError, UnknownNameError
+from fortify.threat import ThreatModel
 
 DEFAULT_RECIPE = "default"
 CORE_SECTIONS = ("data", "model", "task", "train", "stages", "output")
+DEFAULT_STAGES = ("train", "accuracy", "save", "report")
+#: the module that registers the stage sections and checks (imported by :func:`resolve` on demand)
+APPLICATION = "fortify.pipeline"
+
+
+class DeprecatedNameWarning(FutureWarning):
+    """A recipe uses a stage or section name that was renamed; it keeps working for one release."""
 
 
 @dataclass
@@ -75,19 +97,28 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    """A fully resolved, validated run configuration."""
+    """A validated run configuration.
+
+    ``sections`` maps a stage name to its config dataclass (a plain mapping when the config was only
+    parsed, ``complete`` False); ``train`` is the training pillar's ``TrainConfig``. ``raw`` is the
+    validated input (deprecated names translated), from which a parsed config is completed.
+    """
 
     data: DataConfig
     model: ModelConfig
     task: TaskConfig
-    train: Any  # fortify.train.TrainConfig
+    train: Any  # fortify.train.TrainConfig (a mapping while not complete)
     output: OutputConfig
     stages: list[str]
     sections: dict[str, Any] = field(default_factory=dict)  # stage name -> its config dataclass
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    complete: bool = True
 
     @property
     def seed(self) -> int:
-        """The run's seed (``train.seed``)."""
+        """The run's seed (``train.seed``, 0 by default)."""
+        if isinstance(self.train, Mapping):
+            return int(self.train.get("seed", 0) or 0)
         return int(self.train.seed)
 
     def section(self, stage: str) -> Any:
@@ -95,18 +126,33 @@ class Config:
         return self.sections.get(stage)
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config as plain JSON-able data (stored with every run)."""
+        """The resolved config as plain JSON-able data (stored with every run; :func:`resolve` reads it
+        back: threats are written as ``NORM:EPS`` strings with every digit of eps)."""
         out: dict[str, Any] = {
-            "data": dataclasses.asdict(self.data),
-            "model": dataclasses.asdict(self.model),
-            "task": dataclasses.asdict(self.task),
-            "train": dataclasses.asdict(self.train),
-            "stages": list(self.stages),
-            "output": dataclasses.asdict(self.output),
+            "data": plain(self.data), "model": plain(self.model), "task": plain(self.task),
+            "train": plain(self.train), "stages": list(self.stages), "output": plain(self.output),
         }
         for name, sec in self.sections.items():
-            out[name] = dataclasses.asdict(sec) if dataclasses.is_dataclass(sec) else sec
+            out[name] = plain(sec)
         return out
+
+
+def threat_text(t: ThreatModel) -> str:
+    """``NORM:EPS`` with the shortest text that reads back to the same eps (``str(t)`` rounds to 6 digits)."""
+    return f"{t.norm}:{float(t.eps)!r}"
+
+
+def plain(v: Any) -> Any:
+    """``v`` as plain data: dataclasses field by field, ThreatModels as ``NORM:EPS`` strings."""
+    if isinstance(v, ThreatModel):
+        return threat_text(v)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, Mapping):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    return copy.deepcopy(v)
 
 
 # -- recipes -----------------------------------------------------------------------------------
@@ -234,6 +280,10 @@ def check_value(tp: Any, v: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any or tp is object:
         return v
+    if tp is ThreatModel:
+        return ThreatModel.coerce(v, where=key)  # ThreatModelError naming the key
+    if origin is list and args and args[0] is ThreatModel and not isinstance(v, (list, tuple)):
+        v = [v]  # one threat where a list of threats is expected
     if origin is Literal:
         if v not in args:
             raise ConfigError(f"bad value {v!r} for {key!r}; allowed values: {', '.join(map(str, args))}")
@@ -299,178 +349,139 @@ def _tname(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
-def _check_name(registry: Any, name: str, key: str) -> None:
+def check_name(registry: Any, name: str, key: str) -> None:
+    """UnknownNameError prefixed with ``key`` unless ``registry`` (a :class:`fortify.registry.Registry`) has ``name``."""
     try:
         registry.get(name)
     except UnknownNameError as e:
         raise UnknownNameError(f"{key}: {e}") from None
 
 
-def resolve(raw: Mapping[str, Any], *, check_names: bool = True) -> Config:
-    """Validate a raw recipe dict (after overrides) into a :class:`Config`.
+# -- sections the application registers -------------------------------------------------------
+_SECTIONS: dict[str, type | None] = {}  # stage (or ``train``) -> its dataclass; None: takes no section
+_ALIASES: dict[str, str] = {}  # deprecated stage / section name -> current name
+_CHECKS: list[Callable[["Config"], None]] = []
 
-    ``check_names`` also checks dataset, model, task and stage names against their registries.
-    """
-    from fortify.pipeline import STAGES  # registers the built-in stages
-    from fortify.train.config import TrainConfig
 
+def register_section(name: str, cls: type | None, *, aliases: Sequence[str] = ()) -> None:
+    """Declare the recipe section ``name`` (a stage, or ``train``) validated by the dataclass ``cls``
+    (``None``: a stage that takes no section). ``aliases`` are deprecated names of it: a recipe using
+    one in ``stages`` or as a section keeps working and warns once (:class:`DeprecatedNameWarning`)."""
+    if name in _SECTIONS and _SECTIONS[name] is not cls:
+        raise ConfigError(f"section {name!r} is already registered with {_SECTIONS[name]!r}")
+    _SECTIONS[name] = cls
+    for old in aliases:
+        _ALIASES[old] = name
+
+
+def register_check(check: Callable[["Config"], None]) -> Callable[["Config"], None]:
+    """Run ``check(config)`` at the end of every full validation (``check_names=True``)."""
+    if check not in _CHECKS:
+        _CHECKS.append(check)
+    return check
+
+
+def _translate_aliases(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with deprecated stage / section names replaced by the current ones (one warning per name)."""
+    out = dict(raw)
+    for old, new in _ALIASES.items():
+        where: list[str] = []
+        stages = out.get("stages")
+        if isinstance(stages, list) and old in stages:
+            if new in stages:
+                raise ConfigError(f"'stages' lists {old!r} and {new!r}, the same stage ({old!r} is its old name)")
+            out["stages"] = [new if s == old else s for s in stages]
+            where.append("stages")
+        if old in out:
+            if new in out:
+                raise ConfigError(f"sections {old!r} and {new!r} are the same stage ({old!r} is its old name); "
+                                  f"keep only {new!r}")
+            out[new] = out.pop(old)
+            where.append(f"section '{old}:'")
+        if where:
+            warnings.warn(f"the stage {old!r} is now called {new!r}; the old name (in {' and '.join(where)}) "
+                          "works for one more release", DeprecatedNameWarning, stacklevel=3)
+    return out
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    """Validate ``raw`` without any pillar: its structure, the ``stages`` list and the core sections
+    ``data``, ``model``, ``task`` and ``output``. Sections with a registered class are built too (none
+    until the application is imported); the others stay plain mappings and ``complete`` is False."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a recipe must be a mapping of sections, got {_tname(raw)}")
-    allowed = list(CORE_SECTIONS) + [n for n in STAGES.names() if n not in CORE_SECTIONS]
+    raw = _translate_aliases(raw)
+    known = bool(_SECTIONS)  # an application registered: every section is known
+    allowed = list(CORE_SECTIONS) + [n for n in sorted(_SECTIONS) if n not in CORE_SECTIONS]
     for k in raw:
-        if k not in allowed:
+        if not isinstance(k, str) or (known and k not in allowed):
             raise ConfigError(f"unknown config section {str(k)!r}; allowed sections: {', '.join(allowed)}")
     stages = raw.get("stages", None)
     if stages is None:
-        stages = ["train", "evaluate", "save", "report"]
+        stages = list(DEFAULT_STAGES)
+    stage_list = sorted(_SECTIONS)
     if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages) or not stages:
-        raise ConfigError(f"'stages' must be a non-empty list of stage names; allowed: {', '.join(STAGES.names())}")
-    for s in stages:
-        _check_name(STAGES, s, "stages")
+        raise ConfigError(f"'stages' must be a non-empty list of stage names; allowed: {', '.join(stage_list)}")
+    if known:
+        for s in stages:
+            if s not in _SECTIONS:
+                raise UnknownNameError(f"stages: unknown stage {s!r}; allowed: {', '.join(stage_list)}")
     if len(set(stages)) != len(stages):
         raise ConfigError(f"'stages' lists a stage twice: {stages}")
+    train_cls = _SECTIONS.get("train")
+    train: Any = build_section(train_cls, raw.get("train"), "train") if train_cls is not None else \
+        _mapping(raw.get("train"), "train")
     cfg = Config(
         data=build_section(DataConfig, raw.get("data"), "data"),
         model=build_section(ModelConfig, raw.get("model"), "model"),
         task=build_section(TaskConfig, raw.get("task"), "task"),
-        train=build_section(TrainConfig, raw.get("train"), "train"),
+        train=train,
         output=build_section(OutputConfig, raw.get("output"), "output"),
         stages=list(stages),
+        raw=copy.deepcopy(dict(raw)),
+        complete=known and train_cls is not None,
     )
-    for name in STAGES.names():
+    for name in (k for k in raw if k not in CORE_SECTIONS):
+        if name not in _SECTIONS:
+            cfg.sections[name] = _mapping(raw[name], name)  # validated once the application is known
+    for name, cls in sorted(_SECTIONS.items()):
         if name in CORE_SECTIONS:
             continue
-        spec = STAGES.get(name)
-        cls = getattr(spec, "config_class", None)
         if name in raw and cls is None:
             raise ConfigError(f"stage {name!r} takes no configuration; remove the {name!r} section")
         if cls is not None and (name in stages or name in raw):
             cfg.sections[name] = build_section(cls, raw.get(name), name)
-    if check_names:
-        from fortify.data import DATASETS
-        from fortify.models import MODELS
-        from fortify.train.tasks import TASKS
+    return cfg
 
-        _check_name(DATASETS, cfg.data.name, "data.name")
-        _check_name(MODELS, cfg.model.name, "model.name")
-        _check_name(TASKS, cfg.task.name, "task.name")
-        _check_args(MODELS.get(cfg.model.name), cfg.model.args, "model.args", {"in_shape", "num_classes"})
-        _check_args(TASKS.get(cfg.task.name), cfg.task.args, "task.args", set())
-        if "train" in cfg.stages:
-            _check_task_values(TASKS.get(cfg.task.name), cfg.task.args)
+
+def _mapping(data: Any, where: str) -> dict[str, Any]:
+    """A section kept as given (a mapping) until its class is known."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"section {where!r} must be a mapping of keys, got {_tname(data)} {data!r}")
+    return copy.deepcopy(dict(data))
+
+
+def resolve(raw: Mapping[str, Any], *, check_names: bool = True) -> Config:
+    """Validate a raw recipe dict (after overrides) into a complete :class:`Config`.
+
+    Every section is built by the class its stage registered and, with ``check_names``, the
+    registered checks run (dataset, model, task and stage names against their registries, model
+    and task arguments against their constructors). Imports :data:`APPLICATION` first when no
+    application has registered its sections yet.
+    """
+    if not _SECTIONS:
+        importlib.import_module(APPLICATION)  # registers the stage sections and checks
+    cfg = parse_config(raw)
+    if check_names:
+        for check in _CHECKS:
+            check(cfg)
     if "train" in cfg.stages and getattr(cfg.train, "nproc", 1) > 1:
         from fortify.validation import check_threads
 
         check_threads(cfg.train.nproc, name="train.nproc")  # one process per worker: bounded by the machine
     return cfg
-
-
-def _check_task_values(factory: Any, args: Mapping[str, Any]) -> None:
-    """Build the task once from ``task.args`` so a bad value (``threat: linf:-1``, ``steps: 0``) fails
-    before any run is created, naming its key and value. A task that cannot be built without
-    run-time inputs (a distillation teacher) is left to the train stage."""
-    try:
-        factory()
-    except (FortifyError, TypeError, ValueError):
-        return
-    try:
-        factory(**args)
-        return
-    except (FortifyError, TypeError, ValueError) as e:
-        error: Exception = e
-    for key, value in args.items():  # the first argument that fails on its own is the one to name
-        try:
-            factory(**{key: value})
-        except (FortifyError, TypeError, ValueError) as e:
-            kind = type(e) if isinstance(e, ConfigError) else ConfigError
-            raise kind(f"task.args.{key}={_show(value)}: {e}") from None
-    kind = type(error) if isinstance(error, ConfigError) else ConfigError
-    raise kind(f"task.args: {error}") from None
-
-
-def _show(value: Any) -> str:
-    """A config value as the user wrote it (``linf:-1``, ``[linf:0.3, l2:2]``, ``3``)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return repr(value)
-
-
-# -- warnings ----------------------------------------------------------------------------------
-def _threat_specs(cfg: Config) -> list[tuple[str, str]]:
-    """``(key, "norm:eps")`` of every threat the stages of ``cfg`` will use (``task.args.threat``,
-    ``robustness.threats[i]``, ``certify.threat``, ...): keys named ``threat``/``threats`` holding strings."""
-    found: list[tuple[str, str]] = []
-
-    def walk(node: Any, key: str) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                sub = f"{key}.{k}"
-                if k in ("threat", "threats") and isinstance(v, str):
-                    found.append((sub, v))
-                elif k in ("threat", "threats") and isinstance(v, (list, tuple)):
-                    found.extend((f"{sub}[{i}]", t) for i, t in enumerate(v) if isinstance(t, str))
-                else:
-                    walk(v, sub)
-
-    if "train" in cfg.stages:
-        walk(cfg.task.args, "task.args")
-    for name, sec in cfg.sections.items():
-        if name in cfg.stages and dataclasses.is_dataclass(sec) and not isinstance(sec, type):
-            walk(dataclasses.asdict(sec), name)
-    return found
-
-
-def eps_box_warnings(cfg: Config) -> list[str]:
-    """One warning line per threat of ``cfg`` whose ball covers the whole input box ``[0, 1]^d``.
-
-    With ``span = hi - lo`` and ``d`` input coordinates (the dataset's ``C*H*W``), the box's diameter is
-    ``span`` in linf, ``span*sqrt(d)`` in l2 and ``span*d`` in l1
-    (:func:`fortify.evaluate.eps_checks.box_covering_eps`).
-    An eps at or beyond it lets every image reach every other one: robust accuracy is ~0 by construction
-    and says nothing about the model. Unknown datasets or unparseable threats give no warning (they fail
-    validation elsewhere)."""
-    import math
-
-    from fortify.evaluate.eps_checks import box_covering_eps
-    from fortify.threat import ThreatModel
-
-    try:
-        from fortify.data import DATASETS
-
-        dim = math.prod(DATASETS.get(cfg.data.name).input_shape)
-    except FortifyError:
-        return []
-    out = []
-    for key, spec in _threat_specs(cfg):
-        try:
-            thr = ThreatModel.parse(spec)
-        except FortifyError:
-            continue
-        cover = box_covering_eps(thr, dim)
-        if thr.eps >= cover:
-            out.append(f"{key} {thr}: eps {thr.eps:g} >= {cover:.4g}, the {thr.norm} diameter of the input box "
-                       f"[{thr.bounds[0]:g}, {thr.bounds[1]:g}]^{dim}, so the ball covers every input and any "
-                       "image can become any other: robust accuracy is ~0 by construction, not a property of "
-                       "the model")
-    return out
-
-
-def _check_args(factory: Any, args: Mapping[str, Any], key: str, reserved: set[str]) -> None:
-    """Unknown keyword arguments of a factory/class fail here, before any run is created."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = [n for n, p in params.items() if n not in reserved and n != "self"
-               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    for k in args:
-        if k not in allowed:
-            raise ConfigError(f"unknown config key {key + '.' + str(k)!r}; allowed keys in {key!r}: "
-                              f"{', '.join(allowed) or '(none)'}")
 
 
 def load_config(recipe: str | Path | None = None, overrides: Iterable[str] = (), *,
@@ -480,5 +491,7 @@ def load_config(recipe: str | Path | None = None, overrides: Iterable[str] = (),
 
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TaskConfig", "OutputConfig", "load_config", "resolve",
-           "read_recipe", "find_recipe", "list_recipes", "recipes_dir", "apply_overrides", "build_section",
-           "check_value", "parse_yaml", "eps_box_warnings", "DEFAULT_RECIPE"]
+           "parse_config", "register_section", "register_check", "read_recipe", "find_recipe", "list_recipes",
+           "recipes_dir", "apply_overrides", "build_section", "check_value", "check_name",
+           "parse_yaml", "plain", "threat_text", "DeprecatedNameWarning",
+           "DEFAULT_RECIPE", "DEFAULT_STAGES", "APPLICATION"]

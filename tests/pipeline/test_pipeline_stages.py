@@ -13,8 +13,9 @@ from torch import nn
 
 from fortify.config import resolve
 from fortify.errors import ConfigError, InputError
-from fortify.pipeline import STAGES, RunContext, Stage, register_stage, run_pipeline
-from fortify.pipeline.stages.evaluate import clean_accuracy
+from fortify.pipeline import STAGES, RunContext, Stage, StageResult, StageResultError, register_stage, run_pipeline
+from fortify.pipeline.results import AccuracyResult
+from fortify.pipeline.stages.accuracy import clean_accuracy
 from fortify.report.sections import Section
 from fortify.store import RunStore
 
@@ -24,19 +25,26 @@ class _MarkConfig:
     label: str = "x"
 
 
+@dataclass
+class _MarkResult(StageResult):
+    order: list[str]
+
+
 class _Mark:
-    """Test stage: appends its name to ctx.state['order'] and writes a file."""
+    """Test stage: returns the stage names run so far (the previous _Mark's result + its own), writes a file."""
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type | None] = _MarkConfig
 
-    def run(self, ctx: RunContext) -> None:
-        ctx.state.setdefault("order", []).append(self.name)
+    def run(self, ctx: RunContext) -> _MarkResult:
+        before = [r for r in ctx.results.values() if isinstance(r, _MarkResult)]
+        order = (before[-1].order if before else []) + [self.name]
         p = ctx.path(f"{self.name}.txt")
         p.write_text(self.name)
         ctx.add_artefact(self.name, p, kind="test")
-        ctx.log_metrics({"value": len(ctx.state["order"])})
+        ctx.log_metrics({"value": len(order)})
         ctx.add_section(Section(self.name, text="hello"))
+        return _MarkResult(order)
 
 
 def _mk(name: str) -> type:
@@ -65,7 +73,12 @@ def test_stages_run_in_listed_order_and_are_recorded(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, ["t-c", "t-a", "t-b"], **{"t-a": {"label": "y"}})
     assert cfg.section("t-a").label == "y" and cfg.section("t-c").label == "x"
     ctx = run_pipeline(cfg, verb="run", argv=["run"], store=store, quiet=True)
-    assert ctx.state["order"] == ["t-c", "t-a", "t-b"]
+    assert ctx.result("t-b", _MarkResult).order == ["t-c", "t-a", "t-b"]
+    assert list(ctx.results) == ["t-c", "t-a", "t-b"] and ctx.stages == ["t-c", "t-a", "t-b"]
+    with pytest.raises(StageResultError, match="needs the result of the 'train' stage"):
+        ctx.result("train", AccuracyResult)
+    with pytest.raises(StageResultError, match="is a _MarkResult, not a AccuracyResult"):
+        ctx.result("t-a", AccuracyResult)
     assert isinstance(_mk("zz")(), Stage)
     rec = store.get_run(ctx.run_id)
     assert rec.status == "ok" and rec.error is None and rec.run_dir == str(ctx.run_dir)
@@ -105,7 +118,7 @@ def test_unwritable_output_creates_no_run(tmp_path: Path) -> None:
     assert store.list_runs() == [] and blocker.read_text() == "keep me"
 
 
-def test_evaluate_stage_matches_independent_count(tmp_path: Path) -> None:
+def test_accuracy_stage_matches_independent_count(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     x, y = torch.rand(50, 1, 4, 4), torch.randint(0, 3, (50,))
@@ -114,24 +127,25 @@ def test_evaluate_stage_matches_independent_count(tmp_path: Path) -> None:
     model.train()
     assert clean_accuracy(model, x, y, batch_size=7) == pytest.approx(expected)
     assert model.training  # flags restored
-    cfg = _cfg(tmp_path, ["evaluate"], evaluate={"batch_size": 8})
+    cfg = _cfg(tmp_path, ["accuracy"], accuracy={"batch_size": 8})
     ctx = RunContext(config=cfg, run_dir=tmp_path, run_id="r", model=model, quiet=True)
     ctx.set_data("test", x, y)
-    STAGES.get("evaluate")().run(ctx)
-    assert ctx.metrics[""]["clean_accuracy"] == pytest.approx(expected)
+    res = STAGES.get("accuracy")().run(ctx)
+    assert res == AccuracyResult(clean_accuracy=pytest.approx(expected), n=50)
+    assert ctx.metrics[""]["clean_accuracy"] == pytest.approx(expected) and model.training
     ctx.model_meta["in_shape"] = [1, 28, 28]
     with pytest.raises(InputError, match=r"inputs of shape \(1, 4, 4\) but the model expects \(1, 28, 28\)"):
-        STAGES.get("evaluate")().run(ctx)
+        STAGES.get("accuracy")().run(ctx)
     ctx.set_data("test", x * 2, y)  # out of [0, 1]
     with pytest.raises(InputError, match=r"values must lie in \[0, 1\]"):
-        STAGES.get("evaluate")().run(ctx)
+        STAGES.get("accuracy")().run(ctx)
     ctx.model = None
     with pytest.raises(ConfigError, match="needs a model"):
-        STAGES.get("evaluate")().run(ctx)
+        STAGES.get("accuracy")().run(ctx)
 
 
 class _FlakyOnce:
-    """Fails while the file named by ctx.state['flaky_flag'] is absent... created on the first call."""
+    """Fails while run_dir/flaky.flag is absent; creates it on the first call."""
 
     name: ClassVar[str] = "t-flaky"
     config_class: ClassVar[type | None] = None
@@ -151,7 +165,7 @@ def test_resume_continues_the_same_run_from_its_checkpoint(tmp_path: Path) -> No
     from fortify import models
 
     store = RunStore(tmp_path / "fortify.db")
-    cfg = resolve({"stages": ["train", "t-flaky", "evaluate"], "output": {"dir": str(tmp_path / "runs")},
+    cfg = resolve({"stages": ["train", "t-flaky", "accuracy"], "output": {"dir": str(tmp_path / "runs")},
                    "data": {"train_limit": 64, "test_limit": 32}, "train": {"epochs": 2, "batch_size": 32},
                    "model": {"name": "mlp", "args": {"hidden": [8]}, "normalize": False}})
     net = models.create("mlp", in_shape=(1, 28, 28), num_classes=10, hidden=[8])  # what the stage builds
@@ -169,7 +183,8 @@ def test_resume_continues_the_same_run_from_its_checkpoint(tmp_path: Path) -> No
     for k, v in trained.items():  # resumed weights == the interrupted run's final weights
         torch.testing.assert_close(state[k], v, rtol=0, atol=0)
     assert [a.name for a in after.artefacts].count("config") == 1
-    assert 0.0 <= ctx.metrics["evaluate"]["clean_accuracy"] <= 1.0
+    assert 0.0 <= ctx.metrics["accuracy"]["clean_accuracy"] <= 1.0
+    assert ctx.result("accuracy", AccuracyResult).clean_accuracy == ctx.metrics["accuracy"]["clean_accuracy"]
 
 
 def test_every_stage_module_registers_and_a_new_stage_is_found(tmp_path: Path) -> None:
@@ -178,7 +193,7 @@ def test_every_stage_module_registers_and_a_new_stage_is_found(tmp_path: Path) -
     from fortify.pipeline import stages as stage_pkg
 
     modules = {m.name for m in pkgutil.iter_modules(stage_pkg.__path__)}
-    assert {"robustness", "certify", "compress", "train", "evaluate", "report"} <= modules
+    assert {"robustness", "certify", "compress", "train", "accuracy", "report"} <= modules
     assert {"robustness", "certify", "compress", "export"} <= set(STAGES.names())
 
     @dataclass

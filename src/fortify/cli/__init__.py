@@ -36,7 +36,8 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     for name, cls in VERBS.items():
         verb = cls()
-        sp = sub.add_parser(name, help=cls.help, description=getattr(cls, "description", cls.help))
+        text = VERBS.help(name)
+        sp = sub.add_parser(name, help=text, description=getattr(cls, "description", text))
         verb.add_arguments(sp)
         sp.set_defaults(_verb=verb)
     return p

@@ -3,9 +3,11 @@ the common run options, and turning parsed arguments into a validated Config and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Callable, ClassVar, NoReturn, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, NoReturn, Protocol, Sequence
 
 from fortify.errors import ConfigError, FortifyError, OutputError
 from fortify.registry import Registry
@@ -166,13 +168,14 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
     from fortify.pipeline import run_pipeline
     from fortify.progress import log_console
 
-    resume = getattr(args, "resume", None)
-    if resume is not None:
-        cfg, store, resume = _reopen(args, verb, resume)
-    else:
-        cfg, store = _prepare(args, raw, stages)
-    warnings = config_warnings(cfg)
     err = log_console()  # one message = one line in a log file (rich would wrap it at 80 columns)
+    resume = getattr(args, "resume", None)
+    with deprecations(err):
+        if resume is not None:
+            cfg, store, resume = _reopen(args, verb, resume)
+        else:
+            cfg, store = _prepare(args, raw, stages)
+    warnings = config_warnings(cfg)
     for w in warnings:
         err.print(f"fortify: warning: {w}", highlight=False, markup=False, soft_wrap=True)
     ctx = run_pipeline(cfg, verb=verb, argv=list(argv), store=store, console=err, quiet=args.quiet, resume=resume)
@@ -185,17 +188,38 @@ def run_with_config(args: argparse.Namespace, verb: str, argv: Sequence[str], ra
     return 0
 
 
+@contextlib.contextmanager
+def deprecations(err: Any) -> Iterator[None]:
+    """Inside, a recipe's deprecated name (:class:`fortify.config.DeprecatedNameWarning`) is printed as
+    one ``fortify: warning:`` line on ``err`` (each once); other warnings go their usual way."""
+    from fortify.config import DeprecatedNameWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecatedNameWarning)
+        try:
+            yield
+        finally:
+            seen: set[str] = set()
+            for w in caught:
+                text = str(w.message)
+                if issubclass(w.category, DeprecatedNameWarning):
+                    if text not in seen:
+                        seen.add(text)
+                        err.print(f"fortify: warning: {text}", highlight=False, markup=False, soft_wrap=True)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
 def config_warnings(cfg: Any) -> list[str]:
-    """One line per questionable but valid setting of ``cfg`` (see :func:`fortify.config.eps_box_warnings`)."""
-    from fortify.config import eps_box_warnings
+    """One line per questionable but valid setting of ``cfg`` (see :func:`fortify.pipeline.checks.eps_box_warnings`)."""
+    from fortify.pipeline.checks import eps_box_warnings
 
     return eps_box_warnings(cfg)
 
 
 def _prepare(args: argparse.Namespace, raw: dict[str, Any], stages: Sequence[str] | None) -> tuple[Any, Any]:
     """A new run: validate the config and ``--threads``, then create the runs folder and open the store."""
-    from fortify.config import resolve
-    from fortify.pipeline import prepare_out_dir
+    from fortify.pipeline import prepare_out_dir, resolve
     from fortify.store import RunStore
 
     if stages is not None:
@@ -208,7 +232,7 @@ def _prepare(args: argparse.Namespace, raw: dict[str, Any], stages: Sequence[str
 
 def _reopen(args: argparse.Namespace, verb: str, resume: str) -> tuple[Any, Any, str]:
     """``--resume ID``: the recorded config of a failed or interrupted run of ``verb``, its store and full id."""
-    from fortify.config import resolve
+    from fortify.pipeline import resolve
     from fortify.store import RunStore
 
     if getattr(args, "model_path", None) is not None or getattr(args, "explicit", False):

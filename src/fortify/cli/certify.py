@@ -1,5 +1,5 @@
 """``fortify certify``: certified accuracy of a saved model and its curve vs eps (stages load,
-evaluate, certify, report)."""
+accuracy, certify, report)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from fortify.cli.base import _quote, build_raw, register_verb
 from fortify.cli.evaluate import add_model_options, model_overrides, run_model_verb
 
-CERTIFY_STAGES = ("load", "evaluate", "certify", "report")
+CERTIFY_STAGES = ("load", "accuracy", "certify", "report")
 
 
 def show_certification(ctx: Any, quiet: bool) -> None:
@@ -16,10 +16,12 @@ def show_certification(ctx: Any, quiet: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    res = ctx.state.get("certify")
+    from fortify.pipeline.results import CertifyResult
+
+    res = ctx.find("certify", CertifyResult)
     if res is None:
         return
-    cert, curves, thr, method = res["certificate"], res["curves"], res["threat"], res["method"]
+    cert, curves, thr, method = res.certificate, res.curves, res.threat, res.method
     out = Console()
     if quiet:
         out.print(f"certified_accuracy[{method},{thr}]={cert.certified_accuracy:.4f} n={len(cert)}", highlight=False, markup=False,

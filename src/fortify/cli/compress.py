@@ -30,10 +30,12 @@ def show_compression(ctx: Any, quiet: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    res = ctx.state.get("compress")
+    from fortify.pipeline.results import CompressResult
+
+    res = ctx.find("compress", CompressResult)
     if res is None:
         return
-    rows, m = res["rows"], ctx.metrics.get("compress", {})
+    rows, m = res.rows, ctx.metrics.get("compress", {})
     out = Console()
     if quiet:
         a, b = rows
@@ -44,10 +46,10 @@ def show_compression(ctx: Any, quiet: bool) -> None:
         for key in ("clean_acc", "robust_acc"):
             if getattr(a, key) is not None and getattr(b, key) is not None:
                 parts.append(f"{key}={getattr(a, key):.4f}->{getattr(b, key):.4f}")
-        parts.append(f"artefact={res['artefact']}")
+        parts.append(f"artefact={res.artefact}")
         out.print(" ".join(parts), highlight=False, markup=False, soft_wrap=True)
         return
-    sec = res["config"]
+    sec = res.config
     a, b = rows
     t = Table(title=f"compression ({sec.describe()}): the files written, measured on CPU ({sec.threads} threads)")
     t.add_column("measurement", no_wrap=True)
@@ -73,11 +75,11 @@ def show_compression(ctx: Any, quiet: bool) -> None:
                   f(getattr(b, f"latency_b{batch}_ms"), spec), speed.wall.cell() if speed and speed.wall else "-")
         t.add_row("  CPU time, 1 thread (ms)", f(getattr(a, f"latency_b{batch}_cpu_ms"), spec),
                   f(getattr(b, f"latency_b{batch}_cpu_ms"), spec), speed.cell() if speed else "-")
-    t.add_row(f"clean accuracy ({res['n_test']} images)", f(a.clean_acc, ".2%"),
+    t.add_row(f"clean accuracy ({res.n_test} images)", f(a.clean_acc, ".2%"),
               f(b.clean_acc, ".2%"), "-")
     t.add_row(f"robust accuracy ({sec.threat})", f(a.robust_acc, ".2%"), f(b.robust_acc, ".2%"), "-")
     if b.robust_method:
-        t.caption = (f"robust accuracy on the first {min(sec.n_robust, res['n_test'])} test images:"
+        t.caption = (f"robust accuracy on the first {min(sec.n_robust, res.n_test)} test images:"
                      f" original {a.robust_method}, compressed {b.robust_method}")
     out.print(t)
     for name in ("compressed_model", "pareto", "compress_json"):

@@ -1,5 +1,5 @@
 """``fortify evaluate``: clean accuracy of a saved model and, with ``--threat``, its robust accuracy
-under an attack cascade (stages load, evaluate, [robustness,] report).
+under an attack cascade (stages load, accuracy, [robustness,] report).
 
 Also holds :func:`run_model_verb`, the runner shared with ``fortify certify``: it validates the
 config, runs the stages, prints the usual run summary and then the verb's own result tables.
@@ -11,8 +11,8 @@ from typing import Any, Callable, ClassVar, Sequence
 
 from fortify.cli.base import UsageError, _quote, add_run_options, build_raw, register_verb, run_with_config
 
-EVALUATE_STAGES = ("load", "evaluate", "report")
-ROBUST_STAGES = ("load", "evaluate", "robustness", "report")
+EVALUATE_STAGES = ("load", "accuracy", "report")
+ROBUST_STAGES = ("load", "accuracy", "robustness", "report")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -71,10 +71,12 @@ def show_robustness(ctx: Any, quiet: bool) -> None:
     from rich.console import Console
 
     from fortify.evaluate import render
+    from fortify.pipeline.results import RobustnessResult
 
-    report = ctx.state.get("robustness")
-    if report is None:
+    res = ctx.find("robustness", RobustnessResult)
+    if res is None:
         return
+    report = res.report
     out = Console()
     if quiet:
         parts = [f"robust_accuracy[{t.threat}]={t.robust_accuracy:.4f}" for t in report.threats]

@@ -17,12 +17,14 @@ def show_export(ctx: Any, quiet: bool) -> None:
     """Print the exported file, its size and the agreement on stdout (one line)."""
     from rich.console import Console
 
-    res = ctx.state.get("export")
+    from fortify.pipeline.results import ExportResult
+
+    res = ctx.find("export", ExportResult)
     if res is None:
         return
-    Console().print(f"{res['path']}: {res['onnx_bytes']:,} bytes, onnxruntime agrees with torch on "
-                    f"{res['agreement']:.2%} of {res['n_check']} test images (max logit diff "
-                    f"{res['max_abs_diff']:.3g})", highlight=False, markup=False, soft_wrap=True)
+    Console().print(f"{res.path}: {res.onnx_bytes:,} bytes, onnxruntime agrees with torch on "
+                    f"{res.agreement:.2%} of {res.n_check} test images (max logit diff "
+                    f"{res.max_abs_diff:.3g})", highlight=False, markup=False, soft_wrap=True)
 
 
 @register_verb
@@ -77,7 +79,7 @@ class ExportVerb:
         extra = [*model_overrides(args), *extra]
         folder, dest = export_destination(args.onnx_out, args.int8)
         if folder is not None and not folder.is_dir():
-            from fortify.config import resolve
+            from fortify.pipeline import resolve
 
             resolve({**build_raw(args, extra), "stages": list(EXPORT_STAGES)})  # everything else valid first
             make_folder(folder)

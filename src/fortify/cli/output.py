@@ -31,8 +31,11 @@ def when(t: float | None) -> str:
 
 def print_summary(ctx: RunContext, store: RunStore, *, quiet: bool = False) -> None:
     """The end-of-run table on stdout (one line with ``--quiet``)."""
+    from fortify.pipeline.results import AccuracyResult
+
     out = Console()
-    acc = ctx.metrics.get("evaluate", {}).get("clean_accuracy")
+    res = ctx.find("accuracy", AccuracyResult)
+    acc = res.clean_accuracy if res is not None else None
     if quiet:
         extra = f" clean_accuracy={acc:.4f}" if acc is not None else ""
         out.print(f"run {ctx.run_id} ok{extra} in {ctx.run_dir}", highlight=False, soft_wrap=True)
@@ -42,7 +45,7 @@ def print_summary(ctx: RunContext, store: RunStore, *, quiet: bool = False) -> N
     t.add_column("what", style="bold")
     t.add_column("value", overflow="fold")
     t.add_row("status", "[green]ok[/green]")
-    t.add_row("stages", " → ".join(ctx.state.get("stages", c.stages)))
+    t.add_row("stages", " → ".join(ctx.stages or c.stages))
     t.add_row("data", f"{c.data.name}")
     if "train" in ctx.metrics:
         t.add_row("model", f"{c.model.name}{' (normalized)' if c.model.normalize else ''}, task {c.task.name}, "
@@ -50,9 +53,8 @@ def print_summary(ctx: RunContext, store: RunStore, *, quiet: bool = False) -> N
     elif ctx.model_meta.get("architecture"):
         arch = ctx.model_meta["architecture"]
         t.add_row("model", str(arch.get("name", arch)) if isinstance(arch, dict) else str(arch))
-    if acc is not None:
-        n = ctx.metrics["evaluate"].get("test_examples")
-        t.add_row("clean test accuracy", f"[bold]{_rate(acc, n)}[/bold]")
+    if res is not None:
+        t.add_row("clean test accuracy", f"[bold]{_rate(res.clean_accuracy, res.n)}[/bold]")
     tr = ctx.metrics.get("train", {})
     if "train_loss" in tr:
         t.add_row("final train loss / acc", f"{fmt(tr.get('train_loss'))} / {fmt(tr.get('train_acc'))}")
@@ -115,7 +117,7 @@ def _pillar_rows(ctx: RunContext) -> list[tuple[str, str]]:
 
 def _headline(rec: RunRecord, store: RunStore) -> str:
     m = store.final_metrics(rec.id)
-    acc = m.get("evaluate/clean_accuracy")
+    acc = m.get("accuracy/clean_accuracy", m.get("evaluate/clean_accuracy"))  # runs before the rename: evaluate
     return "–" if acc is None else f"{acc:.2%}"
 
 

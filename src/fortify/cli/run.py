@@ -1,4 +1,4 @@
-"""``fortify run``: the whole pipeline of a recipe (default: train, evaluate, robustness, certify, compress,
+"""``fortify run``: the whole pipeline of a recipe (default: train, accuracy, robustness, certify, compress,
 save, report)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``fortify train``: train and save a model (stages train, evaluate, save, report)."""
+"""``fortify train``: train and save a model (stages train, accuracy, save, report)."""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +6,12 @@ from typing import ClassVar
 
 from fortify.cli.base import UsageError, add_resume_option, add_run_options, build_raw, register_verb, run_with_config
 
-TRAIN_STAGES = ("train", "evaluate", "save", "report")
+TRAIN_STAGES = ("train", "accuracy", "save", "report")
 
 
 @register_verb
 class TrainVerb:
-    """``fortify train``: stages train, evaluate, save, report."""
+    """``fortify train``: stages train, accuracy, save, report."""
     name: ClassVar[str] = "train"
     help: ClassVar[str] = "train a model from a recipe and save it with its clean accuracy and a report"
     description = ("Train the recipe's model on its dataset and task, then evaluate clean test accuracy, save "

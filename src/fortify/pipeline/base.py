@@ -1,31 +1,49 @@
 """The pipeline: a list of named stages run in order against one :class:`RunContext`.
 
 A stage is a class with a ``name``, an optional ``config_class`` (a dataclass validating the
-recipe section of the same name) and ``run(ctx)``. Stages are registered in :data:`STAGES` with
-:func:`register_stage`; they all live in ``fortify/pipeline/stages/`` (imported by
+recipe section of the same name) and ``run(ctx) -> StageResult``. Stages are registered in
+:data:`STAGES` with :func:`register_stage`, which also declares their section to
+:mod:`fortify.config`; they all live in ``fortify/pipeline/stages/`` (imported by
 :mod:`fortify.pipeline`): the application imports the pillars, a pillar never imports the pipeline.
 
 Stages communicate only through the context: ``ctx.model``, ``ctx.data(split)``,
-``ctx.log_metrics``, ``ctx.add_artefact``, ``ctx.add_section`` and ``ctx.state`` (a free-form
-dict for values later stages read, e.g. the training history).
+``ctx.test_inputs(n)``, ``ctx.log_metrics``, ``ctx.add_artefact``, ``ctx.add_section``,
+``ctx.write_json`` and the typed results of the stages before them, ``ctx.result(name, Type)``
+(the runner keeps what each ``run`` returns in ``ctx.results[name]``).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
+import torch
 from rich.console import Console
 
+from fortify.config import register_section
+from fortify.errors import ConfigError, InputError, OutputError
 from fortify.registry import Registry
 from fortify.report.sections import Section
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
     from fortify.config import Config
     from fortify.store import RunStore
+
+
+@dataclass
+class StageResult:
+    """What a stage hands to the stages after it and to the report; each stage returns a subclass.
+    A stage with nothing to hand on returns this base (the runner also stores it for ``None``)."""
+
+
+R = TypeVar("R", bound=StageResult)
+
+
+class StageResultError(ConfigError):
+    """A stage needs the result of a stage that did not run before it (or returned another type)."""
 
 
 @runtime_checkable
@@ -35,20 +53,24 @@ class Stage(Protocol):
     name: ClassVar[str]
     config_class: ClassVar[type | None]
 
-    def run(self, ctx: "RunContext") -> None:
-        """Do the work, reading and writing only through ``ctx``."""
+    def run(self, ctx: "RunContext") -> StageResult:
+        """Do the work, reading and writing only through ``ctx``; return the stage's typed result."""
         ...
 
 
 STAGES: Registry[type] = Registry("stage")
 
 
-def register_stage(cls: type) -> type:
-    """Class decorator: register a stage class under its ``name`` (help = first docstring line)."""
+def register_stage(cls: type, *, aliases: Sequence[str] = ()) -> type:
+    """Class decorator: register a stage class under its ``name`` (help = first docstring line) and
+    its ``config_class`` as the recipe section of that name (``aliases``: deprecated names)."""
     name = getattr(cls, "name", None)
-    if not hasattr(cls, "config_class"):
-        cls.config_class = None
-    STAGES.register(name, cls)  # type: ignore[arg-type]
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"stage class {cls.__name__} needs a non-empty 'name'")
+    config_class = getattr(cls, "config_class", None)
+    setattr(cls, "config_class", config_class)
+    STAGES.register(name, cls)
+    register_section(name, config_class, aliases=aliases)
     return cls
 
 
@@ -56,9 +78,10 @@ def register_stage(cls: type) -> type:
 class RunContext:
     """Everything a stage may read or write during one run.
 
-    ``metrics`` maps ``stage -> {key: value}`` (the last value of each key), ``history`` holds the
-    per-epoch training dicts, ``artefacts`` maps a name to a path inside (or outside) ``run_dir``,
-    ``sections`` are the report parts in stage order.
+    ``metrics`` maps ``stage -> {key: value}`` (the last value of each key), ``results`` the typed
+    result of every stage that ran, ``artefacts`` maps a name to a path inside (or outside)
+    ``run_dir``, ``sections`` are the report parts in stage order, ``versions`` the packages of the
+    run, ``stages`` the names being run, ``resume`` whether an interrupted run continues.
     """
 
     config: "Config"
@@ -71,13 +94,42 @@ class RunContext:
     model: "nn.Module | None" = None
     model_meta: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, StageResult] = field(default_factory=dict)
     artefacts: dict[str, str] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)
+    resume: bool = False
     stage: str = ""
     _data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- results -----------------------------------------------------------------------------
+    def result(self, name: str, kind: type[R]) -> R:
+        """The result of stage ``name`` as a ``kind``; StageResultError when it has not run."""
+        res = self.results.get(name)
+        if res is None:
+            raise StageResultError(f"{self._who()} needs the result of the {name!r} stage: put {name!r} before it "
+                                   "in 'stages'")
+        if not isinstance(res, kind):
+            raise StageResultError(f"the result of stage {name!r} is a {type(res).__name__}, not a {kind.__name__}")
+        return res
+
+    def _who(self) -> str:
+        return f"the {self.stage} stage" if self.stage else "this stage"
+
+    def find(self, name: str, kind: type[R]) -> R | None:
+        """The result of stage ``name`` when it ran and is a ``kind``, else None."""
+        res = self.results.get(name)
+        return res if isinstance(res, kind) else None
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The per-epoch training records (the train stage's result; empty when it did not run)."""
+        from fortify.pipeline.results import TrainResult
+
+        res = self.find("train", TrainResult)
+        return res.history if res is not None else []
 
     # -- data --------------------------------------------------------------------------------
     def data(self, split: str) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -98,7 +150,58 @@ class RunContext:
         """Provide a split directly (library use, tests) instead of loading it."""
         self._data[split] = (x, y)
 
+    def require_model(self) -> "nn.Module":
+        """``ctx.model``; ConfigError naming the stage when no stage before it provided one."""
+        if self.model is None:
+            raise ConfigError(f"{self._who()} needs a model: put 'train' or 'load' before it in 'stages'")
+        return self.model
+
+    def test_inputs(self, n: int | None) -> "tuple[torch.Tensor, torch.Tensor]":
+        """The first ``n`` test images ``(n, C, H, W)`` and labels ``(n,)`` (all for None), checked
+        against the model: InputError for NaN / out-of-range inputs, inputs of the wrong shape for the
+        model and labels it cannot output (e.g. a 5-class model on a 10-class dataset). The model runs
+        once on two images, in eval mode (its flags restored: it may be the caller's model)."""
+        from fortify.models.state import eval_mode
+        from fortify.validation import check_images, check_labels, check_logits
+
+        model = self.require_model()
+        name = self.config.data.name
+        x, y = self.data("test")
+        if n is not None:
+            x, y = x[:n], y[:n]
+        check_images(x, name=f"{name} test inputs")
+        expected = self.model_meta.get("in_shape")
+        if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+            raise InputError(f"dataset {name!r} has inputs of shape {tuple(x.shape[1:])} but the model expects "
+                             f"{tuple(expected)}")
+        try:
+            with torch.no_grad(), eval_mode(model):
+                logits = check_logits(model(x[:2]), min(2, x.shape[0]))
+        except RuntimeError as e:
+            raise InputError(f"the model cannot take inputs of shape {tuple(x.shape[1:])} from dataset {name!r}: "
+                             f"{str(e).splitlines()[0]}") from None
+        check_labels(y, x.shape[0], int(logits.shape[1]), name=f"{name} test labels")
+        return x, y
+
     # -- recording ---------------------------------------------------------------------------
+    def out_dir(self, name: str) -> Path:
+        """``run_dir / name``, created; OutputError when it cannot be."""
+        out = self.path(name)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create {str(out)!r}: {e.strerror or e}") from None
+        return out
+
+    def write_json(self, path: str | Path, doc: Mapping[str, Any]) -> Path:
+        """Write ``doc`` as indented JSON (NaN/inf -> null, tensors -> numbers) atomically
+        (:func:`fortify.io.write_atomic`); a relative ``path`` is inside the run folder."""
+        from fortify.io import write_atomic
+        from fortify.report.json_report import jsonable
+
+        target = Path(path) if Path(path).is_absolute() else self.path(str(path))
+        return write_atomic(target, json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
+
     def log_metrics(self, values: Mapping[str, Any], *, step: int | None = None, stage: str | None = None) -> None:
         """Record numbers for the current stage (in the store and in ``metrics``)."""
         stage = self.stage if stage is None else stage

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from fortify import progress
 from fortify.errors import ConfigError, OutputError
-from fortify.pipeline.base import STAGES, RunContext
+from fortify.pipeline.base import STAGES, RunContext, StageResult
 from fortify.store import new_run_id, package_versions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,10 +44,9 @@ def write_report_files(ctx: RunContext, *, status: str, error: str | None = None
     """Write ``report.json`` (and ``report.html`` unless ``html`` is False) for the context's current state."""
     from fortify.report import build_report, write_html, write_json
 
-    report = build_report(
-        run_id=ctx.run_id, verb=ctx.verb, status=status, error=error, config=ctx.config.to_dict(),
-        seed=ctx.config.seed, versions=ctx.state.get("versions") or package_versions(), metrics=ctx.metrics,
-        history=ctx.history, artefacts=ctx.artefacts, sections=ctx.sections, timing=ctx.timing)
+    if not ctx.versions:
+        ctx.versions = package_versions()
+    report = build_report(ctx, status=status, error=error)
     path = write_json(report, ctx.path("report.json"))
     if html:
         write_html(report, ctx.run_dir)
@@ -75,6 +74,10 @@ def run_pipeline(
     id in ``store``) continues that run in its folder: the run is marked ``running`` again and the
     train stage continues from the last epoch checkpoint.
     """
+    if not config.complete:  # parsed before the stages registered their sections: validate it all now
+        from fortify.config import resolve
+
+        config = resolve(config.raw)
     names = list(config.stages if stages is None else stages)
     if not names:
         raise ConfigError("the pipeline needs at least one stage")
@@ -94,10 +97,8 @@ def run_pipeline(
         run_id = new_run_id()
     run_dir = out / run_id
     ctx = RunContext(config=config, run_dir=run_dir, run_id=run_id, verb=verb, store=store,
-                     console=console or progress.log_console(), quiet=quiet, model=model)
-    ctx.state["versions"] = versions
-    ctx.state["stages"] = names
-    ctx.state["resume"] = resume is not None
+                     console=console or progress.log_console(), quiet=quiet, model=model, versions=versions,
+                     stages=names, resume=resume is not None)
     t_start = time.perf_counter()
     beat = store.keep_alive(run_id) if store is not None else None  # liveness for `runs ls` (interrupted)
     try:
@@ -113,7 +114,12 @@ def run_pipeline(
             for name, cls in zip(names, classes):
                 ctx.stage = name
                 t0 = time.perf_counter()
-                cls().run(ctx)
+                result = cls().run(ctx)
+                if result is None:  # a stage with nothing to hand on (e.g. written before results existed)
+                    result = StageResult()
+                if not isinstance(result, StageResult):
+                    raise TypeError(f"stage {name!r} returned {type(result).__name__}, not a StageResult")
+                ctx.results[name] = result
                 ctx.timing[name] = time.perf_counter() - t0
                 ctx.log_metrics({"seconds": ctx.timing[name]})
         ctx.stage = ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from fortify.io import write_atomic
 from fortify.report.sections import Section
@@ -33,16 +33,55 @@ def jsonable(v: Any) -> Any:
     return _clean(v)
 
 
-def build_report(*, run_id: str, verb: str, status: str, config: Mapping[str, Any], seed: int | None,
-                 versions: Mapping[str, str], metrics: Mapping[str, Mapping[str, Any]],
-                 history: Sequence[Mapping[str, Any]], artefacts: Mapping[str, str],
-                 sections: Sequence[Section], error: str | None = None,
-                 timing: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """The report as a dict: ``metrics`` is ``{stage: {key: value}}``, ``history`` per-epoch dicts."""
+class ReportSource(Protocol):
+    """What a report is built from: a finished (or failed) run's context
+    (:class:`fortify.pipeline.RunContext` has every attribute; the report never imports the pipeline)."""
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+
+    @property
+    def verb(self) -> str:
+        """The verb that made the run."""
+
+    @property
+    def versions(self) -> Mapping[str, str]:
+        """Package versions of the run."""
+
+    @property
+    def metrics(self) -> Mapping[str, Mapping[str, Any]]:
+        """``{stage: {key: value}}``, the last value of each key."""
+
+    @property
+    def artefacts(self) -> Mapping[str, str]:
+        """Files written: name -> path."""
+
+    @property
+    def sections(self) -> Sequence[Section]:
+        """The stages' report parts, in stage order."""
+
+    @property
+    def timing(self) -> Mapping[str, float]:
+        """Seconds per stage and ``total``."""
+
+    @property
+    def config(self) -> Any:
+        """The run's :class:`fortify.config.Config` (``to_dict()``, ``seed``)."""
+
+    @property
+    def history(self) -> Sequence[Mapping[str, Any]]:
+        """The per-epoch training records (empty without training)."""
+
+
+def build_report(run: ReportSource, *, status: str, error: str | None = None) -> dict[str, Any]:
+    """The report of ``run`` as a JSON-safe dict: ``metrics`` is ``{stage: {key: value}}``, ``history`` the
+    per-epoch dicts, ``sections`` the stages' report parts; ``status`` ``ok``/``failed`` with ``error``."""
     return _clean({
-        "run_id": run_id, "verb": verb, "status": status, "error": error, "seed": seed,
-        "config": config, "versions": versions, "metrics": metrics, "history": list(history),
-        "artefacts": artefacts, "timing": dict(timing or {}), "sections": [s.to_dict() for s in sections],
+        "run_id": run.run_id, "verb": run.verb, "status": status, "error": error, "seed": run.config.seed,
+        "config": run.config.to_dict(), "versions": dict(run.versions), "metrics": run.metrics,
+        "history": list(run.history), "artefacts": dict(run.artefacts), "timing": dict(run.timing),
+        "sections": [s.to_dict() for s in run.sections],
     })
 
 

@@ -30,32 +30,19 @@ from typing import Any, ClassVar
 import torch
 
 from fortify import progress
-from fortify.errors import ConfigError, OutputError, ThreatModelError
+from fortify.errors import ConfigError, ThreatModelError
 from fortify.pipeline.base import RunContext, register_stage
+from fortify.pipeline.results import CertifyResult
 from fortify.report.sections import Section, Table
 from fortify.threat import ThreatModel
 
 
-def parse_threats(specs: list[str], where: str) -> list[ThreatModel]:
+def parse_threats(specs: list[ThreatModel | str] | ThreatModel | str, where: str) -> list[ThreatModel]:
     """Shared with the robustness stage (imported lazily: both stage modules load during
     ``fortify.pipeline``'s import)."""
     from fortify.pipeline.stages.robustness import parse_threats as parse
 
     return parse(specs, where)
-
-
-def eval_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` validated test images and labels (see :func:`fortify.pipeline.stages.robustness.eval_inputs`)."""
-    from fortify.pipeline.stages.robustness import eval_inputs as inputs
-
-    return inputs(ctx, n)
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> Path:
-    """Atomic JSON (NaN/inf -> null)."""
-    from fortify.pipeline.stages.robustness import write_json as write
-
-    return write(path, doc)
 
 
 def pct(v: float) -> str:
@@ -72,7 +59,8 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class CertifyConfig:
-    """``certify`` section: method, threat, points, curve radii and method options.
+    """``certify`` section: method, threat (a :class:`~fortify.threat.ThreatModel`, written
+    ``NORM:EPS`` in a recipe), points, curve radii and method options.
 
     ``curve_eps`` (a list of radii) overrides ``curve_points`` (evenly spaced radii from 0 to the
     threat's eps; for smoothing from 0 to just past the largest certified radius). Smoothing options:
@@ -83,7 +71,7 @@ class CertifyConfig:
     """
 
     method: str = "crown"
-    threat: str = "linf:0.1"
+    threat: ThreatModel = field(default_factory=lambda: ThreatModel("linf", 0.1))
     n: int | None = 100
     curve_points: int = 5
     curve_eps: list[float] | None = None
@@ -102,7 +90,7 @@ class CertifyConfig:
 
         cls = CERTIFIERS.get(self.method)  # UnknownNameError names the allowed methods
         (thr,) = parse_threats([self.threat], "certify.threat")
-        self.threat = str(thr)
+        self.threat = thr
         norms = getattr(cls, "norms", ())
         if thr.norm not in norms:
             raise ThreatModelError(f"certify method {self.method!r} does not support norm {thr.norm!r}; it supports "
@@ -132,10 +120,15 @@ class CertifyConfig:
             raise ConfigError(f"certify.time_limit must be a number > 0, got {self.time_limit!r}")
         if self.max_binaries is not None and self.max_binaries < 1:
             raise ConfigError(f"certify.max_binaries must be null or an integer >= 1, got {self.max_binaries!r}")
+        for m in dict.fromkeys([self.method, *self.compare]):  # the options each certifier will be built with
+            try:
+                CERTIFIERS.check_kwargs(m, self.options(m))
+            except ConfigError as e:
+                raise ConfigError(f"certify.method={m}: {e}") from None
 
     def threat_model(self) -> ThreatModel:
-        """The threat as a :class:`ThreatModel` (bounds ``(0, 1)``)."""
-        return ThreatModel.parse(self.threat)
+        """The threat (bounds ``(0, 1)``)."""
+        return self.threat
 
     def options(self, method: str | None = None, seed: int = 0) -> dict[str, Any]:
         """Constructor keyword arguments of the certifier ``method`` (default: ``self.method``)."""
@@ -169,20 +162,15 @@ class CertifyStage:
     name: ClassVar[str] = "certify"
     config_class: ClassVar[type | None] = CertifyConfig
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext) -> CertifyResult:
         """Certify the first ``n`` test images, draw the curve, log metrics, artefacts and a section."""
         from fortify.certify import CertifiedCurve, certified_accuracy_curve, certify, plot_certified_curves
 
         sec: CertifyConfig = ctx.config.section(self.name) or CertifyConfig()
-        x, y = eval_inputs(ctx, sec.n)
-        model = ctx.model
-        assert model is not None, "eval_inputs refuses a run without a model"
+        x, y = ctx.test_inputs(sec.n)
+        model = ctx.require_model()
         thr = sec.threat_model()
-        out = ctx.path("certify")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create {str(out)!r}: {e.strerror or e}") from None
+        out = ctx.out_dir("certify")
         t0 = time.perf_counter()
         cert = certify(model, x, y, thr, sec.method, **sec.options(seed=ctx.config.seed))
         seconds = time.perf_counter() - t0
@@ -226,11 +214,13 @@ class CertifyStage:
                "certified": cert.certified.tolist(), "lower_margin": cert.lower_margin.tolist(),
                "status": cert.status, "radius": cert.radius.tolist() if cert.radius is not None else None,
                "curves": [c.as_dict() for c in curves], "seconds": seconds, "curve_seconds": curve_seconds}
-        ctx.add_artefact("certification_json", write_json(out / "certification.json", doc), kind="report")
+        doc_path = ctx.add_artefact("certification_json", ctx.write_json(out / "certification.json", doc),
+                                    kind="report")
         ctx.log_metrics(metrics)
-        ctx.state[self.name] = {"certificate": cert, "curves": curves, "threat": thr, "method": sec.method}
         ctx.add_section(self.section(sec, thr, cert, curves, metrics, figure, ctx.run_dir))
         ctx.print(f"certified accuracy ({sec.method}, {thr}, {x.shape[0]} images): {pct(cert.certified_accuracy)}")
+        return CertifyResult(certificate=cert, curves=curves, threat=thr, method=sec.method, n=int(x.shape[0]),
+                             figure=figure, certification_json=doc_path)
 
     @staticmethod
     def _bound_curve(ctx: RunContext, x: torch.Tensor, y: torch.Tensor, thr: ThreatModel, method: str,
@@ -245,8 +235,7 @@ class CertifyStage:
         """
         from fortify.certify import CertifiedCurve, certify
 
-        model = ctx.model
-        assert model is not None, "run() checked the model through eval_inputs"
+        model = ctx.require_model()
         at_eps = cert.certified.detach().cpu().bool()
         n = int(x.shape[0])
         prev = torch.ones(n, dtype=torch.bool)

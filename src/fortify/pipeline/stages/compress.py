@@ -45,10 +45,14 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from fortify import progress
-from fortify.io import write_atomic
+from fortify.config import threat_text
 from fortify.errors import ConfigError, OutputError
+from fortify.io import write_atomic
+from fortify.models.state import eval_mode
 from fortify.pipeline.base import RunContext, register_stage
+from fortify.pipeline.results import CompressResult, ExportResult
 from fortify.report.sections import Section, Table
+from fortify.threat import ThreatModel
 
 #: transforms whose result is an int8 ONNX model (nothing can follow them)
 _QUANTIZERS = ("int8_dynamic", "int8_static", "qat_int8")
@@ -85,7 +89,7 @@ class CompressConfig:
     recipe: str = "robust-int8-quick"
     steps: list[dict[str, Any]] | None = None
     args: dict[str, Any] = field(default_factory=dict)
-    threat: str = "linf:0.3"
+    threat: ThreatModel = field(default_factory=lambda: ThreatModel("linf", 0.3))
     task: str | None = None
     robust: str = "pgd"
     n_robust: int = 200
@@ -102,8 +106,7 @@ class CompressConfig:
         from fortify.compress.measure import ROBUST_MODES
         from fortify.pipeline.stages.robustness import parse_threats
 
-        (thr,) = parse_threats([self.threat], "compress.threat")
-        self.threat = str(thr)
+        (self.threat,) = parse_threats([self.threat], "compress.threat")
         if self.robust not in ROBUST_MODES:
             raise ConfigError(f"compress.robust must be one of {', '.join(ROBUST_MODES)}; got {self.robust!r}")
         if self.task not in (None, "run"):
@@ -143,21 +146,28 @@ class CompressConfig:
                         s[task_key], s[args_key] = run_task[0], finetune_task_args(run_task[1])
             for key in _TASK_ARG_KEYS:
                 if isinstance(s.get(key), Mapping) and "threat" in s[key]:
-                    s[key] = {**s[key], "threat": self.threat}
+                    s[key] = {**s[key], "threat": threat_text(self.threat)}
         unused = sorted(set(self.args) - used)
         if unused:
             raise ConfigError(f"compress.args: no step of {self.describe()} takes {', '.join(map(repr, unused))}")
         return steps
 
     def build(self, run_task: tuple[str, Mapping[str, Any]] | None = None) -> list[Any]:
-        """The steps as :class:`fortify.compress.Transform` objects (hyper-parameters validated)."""
+        """The steps as :class:`fortify.compress.Transform` objects: each step's options checked against
+        its transform's constructor (a ConfigError naming the step), then built (values validated)."""
+        from fortify.compress import TRANSFORMS
         from fortify.compress.pipeline import resolve_steps
 
         steps = self.step_dicts(run_task)
-        for k, s in enumerate(steps[:-1]):
-            if s["transform"] in _QUANTIZERS:
+        for k, s in enumerate(steps):
+            if s["transform"] in _QUANTIZERS and k < len(steps) - 1:
                 raise ConfigError(f"compress: step {k} ({s['transform']}) quantizes the model to int8 ONNX; "
                                   "quantization must be the last step")
+            where = f"compress.steps[{k}]" if self.steps is not None else f"compress: {self.describe()} step {k}"
+            try:
+                TRANSFORMS.check_kwargs(s["transform"], {key: v for key, v in s.items() if key != "transform"})
+            except ConfigError as e:
+                raise type(e)(f"{where}: {e}") from None
         return resolve_steps(steps)
 
     def describe(self) -> str:
@@ -198,29 +208,28 @@ class CompressStage:
     name: ClassVar[str] = "compress"
     config_class: ClassVar[type | None] = CompressConfig
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext) -> CompressResult:
         """Compress ``ctx.model`` (left unchanged), measure both, log metrics, artefacts and a section."""
         from fortify.compress import measure, plot_pareto
         from fortify.compress.pipeline import save_artefact
         from fortify.compress.quantize.runtime import OnnxModule
-        from fortify.pipeline.stages.robustness import eval_inputs, write_json
 
         sec: CompressConfig = ctx.config.section(self.name) or CompressConfig()
-        xt, yt = eval_inputs(ctx, sec.n_test)
+        xt, yt = ctx.test_inputs(sec.n_test)
+        original = ctx.require_model()
         x, y = ctx.data("train")
         if sec.n_train is not None:
             x, y = x[: sec.n_train], y[: sec.n_train]
-        out = ctx.path("compress")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create {str(out)!r}: {e.strerror or e}") from None
+        out = ctx.out_dir("compress")
         seed = ctx.config.seed if sec.seed is None else sec.seed
         run_task = (ctx.config.task.name, dict(ctx.config.task.args))
         steps = sec.step_dicts(run_task)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        current, twin, reports, encoding = ctx.model, None, [], "auto"
+        current: torch.nn.Module = original
+        twin: torch.nn.Module | None = None
+        reports: list[dict[str, Any]] = []
+        encoding = "auto"
         example = x[:8]
         built = sec.build(run_task)
         with progress.task("compress", total=len(built), unit="steps") as bar:  # fine-tuning epochs nest in it
@@ -243,7 +252,7 @@ class CompressStage:
         t1 = time.perf_counter()
         # one line, no live display: a refresh thread would perturb the latency timings
         progress.echo("compress: measuring size, latency and accuracy of both models ...")
-        rows = measure({"original": ctx.model, "compressed": current}, xt, yt, threat=sec.threat, robust=sec.robust,
+        rows = measure({"original": original, "compressed": current}, xt, yt, threat=sec.threat, robust=sec.robust,
                        n_robust=sec.n_robust, float_twins={"compressed": twin} if twin is not None else {},
                        artefacts={"compressed": artefact}, encodings={"original": "dense", "compressed": encoding},
                        latency=sec.latency, threads=sec.threads, repeats=sec.repeats, pgd_steps=sec.pgd_steps,
@@ -261,16 +270,15 @@ class CompressStage:
                "robust": sec.robust, "n_test": int(xt.shape[0]), "n_robust": min(sec.n_robust, int(xt.shape[0])),
                "n_train": int(x.shape[0]), "artefact": str(artefact), "reports": reports,
                "measurements": [m.to_dict() for m in rows], "metrics": metrics}
-        ctx.add_artefact("compress_json", write_json(out / "compress.json", doc), kind="report")
+        ctx.add_artefact("compress_json", ctx.write_json(out / "compress.json", doc), kind="report")
         ctx.log_metrics(metrics)
-        ctx.state[self.name] = {"rows": rows, "model": current, "float_twin": twin, "artefact": artefact,
-                                "reports": reports, "config": sec, "pareto": figure,
-                                "n_test": int(xt.shape[0])}
         ctx.add_section(self.section(sec, rows, reports, metrics, artefact, figure, ctx.run_dir))
         a, b = rows
         ctx.print(f"compressed ({sec.describe()}): {a.bytes:,} -> {b.bytes:,} bytes ({metrics['size_ratio']:.1f}x "
                   f"smaller), clean {_fmt(a.clean_acc, '.2%')} -> {_fmt(b.clean_acc, '.2%')}, robust "
                   f"{_fmt(a.robust_acc, '.2%')} -> {_fmt(b.robust_acc, '.2%')}")
+        return CompressResult(rows=rows, model=current, float_twin=twin, artefact=artefact, reports=reports,
+                              config=sec, pareto=figure, n_test=int(xt.shape[0]))
 
     @staticmethod
     def metrics(rows: list[Any], compress_seconds: float, measure_seconds: float) -> dict[str, Any]:
@@ -382,32 +390,20 @@ class ExportStage:
     name: ClassVar[str] = "export"
     config_class: ClassVar[type | None] = ExportConfig
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext) -> ExportResult:
         """Export, compare ONNX Runtime with PyTorch on ``n_check`` test images, write the file atomically."""
-        from fortify.compress import TRANSFORMS
-        from fortify.compress.export import onnx_bytes
-        from fortify.compress.quantize.ptq import agreement
-        from fortify.compress.quantize.runtime import OnnxModule
-        from fortify.pipeline.stages.robustness import eval_inputs
-
         sec: ExportConfig = ctx.config.section(self.name) or ExportConfig()
-        x, _ = eval_inputs(ctx, sec.n_check)
-        model = ctx.model.eval()
+        x, _ = ctx.test_inputs(sec.n_check)
+        model = ctx.require_model()
         t0 = time.perf_counter()
-        if sec.int8 is None:
-            onnx = OnnxModule(onnx_bytes(model, x))
-        else:
-            xc, yc = ctx.data("train")
-            res = TRANSFORMS.get(f"int8_{sec.int8}")(**({"calibration_size": sec.calibration}
-                                                       if sec.int8 == "static" else {}))(model, x[:8],
-                                                                                          data=(xc, yc))
-            onnx = res.model
-        seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            ref = model(x)
-        got = onnx(x)
-        diff = float((ref - got).abs().max())
-        agree = agreement(model, onnx, x)
+        with eval_mode(model):  # the run's model may be the caller's: its flags are restored
+            onnx = self._export(ctx, model, x, sec)
+            seconds = time.perf_counter() - t0
+            with torch.no_grad():
+                ref = model(x)
+            got = onnx(x)
+            diff = float((ref - got).abs().max())
+            agree = self._agreement(model, onnx, x)
         if sec.int8 is None and not torch.allclose(ref, got, atol=sec.atol, rtol=1e-3):
             raise ConfigError(f"ONNX Runtime disagrees with PyTorch on the exported model (max logit difference "
                               f"{diff:.3g} > atol {sec.atol:g})")
@@ -421,7 +417,6 @@ class ExportStage:
         metrics = {"onnx_bytes": size, "max_abs_diff": diff, "agreement": agree, "n_check": int(x.shape[0]),
                    "export_seconds": seconds}
         ctx.log_metrics(metrics)
-        ctx.state[self.name] = {"path": path, **metrics, "int8": sec.int8, "int8_scheme": onnx.int8_scheme}
         kind = f"int8 ({sec.int8}, {onnx.int8_scheme})" if sec.int8 else "float"
         ctx.add_section(Section("ONNX export", text=(
             f"The model was exported to ONNX ({kind}) as {path.name}, {size:,} bytes. ONNX Runtime and PyTorch "
@@ -429,3 +424,28 @@ class ExportStage:
             f"difference {diff:.3g}."), tables=[Table(["file", "kind", "bytes", "agreement", "max logit diff"],
                                                       [[str(path), kind, size, agree, diff]], "ONNX export")]))
         ctx.print(f"exported {kind} ONNX: {path} ({size:,} bytes; agreement {agree:.2%}, max diff {diff:.3g})")
+        return ExportResult(path=path, onnx_bytes=size, max_abs_diff=diff, agreement=agree, n_check=int(x.shape[0]),
+                            export_seconds=seconds, int8=sec.int8, int8_scheme=onnx.int8_scheme)
+
+    @staticmethod
+    def _export(ctx: RunContext, model: torch.nn.Module, x: torch.Tensor, sec: ExportConfig) -> Any:
+        """The model as an :class:`~fortify.compress.quantize.runtime.OnnxModule` (float, or int8 by ONNX Runtime)."""
+        from fortify.compress import TRANSFORMS
+        from fortify.compress.export import onnx_bytes
+        from fortify.compress.quantize.runtime import OnnxModule
+
+        if sec.int8 is None:
+            return OnnxModule(onnx_bytes(model, x))
+        xc, yc = ctx.data("train")
+        options = {"calibration_size": sec.calibration} if sec.int8 == "static" else {}
+        onnx = TRANSFORMS.get(f"int8_{sec.int8}")(**options)(model, x[:8], data=(xc, yc)).model
+        if not isinstance(onnx, OnnxModule):  # pragma: no cover - the int8 transforms return ONNX models
+            raise ConfigError(f"int8_{sec.int8} did not produce an ONNX model")
+        return onnx
+
+    @staticmethod
+    def _agreement(model: torch.nn.Module, onnx: Any, x: torch.Tensor) -> float:
+        """Fraction of ``x`` on which the two models predict the same class."""
+        from fortify.compress.quantize.ptq import agreement
+
+        return agreement(model, onnx, x)

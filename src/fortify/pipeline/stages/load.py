@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from fortify.pipeline.base import RunContext, register_stage
 from fortify.errors import ConfigError
+from fortify.pipeline.base import RunContext, register_stage
+from fortify.pipeline.results import LoadResult
 
 
 @dataclass
@@ -30,7 +31,7 @@ class LoadStage:
     name: ClassVar[str] = "load"
     config_class: ClassVar[type | None] = LoadConfig
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext) -> LoadResult:
         """Set ``ctx.model`` and ``ctx.model_meta`` (in_shape, num_classes, dataset, training) from the file."""
         from fortify import models
 
@@ -43,6 +44,7 @@ class LoadStage:
         else:
             meta = dict(models.read_meta(sec.path))
             ctx.model = models.load(sec.path)
-        ctx.model_meta.update({k: meta[k] for k in ("in_shape", "num_classes", "dataset", "training",
-                                                    "architecture", "normalization") if k in meta})
-        ctx.add_artefact("input_model", sec.path, kind="input")
+        kept: dict[str, Any] = {k: meta[k] for k in ("in_shape", "num_classes", "dataset", "training", "architecture",
+                                     "normalization") if k in meta}
+        ctx.model_meta.update(kept)
+        return LoadResult(path=ctx.add_artefact("input_model", sec.path, kind="input"), meta=kept)

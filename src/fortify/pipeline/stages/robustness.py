@@ -20,40 +20,33 @@ Recipe section ``robustness`` (:class:`RobustnessConfig`)::
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
-import torch
-
-from fortify.errors import ConfigError, InputError, ThreatModelError, UnknownNameError
+from fortify.errors import ConfigError, ThreatModelError, UnknownNameError
 from fortify.stats import rate_text
 from fortify.pipeline.base import RunContext, register_stage
+from fortify.pipeline.results import RobustnessResult
 from fortify.report.sections import Section, Table
 from fortify.threat import ThreatModel
-from fortify.validation import check_images, check_labels, check_logits
 
 
-def parse_threats(specs: list[str] | str, where: str) -> list[ThreatModel]:
-    """``["linf:0.3", "l2:2"]`` -> ThreatModels; ThreatModelError naming ``where`` on a bad entry."""
-    items = [specs] if isinstance(specs, str) else list(specs)
+def parse_threats(specs: Sequence[ThreatModel | str] | ThreatModel | str, where: str) -> list[ThreatModel]:
+    """``["linf:0.3", "l2:2"]`` (strings, mappings or ThreatModels) -> ThreatModels; ThreatModelError
+    naming ``where`` (``where[i]`` for an entry) on a bad or repeated entry or an empty list."""
+    items = [specs] if isinstance(specs, (str, ThreatModel)) else list(specs)
     if not items:
         raise ThreatModelError(f"{where} must list at least one threat like linf:0.3")
     out: list[ThreatModel] = []
-    for s in items:
-        if not isinstance(s, str):
-            raise ThreatModelError(f"{where}: threat must look like NORM:EPS (e.g. linf:0.3), got {s!r}")
-        try:
-            t = ThreatModel.parse(s)
-        except ThreatModelError as e:
-            raise ThreatModelError(f"{where}: {e}") from None
+    for i, s in enumerate(items):
+        t = ThreatModel.coerce(s, where=f"{where}[{i}]" if len(items) > 1 else where)
         if not math.isfinite(t.eps):
             raise ThreatModelError(f"{where}: eps must be finite, got {s!r}")
-        if any(str(t) == str(o) for o in out):
-            raise ThreatModelError(f"{where}: threat {s!r} is listed twice")
+        if any(t == o for o in out):
+            raise ThreatModelError(f"{where}: threat {t} is listed twice")
         out.append(t)
     return out
 
@@ -62,13 +55,14 @@ def parse_threats(specs: list[str] | str, where: str) -> list[ThreatModel]:
 class RobustnessConfig:
     """``robustness`` section: threats, preset (or a custom attack list), points, budget, curves.
 
+    ``threats``: :class:`~fortify.threat.ThreatModel` objects (written ``NORM:EPS`` in a recipe).
     ``n``: the first ``n`` test images are attacked (null: all). ``curve_points``: images used for
     the accuracy-vs-eps curves (0 disables them). ``seed`` null: the run's seed. ``state``: path of
     the resumable cascade state (null: ``<run folder>/robustness/state.safetensors``); a rerun with
     the same state file skips finished attacks.
     """
 
-    threats: list[str] | str = field(default_factory=lambda: ["linf:0.3"])
+    threats: list[ThreatModel] = field(default_factory=lambda: [ThreatModel("linf", 0.3)])
     preset: str = "fast"
     attacks: list[str] | None = None
     n: int | None = 500
@@ -83,10 +77,7 @@ class RobustnessConfig:
         from fortify.attacks import ATTACKS
         from fortify.evaluate.presets import PRESETS
 
-        if isinstance(self.threats, str):
-            self.threats = [self.threats]
-        threats = parse_threats(self.threats, "robustness.threats")
-        self.threats = [str(t) for t in threats]
+        self.threats = parse_threats(self.threats, "robustness.threats")
         if self.preset not in PRESETS:
             raise UnknownNameError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
         if self.attacks is not None:
@@ -96,7 +87,7 @@ class RobustnessConfig:
                 raise ConfigError(f"robustness.attacks lists an attack twice: {self.attacks}")
             for a in self.attacks:
                 norms = getattr(ATTACKS.get(a), "norms", ())  # UnknownNameError names the allowed attacks
-                for t in threats:
+                for t in self.threats:
                     if t.norm not in norms:
                         raise ThreatModelError(f"attack {a!r} does not support norm {t.norm!r} (threat {t}); it "
                                                f"supports {', '.join(norms)}")
@@ -110,49 +101,8 @@ class RobustnessConfig:
             raise ConfigError(f"robustness.curve_points must be an integer >= 0, got {self.curve_points!r}")
 
     def threat_models(self) -> list[ThreatModel]:
-        """The threats as :class:`ThreatModel` objects (bounds ``(0, 1)``)."""
-        return parse_threats(self.threats, "robustness.threats")
-
-
-def eval_inputs(ctx: RunContext, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` test images ``(n, C, H, W)`` and labels ``(n,)``, validated against the model.
-
-    Raises InputError for NaN / out-of-range inputs, inputs of the wrong shape for the model, and
-    labels the model cannot output (e.g. a 5-class model on a 10-class dataset).
-    """
-    if ctx.model is None:
-        raise ConfigError(f"the {ctx.stage or 'this'} stage needs a model: put 'train' or 'load' before it in 'stages'")
-    name = ctx.config.data.name
-    x, y = ctx.data("test")
-    if n is not None:
-        x, y = x[:n], y[:n]
-    check_images(x, name=f"{name} test inputs")
-    expected = ctx.model_meta.get("in_shape")
-    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
-        raise InputError(f"dataset {name!r} has inputs of shape {tuple(x.shape[1:])} but the model expects "
-                         f"{tuple(expected)}")
-    try:
-        with torch.no_grad():
-            was = {m: m.training for m in ctx.model.modules()}
-            ctx.model.eval()
-            try:
-                logits = check_logits(ctx.model(x[:2]), min(2, x.shape[0]))
-            finally:
-                for m, f in was.items():
-                    m.training = f
-    except RuntimeError as e:
-        raise InputError(f"the model cannot take inputs of shape {tuple(x.shape[1:])} from dataset {name!r}: "
-                         f"{str(e).splitlines()[0]}") from None
-    check_labels(y, x.shape[0], int(logits.shape[1]), name=f"{name} test labels")
-    return x, y
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> Path:
-    """Write ``doc`` (NaN/inf -> null) as indented JSON atomically."""
-    from fortify.io import write_atomic
-    from fortify.report.json_report import jsonable
-
-    return write_atomic(path, json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
+        """The threats (bounds ``(0, 1)``)."""
+        return list(self.threats)
 
 
 def pct(v: float) -> str:
@@ -174,24 +124,19 @@ class RobustnessStage:
     name: ClassVar[str] = "robustness"
     config_class: ClassVar[type | None] = RobustnessConfig
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext) -> RobustnessResult:
         """Attack the first ``n`` test images, draw the curves, log metrics, artefacts and a section."""
         from fortify.evaluate import AttackSpec, plot_curves, robust_accuracy, robustness_curve
 
         sec: RobustnessConfig = ctx.config.section(self.name) or RobustnessConfig()
-        x, y = eval_inputs(ctx, sec.n)
+        x, y = ctx.test_inputs(sec.n)
+        model = ctx.require_model()
         threats = sec.threat_models()
-        out = ctx.path("robustness")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            from fortify.errors import OutputError
-
-            raise OutputError(f"cannot create {str(out)!r}: {e.strerror or e}") from None
+        out = ctx.out_dir("robustness")
         state = Path(sec.state) if sec.state else out / "state.safetensors"
         preset: Any = sec.preset if sec.attacks is None else [AttackSpec(a, a) for a in sec.attacks]
         seed = ctx.config.seed if sec.seed is None else sec.seed
-        report = robust_accuracy(ctx.model, x, y, threats, preset=preset, budget=sec.budget,
+        report = robust_accuracy(model, x, y, threats, preset=preset, budget=sec.budget,
                                  batch_size=sec.batch_size, state_path=str(state), seed=seed, sanity=sec.sanity,
                                  progress=not ctx.quiet)
         ctx.add_artefact("robustness_state", state, kind="state")
@@ -200,7 +145,7 @@ class RobustnessStage:
         if sec.curve_points:
             k = min(sec.curve_points, x.shape[0])
             for norm in dict.fromkeys(t.norm for t in threats):
-                curves.append(robustness_curve(ctx.model, x[:k], y[:k], norm, None, budget=sec.budget,
+                curves.append(robustness_curve(model, x[:k], y[:k], norm, None, budget=sec.budget,
                                                batch_size=sec.batch_size, seed=seed, label=norm))
         curve_seconds = time.perf_counter() - t0
         figure = None
@@ -210,7 +155,7 @@ class RobustnessStage:
             ctx.add_artefact("robustness_curves", figure, kind="figure")
         doc = {**report.to_dict(), "n": int(x.shape[0]), "preset": sec.preset if sec.attacks is None else None,
                "attacks": sec.attacks, "curves": [c.to_dict() for c in curves], "curve_seconds": curve_seconds}
-        ctx.add_artefact("evaluation_json", write_json(out / "evaluation.json", doc), kind="report")
+        doc_path = ctx.add_artefact("evaluation_json", ctx.write_json(out / "evaluation.json", doc), kind="report")
 
         metrics: dict[str, Any] = {"clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy,
                                    "n": int(x.shape[0]), "flags_fired": len(report.fired),
@@ -218,9 +163,8 @@ class RobustnessStage:
         for t in report.threats:
             metrics[f"robust_accuracy[{t.threat}]"] = t.robust_accuracy
         ctx.log_metrics(metrics)
-        ctx.state[self.name] = report
-        ctx.add_section(self.section(report, sec, int(x.shape[0]), figure, ctx.run_dir))
         n = int(x.shape[0])
+        ctx.add_section(self.section(report, sec, n, figure, ctx.run_dir))
         what = ", ".join(f"{t.threat} {rate_text(t.robust_accuracy, n)}" for t in report.threats)
         union = f", union {rate_text(report.robust_accuracy, n)}" if len(report.threats) > 1 else ""
         fired = f"; sanity flags fired: {', '.join(report.fired)}" if report.fired else "; no sanity flag fired"
@@ -229,6 +173,8 @@ class RobustnessStage:
         caveat = preset_caveat(sec)
         if caveat:
             ctx.print(f"  note: {caveat}")
+        return RobustnessResult(report=report, n=n, preset=sec.preset if sec.attacks is None else None,
+                                attacks=sec.attacks, curves=curves, figure=figure, evaluation_json=doc_path)
 
     @staticmethod
     def section(report: Any, sec: RobustnessConfig, n: int, figure: Path | None, run_dir: Path) -> Section:

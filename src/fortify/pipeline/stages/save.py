@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from fortify.errors import ConfigError
 from fortify.pipeline.base import RunContext, register_stage
+from fortify.pipeline.results import SaveResult
 
 
 @dataclass
@@ -27,17 +28,16 @@ class SaveStage:
     name: ClassVar[str] = "save"
     config_class: ClassVar[type | None] = SaveConfig
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext) -> SaveResult:
         """Write ``run_dir/<save.filename>`` with the dataset, training and metrics as metadata."""
         from fortify import models
 
-        if ctx.model is None:
-            raise ConfigError("the save stage needs a model: put 'train' or 'load' before it in 'stages'")
+        model = ctx.require_model()
         sec: SaveConfig = ctx.config.section(self.name) or SaveConfig()
         meta = {"dataset": ctx.model_meta.get("dataset", ctx.config.data.name),
                 "training": ctx.model_meta.get("training"),
                 "metrics": {s: dict(kv) for s, kv in ctx.metrics.items()},
                 "run_id": ctx.run_id}
         path = ctx.path(sec.filename)
-        models.save(ctx.model, path, meta)
-        ctx.add_artefact("model", path, kind="model")
+        models.save(model, path, meta)
+        return SaveResult(path=ctx.add_artefact("model", path, kind="model"))

@@ -16,7 +16,9 @@ import torch
 
 from fortify.errors import ConfigError
 from fortify.pipeline.base import RunContext, register_stage
+from fortify.pipeline.results import TrainResult
 from fortify.report.sections import Section, Table
+from fortify.train.config import TrainConfig
 
 
 def build_model(ctx: RunContext) -> torch.nn.Module:
@@ -43,9 +45,9 @@ class TrainStage:
     """Train the model on the train split (task and hyper-parameters from the recipe)."""
 
     name: ClassVar[str] = "train"
-    config_class: ClassVar[type | None] = None  # uses the core ``train`` and ``task`` sections
+    config_class: ClassVar[type | None] = TrainConfig  # the core ``train`` section (and ``task``)
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext) -> TrainResult:
         """Fit ``ctx.model`` (built from the config when absent) on the train split; log per-epoch records."""
         from fortify.train import Trainer
         from fortify.train import tasks
@@ -62,27 +64,28 @@ class TrainStage:
         callbacks = callbacks_for(task, test)
         trainer = Trainer(ctx.model, task, cfg.train, checkpoint_dir=ctx.path("checkpoints"),
                           progress=not ctx.quiet, callbacks=callbacks)
-        history = trainer.fit(train=train, val=test, resume=bool(ctx.state.get("resume", False)))
-        ctx.history = [dict(h) for h in history]
+        history = [dict(h) for h in trainer.fit(train=train, val=test, resume=ctx.resume)]
         guard = next((cb for cb in callbacks if hasattr(cb, "events")), None)
-        if guard is not None:
-            ctx.state["co_events"] = [dict(e) for e in guard.events]
-        for i, h in enumerate(ctx.history):
+        result = TrainResult(history=history, train_examples=int(train[0].shape[0]),
+                             co_events=[dict(e) for e in getattr(guard, "events", ())])
+        ctx.results[self.name] = result  # early: a failure report below still shows the history
+        for i, h in enumerate(history):
             nums = {k: float(v) for k, v in h.items() if k != "epoch" and _finite(v)}
             step = int(h["epoch"]) if _finite(h.get("epoch")) else i + 1
             if nums and ctx.store is not None:
                 ctx.store.log_metrics(ctx.run_id, nums, stage=self.name, step=step)
-        last = {k: v for k, v in (ctx.history[-1] if ctx.history else {}).items() if k != "epoch" and _finite(v)}
-        ctx.log_metrics({**last, "epochs": len(ctx.history), "train_examples": int(train[0].shape[0])})
+        last = {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch" and _finite(v)}
+        ctx.log_metrics({**last, "epochs": len(history), "train_examples": int(train[0].shape[0])})
         ctx.model_meta["training"] = {"task": cfg.task.name, "task_args": dict(cfg.task.args),
                                       "train": cfg.train.to_dict(), "run_id": ctx.run_id}
-        seen = {k for h in ctx.history for k in h if k != "epoch" and _finite(h[k])}
+        seen = {k for h in history for k in h if k != "epoch" and _finite(h[k])}
         first = [k for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s") if k in seen]
         keys = first + sorted(seen - set(first))
-        rows = [[h.get("epoch", i + 1)] + [h.get(k) for k in keys] for i, h in enumerate(ctx.history)]
+        rows = [[h.get("epoch", i + 1)] + [h.get(k) for k in keys] for i, h in enumerate(history)]
         ctx.add_section(Section(
             "Training",
             text=f"{cfg.model.name} on {cfg.data.name} ({train[0].shape[0]} images), task {cfg.task.name}, "
                  f"{cfg.train.optimizer} lr {cfg.train.lr} {cfg.train.schedule}, {cfg.train.epochs} epochs, "
                  f"seed {cfg.seed}. Validation columns are measured on the test split (monitoring only).",
             tables=[Table(["epoch"] + keys, rows, "per epoch")]))
+        return result
