@@ -18,7 +18,7 @@ from torch import nn
 from fortify.errors import ConfigError, FortifyError
 from fortify.train import Task, Trainer, TrainConfig, train
 from fortify.train import checkpoint as ckpt
-from fortify.train.distributed import WorkerError, fit
+from fortify.train.distributed import RunOptions, WorkerError, fit
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -174,6 +174,22 @@ def test_bad_arguments_raise_config_errors_before_any_process(kwargs: dict, matc
     net = mlp()
     with pytest.raises(ConfigError, match=match):
         fit(net, (x, y), epochs=1, **kwargs)
+
+
+def test_run_options_equal_the_keyword_call_and_mix_with_config_fields() -> None:
+    x, y = blobs(32)
+    net = mlp()
+    before = state(net)
+    a = fit(net, (x, y), run=RunOptions(world_size=1), epochs=2, batch_size=8)
+    b = fit(net, (x, y), world_size=1, epochs=2, batch_size=8)
+    c = fit(net, (x, y), run=RunOptions(world_size=2, mode="async"), world_size=1, mode="sync", epochs=2,
+            batch_size=8)  # keywords override the dataclass
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history] == \
+        [r["train_loss"] for r in c.history]
+    assert all(torch.equal(v, a.model.state_dict()[k]) for k, v in b.model.state_dict().items())
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the input is untouched
+    with pytest.raises(ConfigError, match="unknown training config key"):
+        fit(net, (x, y), run=RunOptions(world_size=1), bogus=1)
 
 
 def test_config_and_recipe_misuse_are_config_errors() -> None:

@@ -28,7 +28,7 @@ memory (same values, new storage), as a multi-process DataLoader does; models ar
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -81,41 +81,67 @@ def _from_recipe(recipe: Any, overrides: Iterable[str]) -> tuple[nn.Module, Any,
     return net, train, test, task, cfg.train
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How :func:`fit` runs (every field optional; each is also accepted as a keyword of :func:`fit`).
+
+    Attributes:
+        world_size: gradient workers (``TrainConfig.nproc``); ``mode``: ``"sync"`` or ``"async"``.
+        max_staleness: async only (``None`` keeps the config's).
+        checkpoint_dir, progress, callbacks, resume: as for :class:`fortify.train.Trainer`.
+        timeout_s: limit of one collective / message inside the workers; ``deadline_s``: optional
+            limit of the whole run. ``start_method``: ``forkserver`` (default on POSIX) or ``spawn``.
+    """
+
+    world_size: int = 2
+    mode: str = "sync"
+    max_staleness: int | None = None
+    checkpoint_dir: str | Path | None = None
+    progress: bool = False
+    callbacks: tuple[object, ...] = ()
+    resume: bool = False
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    deadline_s: float | None = None
+    start_method: str | None = None
+
+
+RUN_FIELDS = tuple(f.name for f in fields(RunOptions))
+
+
+def _split(run: RunOptions | None, changes: Mapping[str, Any]) -> tuple[RunOptions, dict[str, Any]]:
+    """``run`` updated by the :class:`RunOptions` keys of ``changes``, and the rest (TrainConfig fields)."""
+    mine = {k: v for k, v in changes.items() if k in RUN_FIELDS}
+    if "callbacks" in mine:
+        mine["callbacks"] = tuple(mine["callbacks"])
+    return replace(run or RunOptions(), **mine), {k: v for k, v in changes.items() if k not in RUN_FIELDS}
+
+
 def fit(
     model_or_recipe: nn.Module | str | Path | Any,
     train: tuple[torch.Tensor, torch.Tensor] | None = None,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     *,
-    world_size: int = 2,
-    mode: str = "sync",
     task: Task | str = "standard",
     task_options: Mapping[str, Any] | None = None,
     config: TrainConfig | Mapping[str, Any] | None = None,
     overrides: Iterable[str] = (),
-    max_staleness: int | None = None,
-    checkpoint_dir: str | Path | None = None,
-    progress: bool = False,
-    callbacks: Iterable[object] = (),
-    resume: bool = False,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    deadline_s: float | None = None,
-    start_method: str | None = None,
-    **config_fields: Any,
+    run: RunOptions | None = None,
+    **changes: Any,
 ) -> FitResult:
     """Train a copy of a model with ``world_size`` worker processes; the input is never mutated.
 
     ``model_or_recipe``: an ``nn.Module`` (then ``train = (x (N, ...), y (N,))`` is required,
     ``val`` optional, the objective is ``task`` with ``task_options`` and the hyper-parameters are
-    ``config`` updated by ``config_fields``), or a recipe name / YAML path / resolved
-    :class:`fortify.config.Config` (with ``overrides`` like ``"train.epochs=2"``): its model is
-    built and seeded as the pipeline does, trained on the train split and scored on the test split.
-    ``mode``: ``"sync"`` or ``"async"``; ``max_staleness``: async only (None keeps the config's).
-    ``timeout_s``: limit of one collective / message inside the workers; ``deadline_s``: optional
-    limit of the whole run. ``start_method``: ``forkserver`` (default on POSIX) or ``spawn``.
+    ``config`` updated by the TrainConfig fields among ``changes``), or a recipe name / YAML path /
+    resolved :class:`fortify.config.Config` (with ``overrides`` like ``"train.epochs=2"``): its model
+    is built and seeded as the pipeline does, trained on the train split and scored on the test split.
+    ``run``: a :class:`RunOptions` (processes, mode, checkpoints, limits); its field names are also
+    accepted among ``changes`` (``world_size=2, mode="async", epochs=3`` mixes both kinds).
     Raises ConfigError for bad arguments, the worker's own FortifyError or :class:`WorkerError`.
     ``world_size=1`` with ``mode="sync"`` trains in this process (no workers).
     """
-    world_size, mode = _check_world(world_size, mode)
+    opts, config_fields = _split(run, changes)
+    world_size, mode = _check_world(opts.world_size, opts.mode)
     if isinstance(model_or_recipe, nn.Module):
         if train is None:
             raise ConfigError("fit(model, train=(x, y), ...) needs training data")
@@ -126,24 +152,24 @@ def fit(
         if train is not None or val is not None or config is not None or task_options:
             raise ConfigError("with a recipe, data, task and config come from the recipe; pass overrides instead")
         net, train, val, task, base = _from_recipe(model_or_recipe, overrides)
-    changes: dict[str, Any] = dict(config_fields, nproc=world_size, dist_mode=mode)
-    if max_staleness is not None:
-        changes["max_staleness"] = max_staleness
-    cfg = base.replace(**changes)
+    updates: dict[str, Any] = dict(config_fields, nproc=world_size, dist_mode=mode)
+    if opts.max_staleness is not None:
+        updates["max_staleness"] = opts.max_staleness
+    cfg = base.replace(**updates)
     if mode == "async" or world_size > 1:
         check_available()
-    trainer = Trainer(copy.deepcopy(net), task, cfg, checkpoint_dir=checkpoint_dir, progress=progress,
-                      callbacks=tuple(callbacks))
+    trainer = Trainer(copy.deepcopy(net), task, cfg, checkpoint_dir=opts.checkpoint_dir, progress=opts.progress,
+                      callbacks=opts.callbacks)
     if mode == "sync" and world_size == 1:
-        history = trainer.fit(train, val, resume=resume)
+        history = trainer.fit(train, val, resume=opts.resume)
         stats: dict[str, Any] = {"mode": "sync", "world_size": 1, "steps": trainer.global_step}
     else:
         x, y = _check_pair(train, "train")
         v = _check_pair(val, "val") if val is not None else None
-        history = fit_trainer(trainer, (x, y), v, resume=resume, start_method=start_method,
-                              timeout_s=timeout_s, deadline_s=deadline_s)
+        history = fit_trainer(trainer, (x, y), v, resume=opts.resume, start_method=opts.start_method,
+                              timeout_s=opts.timeout_s, deadline_s=opts.deadline_s)
         stats = dict(trainer.dist_stats)
     return FitResult(trainer.model, history, stats)
 
 
-__all__ = ["fit", "FitResult", "WorkerError", "fit_trainer"]
+__all__ = ["fit", "FitResult", "RunOptions", "WorkerError", "fit_trainer"]
