@@ -15,6 +15,7 @@ from _certify_nets import mlp
 import fortify.certify.crown as crown
 from fortify.certify.bounds import InputSet, margin_spec
 from fortify.certify.graph import build_ops
+from fortify.certify.ops import MaxPoolOp, ReLUOp, relu_relax
 from fortify.models import create
 from fortify.threat import ThreatModel
 
@@ -59,11 +60,11 @@ def test_relu_back_matches_elementwise_definition(frac: float) -> None:
     lo = torch.rand(b, n, generator=g) * 2 - 2 + torch.rand(b, n, generator=g) * (1 - frac) * 4
     lo = torch.where(torch.rand(b, n, generator=g) < frac, -torch.rand(b, n, generator=g), lo.abs() + 0.01)
     hi = lo + torch.rand(b, n, generator=g) * 2 + 0.01
-    sl, su, bu = crown.relu_relax(lo, hi)
+    sl, su, bu = relu_relax(lo, hi)
     for bp in (1, b):
         a = torch.randn(bp, s, n, generator=g)
         const = torch.randn(b, s, generator=g)
-        got, gc = crown._relu_back(a, const, lo, hi)
+        got, gc = ReLUOp("relu").backward(a, const, lo, hi)
         want = torch.where(a > 0, a * sl[:, None], a * su[:, None])
         wc = const + (a.clamp(max=0) * bu[:, None]).sum(-1)
         torch.testing.assert_close(got, want)
@@ -81,11 +82,11 @@ def test_patches_maxpool_path_equals_dense(threat: ThreatModel, monkeypatch: pyt
     chunked = _margins(net, (1, 16, 16), x, threat, monkeypatch, memory_budget=1 << 12)
     dense = _margins(net, (1, 16, 16), x, threat, monkeypatch, use_windows=False, per_sample=False)
     with monkeypatch.context() as mp:  # ReLU applied at full resolution after the MaxPool scatter
-        mp.setattr(crown, "fused_relu", lambda ops, t: False)
+        mp.setattr(MaxPoolOp, "absorbs", lambda self, prev: False)
         unfused = _margins(net, (1, 16, 16), x, threat, monkeypatch)
         unfused_dense = _margins(net, (1, 16, 16), x, threat, monkeypatch, use_windows=False, per_sample=False)
     ops = build_ops(net, (1, 16, 16), x)
-    assert any(crown.fused_relu(ops, t) for t in range(len(ops)))  # the fused step was exercised
+    assert any(ops[t].absorbs(ops[t - 1]) for t in range(1, len(ops)))  # the fused step was exercised
     torch.testing.assert_close(fast, dense, atol=3e-6, rtol=1e-5)
     torch.testing.assert_close(chunked, dense, atol=3e-6, rtol=1e-5)
     torch.testing.assert_close(unfused, dense, atol=3e-6, rtol=1e-5)

@@ -11,6 +11,7 @@ import fortify.certify.crown as crown
 import fortify.certify.pooled as pooled
 from fortify.certify.bounds import InputSet, ibp_intervals, margin_spec
 from fortify.certify.graph import ConvOp, MaxPoolOp, build_ops
+from fortify.certify.ops import RelaxCache
 from fortify.models import create
 from fortify.threat import ThreatModel
 
@@ -32,7 +33,7 @@ def test_pooled_conv_back_equals_scatter_then_transposed_conv(cin, k, stride, pa
     assert pooled.pooled_conv_index(ops, t, max_fan_in=10 ** 6) == 0
     conv, pool = ops[0], ops[t]
     lo = torch.randn((3,) + conv.out_shape)
-    index, _, _ = crown.maxpool_relax(pool, lo, lo + torch.rand_like(lo))
+    index, _, _ = pool.relax(lo, lo + torch.rand_like(lo))
     coef = torch.randn(3, 4, conv.out_shape[0], index.shape[-1])
     const = torch.randn(3, 4)
     got, gc = pooled.pooled_conv_back(conv, pool, coef, index, const)
@@ -75,11 +76,11 @@ def test_crown_with_pooled_steps_and_cache_equals_reference(threat: ThreatModel,
     default, bounds = _margins(net, (2, 16, 16), x, threat)
     chunked, _ = _margins(net, (2, 16, 16), x, threat, memory_budget=1 << 12)
     with monkeypatch.context() as mp:
-        mp.setattr(crown, "pooled_conv_index", lambda ops, t: pooled.pooled_conv_index(ops, t, max_fan_in=10 ** 6))
+        mp.setattr(pooled, "MAX_FAN_IN", 10 ** 6)
         all_pooled, _ = _margins(net, (2, 16, 16), x, threat)
     with monkeypatch.context() as mp:
-        mp.setattr(crown, "pooled_conv_index", lambda ops, t: None)
-        mp.setattr(crown, "memo", lambda cache, key, fn: fn())
+        mp.setattr(crown, "FUSED_STEPS", ())
+        mp.setattr(RelaxCache, "memo", lambda self, key, fn: fn())
         ref, ref_bounds = _margins(net, (2, 16, 16), x, threat)
     for got in (default, chunked, all_pooled):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

@@ -17,6 +17,7 @@ from _certify_nets import margin, strong_attack_margin
 import fortify.certify.crown as crown
 from fortify.certify.bounds import InputSet, margin_spec
 from fortify.certify.graph import build_ops
+from fortify.certify.ops import ReLUOp, relu_relax
 from fortify.models import create
 from fortify.threat import ThreatModel
 
@@ -70,7 +71,7 @@ def test_chunk_sizes_give_identical_bounds(threat: ThreatModel, monkeypatch: pyt
 
 @pytest.mark.parametrize("frac", [0.05, 0.6])
 def test_relu_step_splits_into_symmetric_and_antisymmetric_parts(frac: float) -> None:
-    """``_relu_back`` of ``[a, -a]`` (shared rows, B' = 1) equals ``[C - D, -C - D]`` with the
+    """``ReLUOp.backward`` of ``[a, -a]`` (shared rows, B' = 1) equals ``[C - D, -C - D]`` with the
     constants ``c + sum(min(a, 0) bu)`` and ``-c - sum(max(a, 0) bu)``; ``D`` vanishes off the
     unstable neurons."""
     g = torch.Generator().manual_seed(2)
@@ -78,10 +79,10 @@ def test_relu_step_splits_into_symmetric_and_antisymmetric_parts(frac: float) ->
     lo = torch.randn(b, n, generator=g)
     lo = torch.where(torch.rand(b, n, generator=g) < frac, -lo.abs() - 0.01, lo.abs())
     hi = lo + torch.rand(b, n, generator=g) * 3 + 0.01
-    sl, su, bu = (t[:, None] for t in crown.relu_relax(lo, hi))
+    sl, su, bu = (t[:, None] for t in relu_relax(lo, hi))
     a = torch.randn(1, s, n, generator=g)
     c0 = torch.randn(1, s, generator=g)
-    got, gc = crown._relu_back(torch.cat([a, -a], 1), torch.cat([c0, -c0], 1), lo, hi)
+    got, gc = ReLUOp("relu").backward(torch.cat([a, -a], 1), torch.cat([c0, -c0], 1), lo, hi)
     sym, anti = a * (sl + su) / 2, a.abs() * (su - sl) / 2
     torch.testing.assert_close(got, torch.cat([sym - anti, -sym - anti], 1), atol=1e-6, rtol=1e-6)
     want_c = torch.cat([c0 + (a.clamp(max=0) * bu).sum(-1), -c0 - (a.clamp(min=0) * bu).sum(-1)], 1)

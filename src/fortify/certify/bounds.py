@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fortify.certify.graph import LinearOp, Op, numel
+from fortify.certify.ops import LinearOp, Op, numel
 from fortify.threat import ThreatModel
 
 

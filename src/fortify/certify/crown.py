@@ -1,29 +1,24 @@
 """CROWN: backward linear bound propagation (Zhang et al. 2018, "Efficient neural network robustness
 certification with general activation functions"; Weng et al. 2018, "Towards fast computation of
-certified robustness for ReLU networks").
+certified robustness for ReLU networks") -- the driver.
 
 A lower bound of ``a . z_t`` (``a (B', S, *shape_t)``, S specification rows) is propagated backward
-through the operators: linear operators map ``a -> a W`` and add ``a . b`` to a constant; each
-ReLU with pre-activation bounds ``[l, u]`` is replaced by linear bounds
-
-* upper: ``y <= u / (u - l) * (x - l)`` (the chord) for unstable neurons (``l < 0 < u``);
-* lower: ``y >= alpha x`` with the adaptive slope ``alpha = 1[u > -l]`` (CROWN-Ada);
-* stable neurons are exact (``y = x`` or ``y = 0``);
-
-and positive / negative coefficients take the lower / upper relaxation. At the input the linear
+through the operators: :func:`backward_lower` walks the graph from ``t`` down to the input and asks
+each operator for its step (:meth:`fortify.certify.ops.Op.backward`: linear operators map
+``a -> a W`` and add ``a . b`` to a constant; nonlinear ones apply their linear relaxation, e.g.
+the ReLU's CROWN-Ada slopes or the MaxPool's ``j*`` bound). An operator may absorb the one before
+it (:meth:`Op.absorbs`: a ReLU before a non-overlapping MaxPool is applied at the pooled
+resolution, exact), and fused-step strategies (:data:`FUSED_STEPS`: Conv -> [ReLU] -> MaxPool in
+one step, :mod:`fortify.certify.pooled`) take over where they match. At the input the linear
 function is concretised over the threat set (:meth:`InputSet.concretize`: box and dual norm).
 
-MaxPool2d (sound relaxation): with ``j*`` the window element of largest lower bound,
-``y >= x_{j*}``; ``y <= x_{j*}`` when ``l_{j*} >= u_k`` for every other element ``k`` (the max is
-decided), else the constant ``y <= max_k u_k``.
-
 Intermediate (pre-activation) bounds are computed layer by layer with the same backward pass
-(specification = identity rows, both signs), only for neurons that the IBP interval leaves
-unstable, intersected with IBP; rows are chosen per sample for conv layers (windowed, see
-:mod:`fortify.certify.patches`) and Linear layers. A ReLU followed by a MaxPool with
-non-overlapping windows is applied at the pooled resolution (:func:`fused_relu`; exact). Memory: a
-backward pass holds ``a`` of ``B * S * max_t numel(z_t)`` floats; the specification rows are
-chunked so that this stays under ``memory_budget`` bytes.
+(specification = identity rows, both signs), only for the neurons whose bounds the next
+operator's relaxation depends on (:meth:`Op.refine_rows`: a ReLU's unstable neurons, plus active
+ones in undecided MaxPool windows), intersected with IBP. Rows are chosen per sample; conv layers
+use the windowed strategy (:mod:`fortify.certify.patches`) where every operator below supports it.
+Memory: a backward pass holds ``a`` of ``B * S * max_t numel(z_t)`` floats; the specification rows
+are chunked so that this stays under ``memory_budget`` bytes.
 
 Final-pass slope optimisation (:func:`optimize_slopes`, ``alpha_steps > 0``): the lower slopes of
 the unstable neurons in the last backward pass become free parameters in [0, 1] per (sample, row,
@@ -34,12 +29,11 @@ looser than CROWN-Ada's.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from fortify.certify.bounds import InputSet, ibp_margin, linear_prefix, prefix_dual
-from fortify.certify.graph import ConvOp, LinearOp, MaxPoolOp, Op, ReLUOp, numel
+from fortify.certify.ops import Interval, LinearOp, Op, RelaxCache, ReLUOp, numel, relu_relax
 from fortify.certify.patches import windowed_lower, windowed_ok
-from fortify.certify.pooled import pooled_conv_back, pooled_conv_index
+from fortify.certify.pooled import PooledConvStep
 
 #: bytes of live temporaries per float of a backward coefficient tensor (a, a+, a-, new a)
 _TEMP_FACTOR = 4
@@ -53,201 +47,45 @@ _CHUNK_BYTES = 16 << 20
 _CHUNK_MAX_BYTES = 64 << 20
 _CHUNK_MIN_ROWS = 256
 
-
-def relu_relax(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slopes/intercept of the CROWN-Ada ReLU relaxation: ``(lower_slope, upper_slope, upper_bias)``,
-    each shaped like ``lo``; ``lower_slope * x <= relu(x) <= upper_slope * x + upper_bias``."""
-    active = lo >= 0
-    unstable = (lo < 0) & (hi > 0)
-    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
-    su = torch.where(unstable, hi / denom, active.to(lo.dtype))
-    bu = torch.where(unstable, -su * lo, torch.zeros_like(lo))
-    sl = torch.where(unstable, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
-    return sl, su, bu
-
-
-def memo(cache: dict | None, key: tuple, fn):
-    """``fn()``, computed once per ``cache`` (a dict living for one refinement, whose bounds are
-    fixed): the relaxations do not depend on the specification rows, so chunks share them.
-    Keys hold ``id`` of tensors that the caller keeps alive while the cache lives."""
-    if cache is None:
-        return fn()
-    if key not in cache:
-        cache[key] = fn()
-    return cache[key]
-
-
-def _relu_parts(lo: torch.Tensor, hi: torch.Tensor):
-    b = lo.shape[0]
-    sl, su, bu = (t.reshape(b, 1, -1) for t in relu_relax(lo, hi))
-    cols = ((lo < 0) & (hi > 0)).reshape(b, -1).any(dim=0).nonzero().squeeze(1)
-    parts = (sl, su, bu, cols)
-    if 4 * cols.numel() > sl.shape[-1]:
-        return parts + (su - sl,)
-    return parts + (sl[..., cols], su[..., cols], bu[..., cols])
-
-
-def _relu_back(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, cache: dict | None = None,
-               alpha: torch.Tensor | None = None):
-    """Backward step through a ReLU for ``a (B' , S, *shape)``: ``a -> a * (sl if a > 0 else su)``,
-    ``const += sum(min(a, 0) * bu)``. With few unstable columns (union over the batch, <= 1/4) the
-    sign-dependent part is applied to those columns only (stable ones: a single product
-    ``a * slope``); otherwise the whole-tensor form ``a * sl - min(a, 0) * (sl - su)`` avoids the
-    column gather / scatter. ``alpha (B', S, N)`` in [0, 1]: lower slopes of the unstable neurons
-    per specification row (alpha-CROWN; stable neurons keep their exact slope)."""
-    parts = memo(cache, ("relu", id(lo), id(hi)), lambda: _relu_parts(lo, hi))
-    sl, su, bu, cols = parts[:4]
-    flat = a.reshape(a.shape[0], a.shape[1], -1)
-    if alpha is not None or len(parts) == 5:  # whole-tensor form (many unstable columns, or free slopes)
-        if alpha is not None:
-            unstable = memo(cache, ("unstable", id(lo), id(hi)),
-                            lambda: ((lo < 0) & (hi > 0)).reshape(lo.shape[0], 1, -1))
-            sl = torch.where(unstable, alpha, sl)
-            gap = su - sl
-        else:
-            gap = parts[4]  # su - sl
-        neg = flat.clamp(max=0)
-        const = const + neg.matmul(bu.transpose(1, 2)).squeeze(-1)
-        new = torch.addcmul(flat * sl, neg, gap)  # a > 0: lower slope; a < 0: upper slope
-        return new.reshape(new.shape[:2] + a.shape[2:]), const
-    new = flat * su
-    if cols.numel():
-        slc, suc, buc = parts[4:]
-        au = flat[..., cols]
-        new[..., cols] = torch.where(au > 0, au * slc, au * suc)
-        const = const + (au.clamp(max=0) * buc).sum(-1)
-    return new.reshape(new.shape[:2] + a.shape[2:]), const
-
-
-def _windows(t: torch.Tensor, op: MaxPoolOp, fill: float) -> torch.Tensor:
-    """``(B, C, k*k, L)`` pooling windows of ``t (B, C, H, W)`` (padding filled with ``fill``)."""
-    b, c = t.shape[:2]
-    ph, pw = (op.padding, op.padding) if isinstance(op.padding, int) else op.padding
-    tp = F.pad(t, (pw, pw, ph, ph), value=fill)
-    u = F.unfold(tp, op.kernel, dilation=op.dilation, padding=0, stride=op.stride or op.kernel)
-    return u.reshape(b, c, -1, u.shape[-1])
-
-
-def maxpool_relax(op: MaxPoolOp, lo: torch.Tensor, hi: torch.Tensor):
-    """``(index (B, C, L), decided (B, C, L) bool, upper_const (B, C, L))`` of the MaxPool relaxation:
-    index is the flat input position of ``j*`` per window."""
-    b, c, h, w = lo.shape
-    lw = _windows(lo, op, float("-inf"))
-    uw = _windows(hi, op, float("-inf"))
-    pos = torch.arange(h * w, device=lo.device, dtype=lo.dtype).reshape(1, 1, h, w).expand(1, c, h, w)
-    pw = _windows(pos, op, -1.0)[0]  # (C, kk, L)
-    jstar = lw.argmax(dim=2, keepdim=True)  # (B, C, 1, L)
-    lstar = lw.gather(2, jstar).squeeze(2)
-    others = uw.scatter(2, jstar, float("-inf")).amax(dim=2)
-    decided = lstar >= others
-    index = pw.unsqueeze(0).expand(b, -1, -1, -1).gather(2, jstar).squeeze(2).long()
-    return index, decided, uw.amax(dim=2)
-
-
-def fused_relu(ops: list[Op], t: int) -> bool:
-    """Whether the ReLU ``ops[t-1]`` feeding the MaxPool ``ops[t]`` can be applied at the pooled
-    resolution: with non-overlapping windows (kernel == stride, no dilation) the MaxPool backward
-    step puts each window's coefficient on its ``j*`` only (zeros elsewhere), so the ReLU step is
-    the same when applied to the pooled coefficients with the ReLU relaxation taken at ``j*``
-    (exactly equal bounds, 1 / kernel-area of the work)."""
-    if t < 1:
-        return False
-    op = ops[t]
-    if not isinstance(op, MaxPoolOp) or not isinstance(ops[t - 1], ReLUOp):
-        return False
-    kern = _pair(op.kernel)
-    return kern == _pair(op.stride or op.kernel) and _pair(op.dilation) == (1, 1)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
-
-
-def relu_at_jstar(index: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> list[torch.Tensor]:
-    """ReLU relaxation ``(sl, su, bu)`` of pre-activation bounds ``lo, hi (B, C, H, W)`` taken at the
-    MaxPool's ``j*``: ``index (B, C, L)`` flat positions -> three ``(B, C, L)`` tensors."""
-    b, c = lo.shape[:2]
-    return [m.reshape(b, c, -1).gather(2, index) for m in relu_relax(lo, hi)]
-
-
-def _maxpool_back(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                  relu: tuple[torch.Tensor, torch.Tensor] | None = None, cache: dict | None = None):
-    """Backward step through MaxPool2d: coefficients go to ``j*`` of each window; negative ones of
-    undecided windows take the constant upper bound instead (applied on those columns only).
-    ``relu``: pre-activation bounds of a preceding ReLU fused at ``j*`` (see :func:`fused_relu`)."""
-    coef, index, const = _maxpool_coef(op, a, const, lo, hi, relu, cache)
-    bsz, s = coef.shape[:2]
-    c, h, w = op.in_shape
-    out = a.new_zeros(bsz, s, c, h * w)
-    out.scatter_add_(3, index.unsqueeze(1).expand(bsz, s, c, -1), coef)
-    return out.reshape((bsz, s) + tuple(op.in_shape)), const
-
-
-def _maxpool_coef(op: MaxPoolOp, a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                  relu: tuple[torch.Tensor, torch.Tensor] | None = None, cache: dict | None = None):
-    """The pooled part of :func:`_maxpool_back`: ``(coef (B, S, C, L), index (B, C, L), const)``,
-    ``coef`` the coefficients that land on the ``j*`` positions ``index`` (flat, in the pool input)."""
-    index, decided, upper = memo(cache, ("pool", id(op), id(lo), id(hi)), lambda: maxpool_relax(op, lo, hi))
-    bsz, s = max(a.shape[0], lo.shape[0]), a.shape[1]
-    c, h, w = op.in_shape
-    af = a.reshape(a.shape[0], s, -1)
-    coef = af.expand(bsz, s, af.shape[-1])
-    cols = (~decided).reshape(decided.shape[0], -1).any(dim=0).nonzero().squeeze(1)
-    if cols.numel():
-        coef = coef.clone()
-        und = (~decided).reshape(decided.shape[0], 1, -1)[..., cols].to(a.dtype)
-        au = coef[..., cols]
-        neg = au.clamp(max=0) * und
-        coef[..., cols] = au - neg
-        const = const + (neg * upper.reshape(upper.shape[0], 1, -1)[..., cols]).sum(-1)
-    if relu is not None:
-        sl, su, bu = memo(cache, ("jstar", id(op), id(relu[0]), id(relu[1])),
-                          lambda: [m.reshape(m.shape[0], 1, -1) for m in relu_at_jstar(index, *relu)])
-        const = const + (coef.clamp(max=0) * bu).sum(-1)
-        coef = torch.where(coef > 0, coef * sl, coef * su)
-    index = index.expand(bsz, -1, -1) if index.shape[0] != bsz else index
-    return coef.reshape(bsz, s, c, -1), index, const
+#: fused-step strategies tried at every operator of a backward pass (``pooled=True``), in order
+FUSED_STEPS: tuple[PooledConvStep, ...] = (PooledConvStep(),)
 
 
 def backward_lower(
-    ops: list[Op], upto: int, a: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor]], inp: InputSet,
+    ops: list[Op], upto: int, a: torch.Tensor, bounds: list[Interval], inp: InputSet,
     const: torch.Tensor | None = None, pooled: bool = True, cache: dict | None = None,
     alphas: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Lower bound ``(B, S)`` of ``a . z_upto + const`` over the input set, ``z_upto`` the input of
     ``ops[upto]`` (the output when ``upto == len(ops)``); ``bounds[t]`` bounds the input of ``ops[t]``.
-    ``pooled``: take Conv -> [ReLU] -> MaxPool as one step at the pooled resolution
-    (:mod:`fortify.certify.pooled`; same bounds, ``m*m`` less work in the convolution).
-    ``cache``: a dict shared by calls with the same ``bounds`` (chunks of rows) that keeps the
-    relaxations, which do not depend on ``a``. ``alphas``: lower slopes per ReLU operator index for
-    :func:`optimize_slopes` (ReLUs fused into a MaxPool keep CROWN-Ada's)."""
+    ``pooled``: let the fused-step strategies (:data:`FUSED_STEPS`) take the steps they match
+    (same bounds, less work). ``cache``: a dict shared by calls with the same ``bounds`` (chunks of
+    rows) that keeps the relaxations, which do not depend on ``a``. ``alphas``: lower slopes per
+    ReLU operator index for :func:`optimize_slopes` (ReLUs absorbed by a MaxPool keep CROWN-Ada's)."""
     b = inp.x.shape[0]
     const = a.new_zeros(b, a.shape[1]) if const is None else const.expand(b, a.shape[1])
     t = upto - 1
     while t >= 0:
+        step, low = _fused_step(ops, t) if pooled else (None, None)
+        if step is not None and low is not None:
+            a, const = step.backward(ops, low, t, a, const, bounds, cache)
+            t = low - 1
+            continue
         op = ops[t]
-        if op.linear:
-            const = const + op.bias(a)
-            a = op.back(a)
-        elif isinstance(op, ReLUOp):
-            a, const = _relu_back(a, const, *bounds[t], cache=cache, alpha=None if alphas is None else alphas.get(t))
-        elif isinstance(op, MaxPoolOp):
-            fuse = fused_relu(ops, t)
-            tc = pooled_conv_index(ops, t) if pooled else None
-            if tc is not None and (fuse or tc == t - 1):  # pool (+ ReLU) + conv in one step
-                coef, index, const = _maxpool_coef(op, a, const, *bounds[t], relu=bounds[t - 1] if fuse else None,
-                                                   cache=cache)
-                conv = ops[tc]
-                assert isinstance(conv, ConvOp), "pooled_conv_index returns a Conv2d's index"
-                a, const = pooled_conv_back(conv, op, coef, index, const, cache, ("kern", id(op), id(bounds[t][0])))
-                t = tc
-            else:
-                a, const = _maxpool_back(op, a, const, *bounds[t], relu=bounds[t - 1] if fuse else None, cache=cache)
-                t -= int(fuse)
-        else:  # pragma: no cover - graph.py only builds the operators above
-            raise TypeError(f"no CROWN relaxation for {op!r}")
-        t -= 1
+        fuse = t >= 1 and op.absorbs(ops[t - 1])
+        alpha = None if alphas is None else alphas.get(t)
+        a, const = op.backward(a, const, *bounds[t], cache=cache, alpha=alpha, below=bounds[t - 1] if fuse else None)
+        t -= 1 + int(fuse)
     return inp.concretize(a, const)
+
+
+def _fused_step(ops: list[Op], t: int) -> tuple[PooledConvStep | None, int | None]:
+    """The first fused-step strategy matching at ``ops[t]`` and the lowest operator it covers."""
+    for step in FUSED_STEPS:
+        low = step.match(ops, t)
+        if low is not None:
+            return step, low
+    return None, None
 
 
 def rows_union(need: torch.Tensor) -> int:
@@ -272,21 +110,6 @@ def _chunk_rows(memory_budget: int, b: int, row_bytes: int, cap: int = _CHUNK_BY
     return max(small, min(large, -(-_CHUNK_MIN_ROWS // (2 * max(b, 1)))))
 
 
-def _in_undecided_windows(op: MaxPoolOp, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` bool: the element lies in a pooling window whose max is not decided by
-    ``[lo, hi]``. Tightening bounds keeps a decided window decided with the same ``j*``, so the
-    MaxPool relaxation only depends on the bounds of elements of undecided windows."""
-    _, decided, _ = maxpool_relax(op, lo, hi)
-    b, c, h, w = lo.shape
-    pos = torch.arange(h * w, device=lo.device, dtype=lo.dtype).reshape(1, 1, h, w).expand(1, c, h, w)
-    pw = _windows(pos, op, -1.0)[0].long()  # (C, kk, L), -1 = padding
-    und = (~decided).unsqueeze(2).expand(b, c, pw.shape[1], pw.shape[2]).to(lo.dtype)
-    out = lo.new_zeros(b, c, h * w + 1)  # last slot absorbs the padding positions
-    idx = torch.where(pw < 0, h * w, pw).unsqueeze(0).expand(b, -1, -1, -1).reshape(b, c, -1)
-    out.scatter_reduce_(2, idx, und.reshape(b, c, -1), reduce="amax")
-    return out[:, :, :h * w].reshape(b, c, h, w) > 0
-
-
 def _refine_pairs(ops, t, need, new_l, new_h, bounds, inp: InputSet, per: int, shape):
     """Refinement of a Linear layer's rows as (sample, neuron) pairs, ``per`` pairs a chunk: each
     pair is a batch entry of its own (its sample's bounds and input set gathered), so the cost
@@ -300,7 +123,7 @@ def _refine_pairs(ops, t, need, new_l, new_h, bounds, inp: InputSet, per: int, s
         a = op.w[ri].unsqueeze(1)  # (P, 1, n_in)
         c0 = (op.b[ri] if op.b is not None else a.new_zeros(ri.shape)).unsqueeze(1)
         low = backward_lower(ops, t - 1, torch.cat([a, -a], dim=1), sub, sinp, torch.cat([c0, -c0], dim=1),
-                             cache={})
+                             cache=RelaxCache())
         new_l[si, ri] = torch.maximum(new_l[si, ri], low[:, 0])
         new_h[si, ri] = torch.minimum(new_h[si, ri], -low[:, 1])
     return new_l.reshape(shape), new_h.reshape(shape)
@@ -318,18 +141,13 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool =
     (:func:`_refine_pairs`)."""
     b = lo.shape[0]
     lf, hf = lo.reshape(b, -1), hi.reshape(b, -1)
-    if isinstance(ops[t], ReLUOp):
-        need = (lf < 0) & (hf > 0)
-        if t + 1 < len(ops) and isinstance(ops[t + 1], MaxPoolOp):
-            need = need | ((lf >= 0) & _in_undecided_windows(ops[t + 1], torch.relu(lo), torch.relu(hi)).reshape(b, -1))
-    else:
-        need = torch.ones_like(lf, dtype=torch.bool)
+    need = ops[t].refine_rows(lo, hi, ops[t + 1] if t + 1 < len(ops) else None)
     if not bool(need.any()):
         return lo, hi
     windowed = use_windows and windowed_ok(ops, t)
     # windowed rows hold windows, not whole maps: their chunks keep the large cap
     per = _chunk_rows(memory_budget, b, _row_bytes(ops, t), _CHUNK_MAX_BYTES if windowed else _CHUNK_BYTES)
-    cache: dict = {}
+    cache = RelaxCache()
     new_l, new_h = lf.clone(), hf.clone()
     if windowed:  # per-sample rows, padded to the largest count (padding rows are left unchanged)
         counts = need.sum(dim=1)
@@ -388,7 +206,7 @@ def layer_bounds(
     Linear -> Linear) are not exact under IBP and are refined like any other layer."""
     k = linear_prefix(ops) if inp.norm != "linf" else -1
     first = linear_prefix(ops)
-    if sum(isinstance(op, (LinearOp, ConvOp)) for op in ops[:first]) > 1:
+    if sum(op.mixing for op in ops[:first]) > 1:
         first = -1
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     lo, hi = inp.lo, inp.hi
@@ -422,7 +240,7 @@ def optimize_slopes(ops: list[Op], bounds: list[tuple[torch.Tensor, torch.Tensor
         return low.scatter(1, idx, sub)
     b, s = low.shape
     relus = [t for t, op in enumerate(ops) if isinstance(op, ReLUOp)
-             and not (t + 1 < len(ops) and fused_relu(ops, t + 1))]
+             and not (t + 1 < len(ops) and ops[t + 1].absorbs(op))]
     alphas = {}
     for t in relus:
         lo, hi = bounds[t]
@@ -436,7 +254,7 @@ def optimize_slopes(ops: list[Op], bounds: list[tuple[torch.Tensor, torch.Tensor
     m1 = [torch.zeros_like(v) for v in params]
     m2 = [torch.zeros_like(v) for v in params]
     b1, b2 = 0.9, 0.999
-    cache: dict = {}  # relaxations do not depend on the slopes: computed once for all steps
+    cache = RelaxCache()  # relaxations do not depend on the slopes: computed once for all steps
     with torch.enable_grad():
         for k in range(1, steps + 1):
             cur = backward_lower(ops, len(ops), c, bounds, inp, cache=cache, alphas=alphas)

@@ -18,7 +18,7 @@ float32 forward pass at the minimiser is not misclassified: a tie within roundin
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,7 +30,8 @@ from fortify import progress
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.bounds import InputSet, margin_spec
 from fortify.certify.crown import backward_lower, layer_bounds
-from fortify.certify.graph import Op, ReLUOp, build_ops, numel
+from fortify.certify.graph import build_ops
+from fortify.certify.ops import Op, ReLUOp, numel
 from fortify.errors import ConfigError, ResourceError, UnsupportedLayerError
 from fortify.threat import ThreatModel
 
@@ -162,7 +163,9 @@ class MILPVerifier(Certifier):
         vlo, vhi = np.full(nv, -np.inf), np.full(nv, np.inf)
         integ = np.zeros(nv)
         vlo[:d], vhi[:d] = lo, hi
-        rows, rlo, rhi = [], [], []
+        rows: list[Any] = []
+        rlo: list[Any] = []
+        rhi: list[Any] = []
         if l1:
             vlo[d:3 * d], vhi[d:3 * d] = 0.0, threat.eps
             eq = sp.hstack([sp.eye(d), -sp.eye(d), sp.eye(d), sp.csr_matrix((d, nv - 3 * d))])

@@ -1,7 +1,9 @@
 """Backward step through ``Conv2d -> [ReLU] -> MaxPool2d`` at the pooled resolution.
 
-In CROWN's backward pass (Zhang et al. 2018) the MaxPool relaxation puts each window's coefficient
-on one element ``j*`` of the window (:func:`fortify.certify.crown.maxpool_relax`); the dense path
+A fused-step strategy of CROWN's backward pass (Zhang et al. 2018), selected by the driver
+(:func:`fortify.certify.crown.backward_lower`) where :class:`PooledConvStep` matches. The MaxPool
+relaxation puts each window's coefficient on one element ``j*`` of the window
+(:meth:`fortify.certify.ops.MaxPoolOp.relax`); the dense path
 scatters the pooled coefficients into a zero map of the convolution's output (``m * m`` times
 larger for an ``m x m`` pool) and runs a transposed convolution over it, so ``(m*m - 1) / (m*m)`` of
 its multiply-adds hit zeros. Here the two steps are one: for non-overlapping windows (kernel ==
@@ -20,14 +22,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fortify.certify.graph import ConvOp, MaxPoolOp, Op, ReLUOp
+from fortify.certify.ops import ConvOp, Interval, MaxPoolOp, Op, ReLUOp, memo, pair
+
+#: default fan-in limit ``C_in k k`` of the convolution (see :func:`pooled_conv_index`)
+MAX_FAN_IN = 64
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
-
-
-def pooled_conv_index(ops: list[Op], t: int, max_fan_in: int = 64) -> int | None:
+def pooled_conv_index(ops: list[Op], t: int, max_fan_in: int | None = None) -> int | None:
     """Index of the Conv2d whose output feeds the MaxPool ``ops[t]`` (directly or through one ReLU)
     when the fused step applies (non-overlapping pool windows without padding / dilation tiling the
     conv output exactly, conv without dilation / groups, ``C_in k k <= max_fan_in``), else ``None``.
@@ -35,17 +36,18 @@ def pooled_conv_index(ops: list[Op], t: int, max_fan_in: int = 64) -> int | None
     one and only wins where the dense transposed convolution is slow (few input channels, e.g. the
     first layer on grey images: measured 1.8x faster on madry-cnn's first conv, 2x slower on its
     second, 32-channel one)."""
+    max_fan_in = MAX_FAN_IN if max_fan_in is None else max_fan_in
     pool = ops[t]
     if not isinstance(pool, MaxPoolOp):
         return None
     tc = t - 2 if t >= 2 and isinstance(ops[t - 1], ReLUOp) else t - 1
-    if tc < 0:
+    if tc < 0 or (tc == t - 2 and not pool.absorbs(ops[t - 1])):  # a ReLU between must be absorbed
         return None
     conv = ops[tc]
     if not isinstance(conv, ConvOp):
         return None
-    m = _pair(pool.kernel)
-    if m != _pair(pool.stride or pool.kernel) or _pair(pool.padding) != (0, 0) or _pair(pool.dilation) != (1, 1):
+    m = pair(pool.kernel)
+    if m != pair(pool.stride or pool.kernel) or pair(pool.padding) != (0, 0) or pair(pool.dilation) != (1, 1):
         return None
     if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or len(conv.in_shape) != 3:
         return None
@@ -80,15 +82,14 @@ def pooled_conv_back(conv: ConvOp, pool: MaxPoolOp, coef: torch.Tensor, index: t
     the ``j*`` elements ``index (B, C_out, L)`` (flat positions in the conv output, ``L`` pooled
     windows): returns ``(a (B, S, C_in, H, W), const + coef . bias)``; equal to scattering ``coef``
     to ``index`` and applying :meth:`ConvOp.back` / :meth:`ConvOp.bias`. ``cache`` / ``key``: see
-    :func:`fortify.certify.crown.memo` (``key`` names the pool's bounds; the kernels depend on them only)."""
-    m = _pair(pool.kernel)
+    :func:`fortify.certify.ops.memo` (``key`` names the pool's bounds; the kernels depend on them only)."""
+    m = pair(pool.kernel)
     bsz, s, cout, nl = coef.shape
     cin, h, w = conv.in_shape
     _, ho, wo = conv.out_shape
     wp = wo // m[1]
     if conv.b is not None:
         const = const + coef.sum(-1).matmul(conv.b)
-    from fortify.certify.crown import memo
 
     def kernels() -> torch.Tensor:  # (B L, C_out, F): the effective kernel of every window
         q = torch.arange(nl, device=coef.device)
@@ -105,3 +106,21 @@ def pooled_conv_back(conv: ConvOp, pool: MaxPoolOp, coef: torch.Tensor, index: t
     st = (m[0] * conv.stride[0], m[1] * conv.stride[1])
     out = F.fold(cols.reshape(bsz * s, -1, nl), (h, w), ke, padding=tuple(conv.padding), stride=st)
     return out.reshape(bsz, s, cin, h, w), const
+
+
+class PooledConvStep:
+    """The fused ``Conv2d -> [ReLU] -> MaxPool2d`` backward step as a strategy of the CROWN driver:
+    :meth:`match` says whether it applies at the MaxPool ``ops[t]``, :meth:`backward` performs it."""
+
+    def match(self, ops: list[Op], t: int) -> int | None:
+        """Index of the lowest operator covered (the Conv2d), or ``None``."""
+        return pooled_conv_index(ops, t)
+
+    def backward(self, ops: list[Op], low: int, t: int, a: torch.Tensor, const: torch.Tensor,
+                 bounds: list[Interval], cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a (B', S, *out of ops[t])``, const) -> ``(a (B, S, *in of ops[low]), const')``."""
+        pool, conv = ops[t], ops[low]
+        assert isinstance(pool, MaxPoolOp) and isinstance(conv, ConvOp), "match() admits Conv2d ... MaxPool2d only"
+        below = bounds[t - 1] if low == t - 2 else None
+        coef, index, const = pool.coefficients(a, const, *bounds[t], below=below, cache=cache)
+        return pooled_conv_back(conv, pool, coef, index, const, cache, ("kern", id(pool), id(bounds[t][0])))

@@ -1,0 +1,38 @@
+"""Shape-only operators: Flatten (any reshape) and the eval-mode no-ops Identity / Dropout."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fortify.certify.ops.base import Interval, Op, register_op
+
+
+class ReshapeOp(Op):
+    """``nn.Flatten(start_dim, end_dim)``: ``(B, *in) -> (B, *out)``, the same elements."""
+
+    def __init__(self, start_dim: int, end_dim: int, name: str) -> None:
+        self.start_dim, self.end_dim, self.name = start_dim, end_dim, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, self.start_dim, self.end_dim)
+
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        return self.forward(lo), self.forward(hi)
+
+    def back(self, a: torch.Tensor) -> torch.Tensor:
+        return a.reshape(a.shape[:2] + tuple(self.in_shape))
+
+    def bias(self, a: torch.Tensor) -> torch.Tensor:
+        return a.new_zeros(a.shape[:2])
+
+
+@register_op(nn.Flatten)
+def _flatten(m: nn.Module, name: str, in_shape: tuple[int, ...], ref: torch.Tensor) -> list[Op]:
+    assert isinstance(m, nn.Flatten)
+    return [ReshapeOp(m.start_dim, m.end_dim, name)]
+
+
+@register_op(nn.Identity, nn.Dropout)
+def _no_op(m: nn.Module, name: str, in_shape: tuple[int, ...], ref: torch.Tensor) -> list[Op]:
+    """Identity, and Dropout in eval mode (the certified model): no operator."""
+    return []
