@@ -1,6 +1,7 @@
 """Contract every registered dataset must meet (skipped with the reason when it is not installed).
 
-The same ``data.load`` call must give: float32 NCHW in [0, 1] shaped like ``spec.input_shape``,
+The same ``data.load`` call must give: float32 ``(N, *input_shape)`` in [0, 1] (images ``(C, H, W)``,
+signals ``(C, L)``, tables ``(F,)``),
 int64 labels in ``[0, num_classes)``, the documented split sizes, a deterministic order, disjoint
 train/test images, and train statistics equal to the hard-coded ``spec.mean``/``spec.std``.
 """
@@ -24,7 +25,7 @@ def _load(name: str, split: str, **kw: object) -> tuple[torch.Tensor, torch.Tens
 
 
 def test_registry_has_the_documented_datasets() -> None:
-    assert {"mnist-5k", "digits", "mnist", "fashion-mnist"} <= set(NAMES)
+    assert {"mnist-5k", "digits", "mnist", "fashion-mnist", "mnist1d", "breast-cancer", "wine"} <= set(NAMES)
     assert data.DEFAULT_DATASET == "mnist-5k"
 
 
@@ -32,9 +33,10 @@ def test_registry_has_the_documented_datasets() -> None:
 def test_spec_is_complete(name: str) -> None:
     spec = data.info(name)
     assert spec.name == name and spec.description and spec.install
-    c, h, w = spec.input_shape
-    assert c >= 1 and h >= 1 and w >= 1 and spec.num_classes >= 2
-    assert len(spec.mean) == len(spec.std) == c
+    assert 1 <= len(spec.input_shape) <= 3 and all(d >= 1 for d in spec.input_shape) and spec.num_classes >= 2
+    assert len(spec.mean) == len(spec.std) == spec.input_shape[0]  # per channel (per feature for tables)
+    assert not spec.classes or len(spec.classes) == spec.num_classes
+    assert not spec.features or len(spec.features) == spec.input_shape[0]
     assert all(0 < s < 1 for s in spec.std) and all(0 < m < 1 for m in spec.mean)
     assert "train" in spec.splits and "test" in spec.splits
     assert set(spec.sizes) == set(spec.splits)
@@ -61,10 +63,11 @@ def test_train_statistics_match_spec(name: str) -> None:
     x, _ = _load(name, "train")
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
+    axes = tuple(i for i in range(x.dim()) if i != 1)
     for chunk in x.split(5000):  # float64 accumulation without a float64 copy of the whole split
         c64 = chunk.double()
-        total += c64.sum(dim=(0, 2, 3))
-        squares += c64.square().sum(dim=(0, 2, 3))
+        total += c64.sum(dim=axes)
+        squares += c64.square().sum(dim=axes)
     count = x.numel() // x.shape[1]
     mean = total / count
     std = (squares / count - mean.square()).sqrt()

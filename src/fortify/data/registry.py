@@ -1,6 +1,7 @@
 """Dataset registry, the :class:`DatasetSpec` record, and the cached :func:`load` entry point.
 
-Every dataset is returned the same way: ``x`` float32 ``(N, C, H, W)`` with values in ``[0, 1]``,
+Every dataset is returned the same way: ``x`` float32 ``(N, *input_shape)`` (``(N, C, H, W)`` for
+images, ``(N, C, L)`` for signals, ``(N, F)`` for tables) with values in ``[0, 1]``,
 ``y`` int64 ``(N,)`` with values in ``[0, num_classes)``. Normalisation (``mean``/``std``) is *not*
 applied to the data: it lives inside the model (:class:`fortify.models.Normalized`) so that attacks,
 certificates and threat models all work in ``[0, 1]`` pixel space.
@@ -31,7 +32,8 @@ class DatasetSpec:
 
     Attributes:
         name: registry name (``"mnist-5k"``).
-        input_shape: ``(C, H, W)`` of one example.
+        input_shape: the shape of one example: ``(C, H, W)`` for images, ``(C, L)`` for signals,
+            ``(F,)`` for tables.
         num_classes: number of labels.
         mean, std: per-channel statistics of the *train* split in ``[0, 1]`` space (hard-coded,
             population statistics over all train pixels, checked by the contract tests); feed them
@@ -41,10 +43,12 @@ class DatasetSpec:
         loader: ``loader(split, data_dir)`` returning numpy ``(x, y)``; uint8 images are scaled /255.
         splits: the split names accepted by :func:`load`.
         sizes: number of examples per split (documentation and tests).
+        classes: class names in label order (empty: the labels are their own names).
+        features: names of a table's encoded features (empty for images and signals).
     """
 
     name: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -53,6 +57,8 @@ class DatasetSpec:
     loader: Loader = field(repr=False, compare=False)
     splits: tuple[str, ...] = ("train", "test")
     sizes: dict[str, int] = field(default_factory=dict, compare=False)
+    classes: tuple[str, ...] = field(default=(), compare=False)
+    features: tuple[str, ...] = field(default=(), compare=False)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

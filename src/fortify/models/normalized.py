@@ -55,8 +55,14 @@ class Normalized(nn.Module):
         return int(self.mean.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` in [0, 1] -> ``inner((x - mean) / std)``."""
-        return self.inner((x - self.mean) / self.std)
+        """``(N, C, ...)`` in [0, 1] -> ``inner((x - mean) / std)``, statistics over axis 1.
+
+        Images ``(N, C, H, W)`` use the stored ``(1, C, 1, 1)`` buffers as they are; signals
+        ``(N, C, L)`` and tables ``(N, F)`` (one "channel" per feature) use them reshaped."""
+        if x.dim() == 4:
+            return self.inner((x - self.mean) / self.std)
+        shape = (1, self.channels) + (1,) * max(x.dim() - 2, 0)
+        return self.inner((x - self.mean.reshape(shape)) / self.std.reshape(shape))
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"

@@ -26,15 +26,15 @@ MODELS: Registry[ModelFactory] = Registry("model")
 ARCH_ATTR = "fortify_arch"
 
 
-def _check_in_shape(in_shape: object) -> tuple[int, int, int]:
-    """Validate ``(C, H, W)`` with positive ints."""
+def _check_in_shape(in_shape: object) -> tuple[int, ...]:
+    """Validate one example's shape: ``(C, H, W)`` images, ``(C, L)`` signals or ``(F,)`` tables, positive ints."""
     if (
         not isinstance(in_shape, Sequence)
-        or len(in_shape) != 3
+        or not 1 <= len(in_shape) <= 3
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in in_shape)
     ):
-        raise ConfigError(f"in_shape must be (C, H, W) with positive ints, got {in_shape!r}")
-    return (int(in_shape[0]), int(in_shape[1]), int(in_shape[2]))
+        raise ConfigError(f"in_shape must be (C, H, W), (C, L) or (F,) with positive ints, got {in_shape!r}")
+    return tuple(int(v) for v in in_shape)
 
 
 def _check_num_classes(num_classes: object) -> int:
@@ -57,7 +57,8 @@ def create(name: str, *, in_shape: Sequence[int] = (1, 28, 28), num_classes: int
 
     Args:
         name: a name in :data:`MODELS` (``mlp``, ``lenet5``, ``small-cnn``, ``madry-cnn``).
-        in_shape: ``(C, H, W)``; 28x28 (MNIST) and 8x8 (digits) are both supported.
+        in_shape: ``(C, H, W)`` (28x28 MNIST and 8x8 digits are both supported), ``(C, L)`` or ``(F,)``
+            for the architectures that take signals or tables (``mlp`` takes any shape).
         num_classes: number of output logits.
         arch_args: factory-specific widths (e.g. ``hidden=(300, 100)`` for ``mlp``).
     Returns:

@@ -43,17 +43,25 @@ def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _image(in_shape: Sequence[int], name: str) -> tuple[int, int, int]:
+    """``(C, H, W)`` of an image architecture; other shapes are a ConfigError naming the model."""
+    if len(in_shape) != 3:
+        raise ConfigError(f"{name} takes images (C, H, W); got in_shape {tuple(in_shape)} (use mlp for tables)")
+    return int(in_shape[0]), int(in_shape[1]), int(in_shape[2])
+
+
 def _check_size(h: int, w: int, name: str) -> None:
     if h < 1 or w < 1:
         raise ConfigError(f"{name}: the input is too small for this architecture (feature map {h}x{w})")
 
 
 @MODELS.register("mlp", help="LeNet-300-100 multilayer perceptron (784-300-100-10, ReLU)")
-def mlp(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
+def mlp(in_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
         hidden: Sequence[int] = (300, 100)) -> nn.Sequential:
     """LeNet-300-100 (LeCun et al. 1998): Flatten, then Linear+ReLU per hidden width, then Linear.
 
-    Shapes: ``(N, C, H, W) -> (N, C*H*W) -> (N, 300) -> (N, 100) -> (N, num_classes)``.
+    Shapes: ``(N, C, H, W) -> (N, C*H*W) -> (N, 300) -> (N, 100) -> (N, num_classes)``; any example
+    shape is flattened the same way (``(N, F)`` tables, ``(N, C, L)`` signals).
     ``hidden`` may have any length >= 1 (it is validated as a list of positive ints).
     """
     if isinstance(hidden, int) and not isinstance(hidden, bool):
@@ -82,7 +90,7 @@ def lenet5(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
     """
     c1, c2 = _widths(channels, 2, "channels")
     f1, f2 = _widths(hidden, 2, "hidden")
-    c, h, w = in_shape
+    c, h, w = _image(in_shape, "lenet5")
     h, w = _conv_out(h, 5, 1, 2) // 2, _conv_out(w, 5, 1, 2) // 2
     _check_size(h, w, "lenet5")
     pad2 = 0 if min(h, w) >= 6 else 2
@@ -109,7 +117,7 @@ def small_cnn(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 1
     """
     c1, c2 = _widths(channels, 2, "channels")
     (f1,) = _widths(hidden, 1, "hidden")
-    c, h, w = in_shape
+    c, h, w = _image(in_shape, "small-cnn")
     for _ in range(2):
         h, w = _conv_out(h, 4, 2, 1), _conv_out(w, 4, 2, 1)
         _check_size(h, w, "small-cnn")
@@ -133,7 +141,7 @@ def madry_cnn(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 1
     """
     c1, c2 = _widths(channels, 2, "channels")
     (f1,) = _widths(hidden, 1, "hidden")
-    c, h, w = in_shape
+    c, h, w = _image(in_shape, "madry-cnn")
     for _ in range(2):
         h, w = _conv_out(h, 5, 1, 2) // 2, _conv_out(w, 5, 1, 2) // 2
         _check_size(h, w, "madry-cnn")
@@ -160,7 +168,7 @@ def dm_medium(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 1
     """
     c1, c2, c3, c4 = _widths(channels, 4, "channels")
     f1, f2 = _widths(hidden, 2, "hidden")
-    c, h, w = in_shape
+    c, h, w = _image(in_shape, "dm-medium")
     for _ in range(2):
         h, w = _conv_out(h, 4, 2, 1), _conv_out(w, 4, 2, 1)
         _check_size(h, w, "dm-medium")
