@@ -16,30 +16,28 @@ import torch
 from torch import nn
 
 from fortify.errors import ConfigError, OutputError
+from fortify.models.state import eval_mode
 
 OPSET = 17
 
 
 def onnx_bytes(model: nn.Module, example_inputs: torch.Tensor, *, opset: int = OPSET) -> bytes:
-    """Serialise ``model`` (eval mode, CPU) to ONNX bytes; ``example_inputs`` ``(B, C, H, W)`` fixes the shape."""
+    """Serialise ``model`` (eval mode for the call, every module's flag restored) to ONNX bytes.
+
+    ``example_inputs`` ``(B, C, H, W)`` fixes the sample shape (batch axis dynamic).
+    """
     import onnx
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"export needs an nn.Module, got {type(model).__name__}")
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
     buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # the TorchScript exporter (dynamo=False) writes to file-like objects; torch annotates f as a path only
-            torch.onnx.export(model, (example_inputs[:1].detach().float(),),
-                              buf, dynamo=False,  # type: ignore[arg-type]
-                              input_names=["x"], output_names=["logits"],
-                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
-    finally:
-        for m, flag in was:
-            m.training = flag
+    with eval_mode(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the TorchScript exporter (dynamo=False) writes to file-like objects; torch annotates f as a path only
+        torch.onnx.export(model, (example_inputs[:1].detach().float(),),
+                          buf, dynamo=False,  # type: ignore[arg-type]
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
     blob = buf.getvalue()
     onnx.checker.check_model(onnx.load_from_string(blob))
     return blob
@@ -50,14 +48,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     """Write ``model`` as ONNX to ``path``; with ``check`` compare ONNX Runtime and PyTorch logits.
 
     Raises ConfigError if the runtime disagrees with PyTorch by more than ``atol``, OutputError if
-    the file cannot be written.
+    the file cannot be written. ``model`` is run in eval mode; its flags are restored afterwards.
     """
     blob = onnx_bytes(model, example_inputs, opset=opset)
     if check:
         from fortify.compress.quantize.runtime import OnnxModule
 
-        with torch.no_grad():
-            ref = model.eval()(example_inputs.float())
+        with torch.no_grad(), eval_mode(model):
+            ref = model(example_inputs.float())
         got = OnnxModule(blob)(example_inputs.float())
         if not torch.allclose(ref, got, atol=atol, rtol=1e-3):
             raise ConfigError(f"ONNX export disagrees with PyTorch (max diff {float((ref - got).abs().max()):.3g})")

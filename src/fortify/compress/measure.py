@@ -33,7 +33,8 @@ Every figure comes from the real artefact and the real run:
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,6 +44,7 @@ from torch import nn
 from fortify.compress.base import count_params
 from fortify.compress.quantize.runtime import OnnxModule
 from fortify.errors import ConfigError
+from fortify.models.state import eval_mode
 from fortify.threat import ThreatModel
 from fortify.timing import CPU, WALL, Interleaved, SpeedUp, TimingPolicy, fixed_rounds, interleave
 
@@ -75,20 +77,24 @@ class Measurement:
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """``(macs, macs_nonzero)`` of one input ``example_inputs[:1]`` for every Conv2d/Linear of ``model``."""
+    """``(macs, macs_nonzero)`` of one input ``example_inputs[:1]`` for every Conv2d/Linear of ``model``.
+
+    One forward pass in eval mode (every module's flag restored afterwards).
+    """
     totals = [0, 0]
 
     def hook(m: nn.Module, inp: Any, out: torch.Tensor) -> None:
         """Forward hook adding one layer's MACs."""
+        weight = m.weight
+        assert isinstance(weight, torch.Tensor)  # hooks are only on Conv2d / Linear
         positions = out[0].numel() // out.shape[1] if isinstance(m, nn.Conv2d) else 1
-        per_out = m.weight[0].numel()
-        totals[0] += positions * out.shape[1] * per_out
-        totals[1] += positions * int((m.weight != 0).sum())
+        totals[0] += positions * out.shape[1] * weight[0].numel()
+        totals[1] += positions * int((weight != 0).sum())
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
-        with torch.no_grad():
-            model.eval()(example_inputs[:1])
+        with torch.no_grad(), eval_mode(model):
+            model(example_inputs[:1])
     finally:
         for h in handles:
             h.remove()
@@ -139,6 +145,7 @@ def latency_runs(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, 
 
     Inputs are ``example_inputs[:1]`` repeated to each batch size; the first model is the baseline
     of the stopping rule. PyTorch uses ``threads`` intra-op threads during the timing (restored after).
+    The models run in eval mode; every module's flag is restored afterwards.
     """
     if not models:
         raise ConfigError("latency: no models to time")
@@ -147,9 +154,9 @@ def latency_runs(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, 
     try:
         inputs = _batches(example_inputs, batch_sizes)
         runs = {}
-        with torch.no_grad():
+        with torch.no_grad(), ExitStack() as stack:
             for m in models.values():
-                m.eval()
+                stack.enter_context(eval_mode(m))
             for b in batch_sizes:
                 fns = {n: (lambda m=m, x=inputs[b]: m(x)) for n, m in models.items()}
                 runs[b] = interleave(fns, policy)
@@ -250,47 +257,83 @@ def robust_accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
     return float((~res.success).float().mean()), f"pgd({pgd_steps})", {}
 
 
-def measure(models: Mapping[str, nn.Module] | nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-            threat: ThreatModel | str | None = "linf:0.3", robust: str = "pgd", n_robust: int = 200,
-            float_twins: Mapping[str, nn.Module] | None = None, artefacts: Mapping[str, str | Path] | None = None,
-            encodings: Mapping[str, str] | None = None, latency: bool = True, threads: int = 2,
-            repeats: int = 15, pgd_steps: int = 40, square_queries: int = 1000, seed: int = 0) -> list[Measurement]:
+@dataclass(frozen=True)
+class MeasureOptions:
+    """What :func:`measure` measures and how (every field optional).
+
+    Attributes:
+        threat: the threat model (``None`` or ``robust="none"`` skips robustness).
+        robust: one of :data:`ROBUST_MODES` (see the module doc).
+        n_robust: robust accuracy on the first ``n_robust`` test points.
+        float_twins: ``{name: float model}`` for ONNX models (transfer attack and MAC count).
+        artefacts: ``{name: path}`` of files already written (their size is reported).
+        encodings: ``{name: encoding}`` used when the artefact is written here (default ``auto``).
+        latency, threads, repeats: time the models over at least ``repeats`` interleaved rounds, on
+            one thread and on ``threads`` (:func:`latency_speedups`).
+        pgd_steps, square_queries, seed: budgets and seed of the robustness attacks.
+    """
+
+    threat: ThreatModel | str | None = "linf:0.3"
+    robust: str = "pgd"
+    n_robust: int = 200
+    float_twins: Mapping[str, nn.Module] | None = None
+    artefacts: Mapping[str, str | Path] | None = None
+    encodings: Mapping[str, str] | None = None
+    latency: bool = True
+    threads: int = 2
+    repeats: int = 15
+    pgd_steps: int = 40
+    square_queries: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def build(cls, options: "MeasureOptions | None" = None, **changes: Any) -> "MeasureOptions":
+        """``options`` (default: the defaults) with ``changes`` applied; ConfigError naming the allowed
+        fields for an unknown one, or for a ``robust`` mode not in :data:`ROBUST_MODES`."""
+        allowed = [f.name for f in fields(cls)]
+        bad = sorted(set(changes) - set(allowed))
+        if bad:
+            raise ConfigError(f"measure: unknown option(s) {', '.join(map(repr, bad))}; allowed: {', '.join(allowed)}")
+        opts = replace(options if options is not None else cls(), **changes)
+        if opts.robust not in ROBUST_MODES:
+            raise ConfigError(f"robust must be one of {', '.join(ROBUST_MODES)}; got {opts.robust!r}")
+        return opts
+
+
+def measure(models: Mapping[str, nn.Module] | nn.Module, x: torch.Tensor, y: torch.Tensor,
+            options: MeasureOptions | None = None, **changes: Any) -> list[Measurement]:
     """Measure every model of ``models`` (``{name: module}``, or one module named ``"model"``).
 
     Args:
         x, y: test images ``(N, C, H, W)`` in [0, 1] and labels ``(N,)``; clean accuracy on all of them,
-            robust accuracy on the first ``n_robust``.
-        threat: the threat model (``None`` or ``robust="none"`` skips robustness).
-        float_twins: ``{name: float model}`` for ONNX models (transfer attack and MAC count).
-        artefacts: ``{name: path}`` of files already written (their size is reported).
-        encodings: ``{name: encoding}`` used when the artefact is written here (default ``auto``).
-        latency, threads, repeats: time the models (``threads`` PyTorch threads) over at least ``repeats``
-            interleaved rounds, on one thread and on ``threads`` (:func:`latency_speedups`).
-    Returns: one :class:`Measurement` per model, in order.
+            robust accuracy on the first ``options.n_robust``.
+        options: a :class:`MeasureOptions`; ``changes`` (its field names as keywords, e.g.
+            ``robust="none", threads=1``) are applied on top of it.
+    Returns: one :class:`Measurement` per model, in order. Every model is run in eval mode and left
+    with the flags it had.
     """
     if isinstance(models, nn.Module):
         models = {"model": models}
-    if robust not in ROBUST_MODES:
-        raise ConfigError(f"robust must be one of {', '.join(ROBUST_MODES)}; got {robust!r}")
-    t = ThreatModel.parse(threat) if isinstance(threat, str) else threat
-    twins, files, encs = dict(float_twins or {}), dict(artefacts or {}), dict(encodings or {})
-    speed = latency_speedups(models, x, threads=threads, repeats=repeats) if latency else None
+    o = MeasureOptions.build(options, **changes)
+    t = ThreatModel.parse(o.threat) if isinstance(o.threat, str) else o.threat
+    twins, files, encs = dict(o.float_twins or {}), dict(o.artefacts or {}), dict(o.encodings or {})
+    speed = latency_speedups(models, x, threads=o.threads, repeats=o.repeats) if o.latency else None
     rows = []
     for name, m in models.items():
-        m.eval()
-        size = Path(files[name]).stat().st_size if name in files else artefact_bytes(m, encs.get(name, "auto"))
-        ref = twins.get(name) if isinstance(m, OnnxModule) else m
-        row = Measurement(name=name, bytes=size)
-        if ref is not None:
-            row.params_nonzero, row.params_total = count_params(ref)
-            row.macs, row.macs_nonzero = count_macs(ref, x)
-        if speed is not None:
-            speed.fill(row)
-        row.clean_acc = accuracy(m, x, y)
-        if t is not None and robust != "none":
-            row.robust_acc, row.robust_method, row.extra = robust_accuracy_of(
-                m, x[:n_robust], y[:n_robust], t, mode=robust, float_twin=twins.get(name), pgd_steps=pgd_steps,
-                square_queries=square_queries, seed=seed)
+        with eval_mode(m):
+            size = Path(files[name]).stat().st_size if name in files else artefact_bytes(m, encs.get(name, "auto"))
+            ref = twins.get(name) if isinstance(m, OnnxModule) else m
+            row = Measurement(name=name, bytes=size)
+            if ref is not None:
+                row.params_nonzero, row.params_total = count_params(ref)
+                row.macs, row.macs_nonzero = count_macs(ref, x)
+            if speed is not None:
+                speed.fill(row)
+            row.clean_acc = accuracy(m, x, y)
+            if t is not None and o.robust != "none":
+                row.robust_acc, row.robust_method, row.extra = robust_accuracy_of(
+                    m, x[:o.n_robust], y[:o.n_robust], t, mode=o.robust, float_twin=twins.get(name),
+                    pgd_steps=o.pgd_steps, square_queries=o.square_queries, seed=o.seed)
         rows.append(row)
     return rows
 
@@ -364,6 +407,7 @@ def format_table(rows: list[Measurement], baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CLOCKS", "CONTENDED", "LATENCY_POLICY", "LatencyRuns", "Measurement", "ROBUST_MODES", "accuracy",
+__all__ = ["CLOCKS", "CONTENDED", "LATENCY_POLICY", "LatencyRuns", "MeasureOptions", "Measurement", "ROBUST_MODES",
+           "accuracy",
            "artefact_bytes", "count_macs", "format_table", "latencies", "latency_runs", "latency_speedups", "measure",
            "robust_accuracy_of", "robust_masks"]
