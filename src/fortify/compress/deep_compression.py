@@ -36,6 +36,7 @@ from fortify.compress.finetune import apply_masks, finetune, masks_of
 from fortify.compress.prune.magnitude import _keep_top
 from fortify.compress.reparam import ReparamNet
 from fortify.errors import ConfigError
+from fortify.models.state import train_mode
 from fortify.train import Trainer, TrainConfig
 from fortify.train.tasks import create as create_task
 
@@ -177,13 +178,11 @@ class DeepCompression(Transform):
         after_prune = count_params(model)[0]
         books = share_weights(model, self.bits)
         if self.share_epochs:
-            flags = {n: p.requires_grad for n, p in model.named_parameters()}
-            cb = _Codebooks(model, books)
-            Trainer(cb, create_task(self.task, **self.task_args), TrainConfig.from_dict({**cfg, "epochs": self.share_epochs}),
-                    progress=False).fit(check_data(data))
-            cb.write_back(model)
-            for n, p in model.named_parameters():
-                p.requires_grad_(flags[n])
+            with train_mode(model):  # the copy trains as the Trainer would train it; requires_grad restored after
+                cb = _Codebooks(model, books)
+                Trainer(cb, create_task(self.task, **self.task_args),
+                        TrainConfig.from_dict({**cfg, "epochs": self.share_epochs}), progress=False).fit(check_data(data))
+                cb.write_back(model)
         size = codebook_bytes(model)
         nnz, total = count_params(model)
         return TransformResult(model, {"bytes_dense": dense, "bytes_compressed": size, "ratio": dense / size,

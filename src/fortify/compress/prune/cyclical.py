@@ -22,6 +22,7 @@ from fortify.compress.base import (
 from fortify.compress.finetune import apply_masks
 from fortify.compress.prune.magnitude import magnitude_masks
 from fortify.compress.reparam import ReparamNet, ste_mask
+from fortify.models.state import train_mode
 from fortify.train import Trainer, TrainConfig
 from fortify.train.tasks import create as create_task
 
@@ -76,7 +77,8 @@ class CyclicalPrune(Transform):
         total = self.epochs * -(-x.shape[0] // cfg.batch_size)
         cyc = _CyclicMasks(model, total, self.cycles, self.sparsity)
         net = ReparamNet(model, cyc.weight)
-        Trainer(net, create_task(self.task, **self.task_args), cfg, progress=False, callbacks=[cyc]).fit((x, y))
+        with train_mode(model):  # the copy trains as the Trainer would train it (the wrapper's root is new)
+            Trainer(net, create_task(self.task, **self.task_args), cfg, progress=False, callbacks=[cyc]).fit((x, y))
         apply_masks(model, magnitude_masks(model, self.sparsity))
         nnz, total_p = count_params(model)
         return TransformResult(model, {"sparsity": self.sparsity, "cycles": self.cycles,

@@ -22,6 +22,7 @@ from fortify.compress.base import (
 from fortify.compress.finetune import apply_masks, finetune
 from fortify.compress.prune.magnitude import _keep_top
 from fortify.compress.reparam import ReparamNet
+from fortify.models.state import train_mode
 from fortify.train import Trainer, TrainConfig
 from fortify.train.tasks import create as create_task
 
@@ -90,14 +91,12 @@ class Hydra(Transform):
     def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
-        flags = {n: p.requires_grad for n, p in model.named_parameters()}
         scores = HydraScores(model, self.sparsity)
         cfg = TrainConfig.from_dict({"lr": 0.1, "weight_decay": 0.0, "batch_size": 128, **self.config,
                                      "epochs": self.score_epochs})
-        hist = Trainer(_ScoreNet(model, scores), create_task(self.task, **self.task_args), cfg,
-                       progress=False).fit((x, y))
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
+        with train_mode(model):  # the copy trains as the Trainer would train it; requires_grad restored after
+            hist = Trainer(_ScoreNet(model, scores), create_task(self.task, **self.task_args), cfg,
+                           progress=False).fit((x, y))
         masks = {i: scores.mask(i) for i, _ in weight_layers(model)}
         apply_masks(model, masks)
         report: dict[str, Any] = {"sparsity": self.sparsity, "score_train_adv_acc": hist[-1].get("train_acc")}

@@ -23,6 +23,7 @@ from fortify.compress.base import TRANSFORMS, Data, Transform, TransformResult, 
 from fortify.compress.quantize.ptq import check_keep_float, check_scheme, quantize_onnx
 from fortify.compress.quantize.schemes import resolve_scheme, scheme_types
 from fortify.compress.reparam import ReparamNet
+from fortify.models.state import train_mode
 from fortify.train import Trainer, TrainConfig
 from fortify.train.tasks import create as create_task
 
@@ -50,14 +51,17 @@ class FakeQuant:
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
         return torch.fake_quantize_per_channel_affine(w, scale.float(), zero, 0, -q - 1 if q == 127 else -q, q)
 
-    def act(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Asymmetric uint8 fake quantization of a layer input with an EMA min/max range."""
+    def act(self, i: int, x: torch.Tensor, update: bool | None = None) -> torch.Tensor:
+        """Asymmetric uint8 fake quantization of a layer input with an EMA min/max range.
+
+        ``update``: whether the EMA range moves (default: :attr:`training`).
+        """
         if i in self.float_layers:
             return x
         lo, hi = float(x.detach().min()), float(x.detach().max())
         if i not in self.ranges:
             self.ranges[i] = (lo, hi)
-        elif self.training:
+        elif self.training if update is None else update:
             a, b = self.ranges[i]
             self.ranges[i] = (a + self.momentum * (lo - a), b + self.momentum * (hi - b))
         a, b = self.ranges[i]
@@ -68,7 +72,9 @@ class FakeQuant:
 
 
 class QATNet(ReparamNet):
-    """A :class:`ReparamNet` with :class:`FakeQuant`; observers update only in train mode."""
+    """A :class:`ReparamNet` with :class:`FakeQuant`; observers update only while the net's own
+    ``training`` flag is set (read at every forward, so :mod:`fortify.models.state`'s context
+    managers, which set the flags directly, switch the observers too)."""
 
     def __init__(self, model: nn.Module, keep_float: tuple[int, ...] = (), weight_qmax: int = 127) -> None:
         """Wrap ``model``; ``keep_float``: weight-layer positions (0 = first Conv2d/Linear) left in float;
@@ -76,13 +82,7 @@ class QATNet(ReparamNet):
         layers = [i for i, _ in weight_layers(model)]
         self.fq = FakeQuant(float_layers=tuple(layers[k] for k in check_keep_float(keep_float, len(layers))),
                             weight_qmax=weight_qmax)
-        super().__init__(model, self.fq.weight, self.fq.act)
-
-    def train(self, mode: bool = True) -> "QATNet":
-        """Set train/eval mode; the activation-range observers update only in train mode."""
-        super().train(mode)
-        self.fq.training = mode
-        return self
+        super().__init__(model, self.fq.weight, lambda i, x: self.fq.act(i, x, update=self.training))
 
 
 @TRANSFORMS.register("qat_int8", help="quantization-aware (adversarial) fine-tuning, then real int8 export")
@@ -112,7 +112,8 @@ class QuantAwareInt8(Transform):
         net = QATNet(model, self.keep_float, weight_qmax=64 if scheme_types(scheme)[1] else 127)
         cfg = TrainConfig.from_dict({"lr": 0.005, "weight_decay": 0.0, "batch_size": 128, **self.config,
                                      "epochs": self.epochs})
-        hist = Trainer(net, create_task(self.task, **self.task_args), cfg, progress=False).fit((x, y))
+        with train_mode(model):  # the copy trains as the Trainer would train it (the wrapper's root is new)
+            hist = Trainer(net, create_task(self.task, **self.task_args), cfg, progress=False).fit((x, y))
         q = quantize_onnx(model, example_inputs, mode="static", calibration=x[: self.calibration_size],
                           threads=self.threads, keep_float=self.keep_float, scheme=scheme)
         return TransformResult(q, {"bytes_onnx": len(q.blob), "mode": "qat-static", "scheme": q.int8_scheme,
