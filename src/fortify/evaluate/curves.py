@@ -22,12 +22,14 @@ from torch import nn
 from fortify import progress
 from fortify.attacks import ATTACKS
 from fortify.models.state import frozen
-from fortify.errors import ConfigError, ThreatModelError
+from fortify.errors import ConfigError, InputError, ThreatModelError
 from fortify.evaluate.eps_checks import box_covering_eps
 from fortify.evaluate.presets import build_attack, AttackSpec
 from fortify.plotting import pyplot, save_figure
 from fortify.threat import NORMS, ThreatModel
-from fortify.validation import check_images, check_labels, check_logits
+from fortify.validation import (
+    check_device, check_images, check_kwargs, check_labels, check_logits, check_model_input, forward_checked,
+)
 
 MIN_NORM_ATTACKS: tuple[str, ...] = ("fab", "deepfool")
 FIXED_ATTACKS: tuple[str, ...] = ("apgd", "pgd", "fgsm")
@@ -65,14 +67,36 @@ def _default_grid(norm: str, span: float, dim: int, dist: torch.Tensor, points: 
     return [top * i / (points - 1) for i in range(points)]
 
 
+@dataclass(frozen=True)
+class CurveOptions:
+    """Keyword options of :func:`robustness_curve`: ``budget`` scales attack iterations, ``checks``
+    grid eps are cross-checked with a fixed-eps attack, ``batch_size`` points per attack call,
+    ``seed`` for the attacks' random numbers (the global RNG is restored afterwards)."""
+
+    budget: float = 1.0
+    checks: int = 3
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.checks, bool) or not isinstance(self.checks, int) or self.checks < 0:
+            raise ConfigError(f"checks must be an integer >= 0, got {self.checks!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not self.budget > 0:
+            raise ConfigError(f"budget must be a number > 0, got {self.budget!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+
 def _attack_all(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, thr: ThreatModel,
-                budget: float, batch_size: int, seed: int, bar: progress.Task | None = None,
-                what: str = "") -> torch.Tensor:
+                opts: CurveOptions, bar: progress.Task | None = None, what: str = "") -> torch.Tensor:
     """Distances ``(M,)`` of successful adversarial examples (inf where the attack failed); ``bar`` shows
     ``what`` (default: the attack's label) and the batch."""
-    attack, _ = build_attack(spec, budget)
+    attack, _ = build_attack(spec, opts.budget)
+    batch_size = opts.batch_size
     batches = -(-x.shape[0] // batch_size)
-    s = (seed * 31 + zlib.crc32(f"{spec.label}:{thr}".encode())) % (2**62)
+    s = (opts.seed * 31 + zlib.crc32(f"{spec.label}:{thr}".encode())) % (2**62)
     torch.manual_seed(s)
     gen = torch.Generator(device=x.device).manual_seed(s)
     out = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)
@@ -88,14 +112,25 @@ def _attack_all(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Te
     return out
 
 
+def _check_inputs(model: nn.Module, x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """The shared input checks of :mod:`fortify.validation` (typed InputError); returns ``x`` detached."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_images(x, bounds)
+    check_device(model, x)
+    check_model_input(model, x)
+    return x.detach()
+
+
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
                      eps_grid: Sequence[float] | None = None, *, bounds: tuple[float, float] = (0.0, 1.0),
-                     budget: float = 1.0, checks: int = 3, batch_size: int = 256, seed: int = 0,
-                     label: str = "") -> RobustnessCurve:
+                     label: str = "", **options: Any) -> RobustnessCurve:
     """Accuracy vs eps for ``norm`` on ``x (N, ...)``, ``y (N,)`` (see module doc).
 
-    ``eps_grid``: eps values (default: 21 points up to the largest distance found). ``checks``:
-    number of grid eps cross-checked with a fixed-eps attack. ``budget`` scales attack iterations.
+    ``eps_grid``: eps values (default: 21 points up to the largest distance found). ``options``: the
+    fields of :class:`CurveOptions` (``budget``, ``checks``, ``batch_size``, ``seed``). Inputs are
+    validated like an attack's (dtype, sample shape, device, bounds, labels below the class count:
+    InputError). Cost: one run of each minimum-norm attack plus ``checks`` fixed-eps attacks.
     Progress (:mod:`fortify.progress`, shown inside ``progress.enabled()``): one unit per attack run."""
     if norm not in NORMS:
         raise ThreatModelError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
@@ -103,16 +138,15 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
         eps_grid = [float(e) for e in eps_grid]
         if not eps_grid or any(not math.isfinite(e) or e < 0 for e in eps_grid):
             raise ThreatModelError(f"eps_grid must be non-empty, finite and >= 0, got {eps_grid!r}")
-    if not isinstance(checks, int) or checks < 0:
-        raise ConfigError(f"checks must be an integer >= 0, got {checks!r}")
-    check_images(x, bounds)
-    x = x.detach()
+    check_kwargs(CurveOptions, options, what="robustness_curve")
+    opts = CurveOptions(**options)
+    x = _check_inputs(model, x, bounds)
     n, dim = x.shape[0], x[0].numel()
     cap = ThreatModel(norm, box_covering_eps(ThreatModel(norm, 0.0, bounds), dim), bounds)
     rng = torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else [])
     with rng, frozen(model), progress.task(f"curve {label or norm}", unit="attacks") as bar:
         with torch.no_grad():
-            logits = check_logits(model(x), n)
+            logits = check_logits(forward_checked(model, x), n)
         y = check_labels(y, n, logits.shape[1]).to(x.device)
         correct = (logits.argmax(1) == y).cpu()
         idx = correct.nonzero().squeeze(1)
@@ -120,9 +154,10 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
         dist_c = torch.full((idx.numel(),), float("inf"), dtype=torch.float64)
         used = [a for a in MIN_NORM_ATTACKS if a in ATTACKS and norm in ATTACKS.get(a).norms]
         fixed = next((a for a in FIXED_ATTACKS if a in ATTACKS and norm in ATTACKS.get(a).norms), None)
+        checks = opts.checks
         bar.update(total=len(used) + (checks if fixed is not None else 0))
         for a in used:
-            d = _attack_all(model, AttackSpec(a, a), xs, ys, cap, budget, batch_size, seed, bar)
+            d = _attack_all(model, AttackSpec(a, a), xs, ys, cap, opts, bar)
             dist_c = torch.minimum(dist_c, d)
             bar.advance()
         grid = eps_grid if eps_grid is not None else _default_grid(norm, bounds[1] - bounds[0], dim, dist_c)
@@ -142,7 +177,7 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
             newly = 0
             if todo.numel():
                 d = _attack_all(model, AttackSpec(fixed, fixed), xs[todo.to(x.device)], ys[todo.to(y.device)],
-                                ThreatModel(norm, e, bounds), budget, batch_size, seed, bar, f"{fixed} at eps {e:.3g}")
+                                ThreatModel(norm, e, bounds), opts, bar, f"{fixed} at eps {e:.3g}")
                 newly = int(torch.isfinite(d).sum())
                 dist_c[todo] = torch.minimum(dist_c[todo], d)
             bar.advance()
