@@ -97,10 +97,10 @@ def train_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def device_of(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter or buffer; ``None`` when it has neither."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return None
 
 
