@@ -19,11 +19,11 @@ def test_default_recipe_resolves_to_its_file_values() -> None:
     assert "default" in list_recipes() and find_recipe("default").name == "default.yaml"
     assert cfg.data.name == raw["data"]["name"] == "mnist-5k"
     assert cfg.model.name == "small-cnn" and cfg.model.normalize is True
-    assert cfg.stages == raw["stages"] == ["train", "evaluate", "robustness", "certify", "compress", "save", "report"]
+    assert cfg.stages == raw["stages"] == ["train", "accuracy", "robustness", "certify", "compress", "save", "report"]
     assert cfg.task.name == "pgd_at"  # the main job trains robustly by default (fortify's efficient recipe)
     assert cfg.train.epochs == raw["train"]["epochs"] and cfg.seed == raw["train"]["seed"]
     d = cfg.to_dict()
-    assert set(d) >= {"data", "model", "task", "train", "stages", "output", "evaluate", "save", "report"}
+    assert set(d) >= {"data", "model", "task", "train", "stages", "output", "accuracy", "save", "report"}
     assert d["train"]["lr"] == pytest.approx(raw["train"]["lr"])
 
 
@@ -36,7 +36,7 @@ def test_overrides_are_yaml_typed_and_nested() -> None:
     assert cfg.model.args == {"hidden": 64} and cfg.model.normalize is False
     assert cfg.data.test_limit is None and cfg.stages == ["train", "save"]
     assert cfg.output.dir == "my runs" and cfg.task.args == {"label_smoothing": 0.1}
-    assert "evaluate" in cfg.sections  # given in the recipe: validated and kept even when not listed
+    assert "accuracy" in cfg.sections  # given in the recipe: validated and kept even when not listed
     assert set(resolve({"stages": ["train", "save"]}).sections) == {"save"}  # only listed/given stages
     raw = apply_overrides({"a": {"b": 1}}, ["a.c.d=2", "a.b=x=y"])
     assert raw == {"a": {"b": "x=y", "c": {"d": 2}}}
@@ -47,8 +47,8 @@ def test_unknown_key_names_key_and_allowed_keys() -> None:
         load_config(overrides=["train.epoch=3"])
     msg = str(e.value)
     assert "'train.epoch'" in msg and "epochs" in msg and "batch_size" in msg and "\n" not in msg
-    with pytest.raises(ConfigError, match=r"unknown config key 'evaluate\.bs'.*batch_size"):
-        load_config(overrides=["evaluate.bs=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'accuracy\.bs'.*batch_size"):
+        load_config(overrides=["accuracy.bs=3"])
     with pytest.raises(ConfigError, match=r"unknown config section 'trian'.*train"):
         load_config(overrides=["trian.epochs=3"])
 
@@ -64,8 +64,8 @@ def test_bad_values_name_allowed_values() -> None:
         load_config(overrides=["stages=[train, bogus]"])
     with pytest.raises(ConfigError, match=r"bad value 'abc' for 'data.train_limit'; expected an integer or null"):
         load_config(overrides=["data.train_limit=abc"])
-    with pytest.raises(ConfigError, match=r"evaluate.batch_size must be an integer >= 1"):
-        load_config(overrides=["evaluate.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"accuracy.batch_size must be an integer >= 1"):
+        load_config(overrides=["accuracy.batch_size=0"])
     with pytest.raises(ConfigError, match=r"unknown config key 'model.args.foo'; allowed keys in 'model.args': "
                                           r"channels, hidden"):
         load_config(overrides=["model.args.foo=1"])
@@ -130,7 +130,7 @@ def test_recipe_by_path_and_unknown_name(tmp_path: Path) -> None:
         find_recipe("nope")
     with pytest.raises(ConfigError, match="does not exist"):
         find_recipe(str(tmp_path / "missing.yaml"))
-    assert resolve({}).stages == ["train", "evaluate", "save", "report"]
+    assert resolve({}).stages == ["train", "accuracy", "save", "report"]
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
@@ -154,11 +154,11 @@ def test_bad_task_argument_values_name_their_key(override: str, names: list[str]
         load_config("default", [override])
     assert all(n in str(e.value) for n in names), str(e.value)
     # a task that is not trained is not built: an evaluate-only config with the same value passes
-    assert load_config("default", [override, "stages=[evaluate]"]).task.args
+    assert load_config("default", [override, "stages=[accuracy]"]).task.args
 
 
 def _warnings(overrides: list[str]) -> list[str]:
-    from fortify.config import eps_box_warnings
+    from fortify.pipeline.checks import eps_box_warnings
 
     return eps_box_warnings(load_config("default", overrides))
 
@@ -175,4 +175,63 @@ def test_eps_covering_the_input_box_warns_once_per_threat() -> None:
     keys = [w.split(" ", 1)[0] for w in _warnings(["task.args.threat=linf:2", "certify.threat=linf:1.5",
                                                    "compress.threat=linf:3"])]
     assert keys == ["task.args.threat", "certify.threat", "compress.threat"]
-    assert not _warnings(["task.args.threat=linf:2", "stages=[evaluate]"])  # no training: task unused
+    assert not _warnings(["task.args.threat=linf:2", "stages=[accuracy]"])  # no training: task unused
+
+
+# -- issue 12: config imports no pillar, threats are objects, the renamed stage keeps its old name --------------
+def test_config_parses_the_default_recipe_without_any_pillar_or_the_pipeline() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, fortify.config as c\n"
+            "cfg = c.parse_config(c.apply_overrides(c.read_recipe('default'), ['train.epochs=2']))\n"
+            "assert cfg.data.name == 'mnist-5k' and cfg.stages[1] == 'accuracy' and not cfg.complete\n"
+            "assert cfg.seed == 0 and cfg.sections['robustness']['threats'] == ['linf:0.3']\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('fortify.attacks', 'fortify.certify', 'fortify.compress', 'fortify.train', 'fortify.evaluate', "
+            "'fortify.pipeline', 'fortify.data', 'fortify.models', 'fortify.report', 'fortify.cli'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    import fortify.config as config_module
+
+    source = Path(config_module.__file__).read_text()
+    for pillar in ("attacks", "certify", "compress", "train", "evaluate", "pipeline", "data", "models"):
+        assert f"from fortify.{pillar}" not in source and f"import fortify.{pillar}" not in source, pillar
+
+
+def test_threats_are_threat_models_and_round_trip_through_the_stored_config() -> None:
+    from fortify.threat import ThreatModel
+
+    cfg = load_config(overrides=["robustness.threats=[linf:0.3, 'l2:1.5']", "certify.threat=linf:0.0313725490196",
+                                 "compress.threat=linf:0.1"])
+    assert cfg.section("robustness").threats == [ThreatModel("linf", 0.3), ThreatModel("l2", 1.5)]
+    assert cfg.section("certify").threat == ThreatModel("linf", 0.0313725490196)  # every digit kept
+    assert cfg.section("compress").threat == ThreatModel("linf", 0.1)
+    d = cfg.to_dict()
+    assert d["robustness"]["threats"] == ["linf:0.3", "l2:1.5"] and d["certify"]["threat"] == "linf:0.0313725490196"
+    assert resolve(d).to_dict() == d  # a recorded run's config reads back the same (resume)
+    assert load_config(overrides=["robustness.threats=linf:0.2"]).section("robustness").threats == [
+        ThreatModel("linf", 0.2)]  # one threat where a list is expected
+    with pytest.raises(ConfigError, match=r"certify.threat: .*eps"):
+        load_config(overrides=["certify.threat=linf:-1"])
+
+
+def test_old_stage_name_evaluate_works_with_one_deprecation_warning() -> None:
+    from fortify.config import DeprecatedNameWarning
+
+    with pytest.warns(DeprecatedNameWarning) as rec:
+        cfg = resolve({"stages": ["train", "evaluate", "save"], "evaluate": {"batch_size": 7}})
+    assert len(rec) == 1 and "'evaluate' is now called 'accuracy'" in str(rec[0].message)
+    assert cfg.stages == ["train", "accuracy", "save"] and cfg.section("accuracy").batch_size == 7
+    with pytest.warns(DeprecatedNameWarning):  # an old-name override on a new recipe wins over its section
+        assert load_config(overrides=["evaluate.batch_size=9"]).section("accuracy").batch_size == 9
+    with pytest.raises(ConfigError, match="the same stage"):
+        resolve({"stages": ["evaluate", "accuracy"]})
+
+
+def test_method_options_are_checked_against_the_constructor_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"compress.steps\[0\]: .*'rnk'.*did you mean 'rank'"):
+        load_config(overrides=["compress.steps=[{transform: low_rank, rnk: 2}]"])
+    with pytest.raises(ConfigError, match=r"compress.steps\[1\]: .*'sparsty'"):
+        load_config(overrides=["compress.steps=[{transform: low_rank}, {transform: magnitude_prune, sparsty: 0.5}]"])
+    assert load_config(overrides=["certify.method=smoothing", "certify.threat=l2:0.5"]).section("certify").method

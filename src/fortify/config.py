@@ -139,7 +139,9 @@ class Config:
 
 def threat_text(t: ThreatModel) -> str:
     """``NORM:EPS`` with the shortest text that reads back to the same eps (``str(t)`` rounds to 6 digits)."""
-    return f"{t.norm}:{float(t.eps)!r}"
+    eps = float(t.eps)
+    short = f"{eps:g}"
+    return f"{t.norm}:{short if float(short) == eps else repr(eps)}"
 
 
 def plain(v: Any) -> Any:
@@ -392,11 +394,8 @@ def _translate_aliases(raw: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"'stages' lists {old!r} and {new!r}, the same stage ({old!r} is its old name)")
             out["stages"] = [new if s == old else s for s in stages]
             where.append("stages")
-        if old in out:
-            if new in out:
-                raise ConfigError(f"sections {old!r} and {new!r} are the same stage ({old!r} is its old name); "
-                                  f"keep only {new!r}")
-            out[new] = out.pop(old)
+        if old in out:  # applied over the new section, as an override with the old name on a new recipe means
+            out[new] = {**_mapping(out.get(new), new), **_mapping(out.pop(old), old)}
             where.append(f"section '{old}:'")
         if where:
             warnings.warn(f"the stage {old!r} is now called {new!r}; the old name (in {' and '.join(where)}) "

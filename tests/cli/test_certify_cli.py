@@ -44,7 +44,7 @@ def test_crown_end_to_end_matches_the_library(model_file: Path, tmp_path: Path,
     (rec,) = store.list_runs()
     rec = store.get_run(rec.id)
     assert rec.verb == "certify" and rec.status == "ok"
-    assert rec.config["stages"] == ["load", "evaluate", "certify", "report"]
+    assert rec.config["stages"] == ["load", "accuracy", "certify", "report"]
     assert rec.config["certify"]["method"] == "crown" and rec.config["certify"]["threat"] == "linf:0.02"
     final = store.final_metrics(rec.id)
     x, y = data.load("mnist-5k", "test", limit=12)

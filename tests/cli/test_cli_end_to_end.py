@@ -19,10 +19,14 @@ def test_run_then_evaluate_then_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
                "stages=[train, evaluate, save, report]", "task.name=standard", "task.args={}"])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
+    # 'evaluate' is the clean-accuracy stage's old name: it runs as 'accuracy' with one deprecation line
+    notes = [ln for ln in printed.err.splitlines() if "'evaluate' is now called 'accuracy'" in ln]
+    assert len(notes) == 1 and notes[0].startswith("fortify: warning: ")
     store = RunStore(out / "fortify.db")
     (rec,) = store.list_runs()
     rec = store.get_run(rec.id)
     assert printed.out.startswith(f"run {rec.id} ok clean_accuracy=")
+    assert rec.config["stages"] == ["train", "accuracy", "save", "report"]
     assert rec.status == "ok" and rec.verb == "run" and rec.seed == 3
     assert rec.config["train"]["epochs"] == 1 and rec.config["train"]["seed"] == 3
     assert rec.config["data"]["train_limit"] == 300 and "train.epochs=1" in rec.argv
@@ -33,16 +37,16 @@ def test_run_then_evaluate_then_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     arts = {a.name: a.path for a in rec.artefacts}
     assert {"model", "report_json", "report_html", "training_curve", "config"} <= set(arts)
     final = store.final_metrics(rec.id)
-    acc = final["evaluate/clean_accuracy"]
-    assert 0.0 <= acc <= 1.0 and final["evaluate/test_examples"] == 200 and final["train/train_examples"] == 300
+    acc = final["accuracy/clean_accuracy"]
+    assert 0.0 <= acc <= 1.0 and final["accuracy/test_examples"] == 200 and final["train/train_examples"] == 300
     assert any(m.stage == "train" and m.step == 1 and m.key == "train_loss" for m in rec.metrics)
 
     report = json.loads((run_dir / "report.json").read_text())
     assert report["run_id"] == rec.id and report["status"] == "ok"
-    assert report["metrics"]["evaluate"]["clean_accuracy"] == acc
+    assert report["metrics"]["accuracy"]["clean_accuracy"] == acc
     assert len(report["history"]) == 1 and report["history"][0]["epoch"] == 1
     assert report["config"] == rec.config and report["versions"] == rec.versions
-    assert set(report["timing"]) >= {"train", "evaluate", "save", "report", "total"}
+    assert set(report["timing"]) >= {"train", "accuracy", "save", "report", "total"}
     assert [s["title"] for s in report["sections"]] == ["Training", "Clean accuracy"]
     html = (run_dir / "report.html").read_text()
     assert rec.id in html and "Clean accuracy" in html and "data:image/png;base64," in html
@@ -52,7 +56,7 @@ def test_run_then_evaluate_then_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rc == 0, capsys.readouterr().err
     ev = store.list_runs()[0]
     assert ev.verb == "evaluate" and ev.status == "ok" and ev.config["data"]["name"] == "mnist-5k"
-    assert store.final_metrics(ev.id)["evaluate/clean_accuracy"] == pytest.approx(acc)
+    assert store.final_metrics(ev.id)["accuracy/clean_accuracy"] == pytest.approx(acc)
     capsys.readouterr()
 
     assert main(["runs", "ls", "--out", str(out)]) == 0

@@ -114,7 +114,7 @@ def test_bad_model_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     runs = RunStore(tmp_path / "runs" / "fortify.db").list_runs()
     assert [r.status for r in runs] == ["failed"] * 3  # corrupt and refused files fail in the load stage
     rec = runs[0]
-    assert rec.verb == "evaluate" and rec.error.startswith("[evaluate] ")
+    assert rec.verb == "evaluate" and rec.error.startswith("[accuracy] ")
     assert all(r.error.startswith("[load] ") for r in runs[1:])
     assert (Path(rec.run_dir) / "config.json").is_file() and (Path(rec.run_dir) / "report.json").is_file()
     assert good.is_file()  # the input model is untouched

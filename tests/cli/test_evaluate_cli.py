@@ -45,7 +45,7 @@ def test_robust_evaluation_end_to_end(model_file: Path, tmp_path: Path, capsys: 
     (rec,) = store.list_runs()
     rec = store.get_run(rec.id)
     assert rec.verb == "evaluate" and rec.status == "ok" and rec.config["stages"] == [
-        "load", "evaluate", "robustness", "report"]
+        "load", "accuracy", "robustness", "report"]
     assert rec.config["robustness"]["threats"] == ["linf:0.1", "l2:1"] and rec.config["robustness"]["n"] == 30
     final = store.final_metrics(rec.id)
     assert lines[0].startswith(f"run {rec.id} ok clean_accuracy=")
@@ -60,7 +60,7 @@ def test_robust_evaluation_end_to_end(model_file: Path, tmp_path: Path, capsys: 
     assert final["robustness/robust_accuracy[l2:1]"] == pytest.approx(ref.by_threat()["l2:1"])
     assert final["robustness/robust_accuracy"] == pytest.approx(ref.robust_accuracy)
     assert final["robustness/robust_accuracy"] <= min(ref.by_threat().values()) <= final["robustness/clean_accuracy"]
-    assert "evaluate/clean_accuracy" in final  # clean accuracy is still measured (whole test split)
+    assert "accuracy/clean_accuracy" in final  # clean accuracy is still measured (whole test split)
 
     run_dir = Path(rec.run_dir)
     arts = {a.name: Path(a.path) for a in rec.artefacts}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from fortify.report import Section, Table, build_report, render_html, training_curve, write_html, write_json
 
@@ -24,15 +25,19 @@ def test_training_curve_png(tmp_path: Path) -> None:
 
 def test_json_and_html(tmp_path: Path) -> None:
     training_curve(_history(), tmp_path / "training_curve.png")
-    sec = Section("Clean accuracy", stage="evaluate", text="a <b> c",
+    sec = Section("Clean accuracy", stage="accuracy", text="a <b> c",
                   tables=[Table(["dataset", "acc"], [["mnist-5k", 0.975]])], figures=["training_curve.png"])
-    rep = build_report(run_id="r1", verb="run", status="ok", config={"train": {"epochs": 3}}, seed=0,
-                       versions={"torch": "2.13.0"}, metrics={"evaluate": {"clean_accuracy": 0.975, "bad": float("nan")}},
-                       history=_history(), artefacts={"model": "m.safetensors"}, sections=[sec])
+    config = SimpleNamespace(seed=7, to_dict=lambda: {"train": {"epochs": 3}})
+    run = SimpleNamespace(run_id="r1", verb="run", config=config, versions={"torch": "2.13.0"},
+                          metrics={"accuracy": {"clean_accuracy": 0.975, "bad": float("nan")}}, history=_history(),
+                          artefacts={"model": "m.safetensors"}, sections=[sec], timing={"accuracy": 1.5})
+    rep = build_report(run, status="failed", error="[x] boom")
     path = write_json(rep, tmp_path / "report.json")
     back = json.loads(path.read_text())
-    assert back["metrics"]["evaluate"] == {"clean_accuracy": 0.975, "bad": None}
+    assert back["metrics"]["accuracy"] == {"clean_accuracy": 0.975, "bad": None}
     assert back["history"][0]["val_acc"] is None and back["config"]["train"]["epochs"] == 3
+    assert (back["run_id"], back["seed"], back["status"], back["error"]) == ("r1", 7, "failed", "[x] boom")
+    assert back["timing"] == {"accuracy": 1.5} and back["versions"] == {"torch": "2.13.0"}
     assert back["sections"][0]["tables"][0]["rows"] == [["mnist-5k", 0.975]]
     html = write_html(back, tmp_path).read_text()
     assert html.startswith("<!doctype html>") and "clean_accuracy" in html and "0.975" in html

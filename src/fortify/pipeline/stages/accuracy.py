@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from fortify.errors import ConfigError, InputError
-from fortify.models.state import eval_mode
+from fortify.metrics import clean_accuracy  # eval mode, no grad, the model's flags restored
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.pipeline.results import AccuracyResult
 from fortify.report.sections import Section, Table
@@ -24,17 +22,6 @@ class AccuracyConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"accuracy.batch_size must be an integer >= 1, got {self.batch_size!r}")
-
-
-@torch.no_grad()
-def clean_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Fraction of ``x (N, C, H, W)`` classified as ``y (N,)``, in eval mode (the model's flags restored)."""
-    correct = 0
-    with eval_mode(model):
-        for i in range(0, x.shape[0], batch_size):
-            logits = model(x[i:i + batch_size])
-            correct += int((logits.argmax(dim=1) == y[i:i + batch_size]).sum())
-    return correct / max(1, x.shape[0])
 
 
 class AccuracyStage:
