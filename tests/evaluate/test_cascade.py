@@ -188,3 +188,32 @@ def test_thorough_preset_runs_every_registered_attack(problem) -> None:
         assert res.rows[-1].robust_after == int(res.robust.sum())
         hard = [r for r in res.rows if r.access == "decision"]
         assert all(r.grad_evals == 0 for r in hard)
+
+
+def test_cascade_state_round_trips_through_the_resume_file(tmp_path) -> None:
+    from fortify.errors import DataFileError
+    from fortify.evaluate import AttackRow, CascadeState, ThreatState
+    from fortify.evaluate.state import save_state
+
+    x = torch.rand(5, 3)
+    clean = torch.tensor([True, True, False, True, False])
+    ts = ThreatState.fresh(x, clean)
+    assert ts.code.tolist() == [-1, -1, -2, -1, -2] and ts.distance[2] == 0 and torch.isinf(ts.distance[0])
+    ts.robust[1], ts.code[1], ts.distance[1] = False, 0, 0.25
+    ts.rows.append(AttackRow("fgsm", "fgsm", "gradient", 3, 1, 2, 0.1, 3, 6, ["n"], 1))
+    ts.done.append("fgsm")
+    path = str(tmp_path / "s.safetensors")
+    state = CascadeState(threats=[ts, None], fingerprint="abc", path=path)
+    state.save()
+    back = CascadeState.empty(2)
+    back.restore(path, "abc", torch.float32)
+    assert back.threats[1] is None and back.threats[0] is not None
+    got = back.threats[0]
+    for a, b in ((got.robust, ts.robust), (got.x_adv, ts.x_adv), (got.distance, ts.distance), (got.code, ts.code)):
+        assert torch.equal(a, b) and a.dtype == b.dtype
+    assert got.rows == ts.rows and got.done == ts.done
+    with pytest.raises(StateMismatchError):
+        CascadeState.empty(2).restore(path, "other", torch.float32)
+    save_state(path, {"fingerprint": "abc", "threats": [{"done": ["fgsm"], "rows": []}, {}]}, {})
+    with pytest.raises(DataFileError):  # a finished step without its tensors
+        CascadeState.empty(2).restore(path, "abc", torch.float32)
