@@ -215,3 +215,54 @@ def test_every_stage_module_registers_and_a_new_stage_is_found(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"unknown config key 't-alpha.norm'; allowed keys in 't-alpha': eps"):
         _cfg(tmp_path, ["t-alpha"], **{"t-alpha": {"norm": "linf"}})
     assert run_pipeline(cfg, quiet=True).metrics["t-alpha"]["eps"] == pytest.approx(0.1)
+
+
+def test_context_helpers_keep_the_callers_model_flags_and_write_strict_json(tmp_path: Path) -> None:
+    from fortify.models.state import fingerprint
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 3))
+    model.train()
+    model[2].eval()  # mixed flags, as a caller may hand them over
+    before = fingerprint(model)
+    x, y = torch.rand(20, 1, 4, 4), torch.randint(0, 3, (20,))
+    cfg = _cfg(tmp_path, ["accuracy"])
+    ctx = RunContext(config=cfg, run_dir=tmp_path, run_id="r", model=model, quiet=True, stage="accuracy")
+    ctx.set_data("test", x, y)
+    xs, ys = ctx.test_inputs(7)
+    assert torch.equal(xs, x[:7]) and torch.equal(ys, y[:7])
+    res = STAGES.get("accuracy")().run(ctx)
+    with torch.no_grad():
+        model.eval()
+        expected = float((model(x).argmax(1) == y).float().mean())
+        model.train()
+        model[2].eval()
+    assert res.clean_accuracy == pytest.approx(expected) and fingerprint(model) == before
+    y_bad = y.clone()
+    y_bad[0] = 5
+    ctx.set_data("test", x, y_bad)
+    with pytest.raises(InputError, match="label 5 but the model has 3 classes"):
+        ctx.test_inputs(None)
+    assert ctx.out_dir("out") == tmp_path / "out"
+    path = ctx.write_json("out/doc.json", {"a": float("nan"), "t": torch.tensor(0.5), "xs": (1, 2)})
+    assert path == tmp_path / "out" / "doc.json"
+    assert json.loads(path.read_text()) == {"a": None, "t": 0.5, "xs": [1, 2]}
+
+
+class _Quiet:
+    """A stage written before typed results: returns None."""
+
+    name: ClassVar[str] = "t-quiet"
+    config_class: ClassVar[type | None] = None
+
+    def run(self, ctx: RunContext) -> None:
+        ctx.log_metrics({"x": 1})
+
+
+if "t-quiet" not in STAGES:
+    register_stage(_Quiet)
+
+
+def test_a_stage_returning_nothing_gets_the_base_result(tmp_path: Path) -> None:
+    ctx = run_pipeline(_cfg(tmp_path, ["t-quiet"]), quiet=True)
+    assert type(ctx.results["t-quiet"]) is StageResult and ctx.history == []
