@@ -200,15 +200,10 @@ def forward_checked(model: nn.Module, x: torch.Tensor, *, name: str = "x",
 @contextmanager
 def _eval_no_grad(model: nn.Module) -> Iterator[None]:
     """Eval mode without gradients for the duration; every module's ``training`` flag restored."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        for m, _ in modes:
-            m.training = False
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in modes:
-            m.training = flag
+    from fortify.models.state import eval_mode  # lazy: fortify.models imports this module
+
+    with eval_mode(model), torch.no_grad():
+        yield
 
 
 #: per model, the (sample shape, dtype) pairs already probed -> number of classes

@@ -10,7 +10,8 @@ from torch import nn
 
 from fortify import models
 from fortify.compress import TRANSFORMS, create, load_compressed, save_compressed
-from fortify.compress.base import param_fingerprint, weight_layers
+from fortify.compress.base import weight_layers
+from fortify.models.state import fingerprint
 from fortify.compress.prune.cyclical import cyclical_sparsity
 from fortify.compress.prune.targeted_dropout import targeted_dropout_weight
 from fortify.errors import ConfigError, UnsupportedLayerError
@@ -99,10 +100,10 @@ def test_neuron_merge_is_exact_for_duplicate_units(cnn: nn.Module) -> None:
 def test_transforms_never_mutate_their_input(mlp: nn.Module, train_data, name: str, kwargs: dict) -> None:
     mlp.train()  # a mixed flag state must survive too
     mlp.inner[1].training = False
-    before = param_fingerprint(mlp)
+    before = fingerprint(mlp)
     snapshot = copy.deepcopy(mlp.state_dict())
     res = create(name, **kwargs)(mlp, train_data[0][:4], data=(train_data[0][:256], train_data[1][:256]))
-    assert param_fingerprint(mlp) == before
+    assert fingerprint(mlp) == before
     assert all(torch.equal(v, mlp.state_dict()[k]) for k, v in snapshot.items())
     assert res.model is not mlp and not res.model.training
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fortify import data, models
-from fortify.compress.base import param_fingerprint
+from fortify.models.state import fingerprint
 from fortify.pipeline.stages.compress import CompressConfig, CompressStage, ExportConfig, ExportStage
 from fortify.config import resolve
 from fortify.errors import ConfigError, OutputError, UnknownNameError
@@ -109,12 +109,12 @@ def test_run_task_fine_tunes_at_the_full_threat_without_warm_up() -> None:
 def test_stage_figures_are_those_of_the_artefact(trained: torch.nn.Module, tmp_path: Path) -> None:
     from fortify.compress import load
 
-    before = param_fingerprint(trained)
+    before = fingerprint(trained)
     sec = {"steps": [{"transform": "magnitude_prune", "sparsity": 0.8, "scope": "global"}], "n_robust": 40,
            "repeats": 2, "pgd_steps": 5}
     ctx = _ctx(tmp_path, trained, "compress", sec)
     CompressStage().run(ctx)
-    assert param_fingerprint(trained) == before and ctx.model is trained
+    assert fingerprint(trained) == before and ctx.model is trained
     m = ctx.metrics["compress"]
     art = Path(ctx.artefacts["compressed_model"])
     assert art == tmp_path / "compress" / "model.safetensors"

@@ -13,7 +13,6 @@ Compression works on fortify's model family: an ``nn.Sequential`` of ``Conv2d``,
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from torch import nn
 
 from fortify.errors import ConfigError, InputError, UnsupportedLayerError
 from fortify.models import Normalized
+from fortify.models.state import fingerprint
 from fortify.registry import Registry
 from fortify.validation import check_device, check_images, check_model_input, check_pair, probe_num_classes
 
@@ -68,17 +68,6 @@ def sequential_of(model: nn.Module) -> nn.Sequential:
 def weight_layers(model: nn.Module) -> list[tuple[int, nn.Conv2d | nn.Linear]]:
     """``(index, layer)`` of every Conv2d/Linear in the compressible Sequential, in order."""
     return [(i, m) for i, m in enumerate(sequential_of(model)) if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def param_fingerprint(model: nn.Module) -> tuple[str, tuple[bool, ...]]:
-    """SHA-256 over every parameter/buffer (names, shapes, bytes) plus each module's ``training`` flag."""
-    h = hashlib.sha256()
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        h.update(str(t.requires_grad).encode())
-    return h.hexdigest(), tuple(m.training for m in model.modules())
 
 
 def check_fraction(value: object, name: str, *, allow_one: bool = False) -> float:
@@ -152,11 +141,11 @@ class Transform:
         tracing and reports. Inputs are checked by :func:`check_transform_inputs` (typed errors).
         """
         example_inputs, data = check_transform_inputs(model, example_inputs, data, needs_data=self.needs_data)
-        before = param_fingerprint(model)
+        before = fingerprint(model)
         work = copy.deepcopy(model)
         with torch.random.fork_rng():
             result = self._apply(work, example_inputs.detach(), data)
-        if param_fingerprint(model) != before:  # pragma: no cover - a bug in a transform, not user input
+        if fingerprint(model) != before:  # pragma: no cover - a bug in a transform, not user input
             raise RuntimeError(f"transform {self.name!r} mutated its input model")
         result.model.eval()
         result.report.setdefault("transform", self.name or type(self).__name__)
@@ -189,5 +178,5 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 __all__ = [
     "INPUT_BOUNDS", "SUPPORTED", "TRANSFORMS", "Transform", "TransformResult", "check_data", "check_transform_inputs",
     "check_fraction", "check_int",
-    "count_params", "create", "param_fingerprint", "sequential_of", "weight_layers",
+    "count_params", "create", "sequential_of", "weight_layers",
 ]
