@@ -166,7 +166,8 @@ def test_windowed_conv_rows_equal_dense_rows(threat: ThreatModel, monkeypatch: p
         few_rows = crown.crown_margin(ops, inp, c, intersect_ibp=False, memory_budget=1 << 14)[0]
         dense_refine = crown._refine
         with monkeypatch.context() as mp:
-            mp.setattr(crown, "_refine", lambda *a, **k: dense_refine(*a, **k, use_windows=False))
+            mp.setattr(crown, "_refine",
+                       lambda *a, **k: dense_refine(*a, **k, paths=crown.RefinePaths(use_windows=False)))
             dense = crown.crown_margin(ops, inp, c, intersect_ibp=False)[0]
         torch.testing.assert_close(windowed, dense, atol=2e-6, rtol=1e-5)
         torch.testing.assert_close(few_rows, dense, atol=2e-6, rtol=1e-5)

@@ -29,7 +29,7 @@ def _margins(net, shape, x, threat, monkeypatch, memory_budget: int = 2 << 30, *
     inp = InputSet.from_threat(x, threat)
     ref = crown._refine
     with monkeypatch.context() as mp:
-        mp.setattr(crown, "_refine", lambda *a, **k: ref(*a, **k, **refine_kw))
+        mp.setattr(crown, "_refine", lambda *a, **k: ref(*a, **k, paths=crown.RefinePaths(**refine_kw)))
         return crown.crown_margin(ops, inp, c, intersect_ibp=False, memory_budget=memory_budget)[0]
 
 

@@ -161,7 +161,7 @@ def test_ragged_pairs_equal_padded_and_union_rows(threat: ThreatModel, monkeypat
         with monkeypatch.context() as mp:
             mp.setattr(crown, "_refine_pairs", spy)
             ref = crown._refine
-            mp.setattr(crown, "_refine", lambda *a, **k: ref(*a, **k, **kw))
+            mp.setattr(crown, "_refine", lambda *a, **k: ref(*a, **k, paths=crown.RefinePaths(**kw)))
             return crown.crown_margin(ops, inp, c, intersect_ibp=False, memory_budget=budget)
 
     pairs, pb = run()

@@ -12,6 +12,7 @@ from torch import nn
 
 from fortify import models
 from fortify.config import list_recipes, load_config
+from fortify.threat import ThreatModel
 from fortify.train import tasks
 
 
@@ -22,7 +23,7 @@ def test_certified_recipes_validate_and_build(name: str, train_eps: float, cert:
     assert cfg.model.init == "ibp" and cfg.model.normalize is False
     task = tasks.create(cfg.task.name, **cfg.task.args)
     assert task.name == "ibp" and task.schedule == "smoothed" and task.threat.eps == pytest.approx(train_eps)
-    assert cfg.sections["certify"].threat == cert and "certify" in cfg.stages
+    assert cfg.sections["certify"].threat == ThreatModel.coerce(cert) and "certify" in cfg.stages
 
 
 def test_model_init_ibp_redraws_all_but_the_last_layer_reproducibly() -> None:

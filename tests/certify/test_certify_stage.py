@@ -93,9 +93,8 @@ def test_relu_mlp_sound_and_crown_tighter_than_ibp(tmp_path: Path) -> None:
     y[:5] = (y[:5] + 1) % 4
     eps = 0.03
     ctx = _ctx(tmp_path, model, x, y, [f"certify.threat='linf:{eps}'", "certify.curve_points=4", "certify.compare=[ibp]"])
-    CertifyStage().run(ctx)
-    res = ctx.state["certify"]
-    cert, (crown, ibp) = res["certificate"], res["curves"]
+    res = CertifyStage().run(ctx)
+    cert, (crown, ibp) = res.certificate, res.curves
     thr = ThreatModel("linf", eps)
     assert cert.certified_accuracy == pytest.approx(certified_accuracy(model, x, y, thr, "crown"))
     assert crown.eps == ibp.eps == pytest.approx([0.0, eps / 3, 2 * eps / 3, eps])
@@ -117,8 +116,8 @@ def test_smoothing_curve_read_off_one_run(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, model, x, y, ["certify.method=smoothing", "certify.threat='l2:0.1'", "certify.sigma=0.2",
                                        "certify.samples=200", "certify.n0=20", "certify.seed=5",
                                        "certify.curve_points=5"])
-    CertifyStage().run(ctx)
-    cert, (curve,) = ctx.state["certify"]["certificate"], ctx.state["certify"]["curves"]
+    res = CertifyStage().run(ctx)
+    cert, (curve,) = res.certificate, res.curves
     ref = Smoothing(sigma=0.2, n0=20, n=200, seed=5)(model, x, y, ThreatModel("l2", 0.1))
     assert torch.equal(cert.certified, ref.certified) and torch.allclose(cert.radius, ref.radius)
     good = ref.extra["prediction"] == y

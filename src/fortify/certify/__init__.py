@@ -32,6 +32,7 @@ from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.milp import MILPVerifier
 from fortify.certify.propagation import (
     AlphaCROWNCertifier,
+    BoundOptions,
     CROWNCertifier,
     CROWNIBPCertifier,
     IBPCertifier,
@@ -52,6 +53,7 @@ __all__ = [
     "AlphaCROWNCertifier",
     "CROWNIBPCertifier",
     "margin_lower_bound",
+    "BoundOptions",
     "robust_logits",
     "Smoothing",
     "SmoothingResult",

@@ -28,6 +28,8 @@ looser than CROWN-Ada's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fortify.certify.bounds import InputSet, ibp_margin, linear_prefix, prefix_dual
@@ -129,22 +131,35 @@ def _refine_pairs(ops, t, need, new_l, new_h, bounds, inp: InputSet, per: int, s
     return new_l.reshape(shape), new_h.reshape(shape)
 
 
-def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool = True, per_sample: bool = True,
-            ragged: bool = True):
+@dataclass(frozen=True)
+class RefinePaths:
+    """Which row strategies a refinement may take (all on by default; off: the reference paths
+    the tests compare them with). ``use_windows``: conv rows as windows (:mod:`fortify.certify.patches`);
+    ``per_sample``: a Linear layer's rows per sample (else the union over the batch); ``ragged``:
+    (sample, neuron) pairs when padding per-sample rows would waste > 30%."""
+
+    use_windows: bool = True
+    per_sample: bool = True
+    ragged: bool = True
+
+
+def _refine(ops: list[Op], t: int, lo: torch.Tensor, hi: torch.Tensor, bounds: list[Interval], inp: InputSet,
+            memory_budget: int, paths: RefinePaths | None = None) -> Interval:
     """Tighten ``[lo, hi]`` (input of ``ops[t]``, ``(B, *shape)``) by CROWN on the rows that matter:
     for a ReLU, its unstable neurons, plus its active ones in undecided windows when a MaxPool
     follows (their bounds enter the MaxPool relaxation); else every neuron. The windowed (conv) path
     and the dense path of a Linear layer select rows per sample (padded to the largest count); other
-    dense cases (or ``per_sample=False``) refine the union over the batch (extra rows do not change
-    a sample's result: they are stable or dead for it). ``ragged``: when padding to the largest
+    dense cases (or ``paths.per_sample=False``) refine the union over the batch (extra rows do not change
+    a sample's result: they are stable or dead for it). ``paths.ragged``: when padding to the largest
     per-sample count would waste > 30% of a Linear layer's rows, refine (sample, neuron) pairs
     (:func:`_refine_pairs`)."""
+    paths = paths or RefinePaths()
     b = lo.shape[0]
     lf, hf = lo.reshape(b, -1), hi.reshape(b, -1)
     need = ops[t].refine_rows(lo, hi, ops[t + 1] if t + 1 < len(ops) else None)
     if not bool(need.any()):
         return lo, hi
-    windowed = use_windows and windowed_ok(ops, t)
+    windowed = paths.use_windows and windowed_ok(ops, t)
     # windowed rows hold windows, not whole maps: their chunks keep the large cap
     per = _chunk_rows(memory_budget, b, _row_bytes(ops, t), _CHUNK_MAX_BYTES if windowed else _CHUNK_BYTES)
     cache = RelaxCache()
@@ -161,16 +176,17 @@ def _refine(ops, t, lo, hi, bounds, inp, memory_budget: int, use_windows: bool =
             new_l.scatter_(1, r, torch.where(v, torch.maximum(cl, low[:, :k]), cl))
             new_h.scatter_(1, r, torch.where(v, torch.minimum(ch, -low[:, k:]), ch))
         return new_l.reshape(lo.shape), new_h.reshape(hi.shape)
-    if per_sample and isinstance(ops[t - 1], LinearOp) and b > 1 and int(need.sum(dim=1).max()) < rows_union(need):
+    if paths.per_sample and isinstance(ops[t - 1], LinearOp) and b > 1 and int(need.sum(dim=1).max()) < rows_union(need):
         # per-sample rows of a Linear layer (the rows of W for each sample's own unstable neurons),
         # padded to the largest count like the windowed path: cost follows the largest per-sample
         # count instead of the union over the batch
         counts = need.sum(dim=1)
-        if ragged and int(counts.sum()) < 0.7 * b * int(counts.max()):  # padding would waste > 30%
+        if paths.ragged and int(counts.sum()) < 0.7 * b * int(counts.max()):  # padding would waste > 30%
             return _refine_pairs(ops, t, need, new_l, new_h, bounds, inp, b * per, lo.shape)
         order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :int(counts.max())]
         valid = torch.arange(order.shape[1], device=lo.device)[None, :] < counts[:, None]
         op = ops[t - 1]
+        assert isinstance(op, LinearOp), "checked above"
         for s in range(0, order.shape[1], per):
             r, v = order[:, s:s + per], valid[:, s:s + per]
             k = r.shape[1]

@@ -7,7 +7,10 @@ parameters for ``method`` in ``ibp`` / ``crown-ibp``; the certifiers take the mi
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +26,26 @@ from fortify.threat import ThreatModel
 BOUND_METHODS = ("ibp", "crown", "crown-ibp")
 
 
+@dataclass(frozen=True)
+class BoundOptions:
+    """Options of the CROWN bounds of :func:`margin_lower_bound`.
+
+    * ``memory_budget``: bytes of backward temporaries per chunk of specification rows;
+    * ``intersect_ibp``: take the elementwise maximum with the IBP bound (both sound);
+    * ``alpha_steps`` / ``alpha_rows``: Adam steps on the final pass's lower ReLU slopes, and the
+      number of lowest margin rows per sample they optimise (0: all rows;
+      :func:`fortify.certify.crown.optimize_slopes`).
+    """
+
+    memory_budget: int = 2 << 30
+    intersect_ibp: bool = True
+    alpha_steps: int = 0
+    alpha_rows: int = 0
+
+
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(BoundOptions))
+
+
 def margin_lower_bound(
     model: nn.Module,
     x: torch.Tensor,
@@ -32,17 +55,22 @@ def margin_lower_bound(
     *,
     eps: float | None = None,
     keep_true_row: bool = True,
-    memory_budget: int = 2 << 30,
-    intersect_ibp: bool = True,
-    alpha_steps: int = 0,
-    alpha_rows: int = 0,
+    options: BoundOptions | None = None,
+    **option_kwargs: Any,
 ) -> torch.Tensor:
     """Lower bounds of ``z_y - z_j`` over the threat set: ``(B, K)`` (zero column at ``y``) or
     ``(B, K-1)`` without it. ``method``: ``ibp`` (Gowal et al. 2018), ``crown`` (CROWN intermediate
     and final bounds), ``crown-ibp`` (IBP intermediate bounds, CROWN final bound; Zhang et al. 2020).
-    ``eps`` overrides ``threat.eps`` (eps ramps). ``alpha_steps`` / ``alpha_rows``: optimise the
-    final pass's lower ReLU slopes (:func:`fortify.certify.crown.optimize_slopes`; CROWN methods
-    only, not differentiable in the model). Does not change the model's mode."""
+    ``eps`` overrides ``threat.eps`` (eps ramps). ``options``: :class:`BoundOptions`; its fields may
+    also be given as keywords (``memory_budget=``, ``intersect_ibp=``, ``alpha_steps=``,
+    ``alpha_rows=``), which override ``options``. Slope optimisation (``alpha_steps > 0``) is for
+    CROWN methods only and not differentiable in the model; the bound is differentiable in the
+    model's parameters otherwise. Does not change the model's mode. Cost: IBP one forward pass of
+    intervals; CROWN one backward pass per refined layer (see :mod:`fortify.certify.crown`)."""
+    unknown = sorted(set(option_kwargs) - set(_OPTION_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown bound option(s) {', '.join(unknown)}; allowed: {', '.join(_OPTION_NAMES)}")
+    opts = dataclasses.replace(options or BoundOptions(), **option_kwargs)
     if method not in BOUND_METHODS:
         raise ConfigError(f"unknown bound method {method!r}; allowed: {', '.join(BOUND_METHODS)}")
     e = threat.eps if eps is None else float(eps)
@@ -58,8 +86,8 @@ def margin_lower_bound(
     if method == "ibp":
         return ibp_margin(ops, inp, c)
     inter = "crown" if method == "crown" else "ibp"
-    low, _ = crown_margin(ops, inp, c, intermediate=inter, intersect_ibp=intersect_ibp, memory_budget=memory_budget,
-                          alpha_steps=alpha_steps, alpha_rows=alpha_rows)
+    low, _ = crown_margin(ops, inp, c, intermediate=inter, intersect_ibp=opts.intersect_ibp,
+                          memory_budget=opts.memory_budget, alpha_steps=opts.alpha_steps, alpha_rows=opts.alpha_rows)
     return low
 
 
@@ -106,14 +134,12 @@ class _BoundCertifier(Certifier):
 
     def _certify(self, model, x, y, threat):
         chunk = self._chunk(model, x)
+        options = BoundOptions(self.memory_budget, self.intersect_ibp, self.alpha_steps, self.alpha_rows)
         lows = []
         with progress.task(f"certify {self.name} {threat}", total=-(-x.shape[0] // chunk), unit="chunks") as bar:
             for s in range(0, x.shape[0], chunk):
-                low = margin_lower_bound(
-                    model, x[s:s + chunk], y[s:s + chunk], threat, self.method, keep_true_row=False,
-                    memory_budget=self.memory_budget, intersect_ibp=self.intersect_ibp,
-                    alpha_steps=self.alpha_steps, alpha_rows=self.alpha_rows,
-                )
+                low = margin_lower_bound(model, x[s:s + chunk], y[s:s + chunk], threat, self.method,
+                                         keep_true_row=False, options=options)
                 lows.append(low.amin(dim=1))
                 bar.advance(info=f"{min(s + chunk, x.shape[0])}/{x.shape[0]} images")
         lower = torch.cat(lows)
