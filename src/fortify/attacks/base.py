@@ -28,6 +28,7 @@ from torch import nn
 
 from fortify.errors import InputError, ThreatModelError
 from fortify.models.state import frozen
+from fortify.protocol import TemplateCall, template
 from fortify.threat import ThreatModel
 from fortify.validation import (
     check_device, check_images, check_labels, check_logits, check_model_input, forward_checked,
@@ -88,7 +89,7 @@ class Oracle:
         return logits.detach(), loss.detach(), grad.detach()
 
 
-class Attack(abc.ABC):
+class Attack(TemplateCall, abc.ABC):
     """Base class: subclasses set the class attributes and implement :meth:`_run`."""
 
     #: registry name
@@ -106,6 +107,7 @@ class Attack(abc.ABC):
     def needs_grad(self) -> bool:
         return self.access == "gradient"
 
+    @template
     def __call__(
         self,
         model: nn.Module,

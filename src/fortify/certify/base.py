@@ -9,7 +9,7 @@
 
 :class:`Certifier` is a template: ``__call__`` validates (:func:`fortify.validation.check_batch`, the
 checks every entry point shares) and freezes the model, subclasses write
-``_certify`` on a batch chunk.
+``_run`` on a batch chunk.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fortify.models.state import frozen
+from fortify.protocol import TemplateCall, template
 from fortify.errors import ThreatModelError
 from fortify.registry import Registry
 from fortify.threat import ThreatModel
@@ -64,12 +65,13 @@ def check_threat(threat: object) -> ThreatModel:
     return threat
 
 
-class Certifier(abc.ABC):
-    """Base class of certifiers: subclasses set ``name``/``norms`` and implement ``_certify``."""
+class Certifier(TemplateCall, abc.ABC):
+    """Base class of certifiers: subclasses set ``name``/``norms`` and implement ``_run``."""
 
     name: ClassVar[str] = ""
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
 
+    @template
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
         threat = check_threat(threat)
         if threat.norm not in self.norms:
@@ -79,10 +81,10 @@ class Certifier(abc.ABC):
         x, y, _ = check_batch(model, x, y, threat.bounds)
         x = x.detach()
         with frozen(model), torch.no_grad():
-            return self._certify(model, x, y, threat)
+            return self._run(model, x, y, threat)
 
     @abc.abstractmethod
-    def _certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
         """Certify a validated batch ``x (N, ...)``, ``y (N,)`` with the model in eval mode."""
 
     def __repr__(self) -> str:

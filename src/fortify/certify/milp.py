@@ -124,7 +124,7 @@ class MILPVerifier(Certifier):
                 f"{self.max_binaries:,}; use a bound method (crown, alpha-crown), a smaller eps, or raise the "
                 f"limit (max_binaries=N; CLI: --max-binaries N)")
 
-    def _certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
         ops = build_ops(model, tuple(x.shape[1:]), x)
         blocks, relus = affine_blocks(ops)
         inp = InputSet.from_threat(x, threat)

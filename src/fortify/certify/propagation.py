@@ -132,7 +132,7 @@ class _BoundCertifier(Certifier):
         per_sample = 32 * _row_bytes(ops, len(ops))
         return max(1, min(self.batch_size, self.memory_budget // max(per_sample, 1)))
 
-    def _certify(self, model, x, y, threat):
+    def _run(self, model, x, y, threat):
         chunk = self._chunk(model, x)
         options = BoundOptions(self.memory_budget, self.intersect_ibp, self.alpha_steps, self.alpha_rows)
         lows = []

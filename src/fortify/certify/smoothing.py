@@ -114,7 +114,7 @@ class Smoothing(Certifier):
                 out[i] = ABSTAIN
         return out
 
-    def _certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
         res = self.certify(model, x)
         radius = res.radius.to(torch.float32).to(x.device)
         good = res.prediction == y

@@ -3,7 +3,7 @@
 ``result = transform(model, example_inputs, *, data=None)`` returns ``TransformResult(model,
 report)``: ``model`` is a new module (deep copy), ``report`` a JSON-ready dict of what the transform
 did (sparsity, ranks, bytes, ...). The input model is never mutated: :meth:`Transform.__call__`
-(a final template method) deep-copies it, runs the subclass's :meth:`Transform._apply` on the copy
+(a final template method) deep-copies it, runs the subclass's :meth:`Transform._run` on the copy
 and verifies with parameter hashes and train/eval flags that the input is unchanged.
 
 Compression works on fortify's model family: an ``nn.Sequential`` of ``Conv2d``, ``Linear``,
@@ -23,6 +23,7 @@ from torch import nn
 from fortify.errors import ConfigError, InputError, UnsupportedLayerError
 from fortify.models import Normalized
 from fortify.models.state import fingerprint
+from fortify.protocol import TemplateCall, template
 from fortify.registry import Registry
 from fortify.validation import check_device, check_images, check_model_input, check_pair, probe_num_classes
 
@@ -125,8 +126,8 @@ def check_transform_inputs(model: object, example_inputs: object, data: object, 
     return ex, pair
 
 
-class Transform:
-    """Base class of compression transforms; subclasses implement :meth:`_apply` on a private copy.
+class Transform(TemplateCall):
+    """Base class of compression transforms; subclasses implement :meth:`_run` on a private copy.
 
     ``needs_data``: whether ``data=(x, y)`` is required. ``name``: the registry name.
     """
@@ -134,6 +135,7 @@ class Transform:
     name: str = ""
     needs_data: bool = False
 
+    @template
     def __call__(self, model: nn.Module, example_inputs: torch.Tensor, *, data: Data | None = None) -> TransformResult:
         """Validate, copy ``model``, apply, and check the input was left untouched.
 
@@ -144,14 +146,14 @@ class Transform:
         before = fingerprint(model)
         work = copy.deepcopy(model)
         with torch.random.fork_rng():
-            result = self._apply(work, example_inputs.detach(), data)
+            result = self._run(work, example_inputs.detach(), data)
         if fingerprint(model) != before:  # pragma: no cover - a bug in a transform, not user input
             raise RuntimeError(f"transform {self.name!r} mutated its input model")
         result.model.eval()
         result.report.setdefault("transform", self.name or type(self).__name__)
         return result
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         raise NotImplementedError
 

@@ -159,7 +159,7 @@ class DeepCompression(Transform):
         self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
         self.needs_data = bool(self.prune_epochs or self.share_epochs)
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         dense = dense_bytes(model)
         cfg = {"lr": 0.01, "weight_decay": 0.0, "batch_size": 128, **self.config}

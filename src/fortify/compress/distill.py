@@ -66,7 +66,7 @@ class Distill(Transform):
             net = Normalized(net, teacher.mean.flatten(), teacher.std.flatten())
         return net
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         model.eval()

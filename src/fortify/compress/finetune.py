@@ -89,7 +89,7 @@ def _register() -> None:
             self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
             self.keep_sparsity = bool(keep_sparsity)
 
-        def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
             """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
             assert data is not None
             hist = finetune(model, data, task=self.task, task_args=self.task_args, config=self.config,

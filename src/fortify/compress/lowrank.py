@@ -101,7 +101,7 @@ class LowRank(Transform):
         self.finetune_config = dict(finetune_config or {})
         self.needs_data = finetune_task is not None
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         seq = sequential_of(model)
         candidates = dict(weight_layers(model))

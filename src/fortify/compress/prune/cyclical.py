@@ -69,7 +69,7 @@ class CyclicalPrune(Transform):
         self.epochs = check_int(epochs, "epochs")
         self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         cfg = TrainConfig.from_dict({"lr": 0.01, "weight_decay": 0.0, "schedule": "constant", "batch_size": 128,

@@ -88,7 +88,7 @@ class Hydra(Transform):
         self.task_args = dict(task_args if task_args is not None else {"threat": "linf:0.3", "steps": 10})
         self.config, self.finetune_config = dict(config or {}), dict(finetune_config or {})
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         scores = HydraScores(model, self.sparsity)

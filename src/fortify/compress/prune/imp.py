@@ -52,7 +52,7 @@ class IterativeMagnitudePrune(Transform):
         finetune(model, data, task=self.task, task_args=self.task_args,
                  config={**self.config, "epochs": epochs}, keep_sparsity=sparse)
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         assert data is not None
         if self.rewind_epochs:

@@ -75,7 +75,7 @@ class MagnitudePrune(Transform):
         self.finetune_config = dict(finetune_config or {})
         self.needs_data = finetune_task is not None
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         masks = magnitude_masks(model, self.sparsity, self.scope, self.skip_last)
         layers = dict(weight_layers(model))

@@ -70,7 +70,7 @@ class NeuronMerge(Transform):
         else:
             self.amount = check_fraction(amount, "amount")
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         seq = sequential_of(model)
         before = count_params(model)[1]

@@ -56,7 +56,7 @@ class ChannelPrune(Transform):
         self.finetune_config = dict(finetune_config or {})
         self.needs_data = finetune_task is not None
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         seq = sequential_of(model)
         before = count_params(model)[1]

@@ -40,7 +40,7 @@ class TargetedDropoutPrune(Transform):
         self.epochs = check_int(epochs, "epochs")
         self.base, self.base_args, self.config = base, dict(base_args or {}), dict(config or {})
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         task = TargetedDropoutTask(self.base, self.base_args, self.gamma, self.alpha)

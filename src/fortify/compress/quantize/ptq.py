@@ -177,7 +177,7 @@ class Int8Dynamic(Transform):
         self.keep_float = check_keep_float(keep_float)
         self.scheme = check_scheme(scheme)
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         q = quantize_onnx(model, example_inputs, mode="dynamic", per_channel=self.per_channel, threads=self.threads,
                           keep_float=self.keep_float, scheme=self.scheme)
@@ -203,7 +203,7 @@ class Int8Static(Transform):
         self.method, self.per_channel, self.threads = method, bool(per_channel), check_int(threads, "threads")
         self.keep_float = check_keep_float(keep_float)
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         assert data is not None
         cal = data[0][: self.calibration_size]

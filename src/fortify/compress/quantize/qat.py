@@ -105,7 +105,7 @@ class QuantAwareInt8(Transform):
         self.task, self.task_args, self.config = task, dict(task_args or {}), dict(config or {})
         self.calibration_size, self.threads = check_int(calibration_size, "calibration_size"), check_int(threads, "threads")
 
-    def _apply(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+    def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
         x, y = check_data(data)
         scheme = resolve_scheme(self.scheme)  # train against the weight grid the export will use
