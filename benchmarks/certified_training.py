@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--channels", default="", help="comma list of conv widths (default: the arch's)")
     ap.add_argument("--hidden", default="", help="comma list of fc widths (default: the arch's)")
     ap.add_argument("--init", choices=["default", "ibp"], default="default",
-                    help="ibp: IBP initialisation of Shi et al. 2021 (fortify.train.init.ibp_init)")
+                    help="ibp: IBP initialisation of Shi et al. 2021 (fortify.models.init.ibp_init)")
     ap.add_argument("--schedule", choices=["linear", "smoothed"], default="linear", help="eps ramp shape")
     ap.add_argument("--kappa-end", type=float, default=None, help="final clean-loss weight (ibp 0.5, crown_ibp 0)")
     ap.add_argument("--lr-milestones", default="", help="comma list of epochs where the lr is multiplied by "
@@ -144,7 +144,7 @@ def main() -> None:
         arch_args["hidden"] = h[0] if len(h) == 1 and args.arch == "small-cnn" else h
     net = fmodels.create(args.arch, in_shape=tuple(x.shape[1:]), num_classes=10, **arch_args)
     if args.init == "ibp":
-        from fortify.train.init import ibp_init
+        from fortify.models.init import ibp_init
         ibp_init(net, torch.Generator().manual_seed(args.seed))
     milestones = ints(args.lr_milestones)
     steps_per_epoch = math.ceil(len(x) / args.batch)

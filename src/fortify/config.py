@@ -70,7 +70,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """``model`` section: architecture name, its arguments, whether to wrap it in Normalized, and the
-    weight initialisation (``default``: PyTorch's; ``ibp``: :func:`fortify.train.init.ibp_init`, the
+    weight initialisation (``default``: PyTorch's; ``ibp``: :func:`fortify.models.init.ibp_init`, the
     IBP initialisation of Shi et al. 2021 for certified training)."""
 
     name: str = "small-cnn"

@@ -199,11 +199,20 @@ def forward_checked(model: nn.Module, x: torch.Tensor, *, name: str = "x",
 
 @contextmanager
 def _eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode without gradients for the duration; every module's ``training`` flag restored."""
-    from fortify.models.state import eval_mode  # lazy: fortify.models imports this module
+    """Eval mode without gradients for the duration; every module's ``training`` flag restored.
 
-    with eval_mode(model), torch.no_grad():
-        yield
+    The same restore as :func:`fortify.models.state.eval_mode`, written out here because this kernel
+    module sits below ``fortify.models`` (importing it would run the models package, and with it the
+    registries, from every validation call site)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in modes:
+            m.training = False
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in modes:
+            m.training = flag
 
 
 #: per model, the (sample shape, dtype) pairs already probed -> number of classes

@@ -128,7 +128,7 @@ def test_certified_points_are_never_broken_by_registered_attacks() -> None:
     net = Normalized(mlp(seed=10), [0.5], [0.25]).eval()  # centred inputs: two classes predicted
     x = torch.rand(40, 1, 3, 4)
     y = net(x).argmax(1)
-    small = {"steps": 20, "restarts": 1, "n_queries": 200, "binary_search_steps": 3, "init_evals": 20,
+    small = {"steps": 20, "restarts": 1, "queries": 200, "binary_search_steps": 3, "init_evals": 20,
              "max_evals": 100, "k": 20, "samples": 10, "init_directions": 10, "init_tries": 10, "n_target_classes": 2}
     for threat in (ThreatModel("linf", 0.03), ThreatModel("l2", 0.15)):
         cert = CERTIFIERS.get("crown")()(net, x, y, threat)

@@ -125,7 +125,7 @@ def test_smoothed_eps_ramp_is_continuous_monotone_and_reaches_eps() -> None:
 
 
 def test_ibp_init_keeps_interval_radius_growth_constant_per_layer() -> None:
-    from fortify.train.init import ibp_init
+    from fortify.models.init import ibp_init
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(1000, 600), nn.ReLU(), nn.Conv2d(1, 1, 1), nn.Linear(600, 7))

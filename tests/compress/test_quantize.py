@@ -60,7 +60,7 @@ def test_square_and_transfer_attack_the_int8_model(static_q, test_data) -> None:
     threat = ThreatModel.parse("linf:0.3")
     x, y = test_data[0][:40], test_data[1][:40]
     q, twin = static_q.model, static_q.extras["float_twin"]
-    res = create_attack("square", n_queries=100)(q, x, y, threat, generator=torch.Generator().manual_seed(0))
+    res = create_attack("square", queries=100)(q, x, y, threat, generator=torch.Generator().manual_seed(0))
     assert bool(threat.contains(res.x_adv, x).all())
     with torch.no_grad():  # success is judged on the quantized model's own predictions
         assert torch.equal(res.success, q(res.x_adv).argmax(1) != y)

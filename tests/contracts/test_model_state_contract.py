@@ -43,7 +43,7 @@ N, C, H, W, K = 6, 1, 8, 8, 4
 EPS = {"linf": 0.05, "l2": 0.5, "l1": 2.0}
 #: tiny budgets, passed to each constructor that has the keyword
 TINY: dict[str, Any] = {
-    "steps": 1, "restarts": 1, "n_queries": 20, "queries": 20, "samples": 2, "binary_search_steps": 1,
+    "steps": 1, "restarts": 1, "queries": 20, "samples": 2, "binary_search_steps": 1,
     "n_target_classes": 1, "init_evals": 2, "max_evals": 4, "init_tries": 2, "init_directions": 2, "k": 2,
     "n0": 4, "n": 8, "batch_size": 8, "time_limit": 5.0, "epochs": 1, "threat": "linf:0.05",
     "threats": ("linf:0.05", "l2:0.5"), "candidates": 2, "score_epochs": 1, "finetune_epochs": 1,
@@ -152,10 +152,9 @@ def test_task_leaves_a_mixed_model_unchanged(name: str) -> None:
         teacher = kwargs["teacher"] = mixed_model(seed=3)
     teacher_before = fingerprint(teacher) if teacher is not None else None  # before the task holds it
     task = TASKS.create(name, **kwargs)
-    task.generator = torch.Generator().manual_seed(0)
     before = fingerprint(model)
-    out = task(model, x, y)
-    assert out["loss"].requires_grad and out["logits"].shape[-1] == K
+    out = task(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert out.loss.requires_grad and out.logits.shape[-1] == K
     assert_untouched(model, before, f"task {name!r}")
     if teacher is not None:
         assert_untouched(teacher, teacher_before, f"task {name!r} (its teacher)")  # type: ignore[arg-type]

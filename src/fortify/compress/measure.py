@@ -201,7 +201,7 @@ def robust_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thr
 
     def square(m: nn.Module) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
-        return ~create_attack("square", n_queries=square_queries)(m, x, y, threat, generator=gen).success
+        return ~create_attack("square", queries=square_queries)(m, x, y, threat, generator=gen).success
 
     clean = _correct(model, x, y)
     masks: dict[str, torch.Tensor] = {}

@@ -35,7 +35,7 @@ def names() -> list[str]:
 def from_config(cfg: Any) -> nn.Module:
     """The untrained model a run config describes: ``create(model.name, in_shape, num_classes,
     **model.args)`` for ``data.name``'s input shape, seeded by ``cfg.seed`` (the global RNG is left
-    as it was), re-initialised by ``model.init`` (``ibp``: :func:`fortify.train.init.ibp_init`), wrapped
+    as it was), re-initialised by ``model.init`` (``ibp``: :func:`fortify.models.init.ibp_init`), wrapped
     in ``Normalized(mean, std)`` of the dataset when ``model.normalize``.
     Raises ConfigError for ``model.args`` the architecture does not take."""
     from fortify import data as fdata
@@ -49,7 +49,7 @@ def from_config(cfg: Any) -> nn.Module:
         except TypeError as e:
             raise ConfigError(f"model.args: {e}") from None
         if cfg.model.init == "ibp":
-            from fortify.train.init import ibp_init
+            from fortify.models.init import ibp_init
 
             ibp_init(net)
     return Normalized(net, spec.mean, spec.std) if cfg.model.normalize else net
