@@ -1,6 +1,6 @@
 # Two entry points, each doing all set-up on a fresh machine:
 #   make demo  -> venv, torch==2.13.0 (CPU), fortify, then `fortify run` on the embedded default
-#   make test  -> the same plus dev dependencies, then lint (ruff) and the whole test suite
+#   make test  -> the same plus dev dependencies, then lint (ruff), types (mypy) and the whole test suite
 # Versions come from constraints.txt (the ones the suite was last verified with);
 # make test-latest runs the suite against the newest releases within pyproject's ranges instead.
 SHELL := /bin/bash
@@ -43,13 +43,13 @@ demo: setup
 	$(VENV)/bin/fortify run
 
 lint: setup-dev
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
-# mypy over src/fortify (pyproject [tool.mypy]); not yet part of make test: 122 errors remain to fix
+# mypy over src/fortify (pyproject [tool.mypy]; the kernel modules with mypy's --strict flags)
 typecheck: setup-dev
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint typecheck
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # the newest releases pip allows within pyproject's ranges (torch stays the local CPU wheel 2.13.0)
@@ -64,7 +64,8 @@ test-latest: qemu
 	@echo "versions that differ from $(CONSTRAINTS):"; \
 	  diff <(grep -v '^#' $(CONSTRAINTS) | sed 's/+cpu//' | sort) <(sed 's/+cpu//' $(LATEST)/versions.txt) \
 	  | grep '^[<>]' || echo "  none"
-	$(LATEST)/bin/ruff check src tests benchmarks
+	$(LATEST)/bin/ruff check src tests benchmarks scripts
+	$(LATEST)/bin/mypy
 	$(LATEST)/bin/python -m pytest -q -n 2 --dist loadfile
 
 # rewrite constraints.txt from the latest-versions venv (after a green make test-latest)

@@ -142,7 +142,8 @@ class ThreatModel:
         if self.norm == "linf":
             return d.abs().amax(dim=1) if d.shape[1] else d.new_zeros(d.shape[0])
         if self.norm == "l2":
-            return d.norm(p=2, dim=1)
+            l2: torch.Tensor = d.norm(p=2, dim=1)
+            return l2
         return d.abs().sum(dim=1)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, *, atol: float = CONTAINS_ATOL) -> torch.Tensor:

@@ -187,7 +187,8 @@ def forward_checked(model: nn.Module, x: torch.Tensor, *, name: str = "x",
     ``shown_shape``: the shape to name in messages (the whole batch when ``x`` is a slice of it)."""
     shape = tuple(shown_shape) if shown_shape is not None else tuple(x.shape)
     try:
-        return model(x)
+        out: torch.Tensor = model(x)
+        return out
     except _FORWARD_ERRORS as exc:
         if _is_oom(exc):
             raise ResourceError(f"out of memory running the model on {name} of shape {shape}") from None
@@ -216,7 +217,7 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
 
 
 #: per model, the (sample shape, dtype) pairs already probed -> number of classes
-_PROBED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]]" = weakref.WeakKeyDictionary()
+_PROBED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], int]]" = weakref.WeakKeyDictionary()
 
 
 def probe_num_classes(model: nn.Module, x: torch.Tensor, *, name: str = "x", cache: bool = False) -> int:

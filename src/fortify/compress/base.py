@@ -73,12 +73,11 @@ def weight_layers(model: nn.Module) -> list[tuple[int, nn.Conv2d | nn.Linear]]:
 
 def check_fraction(value: object, name: str, *, allow_one: bool = False) -> float:
     """A float in ``[0, 1)`` (``[0, 1]`` with ``allow_one``); ConfigError otherwise."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-    hi_ok = ok and (float(value) <= 1.0 if allow_one else float(value) < 1.0)
-    if not (ok and float(value) >= 0.0 and hi_ok):
+    v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (0.0 <= v and (v <= 1.0 if allow_one else v < 1.0)):  # NaN (not a number, inf) fails both
         rng = "[0, 1]" if allow_one else "[0, 1)"
         raise ConfigError(f"{name} must be a number in {rng}, got {value!r}")
-    return float(value)
+    return v
 
 
 def check_int(value: object, name: str, lo: int = 1) -> int:

@@ -195,7 +195,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _build(
-    arch: Mapping[str, Any], in_shape: Any, num_classes: Any, normalization: Any,
+    arch: object, in_shape: Any, num_classes: Any, normalization: Any,
     state: Mapping[str, torch.Tensor], path: Path,
 ) -> nn.Module:
     """Rebuild the (optionally Normalized) module described by a record; errors become ModelFileError.
