@@ -1,10 +1,13 @@
 """Contract every registered training task meets (``TASKS.names()`` at collection, so a new task is
 covered by registering it; the list is never hard-coded).
 
+Protocol: no task class defines ``__call__`` (``Task.__call__`` is final and validates; a subclass
+that tries is a TypeError at class creation) and every call returns a :class:`TaskOutput`.
+
 One training step on a tiny conv net with mixed flags (root training, a BatchNorm the user froze):
 the loss is a finite scalar with a graph, logits have ``K`` columns, gradients reach the parameters
 (finite, not all zero), and every module's ``training`` flag and every ``requires_grad`` are as the
-caller left them. Tasks with a ``teacher`` get a tiny teacher. Cost: one step per task, < 1 s each.
+caller left them. Tasks with a ``teacher`` get a tiny teacher. Cost: a few steps per task, < 1 s each.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import torch
 from torch import nn
 
 from fortify import models
-from fortify.train.tasks import TASKS
+from fortify.errors import InputError
+from fortify.train.tasks import TASKS, Task, TaskOutput
 
 N, C, H, W, K = 6, 1, 8, 8, 4
 #: tiny budgets, passed to each constructor that has the keyword
@@ -36,9 +40,11 @@ def make(name: str) -> Any:
     kwargs = {k: v for k, v in TINY.items() if k in params}
     if "teacher" in params:
         kwargs["teacher"] = tiny_net(seed=5)
-    task = TASKS.create(name, **kwargs)
-    task.generator = torch.Generator().manual_seed(0)
-    return task
+    return TASKS.create(name, **kwargs)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,12 +72,15 @@ def test_one_step_finite_loss_gradients_flow_flags_restored(name: str) -> None:
     list(model.modules())[3].eval()  # a module the user froze must stay in eval mode
     before = flags(model)
     x, y = inputs()
-    out = make(name)(model, x, y)
+    out = make(name)(model, x, y, generator=gen())
     assert flags(model) == before, f"task {name!r} changed the model's flags"
-    loss = out["loss"]
+    assert isinstance(out, TaskOutput), f"task {name!r} returned {type(out).__name__}"
+    assert all(isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+               for v in out.metrics.values()), f"task {name!r}: a metric is not a scalar"
+    loss = out.loss
     assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and bool(torch.isfinite(loss))
     assert loss.requires_grad, f"task {name!r} returned a loss without a graph"
-    logits = out["logits"]  # on the inputs the loss saw: N rows, or a multiple (augmented copies)
+    logits = out.logits  # on the inputs the loss saw: N rows, or a multiple (augmented copies)
     assert logits.dim() == 2 and logits.shape[1] == K and logits.shape[0] % N == 0
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -79,3 +88,30 @@ def test_one_step_finite_loss_gradients_flow_flags_restored(name: str) -> None:
     assert used and all(bool(torch.isfinite(g).all()) for g in used)
     assert any(float(g.abs().sum()) > 0 for g in used), f"task {name!r}: no gradient reaches the parameters"
     assert all(p.grad is None for p in model.parameters()), "a task must not write .grad (the Trainer does)"
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_no_task_class_defines_call(name: str) -> None:
+    cls = TASKS.get(name)
+    own = [c.__qualname__ for c in cls.__mro__ if c is not Task and issubclass(c, Task) and "__call__" in vars(c)]
+    assert not own, f"task {name!r}: {own} define __call__ (implement _run)"
+    assert cls.__call__ is Task.__call__
+
+
+def test_defining_call_is_a_type_error_and_run_must_return_a_task_output() -> None:
+    with pytest.raises(TypeError, match="overrides __call__, the template method of Task"):
+        class Bad(Task):  # noqa: F841
+            def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
+                return None
+
+    class Dict(Task):
+        def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator | None) -> TaskOutput:
+            return {"loss": model(x).sum()}  # type: ignore[return-value]
+
+    x, y = inputs()
+    with pytest.raises(TypeError, match="Dict._run must return a TaskOutput"):
+        Dict()(tiny_net(), x, y)
+    with pytest.raises(InputError, match="generator"):
+        make("standard")(tiny_net(), x, y, generator=0)  # type: ignore[arg-type]
+

@@ -42,10 +42,9 @@ def test_escalated_attack_costs_k_gradients_and_is_recorded() -> None:
     """After escalation each step reports K B input-gradient evaluations and steps = K."""
     x, y = blobs(32)
     task = tasks.create("fast_at", threat="linf:0.1")
-    task.generator = torch.Generator().manual_seed(0)
-    out1 = task(tiny_cnn(), x, y)
+    out1 = task(tiny_cnn(), x, y, generator=torch.Generator().manual_seed(0)).metrics
     task.on_catastrophic_overfitting("auto")
-    out2 = task(tiny_cnn(), x, y)
+    out2 = task(tiny_cnn(), x, y, generator=torch.Generator().manual_seed(0)).metrics
     assert (out1["grad_evals"], out1["steps"], out1["step_ratio"]) == (32, 1, 1.25)
     assert (out2["grad_evals"], out2["steps"], out2["step_ratio"], out2["ga_lambda"]) == (128, 4, 0.625, 0.0)
 

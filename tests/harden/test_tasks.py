@@ -55,7 +55,7 @@ class _Crash(Exception):
 
 
 class _KillDuringSecondEpoch:
-    def on_step_end(self, trainer: Trainer, step: int, out: dict) -> None:
+    def on_step_end(self, trainer: Trainer, step: int, out: object) -> None:
         if trainer.epoch == 1:
             raise _Crash
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fortify.errors import ConfigError, FortifyError
-from fortify.train import Task, Trainer, TrainConfig, train
+from fortify.train import Task, TaskOutput, Trainer, TrainConfig, train
 from fortify.train import checkpoint as ckpt
 from fortify.train.distributed import RunOptions, WorkerError, fit
 
@@ -52,13 +51,14 @@ class FailingTask(Task):
         super().__init__()
         self.rank, self.how = rank, how
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         if int(os.environ.get("RANK", "-1")) == self.rank:
             if self.how == "raise":
                 raise RuntimeError(f"boom on rank {self.rank}")
             os._exit(3)
         logits = model(x)
-        return {"loss": F.cross_entropy(logits, y), "logits": logits}
+        return TaskOutput(F.cross_entropy(logits, y), logits)
 
 
 SYNC_CFG = dict(optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cosine", grad_clip=3.0)

@@ -26,7 +26,7 @@ JOB = textwrap.dedent(
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
-    from fortify.train import Task, Trainer, TrainConfig
+    from fortify.train import Task, TaskOutput, Trainer, TrainConfig
 
     torch.set_num_threads(1)
     ckdir, kill_step, resume, out = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
@@ -39,13 +39,13 @@ JOB = textwrap.dedent(
             self.delta = None
             self.calls = 0
 
-        def __call__(self, model, x, y):
+        def _run(self, model, x, y, generator):
             if self.delta is None or self.delta.shape != x.shape:
-                self.delta = 0.1 * torch.randn(x.shape, generator=self.generator)
-            self.delta = (self.delta + 0.05 * torch.randn(x.shape, generator=self.generator)).clamp(-0.3, 0.3)
+                self.delta = 0.1 * torch.randn(x.shape, generator=generator)
+            self.delta = (self.delta + 0.05 * torch.randn(x.shape, generator=generator)).clamp(-0.3, 0.3)
             self.calls += 1
             logits = model(x + self.delta)
-            return {"loss": F.cross_entropy(logits, y), "logits": logits, "delta_norm": self.delta.norm()}
+            return TaskOutput(F.cross_entropy(logits, y), logits, {"delta_norm": self.delta.norm()})
 
         def state_dict(self):
             return {"delta": self.delta, "calls": self.calls}

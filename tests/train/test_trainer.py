@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fortify.errors import ConfigError, InputError
-from fortify.train import TASKS, RollbackOnDrop, Task, Trainer, TrainConfig, create_task, train
+from fortify.train import TASKS, RollbackOnDrop, Task, TaskOutput, Trainer, TrainConfig, create_task, train
 
 
 def blobs(n: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +31,7 @@ def flat(model: nn.Module) -> torch.Tensor:
 
 
 class NoisyTask(Task):
-    """Cross-entropy on inputs plus Gaussian noise drawn from ``self.generator`` (the trainer's)."""
+    """Cross-entropy on inputs plus Gaussian noise drawn from the call's ``generator`` (the trainer's)."""
 
     def __init__(self, sigma: float = 0.3, replays: int = 1) -> None:
         super().__init__()
@@ -40,13 +40,14 @@ class NoisyTask(Task):
         self.seen: list[torch.Tensor] = []
         self.progress_log: list[tuple[float, int]] = []
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         self.seen.append(x.clone())
         self.progress_log.append((self.progress, self.epoch))
-        noise = self.sigma * torch.randn(x.shape, generator=self.generator)
+        noise = self.sigma * torch.randn(x.shape, generator=generator)
         logits = model(x + noise)
-        return {"loss": F.cross_entropy(logits, y), "logits": logits, "grad_evals": 3 * x.shape[0],
-                "bsz": float(x.shape[0]), "lr": 123.0}
+        return TaskOutput(F.cross_entropy(logits, y), logits,
+                          {"grad_evals": 3 * x.shape[0], "bsz": float(x.shape[0]), "lr": 123.0})
 
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.1), ("adam", 0.02)])
@@ -129,9 +130,9 @@ def test_callbacks_merge_metrics_and_see_steps() -> None:
     steps: list[int] = []
 
     class CB:
-        def on_step_end(self, trainer: Trainer, step: int, out: dict) -> None:
+        def on_step_end(self, trainer: Trainer, step: int, out: TaskOutput) -> None:
             steps.append(step)
-            assert "loss" in out and trainer.global_step == step
+            assert isinstance(out, TaskOutput) and out.loss.dim() == 0 and trainer.global_step == step
 
         def on_epoch_end(self, trainer: Trainer, record: dict) -> dict:
             return {"robust_acc": torch.tensor(0.25), "note": "ok"}
@@ -151,9 +152,10 @@ def test_rollback_restores_previous_epoch_model_optimizer_and_task(tmp_path: Any
             super().__init__(sigma=0.0)
             self.calls = 0
 
-        def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator | None) -> TaskOutput:
             self.calls += 1
-            return super().__call__(model, x, y)
+            return super()._run(model, x, y, generator)
 
         def state_dict(self) -> dict[str, Any]:
             return {"calls": self.calls}
@@ -224,12 +226,21 @@ def test_input_and_task_errors() -> None:
     with pytest.raises(ConfigError, match="checkpoint_dir"):
         tr.fit((x, y), resume=True)
 
-    class Bad(Task):
-        def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-            return {"logits": model(x)}
+    class NotAnOutput(Task):
+        def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator | None) -> TaskOutput:
+            return {"logits": model(x)}  # type: ignore[return-value]
 
+    class NoGraph(Task):
+        def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator | None) -> TaskOutput:
+            logits = model(x)
+            return TaskOutput(F.cross_entropy(logits, y).detach(), logits)
+
+    with pytest.raises(TypeError, match="NotAnOutput._run must return a TaskOutput"):
+        Trainer(mlp(), NotAnOutput(), cfg, progress=False).fit((x, y))
     with pytest.raises(InputError, match="loss"):
-        Trainer(mlp(), Bad(), cfg, progress=False).fit((x, y))
+        Trainer(mlp(), NoGraph(), cfg, progress=False).fit((x, y))
     with pytest.raises(ConfigError, match="diverged"):
         train(mlp(), (x, y), epochs=1, batch_size=8, lr=1e30, progress=False)
     with pytest.raises(ConfigError, match="Task"):

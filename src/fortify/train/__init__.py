@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 from fortify.train.config import TrainConfig
-from fortify.train.tasks import TASKS, Task
+from fortify.train.tasks import TASKS, Task, TaskOutput
 from fortify.train.tasks import create as create_task
 from fortify.train.callbacks import Callback, RollbackOnDrop
 from fortify.train.trainer import Trainer, train
 
-__all__ = ["Trainer", "TrainConfig", "train", "TASKS", "Task", "create_task", "Callback", "RollbackOnDrop"]
+__all__ = ["Trainer", "TrainConfig", "train", "TASKS", "Task", "TaskOutput", "create_task", "Callback", "RollbackOnDrop"]

@@ -3,7 +3,8 @@
 A callback is any object with either or both of these optional methods:
 
 * ``on_step_end(trainer, step, out) -> None``: after every optimiser step; ``step`` is the number
-  of steps done so far in the whole run (1-based), ``out`` the task's output dict of that step.
+  of steps done so far in the whole run (1-based), ``out`` the task's
+  :class:`~fortify.train.tasks.base.TaskOutput` of that step (``loss``, ``logits``, ``metrics``).
 * ``on_epoch_end(trainer, record) -> dict | None``: after every epoch, before the checkpoint is
   written. Scalar entries of the returned dict are merged into the epoch record (for instance
   PGD robust accuracy on a held-out batch). Two keys are commands, not metrics:
@@ -21,13 +22,14 @@ from typing import TYPE_CHECKING, Any, Callable
 from fortify.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fortify.train.tasks.base import TaskOutput
     from fortify.train.trainer import Trainer
 
 
 class Callback:
     """No-op base class; override what you need."""
 
-    def on_step_end(self, trainer: "Trainer", step: int, out: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: "Trainer", step: int, out: "TaskOutput") -> None:
         """After every optimiser step; ``step`` counts steps of the whole run (1-based)."""
         return None
 

@@ -3,11 +3,11 @@
 ``Trainer(model, task, config).fit(train=(x, y), val=(x, y))`` trains ``model``'s weights *in place* with
 the task's objective and returns one record per epoch. The Trainer owns the optimiser, the
 per-step LR schedule, seeding, checkpoints, callbacks and progress; a :class:`Task` only maps
-``(model, x, y)`` to ``{"loss", "logits", ...}``.
+``(model, x, y, generator)`` to a :class:`~fortify.train.tasks.base.TaskOutput` ``(loss, logits, metrics)``.
 
 Determinism: the data order of epoch ``e`` is a permutation drawn from a ``torch.Generator``
 seeded by ``(seed, e)`` (``(seed, pass)`` for replaying tasks, see below); tasks draw their
-randomness from ``task.generator`` (= ``trainer.generator``, set before every step) and torch's
+randomness from the ``generator`` argument of every call (``trainer.generator``) and torch's
 global RNG is seeded from ``seed`` inside :meth:`Trainer.fit` (the caller's RNG state is
 restored afterwards). Generator, RNG, optimiser, schedule and task state are checkpointed after
 every epoch, so a run killed at any point and resumed is bit-identical to an uninterrupted one.
@@ -42,7 +42,7 @@ from fortify.train import checkpoint as ckpt
 from fortify.train.config import TrainConfig
 from fortify.train.progress import EpochProgress
 from fortify.train.schedules import StepLR
-from fortify.train.tasks import Task, resolve as resolve_task
+from fortify.train.tasks import Task, TaskOutput, resolve as resolve_task
 from fortify.validation import check_images, check_labels
 
 _MASK64 = (1 << 64) - 1
@@ -347,18 +347,16 @@ class Trainer:
             self._rollback()
         record["rolled_back"] = rollback
 
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor, epoch: int, total: int) -> tuple[dict, float, int, int, int]:
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, epoch: int,
+              total: int) -> tuple[TaskOutput, float, int, int, int]:
         """One optimiser step on ``xb (B, ...)``, ``yb (B,)``; returns (out, loss, correct, rows, B).
         (Data-parallel: ``xb`` is this rank's shard; the returned figures are the global batch's.)"""
         assert self.scheduler is not None
         self.scheduler.apply()
         self.task.set_progress(self.global_step / total, epoch)
-        self.task.generator = self.generator  # type: ignore[attr-defined]
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.task(self.model, xb, yb)
-        if not isinstance(out, Mapping) or "loss" not in out or "logits" not in out:
-            raise InputError(f"task {type(self.task).__name__} must return a dict with 'loss' and 'logits'")
-        loss = out["loss"]
+        out = self.task(self.model, xb, yb, generator=self.generator)
+        loss = out.loss
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
             raise InputError("task loss must be a scalar tensor with a graph to the parameters")
         lv = float(loss.detach())
@@ -368,7 +366,7 @@ class Trainer:
                 "lower lr or set grad_clip"
             )
         loss.backward()
-        logits = out["logits"]
+        logits = out.logits
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
             raise InputError(f"task logits must be a (rows, C>=2) tensor, got {getattr(logits, 'shape', logits)}")
         rows, b = logits.shape[0], yb.shape[0]
@@ -378,8 +376,7 @@ class Trainer:
             correct = int((logits.detach().argmax(1) == target).sum())
         else:
             rows = 0
-        task_ge = out.get("grad_evals", 0)
-        evals = b + int(task_ge.item() if isinstance(task_ge, torch.Tensor) else task_ge)
+        evals = b + out.grad_evals
         if self.parallel is not None:
             lv, b, correct, rows, evals = self.parallel.all_reduce(self, lv, b, correct, rows, evals)
         if self.config.grad_clip is not None:
@@ -388,7 +385,7 @@ class Trainer:
         self.scheduler.advance()
         self.global_step += 1
         self.grad_evals += evals
-        return dict(out), lv, correct, rows, b
+        return out, lv, correct, rows, b
 
     def _run_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor, val: Any, nb: int, total: int,
                    bar: EpochProgress | None) -> dict[str, Any]:
@@ -426,8 +423,8 @@ class Trainer:
                 samples += b
                 correct += c
                 rows += r
-                for k, v in out.items():
-                    if k in ("loss", "logits", "grad_evals"):
+                for k, v in out.metrics.items():
+                    if k == "grad_evals":
                         continue
                     s = _scalar(v)
                     if s is None:

@@ -19,7 +19,7 @@ from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
 from fortify.train.adversarial.inner import LossFn, check_steps, default_step_size, perturb
 from fortify.train.adversarial.schedules import Schedule, make_schedule
-from fortify.train.tasks.base import Task
+from fortify.train.tasks.base import Task, TaskOutput
 
 
 def parse_threat(threat: object) -> ThreatModel:
@@ -92,7 +92,6 @@ class AdversarialTask(Task):
         self.co_guard_options = _options(co_guard, "co_guard", GUARD_KEYS)
         if self.co_guard_options is not None and self.monitor_options is None:
             self.monitor_options = {}
-        self.generator: torch.Generator | None = None
         self.grad_evals_total = 0
         self._adv_correct = 0
         self._adv_seen = 0
@@ -117,17 +116,19 @@ class AdversarialTask(Task):
         x: torch.Tensor,
         loss_fn: LossFn,
         *,
+        generator: torch.Generator | None,
         threat: ThreatModel | None = None,
         steps: int | None = None,
         random_start: bool = True,
         x_init: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """Run the shared inner maximisation at the current strength; returns ``(x_adv, grad_evals)``."""
+        """Run the shared inner maximisation at the current strength on ``x (B, ...)``; returns
+        ``(x_adv (B, ...), grad_evals)``. ``generator``: the task call's generator (random start)."""
         t = self.current_threat(threat)
         k = self.current_steps() if steps is None else steps
         x_adv, evals = perturb(
             model, x, loss_fn, t, steps=k, step_size=self.step_size(t, k),
-            random_start=random_start, x_init=x_init, generator=self.generator,
+            random_start=random_start, x_init=x_init, generator=generator,
         )
         return x_adv, evals
 
@@ -146,21 +147,20 @@ class AdversarialTask(Task):
 
     # ------------------------------------------------------------------ accounting
     def output(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, grad_evals: int,
-               **metrics: Any) -> dict[str, Any]:
-        """The step's result dict; ``logits`` are those of the adversarial inputs ``(B, C)``."""
+               **metrics: float | torch.Tensor) -> TaskOutput:
+        """The step's :class:`TaskOutput`; ``logits`` are those of the adversarial inputs ``(B, C)``;
+        metrics: ``grad_evals``, ``adv_acc``, ``eps``, ``steps`` and the task's own ``metrics``."""
         self.grad_evals_total += int(grad_evals)
         correct = int((logits.detach().argmax(dim=1) == y).sum())
         self._adv_correct += correct
         self._adv_seen += int(y.shape[0])
-        return {
-            "loss": loss,
-            "logits": logits,
+        return TaskOutput(loss, logits, {
             "grad_evals": int(grad_evals),
             "adv_acc": correct / max(1, int(y.shape[0])),
             "eps": self.current_threat().eps,
             "steps": self.current_steps(),
             **metrics,
-        }
+        })
 
     def train_adv_acc(self) -> float | None:
         return self._adv_correct / self._adv_seen if self._adv_seen else None

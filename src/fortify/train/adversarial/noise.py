@@ -11,8 +11,9 @@ self-ensemble", RSE).
 * :func:`noise_hooks` installs the same noise temporarily with forward pre-hooks (used by the
   ``rse`` task on a model without noise layers).
 
-Randomness comes from ``NoiseLayer.generator`` when set (the ``rse`` task points every layer at the
-Trainer's generator so resume is exact), else from torch's global RNG.
+Randomness comes from ``NoiseLayer.generator`` when set (the ``rse`` task points every layer at its
+call's generator for the duration of the call with :func:`layer_generators`, so resume is exact),
+else from torch's global RNG.
 """
 from __future__ import annotations
 
@@ -97,6 +98,19 @@ def noise_hooks(model: nn.Module, init_std: float, inner_std: float, generator: 
             h.remove()
 
 
+@contextmanager
+def layer_generators(layers: list[NoiseLayer], generator: torch.Generator | None) -> Iterator[None]:
+    """Point every NoiseLayer in ``layers`` at ``generator`` inside the block; restore theirs after."""
+    saved = [m.generator for m in layers]
+    try:
+        for m in layers:
+            m.generator = generator
+        yield
+    finally:
+        for m, g in zip(layers, saved):
+            m.generator = g
+
+
 class SelfEnsemble(nn.Module):
     """RSE prediction: ``log(mean_k softmax(model(x)))`` over ``n`` noisy passes; ``(N, C)``."""
 
@@ -112,4 +126,4 @@ class SelfEnsemble(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
-__all__ = ["NoiseLayer", "add_noise_layers", "noise_layers", "noise_hooks", "SelfEnsemble", "gaussian_like"]
+__all__ = ["NoiseLayer", "add_noise_layers", "noise_layers", "noise_hooks", "layer_generators", "SelfEnsemble", "gaussian_like"]

@@ -218,25 +218,23 @@ def run_worker(rank: int, job: Job) -> None:
                 idx = perm[bi * c.batch_size:(bi + 1) * c.batch_size]
                 xb, yb = x[idx], y[idx]
                 task.set_progress((epoch * nb + bi) / total, epoch)
-                task.generator = gen  # type: ignore[attr-defined]
                 for p in params:
                     p.grad = None
-                out = task(model, xb, yb)
-                loss = out["loss"] if isinstance(out, dict) else None
+                out = task(model, xb, yb, generator=gen)
+                loss = out.loss
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
-                    raise InputError(f"task {type(task).__name__} must return a dict with a scalar 'loss' with graph")
+                    raise InputError(f"task {type(task).__name__} must return a scalar loss with a graph")
                 lv = float(loss.detach())
                 if not math.isfinite(lv):
                     raise ConfigError(f"training diverged: loss is {lv} at epoch {epoch + 1}, minibatch {bi + 1}; "
                                       "lower lr or set grad_clip")
                 loss.backward()
-                logits, b = out.get("logits"), yb.shape[0]
+                logits, b = out.logits, yb.shape[0]
                 correct, rows = 0, 0
                 if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] % b == 0:
                     rows = logits.shape[0]
                     correct = int((logits.detach().argmax(1) == yb.repeat(rows // b)).sum())
-                ge = out.get("grad_evals", 0)
-                evals = b + int(ge.item() if isinstance(ge, torch.Tensor) else ge)
+                evals = b + out.grad_evals
                 push[:HEAD] = torch.tensor([epoch, version, lv * b, b, correct, rows, exact(evals, "grad_evals"),
                                             time.process_time() - t0])
                 push[HEAD:HEAD + n_par] = flatten([p.grad if p.grad is not None else torch.zeros_like(p)

@@ -197,11 +197,9 @@ def fit_trainer(trainer: Any, train: tuple[torch.Tensor, torch.Tensor],
     """
     c = trainer.config
     validate(trainer, train[0].shape[0], resume)
-    task = copy.copy(trainer.task)
-    task.__dict__.pop("generator", None)  # a torch.Generator does not pickle; workers set their own
     fields = dict(
         mode=c.dist_mode, timeout_s=float(timeout_s), threads=torch.get_num_threads(),
-        model=copy.deepcopy(trainer.model), task=task, config=c, train=train, val=val,
+        model=copy.deepcopy(trainer.model), task=trainer.task, config=c, train=train, val=val,
         checkpoint_dir=None if trainer.checkpoint_dir is None else str(trainer.checkpoint_dir),
         progress=trainer.progress, callbacks=list(trainer.callbacks), resume=bool(resume))
     n_procs = c.nproc + (1 if c.dist_mode == "async" else 0)

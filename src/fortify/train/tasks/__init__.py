@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from fortify.errors import ConfigError
 from fortify.registry import discover
-from fortify.train.tasks.base import Task
+from fortify.train.tasks.base import Task, TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 discover(__name__)
@@ -32,4 +32,4 @@ def resolve(task: Task | str, options: Mapping[str, Any] | None = None) -> Task:
     return task
 
 
-__all__ = ["TASKS", "Task", "create", "resolve"]
+__all__ = ["TASKS", "Task", "TaskOutput", "create", "resolve"]

@@ -9,13 +9,12 @@ one teacher forward pass.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fortify.train.adversarial.base import AdversarialTask, positive
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.kd import check_teacher, kd_loss, mixing_weight, teacher_logits
 from fortify.train.tasks.registry import TASKS
 
@@ -34,12 +33,14 @@ class ARDTask(AdversarialTask):
         self.temperature = positive(temperature, "temperature")
         self.alpha = mixing_weight(alpha)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         """``x (B, ...)``, ``y (B,)`` -> loss, adversarial logits ``(B, K)`` and attack metrics."""
         t = teacher_logits(self.teacher, x)
         t_log = F.log_softmax(t, 1)
         x_adv, evals = self.attack(
-            model, x, lambda logits: F.kl_div(F.log_softmax(logits, 1), t_log, reduction="none", log_target=True).sum(1))
+            model, x, lambda logits: F.kl_div(F.log_softmax(logits, 1), t_log, reduction="none", log_target=True).sum(1),
+            generator=generator)
         s_adv = model(x_adv)
         loss = self.alpha * kd_loss(s_adv, t, self.temperature) + (1 - self.alpha) * F.cross_entropy(model(x), y)
         return self.output(loss, s_adv, y, evals)

@@ -39,6 +39,7 @@ from fortify.errors import ConfigError
 from fortify.train.adversarial.base import AdversarialTask, positive
 from fortify.train.adversarial.inner import ce_per_sample, check_steps
 from fortify.train.adversarial.penalties import grad_align
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 CO_ACTIONS = ("lower-step", "gradalign", "multi-step", "auto")
@@ -81,14 +82,15 @@ class FastAT(AdversarialTask):
     def current_steps(self) -> int:
         return self.attack_steps
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         x_adv, evals = self.attack(model, x, ce_per_sample(y), steps=self.attack_steps,
-                                   random_start=self.random_start)
+                                   random_start=self.random_start, generator=generator)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
-        extra: dict[str, Any] = {"step_ratio": float(self.step_ratio or 1.25), "ga_lambda": self.grad_align}
+        extra: dict[str, float | torch.Tensor] = {"step_ratio": float(self.step_ratio or 1.25), "ga_lambda": self.grad_align}
         if self.grad_align > 0:
-            reg = grad_align(model, x, y, self.current_threat().eps, self.generator)
+            reg = grad_align(model, x, y, self.current_threat().eps, generator)
             loss = loss + self.grad_align * reg
             evals += 2 * x.shape[0]
             extra["grad_align"] = float(reg.detach())

@@ -23,6 +23,7 @@ from torch import nn
 from fortify.attacks.steps import steepest_ascent
 from fortify.errors import ConfigError
 from fortify.train.adversarial.base import AdversarialTask
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -56,7 +57,8 @@ class FreeAT(AdversarialTask):
     def _capture(self, g: torch.Tensor) -> None:
         self._grad = g.detach().clone()
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         t = self.current_threat()
         b = x.shape[0]
         if self._delta is None or self._delta.shape[1:] != x.shape[1:] or self._delta.shape[0] < b:

@@ -9,14 +9,12 @@ box (the smoothed classifier sees unclipped noise too). Shapes: ``x (B, ...)``, 
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fortify.errors import ConfigError
-from fortify.train.tasks.base import Task
+from fortify.train.tasks.base import Task, TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -38,12 +36,11 @@ class GaussianNoise(Task):
             raise ConfigError(f"samples must be an int >= 1, got {samples!r}")
         self.samples = samples
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         xs = x.repeat((self.samples,) + (1,) * (x.dim() - 1))
         ys = y.repeat(self.samples)
-        gen = getattr(self, "generator", None)  # set by the Trainer for reproducible noise
-        dev = gen.device if isinstance(gen, torch.Generator) else xs.device
-        noise = torch.randn(xs.shape, generator=gen if isinstance(gen, torch.Generator) else None,
-                            dtype=xs.dtype, device=dev).to(xs.device)
+        dev = generator.device if generator is not None else xs.device
+        noise = torch.randn(xs.shape, generator=generator, dtype=xs.dtype, device=dev).to(xs.device)
         logits = model(xs + self.sigma * noise)
-        return {"loss": F.cross_entropy(logits, ys), "logits": logits, "sigma": self.sigma}
+        return TaskOutput(F.cross_entropy(logits, ys), logits, {"sigma": self.sigma})

@@ -15,8 +15,6 @@ Metrics: ``eps``, ``kappa``, ``robust_loss``, ``verified`` (fraction with all bo
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +22,7 @@ from torch import nn
 from fortify.certify.propagation import margin_lower_bound, robust_logits
 from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
-from fortify.train.tasks.base import Task
+from fortify.train.tasks.base import Task, TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -92,20 +90,19 @@ class CertifiedTask(Task):
         """``(B, K)`` margin lower bounds used by the robust loss."""
         return margin_lower_bound(model, x, y, self.threat, "ibp", eps=eps)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         logits = model(x)
         clean = F.cross_entropy(logits, y)
         eps, kappa = self.eps_now(), self.kappa_now()
-        out: dict[str, Any] = {"eps": eps, "kappa": kappa}
+        metrics: dict[str, float | torch.Tensor] = {"eps": eps, "kappa": kappa}
         if kappa >= 1.0:
-            out.update(loss=clean, logits=logits)
-            return out
+            return TaskOutput(clean, logits, metrics)
         low = self.bounds(model, x, y, eps)
         robust = F.cross_entropy(robust_logits(low), y)
         verified = (low.scatter(1, y[:, None], float("inf")).amin(dim=1) > 0).float().mean()
-        out.update(loss=kappa * clean + (1 - kappa) * robust, logits=logits, robust_loss=robust.detach(),
-                   verified=verified)
-        return out
+        metrics.update(robust_loss=robust.detach(), verified=verified)
+        return TaskOutput(kappa * clean + (1 - kappa) * robust, logits, metrics)
 
 
 @TASKS.register("ibp", help="IBP certified training with eps ramp and kappa mix (Gowal et al. 2018)")

@@ -16,7 +16,6 @@ for PGD-K.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from fortify.errors import ConfigError
 from fortify.models.state import eval_mode
 from fortify.train.adversarial.base import AdversarialTask
 from fortify.train.adversarial.inner import ce_per_sample
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -52,13 +52,14 @@ class ImportanceAT(AdversarialTask):
             raise ConfigError(f"fraction must be in (0, 1], got {fraction!r}")
         self.fraction = f
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         """Loss, adversarial logits ``(B, C)`` and ``hard_fraction`` of one minibatch ``x (B, ...)``, ``y (B,)``.
 
         The hard set is ranked in eval mode (every module's flag restored afterwards).
         """
         b = x.shape[0]
-        x_adv, evals = self.attack(model, x, ce_per_sample(y), steps=1)
+        x_adv, evals = self.attack(model, x, ce_per_sample(y), steps=1, generator=generator)
         k = self.current_steps()
         n_hard = 0
         if k > 1:
@@ -71,7 +72,7 @@ class ImportanceAT(AdversarialTask):
             if budget > 0:
                 hard = margin.topk(budget, largest=False).indices
                 refined, e2 = self.attack(model, x[hard], ce_per_sample(y[hard]), steps=k - 1,
-                                          random_start=False, x_init=x_adv[hard])
+                                          random_start=False, x_init=x_adv[hard], generator=generator)
                 x_adv = x_adv.clone()
                 x_adv[hard] = refined
                 evals += e2

@@ -8,7 +8,6 @@ Cost per step: one teacher forward+input-backward, one student double-backward.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ from torch import nn
 
 from fortify.models.state import frozen
 from fortify.train.adversarial.base import positive
-from fortify.train.tasks.base import Task
+from fortify.train.tasks.base import Task, TaskOutput
 from fortify.train.tasks.kd import check_teacher, kd_loss, mixing_weight
 from fortify.train.tasks.registry import TASKS
 
@@ -45,7 +44,8 @@ class JacobianKDTask(Task):
         self.alpha = mixing_weight(alpha)
         self.beta = positive(beta, "beta", allow_zero=True)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         """``x (B, ...)``, ``y (B,)`` -> loss, logits ``(B, K)`` and the Jacobian term."""
         with torch.enable_grad():
             with frozen(self.teacher):
@@ -56,7 +56,7 @@ class JacobianKDTask(Task):
         jac_loss = jac.pow(2).sum(1).mean()
         loss = (self.alpha * kd_loss(s, t.detach(), self.temperature) + (1 - self.alpha) * F.cross_entropy(s, y)
                 + self.beta * jac_loss)
-        return {"loss": loss, "logits": s.detach(), "jacobian_loss": jac_loss.detach()}
+        return TaskOutput(loss, s.detach(), {"jacobian_loss": jac_loss.detach()})
 
 
 __all__ = ["JacobianKDTask", "class_jacobian"]

@@ -11,7 +11,6 @@ trains a student with any of the three.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,7 @@ from torch import nn
 from fortify.errors import ConfigError
 from fortify.models.state import frozen
 from fortify.train.adversarial.base import positive
-from fortify.train.tasks.base import Task
+from fortify.train.tasks.base import Task, TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -65,12 +64,13 @@ class KDTask(Task):
         self.temperature = positive(temperature, "temperature")
         self.alpha = mixing_weight(alpha)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """``x (B, ...)``, ``y (B,)`` -> ``{"loss": scalar, "logits": (B, K)}`` (see the module docstring)."""
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
+        """``x (B, ...)``, ``y (B,)`` -> loss (scalar) and logits ``(B, K)`` (see the module docstring); no randomness."""
         t = teacher_logits(self.teacher, x)
         s = model(x)
         loss = self.alpha * kd_loss(s, t, self.temperature) + (1 - self.alpha) * F.cross_entropy(s, y)
-        return {"loss": loss, "logits": s}
+        return TaskOutput(loss, s)
 
 
 __all__ = ["KDTask", "check_teacher", "kd_loss", "mixing_weight", "teacher_logits"]

@@ -15,8 +15,6 @@ Cost: ``B`` (gradient norm) ``+ B`` (curvature) ``[+ B]`` (FGSM-RS) input-gradie
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +23,7 @@ from fortify.errors import ConfigError
 from fortify.train.adversarial.base import AdversarialTask, positive
 from fortify.train.adversarial.inner import ce_per_sample
 from fortify.train.adversarial.penalties import curvature, input_grad_norm
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -57,16 +56,17 @@ class LowCurvature(AdversarialTask):
     def current_steps(self) -> int:
         return 1
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         evals = 0
         inputs = x
         if self.adversarial:
-            inputs, evals = self.attack(model, x, ce_per_sample(y), steps=1)
+            inputs, evals = self.attack(model, x, ce_per_sample(y), steps=1, generator=generator)
         logits = model(inputs)
         loss = F.cross_entropy(logits, y)
         pen, g = input_grad_norm(model, inputs, y)
         evals += inputs.shape[0]
-        extra: dict[str, Any] = {"grad_norm2": float(pen.detach())}
+        extra: dict[str, float | torch.Tensor] = {"grad_norm2": float(pen.detach())}
         if self.grad_weight > 0:
             loss = loss + self.grad_weight * pen
         if self.curvature_weight > 0:

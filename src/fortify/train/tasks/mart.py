@@ -9,14 +9,13 @@ Cost: ``K * B`` input-gradient evaluations per step.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fortify.train.adversarial.base import AdversarialTask, positive
 from fortify.train.adversarial.inner import ce_per_sample
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 _TINY = 1e-12
@@ -34,8 +33,9 @@ class MART(AdversarialTask):
         super().__init__(threat, steps, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         self.beta = positive(beta, "beta")
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        x_adv, evals = self.attack(model, x, ce_per_sample(y))
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
+        x_adv, evals = self.attack(model, x, ce_per_sample(y), generator=generator)
         logits_adv = model(x_adv)
         logits_clean = model(x)
         p_adv = F.softmax(logits_adv, dim=1)

@@ -17,7 +17,7 @@ Shapes: ``x (B, ...)``, ``y (B,)``; ``logits (B, C)`` of the inputs actually tra
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from fortify.errors import ConfigError
 from fortify.threat import ThreatModel
 from fortify.train.adversarial.base import AdversarialTask, parse_threat, positive
 from fortify.train.adversarial.inner import ce_per_sample, msd_perturb
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 MODES = ("max", "avg", "msd", "stochastic")
@@ -66,18 +67,19 @@ class MultiPerturbation(AdversarialTask):
         self.mode = mode
         self.consistency = positive(consistency, "consistency", allow_zero=True)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         loss_fn = ce_per_sample(y)
-        extra: dict[str, Any] = {}
+        extra: dict[str, float | torch.Tensor] = {}
         if self.mode == "msd":
             ts = [self.current_threat(t) for t in self.threats]
             k = self.current_steps()
-            x_adv, evals = msd_perturb(model, x, y, ts, steps=k, generator=self.generator)
+            x_adv, evals = msd_perturb(model, x, y, ts, steps=k, generator=generator)
             logits = model(x_adv)
             loss = F.cross_entropy(logits, y)
         elif self.mode == "stochastic":
-            i = int(torch.randint(len(self.threats), (1,), generator=self.generator))
-            x_adv, evals = self.attack(model, x, loss_fn, threat=self.threats[i])
+            i = int(torch.randint(len(self.threats), (1,), generator=generator))
+            x_adv, evals = self.attack(model, x, loss_fn, threat=self.threats[i], generator=generator)
             logits = model(x_adv)
             loss = F.cross_entropy(logits, y)
             if self.consistency > 0:
@@ -88,7 +90,7 @@ class MultiPerturbation(AdversarialTask):
         else:
             advs, evals = [], 0
             for t in self.threats:
-                xa, e = self.attack(model, x, loss_fn, threat=t)
+                xa, e = self.attack(model, x, loss_fn, threat=t, generator=generator)
                 advs.append(xa)
                 evals += e
             all_logits = [model(xa) for xa in advs]

@@ -9,14 +9,13 @@ Cost: ``K * B`` input-gradient evaluations per step (reported as ``grad_evals``)
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fortify.train.adversarial.base import AdversarialTask, positive
 from fortify.train.adversarial.inner import ce_per_sample
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -32,8 +31,9 @@ class PGDAT(AdversarialTask):
         super().__init__(threat, steps, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         self.clean_weight = positive(clean_weight, "clean_weight", allow_zero=True)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        x_adv, evals = self.attack(model, x, ce_per_sample(y))
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
+        x_adv, evals = self.attack(model, x, ce_per_sample(y), generator=generator)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         if self.clean_weight > 0:

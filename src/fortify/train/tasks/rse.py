@@ -5,7 +5,8 @@ Trains with Gaussian noise in front of every convolution: cross-entropy of the n
 If the model already has :class:`~fortify.train.adversarial.noise.NoiseLayer` modules (from the
 :func:`~fortify.train.adversarial.noise.add_noise_layers` transform) those are used; otherwise the
 same noise is added for the duration of the step with forward pre-hooks, so the ``rse`` task also
-works from a recipe on a plain model. Noise is drawn from the Trainer's generator (exact resume).
+works from a recipe on a plain model. Noise is drawn from the call's ``generator`` (the Trainer's:
+exact resume).
 At inference wrap the noisy model in :class:`~fortify.train.adversarial.noise.SelfEnsemble`.
 Shapes: ``x (B, ...)``, ``y (B,)``; ``logits (B, C)`` of the noisy pass. No input gradients.
 """
@@ -18,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fortify.train.adversarial.base import positive
-from fortify.train.adversarial.noise import noise_hooks, noise_layers
-from fortify.train.tasks.base import Task
+from fortify.train.adversarial.noise import layer_generators, noise_hooks, noise_layers
+from fortify.train.tasks.base import Task, TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -35,19 +36,21 @@ class RSE(Task):
         self.init_std = positive(init_std, "init_std", allow_zero=True)
         self.inner_std = positive(inner_std, "inner_std", allow_zero=True)
         self.linear = bool(linear)
-        self.generator: torch.Generator | None = None
         self.grad_evals_total = 0
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
+        """Cross-entropy of one noisy pass over ``x (B, ...)``; logits ``(B, C)``. The noise comes from
+        ``generator``: the model's NoiseLayers draw from it for the duration of the call (their own
+        generators restored afterwards), or temporary hooks do on a model without them."""
         layers = noise_layers(model)
         if layers:
-            for m in layers:
-                m.generator = self.generator
-            logits = model(x)
-        else:
-            with noise_hooks(model, self.init_std, self.inner_std, self.generator, self.linear):
+            with layer_generators(layers, generator):
                 logits = model(x)
-        return {"loss": F.cross_entropy(logits, y), "logits": logits, "grad_evals": 0}
+        else:
+            with noise_hooks(model, self.init_std, self.inner_std, generator, self.linear):
+                logits = model(x)
+        return TaskOutput(F.cross_entropy(logits, y), logits, {"grad_evals": 0})
 
     def state_dict(self) -> dict[str, Any]:
         return {"grad_evals_total": self.grad_evals_total}

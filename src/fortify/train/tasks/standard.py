@@ -1,14 +1,12 @@
 """Standard empirical-risk training: cross-entropy on clean inputs."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fortify.errors import ConfigError
-from fortify.train.tasks.base import Task
+from fortify.train.tasks.base import Task, TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -29,7 +27,8 @@ class Standard(Task):
             raise ConfigError(f"standard task: label_smoothing must lie in [0, 1), got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """``x``: ``(B, ...)`` inputs, ``y``: ``(B,)`` labels -> ``{"loss": scalar, "logits": (B, C)}``."""
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
+        """``x``: ``(B, ...)`` inputs, ``y``: ``(B,)`` labels -> loss (scalar) and logits ``(B, C)``; no randomness."""
         logits = model(x)
-        return {"loss": F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), "logits": logits}
+        return TaskOutput(F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fortify.errors import ConfigError
-from fortify.train.tasks.base import Task
+from fortify.train.tasks.base import Task, TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 
@@ -86,7 +86,6 @@ class TargetedDropoutTask(Task):
         self.base: Task = TASKS.create(base, **dict(base_args or {}))
         self.gamma = _fraction(gamma, "gamma")
         self.alpha = _fraction(alpha, "alpha")
-        self.generator: torch.Generator | None = None
 
     @property
     def input_bounds(self) -> tuple[float, float]:
@@ -98,12 +97,13 @@ class TargetedDropoutTask(Task):
         super().set_progress(progress, epoch)
         self.base.set_progress(progress, epoch)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """Run the base task on ``model`` with targeted dropout on its weights (when ``model`` is training)."""
-        self.base.generator = self.generator  # type: ignore[attr-defined]
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
+        """Run the base task on ``model`` with targeted dropout on its weights (when ``model`` is
+        training); ``generator`` goes to the base task. Shapes and metrics: the base task's."""
         net = TargetedDropoutNet(model, self.gamma, self.alpha)
         net.training = model.training
-        return self.base(net, x, y)
+        return self.base(net, x, y, generator=generator)
 
     def state_dict(self) -> dict[str, Any]:
         """The wrapped task's state (exact resume)."""

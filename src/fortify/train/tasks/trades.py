@@ -8,8 +8,6 @@ Cost: ``K * B`` input-gradient evaluations per step.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +15,7 @@ from torch import nn
 from fortify.models.state import eval_mode
 from fortify.train.adversarial.base import AdversarialTask, positive
 from fortify.train.adversarial.inner import kl_per_sample
+from fortify.train.tasks.base import TaskOutput
 from fortify.train.tasks.registry import TASKS
 
 #: scale of the Gaussian start of the TRADES inner maximisation (reference implementation)
@@ -35,16 +34,18 @@ class TRADES(AdversarialTask):
         super().__init__(threat, steps, step_ratio, schedule, monitor=monitor, co_guard=co_guard)
         self.beta = positive(beta, "beta")
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None) -> TaskOutput:
         """Loss, adversarial logits ``(B, C)`` and metrics of one minibatch ``x (B, ...)``, ``y (B,)``.
 
         The clean reference of the inner KL is computed in eval mode (every module's flag restored).
         """
         with torch.no_grad(), eval_mode(model):
             clean_ref = model(x)
-        noise = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype) * START_STD
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * START_STD
         lo, hi = self.threat.bounds
-        x_adv, evals = self.attack(model, x, kl_per_sample(clean_ref), x_init=(x + noise).clamp(lo, hi))
+        x_adv, evals = self.attack(model, x, kl_per_sample(clean_ref), x_init=(x + noise).clamp(lo, hi),
+                                   generator=generator)
         logits_clean = model(x)
         logits_adv = model(x_adv)
         natural = F.cross_entropy(logits_clean, y)
