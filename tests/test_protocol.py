@@ -59,3 +59,22 @@ def test_a_new_protocol_base_marks_its_template() -> None:
     assert Good()() == 2
     with pytest.raises(TypeError, match="template method of Base"):
         type("Bad", (Base,), {"__call__": lambda self: 3})
+
+
+def test_the_registered_name_is_the_only_name() -> None:
+    from fortify.errors import ConfigError
+
+    reg: Registry[type] = Registry("widget-test")
+
+    class Base:
+        name = ""
+
+    @reg.register("alpha")
+    class Alpha(Base):
+        pass
+
+    assert Alpha.name == "alpha" and Base.name == ""
+    with pytest.raises(ConfigError, match="declares name='beta'"):
+        reg.register("gamma", type("Beta", (Base,), {"name": "beta"}))
+    for kind, name, cls in CASES:
+        assert cls.name == name, f"{kind} {name!r} carries name {cls.name!r}"

@@ -61,6 +61,21 @@ def discover(package: str | ModuleType) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _name_class(obj: object, name: str, kind: str) -> None:
+    """The registered name is the one place a class's ``name`` comes from.
+
+    A class whose protocol declares a ``name`` attribute (Attack, Certifier, Transform, Task, ...)
+    gets ``cls.name = name`` on registration; a class that spells a different name itself is a
+    ConfigError (the two would drift apart in messages, reports and the store)."""
+    if not isinstance(obj, type) or not hasattr(obj, "name"):
+        return
+    own = obj.__dict__.get("name")
+    if isinstance(own, str) and own and own != name:
+        raise ConfigError(f"{kind} {name!r}: class {obj.__qualname__} declares name={own!r}; the registered name "
+                          "is the only one (drop the class attribute)")
+    setattr(obj, "name", name)
+
+
 def renamed_kwargs(**renames: str) -> Callable[[F], F]:
     """Decorator for an ``__init__`` or a factory: keyword ``old`` still works as ``new`` for one release.
 
@@ -153,6 +168,7 @@ class Registry(Generic[T]):
                 raise ConfigError(f"{self.kind} name must be a non-empty string, got {name!r}")
             if name in self._items:
                 raise ConfigError(f"duplicate {self.kind} name {name!r}")
+            _name_class(o, name, self.kind)
             self._items[name] = o
             doc = help or (getattr(o, "__doc__", None) or "").strip().splitlines()
             self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")

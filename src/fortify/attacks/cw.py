@@ -48,7 +48,6 @@ class CW(MinNormMixin, Attack):
             pairwise objective against each of the top-``k`` wrong classes (``k`` times the cost).
     """
 
-    name = "cw"
     norms = ("l2",)
     access = "gradient"
     supports_targeted = True

@@ -35,7 +35,6 @@ class DeepFool(MinNormMixin, Attack):
         candidates: number of classes considered, the true one included (default 10).
     """
 
-    name = "deepfool"
     norms = ("l2", "linf")
     access = "gradient"
     supports_targeted = False

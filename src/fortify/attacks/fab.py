@@ -57,7 +57,6 @@ class FAB(MinNormMixin, Attack):
         eta: extrapolation of the projection step (1.05). beta: backward step (0.9).
     """
 
-    name = "fab"
     norms = ("linf", "l2", "l1")
     access = "gradient"
     supports_targeted = True

@@ -17,7 +17,6 @@ from fortify.threat import ThreatModel
 
 @ATTACKS.register("fgsm", help="one-step steepest ascent (FGSM / FGM), optional random start")
 class FGSM(Attack):
-    name = "fgsm"
     norms = ("linf", "l2", "l1")
     access = "gradient"
     supports_targeted = True

@@ -59,7 +59,6 @@ class HopSkipJump(Attack):
             (for cascades); by default the distance keeps shrinking until budget or ``steps``.
     """
 
-    name = "hopskipjump"
     norms = ("l2", "linf")
     access = "decision"
     supports_targeted = True

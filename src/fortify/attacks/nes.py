@@ -51,7 +51,6 @@ class NES(Attack):
         patience: iterations without improvement of a sample's loss before its step is halved.
     """
 
-    name = "nes"
     norms = ("linf", "l2")
     access = "score"
     supports_targeted = True

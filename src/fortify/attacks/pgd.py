@@ -91,7 +91,6 @@ class PGD(Attack):
         early_stop: stop iterating a sample as soon as it is adversarial.
     """
 
-    name = "pgd"
     norms = ("linf", "l2", "l1")
     access = "gradient"
     supports_targeted = True

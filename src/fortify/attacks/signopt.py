@@ -131,7 +131,6 @@ class SignOPT(Attack):
         stop_at_eps: stop a sample once its adversarial point is within ``threat.eps``.
     """
 
-    name = "signopt"
     norms = ("l2", "linf")
     access = "decision"
     supports_targeted = True

@@ -131,7 +131,6 @@ class Square(Attack):
         restarts: independent runs on the samples that are still robust.
     """
 
-    name = "square"
     norms = ("linf", "l2")
     access = "score"
     supports_targeted = True

@@ -92,7 +92,6 @@ def _f64(op: Op) -> Op:
 class MILPVerifier(Certifier):
     """Exact MILP verification (HiGHS) with a per-point ``time_limit`` in seconds."""
 
-    name = "milp"
     norms = ("linf", "l1")
 
     def __init__(self, time_limit: float = 30.0, slack: float = 1e-5, exact: bool = False,

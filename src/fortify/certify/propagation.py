@@ -150,7 +150,6 @@ class _BoundCertifier(Certifier):
 class IBPCertifier(_BoundCertifier):
     """Interval bound propagation with the margin folded into the last linear layer."""
 
-    name = "ibp"
     method = "ibp"
 
 
@@ -163,7 +162,6 @@ class CROWNCertifier(_BoundCertifier):
     bounds, so without it a bound can come out looser than another CROWN implementation's on a
     few images; ``alpha_steps=0`` gives plain CROWN-Ada."""
 
-    name = "crown"
     method = "crown"
     default_alpha_steps = 3
     default_alpha_rows = 2
@@ -175,7 +173,6 @@ class AlphaCROWNCertifier(_BoundCertifier):
     every margin row (alpha-CROWN restricted to the final specification: the intermediate bounds
     are CROWN-Ada's, not re-optimised). Tighter than ``crown``, several times its final-pass cost."""
 
-    name = "alpha-crown"
     method = "crown"
     default_alpha_steps = 20
     default_alpha_rows = 0
@@ -185,5 +182,4 @@ class AlphaCROWNCertifier(_BoundCertifier):
 class CROWNIBPCertifier(_BoundCertifier):
     """Cheap CROWN variant: IBP pre-activation bounds, CROWN on the margin only."""
 
-    name = "crown-ibp"
     method = "crown-ibp"

@@ -70,7 +70,6 @@ class Smoothing(Certifier):
     """Randomized-smoothing certifier (l2). ``certified = (prediction == y) & (radius >= eps)``;
     ``lower_margin = radius - eps`` (``-inf`` where abstaining or wrong)."""
 
-    name = "smoothing"
     norms = ("l2",)
 
     def __init__(self, sigma: float = 0.25, n0: int = 100, n: int = 1000, alpha: float = 0.001,

@@ -41,7 +41,6 @@ class Distill(Transform):
     and ``student_args`` (widths), or a student ``nn.Module``; ``method`` in :data:`METHODS`;
     ``method_args`` (temperature, alpha, threat, ...); ``epochs``; ``config`` (TrainConfig fields)."""
 
-    name = "distill"
     needs_data = True
 
     def __init__(self, student: str | nn.Module = "small-cnn", student_args: Mapping[str, Any] | None = None,

@@ -58,7 +58,6 @@ class CyclicalPrune(Transform):
     """Args: ``sparsity`` in [0, 1), ``cycles`` >= 1, ``epochs`` >= cycles recommended, ``task``/
     ``task_args``, ``config`` (TrainConfig fields; default SGD lr 0.01 constant)."""
 
-    name = "cyclical_prune"
     needs_data = True
 
     def __init__(self, sparsity: float = 0.9, cycles: int = 3, epochs: int = 3, task: str = "standard",

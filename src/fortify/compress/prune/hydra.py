@@ -74,7 +74,6 @@ class Hydra(Transform):
     ``task_args`` (robust objective, default ``pgd_at`` at ``linf:0.3``); ``config`` TrainConfig fields
     for the score phase (default Adam-free SGD lr 0.1, as in the paper); ``finetune_config``."""
 
-    name = "hydra"
     needs_data = True
 
     def __init__(self, sparsity: float = 0.9, score_epochs: int = 2, finetune_epochs: int = 1,

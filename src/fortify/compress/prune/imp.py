@@ -30,7 +30,6 @@ class IterativeMagnitudePrune(Transform):
     """Args: ``sparsity`` in [0, 1) (final), ``rounds`` >= 1, ``epochs`` per training run,
     ``rewind_epochs`` in [0, epochs), ``task``/``task_args``, ``config`` (TrainConfig fields), ``scope``."""
 
-    name = "imp_rewind"
     needs_data = True
 
     def __init__(self, sparsity: float = 0.8, rounds: int = 3, epochs: int = 2, rewind_epochs: int = 1,

@@ -29,7 +29,6 @@ from fortify.train.tasks.targeted_dropout import TargetedDropoutTask, targeted_d
 class TargetedDropoutPrune(Transform):
     """Args: ``gamma``/``alpha`` in [0, 1), ``epochs``, ``base`` task + ``base_args``, ``config``."""
 
-    name = "targeted_dropout_prune"
     needs_data = True
 
     def __init__(self, gamma: float = 0.75, alpha: float = 0.66, epochs: int = 1, base: str = "standard",

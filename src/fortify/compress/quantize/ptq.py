@@ -168,7 +168,6 @@ class Int8Dynamic(Transform):
     """Args: ``per_channel`` weights, ``threads`` of the returned session, ``keep_float`` layer positions,
     ``scheme`` (``auto`` | ``u8s8`` | ``u8s8-reduced`` | ``u8u8``, see :mod:`~fortify.compress.quantize.schemes`)."""
 
-    name = "int8_dynamic"
 
     def __init__(self, per_channel: bool = True, threads: int = 2, keep_float: Sequence[int] = (),
                  scheme: str = "auto") -> None:
@@ -190,7 +189,6 @@ class Int8Static(Transform):
     """Args: ``calibration_size`` images taken from ``data``, ``method`` (minmax/percentile/entropy),
     ``per_channel``, ``threads``, ``keep_float`` (weight-layer positions left in float32), ``scheme``."""
 
-    name = "int8_static"
     needs_data = True
 
     def __init__(self, calibration_size: int = 256, method: str = "minmax", per_channel: bool = True,

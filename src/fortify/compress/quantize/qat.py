@@ -92,7 +92,6 @@ class QuantAwareInt8(Transform):
     positions trained and exported in float32, e.g. ``[0]`` for the first conv), ``scheme`` (int8 scheme of the
     export, :mod:`~fortify.compress.quantize.schemes`)."""
 
-    name = "qat_int8"
     needs_data = True
 
     def __init__(self, epochs: int = 1, task: str = "standard", task_args: Mapping[str, Any] | None = None,
