@@ -2,7 +2,9 @@
 covered by registering it; the list is never hard-coded).
 
 Protocol: no task class defines ``__call__`` (``Task.__call__`` is final and validates; a subclass
-that tries is a TypeError at class creation) and every call returns a :class:`TaskOutput`.
+that tries is a TypeError at class creation), every call returns a :class:`TaskOutput`, and all
+randomness comes from the ``generator`` argument: the same generator seed gives the same loss
+twice, whatever torch's global RNG holds.
 
 One training step on a tiny conv net with mixed flags (root training, a BatchNorm the user froze):
 the loss is a finite scalar with a graph, logits have ``K`` columns, gradients reach the parameters
@@ -115,3 +117,19 @@ def test_defining_call_is_a_type_error_and_run_must_return_a_task_output() -> No
     with pytest.raises(InputError, match="generator"):
         make("standard")(tiny_net(), x, y, generator=0)  # type: ignore[arg-type]
 
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_randomness_only_from_the_generator_argument(name: str) -> None:
+    """Fresh task and model twice, the same generator seed, different global RNG states: equal loss
+    and logits (a task that drew from torch's global RNG or kept a generator of its own would differ)."""
+    x, y = inputs()
+    runs = []
+    for global_seed in (11, 12):
+        model, task = tiny_net(), make(name)
+        model.train()
+        torch.manual_seed(global_seed)
+        out = task(model, x, y, generator=gen(3))
+        runs.append((out.loss.detach(), out.logits.detach()))
+        assert not hasattr(task, "generator"), f"task {name!r} keeps a generator attribute"
+    assert torch.equal(runs[0][0], runs[1][0]), f"task {name!r}: loss depends on the global RNG"
+    assert torch.equal(runs[0][1], runs[1][1]), f"task {name!r}: logits depend on the global RNG"

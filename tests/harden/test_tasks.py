@@ -129,3 +129,41 @@ def test_tasks_build_their_monitor_and_guard_callbacks() -> None:
         tasks.create("fast_at", co_guard={"drop": 0.1})
     with pytest.raises(ConfigError, match="monitor must be"):
         tasks.create("trades", monitor="yes")
+
+
+def test_rse_noise_layers_draw_from_the_call_generator_only_during_the_call() -> None:
+    """A model with NoiseLayers: the rse task's logits equal a forward pass with every layer pointed
+    at a generator seeded like the call's, and afterwards every layer has its own generator back."""
+    from fortify.train.adversarial.noise import add_noise_layers, noise_layers
+
+    x, y = blobs(12)
+    noisy = add_noise_layers(tiny_cnn(), init_std=0.1, inner_std=0.05)
+    layers = noise_layers(noisy)
+    own = torch.Generator().manual_seed(99)
+    layers[0].generator = own
+    out = tasks.create("rse")(noisy, x, y, generator=torch.Generator().manual_seed(5))
+    assert layers[0].generator is own and all(m.generator is None for m in layers[1:])
+    ref_gen = torch.Generator().manual_seed(5)
+    for m in layers:
+        m.generator = ref_gen
+    with torch.no_grad():
+        assert torch.equal(out.logits.detach(), noisy(x))
+
+
+def test_targeted_dropout_draws_its_drops_from_the_call_generator() -> None:
+    """Loss of ``targeted_dropout`` over ``standard`` == CE of the model with every weight dropped by
+    :func:`targeted_dropout_weight` from a generator seeded like the call's (layers in module order)."""
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    from fortify.train.tasks.targeted_dropout import targeted_dropout_weight
+
+    x, y = blobs(12)
+    model = tiny_cnn()
+    out = tasks.create("targeted_dropout", gamma=0.5, alpha=0.5)(model, x, y, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    params = dict(model.named_parameters())
+    dropped = {k: targeted_dropout_weight(params[k], 0.5, 0.5, g) for k in ("0.weight", "3.weight")}
+    assert not torch.equal(dropped["0.weight"], params["0.weight"])  # something was dropped
+    ref = F.cross_entropy(functional_call(model, dropped, (x,)), y)
+    assert torch.equal(out.loss.detach(), ref.detach())

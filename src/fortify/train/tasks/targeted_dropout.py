@@ -28,14 +28,16 @@ from fortify.train.tasks.registry import TASKS
 
 
 def targeted_dropout_weight(w: torch.Tensor, gamma: float, alpha: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Drop each of the ``gamma`` smallest-|w| weights of every row of ``w (U, ...)`` with probability ``alpha``."""
+    """Drop each of the ``gamma`` smallest-|w| weights of every row of ``w (U, ...)`` with probability ``alpha``;
+    the drop draws come from ``generator`` (on its own device, then moved to ``w``'s; None: the global RNG)."""
     rows = w.reshape(w.shape[0], -1)
     k = int(gamma * rows.shape[1])
     if k == 0 or alpha == 0:
         return w
     thresh = rows.detach().abs().kthvalue(k, dim=1, keepdim=True).values
     target = rows.detach().abs() <= thresh
-    drop = torch.rand(rows.shape, generator=generator, device=w.device) < alpha
+    dev = generator.device if generator is not None else w.device
+    drop = (torch.rand(rows.shape, generator=generator, device=dev) < alpha).to(w.device)
     return (rows * ~(target & drop)).reshape(w.shape)
 
 
@@ -52,13 +54,16 @@ class TargetedDropoutNet(nn.Module):
 
     Parameters stay ``model``'s own (shared), so training the wrapper trains the model. Only the
     wrapper's own ``training`` flag decides whether weights are dropped; ``model``'s flags are
-    whatever the caller (or :mod:`fortify.models.state`) set. Shapes: those of ``model``.
+    whatever the caller (or :mod:`fortify.models.state`) set. The drops are drawn from
+    ``generator`` (None: torch's global RNG). Shapes: those of ``model``.
     """
 
-    def __init__(self, model: nn.Module, gamma: float, alpha: float) -> None:
+    def __init__(self, model: nn.Module, gamma: float, alpha: float,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.model = model
         self.gamma, self.alpha = gamma, alpha
+        self.generator = generator
         self.targets = [f"{n}.weight" if n else "weight" for n, m in model.named_modules()
                         if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -67,7 +72,7 @@ class TargetedDropoutNet(nn.Module):
         if not self.training:
             return self.model(x)
         params = dict(self.model.named_parameters())
-        dropped = {k: targeted_dropout_weight(params[k], self.gamma, self.alpha, None) for k in self.targets}
+        dropped = {k: targeted_dropout_weight(params[k], self.gamma, self.alpha, self.generator) for k in self.targets}
         return functional_call(self.model, dropped, (x,))
 
 
@@ -100,8 +105,9 @@ class TargetedDropoutTask(Task):
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator | None) -> TaskOutput:
         """Run the base task on ``model`` with targeted dropout on its weights (when ``model`` is
-        training); ``generator`` goes to the base task. Shapes and metrics: the base task's."""
-        net = TargetedDropoutNet(model, self.gamma, self.alpha)
+        training); ``generator`` feeds both the drops and the base task. Shapes and metrics: the
+        base task's."""
+        net = TargetedDropoutNet(model, self.gamma, self.alpha, generator)
         net.training = model.training
         return self.base(net, x, y, generator=generator)
 
