@@ -53,18 +53,34 @@ class DeprecatedNameWarning(FutureWarning):
 
 @dataclass
 class DataConfig:
-    """``data`` section: which dataset, where its files are, optional size limits (first N rows)."""
+    """``data`` section: which dataset, where its files are, optional size limits (first N rows).
+
+    ``path``: the user's own data instead of a registered dataset -- an ``.npz`` file, a folder of
+    ``.npy`` files, an image folder (one subfolder per class), a CSV/Parquet table or CIFAR-10's
+    python batches (:func:`fortify.data.files.from_path`); it is registered as a dataset and
+    ``name`` becomes its registered name. ``label`` (table label column), ``test_fraction`` (split
+    drawn when the files hold no test split) and ``image_size`` ([H, W] to resize images to)
+    apply to ``path`` only.
+    """
 
     name: str = "mnist-5k"
     data_dir: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
+    path: str | None = None
+    label: str | None = None
+    test_fraction: float = 0.2
+    image_size: list[int] | None = None
 
     def __post_init__(self) -> None:
         for key in ("train_limit", "test_limit"):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ConfigError(f"data.{key} must be null or an integer >= 1, got {v!r}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ConfigError(f"data.image_size must be [H, W] with positive ints, got {self.image_size!r}")
 
 
 @dataclass

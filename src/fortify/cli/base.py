@@ -69,6 +69,10 @@ def add_run_options(p: argparse.ArgumentParser, *, recipe: bool = True) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (same as train.seed=N)")
     p.add_argument("--data-dir", metavar="DIR", default=None,
                    help="folder with dataset files, e.g. MNIST IDX files (same as data.data_dir=DIR)")
+    p.add_argument("--data", metavar="PATH", default=None,
+                   help="your own data: .npz, a folder of .npy files, an image folder (one subfolder per class), "
+                        "a CSV/Parquet table (label column 'label'/'target'/'class' or data.label=COL) or CIFAR-10 "
+                        "python batches (same as data.path=PATH)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch (default: $FORTIFY_THREADS or 1, fastest for small models on a "
                         "busy machine)")
@@ -123,6 +127,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"train.seed={int(args.seed)}")
     if getattr(args, "data_dir", None) is not None:
         out.append(f"data.data_dir={_quote(args.data_dir)}")
+    if getattr(args, "data", None) is not None:
+        out.append(f"data.path={_quote(args.data)}")
     return out
 
 

@@ -10,7 +10,8 @@ can load by name like a built-in dataset (``data.load(spec.name, "test")``):
   image is grey, else ``RGB``), resized to ``image_size`` when given, otherwise every image must
   have the same size (mixed sizes are an error naming two files).
 * ``FILE.csv`` (or ``.parquet`` when pyarrow is installed) -- a **table** with a label column;
-  numeric columns are min-max scaled to [0, 1] with the train split's range (or ``bounds``),
+  numeric columns are min-max scaled to [0, 1] with the range the file spans (or ``bounds``: the
+  input domain, so a value outside it -- e.g. in a later file -- is an error naming the column),
   categorical columns (non-numeric, or named in ``categorical``) are one-hot encoded with the
   train split's categories; a category unseen in training is an error naming column and value.
 * a **CIFAR-10 python folder** (``data_batch_1..5`` and ``test_batch``) through
@@ -244,8 +245,13 @@ def _is_number(v: str) -> bool:
 
 def fit_table_schema(header: Sequence[str], rows: Sequence[Sequence[str]], *, label: str | None,
                      categorical: Sequence[str] | None = None,
-                     bounds: Mapping[str, tuple[float, float]] | None = None, where: str = "table") -> TableSchema:
-    """Choose the label column, numeric and categorical columns and their ranges from training rows."""
+                     bounds: Mapping[str, tuple[float, float]] | None = None, where: str = "table",
+                     range_rows: Sequence[Sequence[str]] | None = None) -> TableSchema:
+    """Choose the label column, numeric and categorical columns and their ranges.
+
+    Categories (one-hot vocabularies) come from ``rows`` (the training rows); numeric ranges from
+    ``bounds`` where given, else from ``range_rows`` (the whole file: the input domain the data
+    spans) or ``rows``."""
     if label is None:
         label = next((h for h in header if h.lower() in LABEL_NAMES), None)
         if label is None:
@@ -263,7 +269,7 @@ def fit_table_schema(header: Sequence[str], rows: Sequence[Sequence[str]], *, la
             continue
         values = [r[j].strip() for r in rows]
         if h not in given and all(_is_number(v) for v in values):
-            col = np.asarray([float(v) for v in values])
+            col = np.asarray([float(r[j]) for r in (range_rows if range_rows is not None else rows)])
             if not np.isfinite(col).all():
                 raise DataFileError(f"{where}: column {h!r} contains NaN or inf")
             a, b = (bounds or {}).get(h, (float(col.min()), float(col.max())))
@@ -291,7 +297,7 @@ def encode_table(schema: TableSchema, header: Sequence[str], rows: Sequence[Sequ
         if (scaled < -1e-9).any() or (scaled > 1 + 1e-9).any():
             j = int(np.argwhere((scaled < -1e-9) | (scaled > 1 + 1e-9))[0][1])
             raise DataFileError(f"{where}: column {schema.numeric[j]!r} has values outside its range "
-                                f"[{schema.lo[j]:g}, {schema.hi[j]:g}] (from the train split or bounds)")
+                                f"[{schema.lo[j]:g}, {schema.hi[j]:g}] (the data's range or the given bounds)")
         parts.append(np.clip(scaled, 0.0, 1.0))
     for h, vocab in schema.categorical.items():
         index = {v: i for i, v in enumerate(vocab)}
@@ -313,17 +319,19 @@ def read_table(path: str | Path, *, label: str | None = None, categorical: Seque
     """CSV/Parquet -> ``({"train", "test"}, class names, schema)``; the schema is fitted on train rows only."""
     p = Path(path)
     header, rows = _read_rows(p)
-    li = header.index(label) if label in header else next(
+    if label is not None and label not in header:
+        raise DataFileError(f"{p}: label column {label!r} not found; columns: {', '.join(header)}")
+    li = header.index(label) if label is not None else next(
         (j for j, h in enumerate(header) if h.lower() in LABEL_NAMES), None)
     if li is None:
-        fit_table_schema(header, rows, label=label, where=str(p))  # raises the one-line error
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise DataFileError(f"{p}: no label column (none of {', '.join(LABEL_NAMES)}); "
+                            "name it with label=COLUMN (CLI: data.label=COLUMN)")
     raw = [r[li].strip() for r in rows]
     classes = sorted(set(raw), key=lambda v: (not _is_number(v), float(v) if _is_number(v) else 0.0, v))
     y = np.asarray([classes.index(v) for v in raw], dtype=np.int64)
     tr, te = stratified_split(y, _n_test(len(y), test_fraction, str(p)), seed)
     schema = fit_table_schema(header, [rows[i] for i in tr], label=header[li], categorical=categorical,
-                              bounds=bounds, where=str(p))
+                              bounds=bounds, where=str(p), range_rows=rows)
     splits = {s: (encode_table(schema, header, [rows[i] for i in idx], f"{p}[{s}]"), y[idx])
               for s, idx in (("train", tr), ("test", te))}
     return splits, classes, schema

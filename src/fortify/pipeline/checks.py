@@ -18,6 +18,23 @@ from fortify.errors import ConfigError, FortifyError
 from fortify.threat import ThreatModel
 
 
+def use_data_path(cfg: Config) -> None:
+    """``data.path`` set: read the user's files once, register them as a dataset, point ``data.name`` at it.
+
+    The registered name is derived from the resolved path, so a resumed run finds the same name."""
+    d = cfg.data
+    if d.path is None:
+        return
+    from fortify.data.files import from_path
+
+    size = (int(d.image_size[0]), int(d.image_size[1])) if d.image_size else None
+    spec = from_path(d.path, label=d.label, test_fraction=d.test_fraction, image_size=size)
+    d.name = spec.name
+
+
+register_check(use_data_path)  # before check_names: data.name must be the registered user dataset
+
+
 def check_names(cfg: Config) -> None:
     """Names and constructor arguments of the core sections, before any run is created."""
     from fortify.data import DATASETS
