@@ -15,8 +15,8 @@ Floating-point buffers (BatchNorm running statistics) are broadcast from rank 0 
 (DDP's ``broadcast_buffers``); BatchNorm *batch* statistics are per shard (no SyncBatchNorm), so
 the single-process equivalence holds for models without BatchNorm.
 
-Randomness: each rank reseeds the task generator and torch's global RNG from
-``(seed, epoch, rank)`` at the start of every epoch, so ranks draw independent noise (PGD random
+Randomness: each rank reseeds the trainer's generator (passed to every task call) and torch's
+global RNG from ``(seed, epoch, rank)`` at the start of every epoch, so ranks draw independent noise (PGD random
 starts) and a resumed run continues exactly as an uninterrupted one. Rank 0 alone writes
 checkpoints and draws the progress bar; every rank runs the callbacks (they may change the task,
 e.g. the catastrophic-overfitting guard) on its identical model.

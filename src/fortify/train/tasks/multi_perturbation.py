@@ -7,7 +7,7 @@ Modes (all share the in-graph inner loop of :mod:`fortify.train.adversarial.inne
 * ``avg`` - average of the T adversarial losses (Tramer & Boneh 2019 "avg"). Cost ``T * K * B``.
 * ``msd`` - multi steepest descent (Maini et al. 2020): one attack that picks the best norm's step
   at every iteration. Cost ``K * B`` gradients (+ forward passes for the candidates).
-* ``stochastic`` - one threat drawn per minibatch from the task generator (stochastic adversarial
+* ``stochastic`` - one threat drawn per minibatch from the call's generator (stochastic adversarial
   training, Madaan et al. 2020 "Learning to generate noise for multi-attack robustness"), plus their
   adversarial consistency term: ``lambda * JS(p(x), p(x'))``, which keeps the label distribution of
   the clean and perturbed inputs consistent. (The learned noise generator of that paper is not
