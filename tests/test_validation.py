@@ -87,22 +87,22 @@ def test_forward_checked_keeps_model_errors_that_are_not_about_input() -> None:
 
 
 def test_task_validates_once_per_call_and_passes_int64_labels() -> None:
-    from fortify.train.tasks import Task
+    from fortify.train.tasks import Task, TaskOutput
 
     seen: list[torch.dtype] = []
 
     class Inner(Task):
-        def __call__(self, model, x, y):  # type: ignore[no-untyped-def]
+        def _run(self, model, x, y, generator):  # type: ignore[no-untyped-def]
             seen.append(y.dtype)
-            return {"loss": model(x).sum(), "logits": model(x)}
+            return TaskOutput(model(x).sum(), model(x))
 
     class Outer(Task):
-        def __call__(self, model, x, y):  # type: ignore[no-untyped-def]
-            return Inner()(model, x * 5, y)  # nested call: not re-validated (x * 5 may leave a box)
+        def _run(self, model, x, y, generator):  # type: ignore[no-untyped-def]
+            return Inner()(model, x * 5, y, generator=generator)  # nested call: not re-validated (x * 5 may leave a box)
 
     model = nn.Sequential(nn.Linear(2, 3))
     out = Outer()(model, torch.rand(4, 2), torch.tensor([0, 1, 2, 0], dtype=torch.int32))
-    assert out["logits"].shape == (4, 3) and seen == [torch.int64]
+    assert out.logits.shape == (4, 3) and seen == [torch.int64]
     with pytest.raises(InputError, match="label 3 but the model has 3 classes"):
         Outer()(model, torch.rand(4, 2), torch.tensor([0, 1, 3, 0]))
     assert Task().input_bounds == (-float("inf"), float("inf"))

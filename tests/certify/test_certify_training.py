@@ -39,9 +39,9 @@ def _train(task, steps: int = 150) -> tuple[nn.Module, list[float]]:
         idx = torch.arange(step * 60, step * 60 + 60) % len(x)
         out = task(net, x[idx], y[idx])
         opt.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         opt.step()
-        losses.append(float(out["loss"].detach()))
+        losses.append(float(out.loss.detach()))
     return net.eval(), losses
 
 
@@ -87,7 +87,7 @@ def test_robust_loss_upper_bounds_worst_case_attack_loss() -> None:
     xa = THREAT.random_init(x.repeat(50, 1, 1, 1))
     with torch.no_grad():
         sampled = F.cross_entropy(net(xa), y.repeat(50), reduction="none").reshape(50, -1).amax(0).mean()
-    assert float(out["robust_loss"]) >= float(sampled) - 1e-5
+    assert float(out.metrics["robust_loss"]) >= float(sampled) - 1e-5
 
 
 def test_gaussian_noise_task_lowers_loss_and_is_registered() -> None:
@@ -97,7 +97,7 @@ def test_gaussian_noise_task_lowers_loss_and_is_registered() -> None:
     assert sum(losses[-10:]) < sum(losses[:10])
     x, y = _problem(seed=3, n=30)
     out = task(net, x, y)
-    assert out["logits"].shape == (60, 3)
+    assert out.logits.shape == (60, 3)
     with pytest.raises(ConfigError):
         create("gaussian_noise", sigma=-1.0)
 

@@ -73,8 +73,8 @@ def test_jacobian_term_zero_for_identical_student() -> None:
     student = models.create("mlp", hidden=(8,))
     student.load_state_dict(teacher.state_dict())
     out = JacobianKDTask(teacher=teacher)(student, X, torch.arange(6) % 10)
-    assert float(out["jacobian_loss"]) == pytest.approx(0.0, abs=1e-8)
-    out["loss"].backward()
+    assert float(out.metrics["jacobian_loss"]) == pytest.approx(0.0, abs=1e-8)
+    out.loss.backward()
     assert student[1].weight.grad is not None
 
 

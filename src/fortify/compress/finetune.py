@@ -77,7 +77,6 @@ def _register() -> None:
         """Fine-tune after any compression step: ``task`` (``pgd_at`` = adversarial fine-tuning),
         ``task_args``, ``config`` (TrainConfig fields), ``keep_sparsity`` (zero weights stay zero)."""
 
-        name = "finetune"
         needs_data = True
 
         def __init__(self, task: str = "pgd_at", task_args: Mapping[str, Any] | None = None,

@@ -63,7 +63,6 @@ class FastAT(AdversarialTask):
         schedule: adaptive-strength schedule (an eps ramp is the usual companion).
     """
 
-    name = "fast_at"
     PINNABLE = AdversarialTask.PINNABLE + ("attack_steps",)
 
     def __init__(self, threat: object = "linf:0.3", step_ratio: float = 1.25, random_start: bool = True,

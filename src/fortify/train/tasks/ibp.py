@@ -110,4 +110,3 @@ class IBPTask(CertifiedTask):
     """IBP certified training. Args: ``threat``, ``warmup``/``ramp_end`` (fractions of training),
     ``kappa_start``/``kappa_end`` (clean-loss weight), ``schedule`` (eps ramp shape)."""
 
-    name = "ibp"
