@@ -154,8 +154,12 @@ def part_a(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: in
 
 
 def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str, repeats: int,
-           with_full: bool = False, save: Path | None = None) -> list[dict]:
-    """fortify ``standard`` (sanity checks on, as a user runs it) vs AutoAttack-standard, interleaved."""
+           with_full: bool = False, save: Path | None = None, reuse_aa: Path | None = None,
+           tag: str = "") -> list[dict]:
+    """fortify ``standard`` (sanity checks on, as a user runs it) vs AutoAttack-standard, interleaved.
+
+    ``reuse_aa``: a folder of earlier ``--save`` results; AutoAttack's per-image mask and times for
+    this model are read from there instead of running it again (same images, same seed)."""
     from fortify.evaluate import robust_accuracy
 
     from fortify.evaluate.presets import AttackSpec
@@ -183,6 +187,21 @@ def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str,
             robust[name] = rep.threats[0].robust.bool().cpu()
             extra[name] = ", ".join(f"{row.label} -{row.broken}" for row in rep.threats[0].rows) + (
                 f"; fired: {','.join(rep.fired) or '-'}")
+        old = reuse_aa / f"part_b-{label}.json" if reuse_aa is not None else None
+        if old is not None and old.exists():
+            import json
+
+            prev = json.loads(old.read_text())
+            if prev["n"] != len(x):
+                raise SystemExit(f"{old}: n={prev['n']} but this run has n={len(x)}")
+            mask = torch.zeros(len(x), dtype=torch.bool)
+            mask[prev["robust"]["AutoAttack standard"]] = True
+            robust["AutoAttack standard"] = mask
+            accs["AutoAttack standard"] = float(mask.float().mean())
+            times["AutoAttack standard"].append(prev["median_s"]["AutoAttack standard"])
+            cpu["AutoAttack standard"].append(prev["median_cpu_s"]["AutoAttack standard"])
+            extra["AutoAttack standard"] = f"apgd-ce, apgd-t(9), fab-t(9), square(5000) (run earlier: {old.name})"
+            continue
         try:
             from pyautoattack import AutoAttack
         except ImportError as e:
@@ -215,7 +234,7 @@ def part_b(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label: str,
                                   for k, m in robust.items()},
                "median_s": {k: statistics.median(v) for k, v in times.items()},
                "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items() if v}, "stages": extra}
-        (save / f"part_b-{label}.json").write_text(json.dumps(doc, indent=1))
+        (save / f"part_b-{label}{tag}.json").write_text(json.dumps(doc, indent=1))
     return [{"model": label, "impl": k, "robust_acc": accs[k], "weaker_than_AA": weaker.get(k, "-"),
              "median_s": statistics.median(v),
              "time_vs_AA": statistics.median(v) / ref,
@@ -250,6 +269,9 @@ def main() -> None:
                     help="a saved model to compare too (e.g. main=fortify-runs/ID/model.safetensors@mnist-5k); "
                          "its images come from DATASET's test split (default --dataset)")
     ap.add_argument("--save", type=Path, default=None, help="folder for per-image robust masks (JSON per model)")
+    ap.add_argument("--reuse-aa", type=Path, default=None, metavar="DIR",
+                    help="read AutoAttack's masks and times from an earlier --save folder instead of rerunning it")
+    ap.add_argument("--tag", default="", help="suffix of the saved JSON names (part_b-LABEL{TAG}.json)")
     ap.add_argument("--no-shortcuts", action="store_true",
                     help="part (b) also runs the pre-shortcut standard suite (every attack on every survivor)")
     args = ap.parse_args()
@@ -290,8 +312,8 @@ def main() -> None:
             xb, yb = images_of(label)
             print(f"\n(b) standard preset vs AutoAttack-standard, {label} model, n={len(xb)}, "
                   f"{args.repeats_b} interleaved round(s)")
-            print(table(part_b(model_of(label), xb, yb, label, args.repeats_b, args.no_shortcuts, args.save)),
-                  flush=True)
+            print(table(part_b(model_of(label), xb, yb, label, args.repeats_b, args.no_shortcuts, args.save,
+                               args.reuse_aa, args.tag)), flush=True)
 
 if __name__ == "__main__":
     main()
