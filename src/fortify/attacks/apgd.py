@@ -219,7 +219,6 @@ class APGD(_APGDBase):
     ``y`` replaced by the strongest non-target class, so that success means ``argmax = t``.
     """
 
-
     def __init__(self, steps: int = 100, restarts: int = 1, loss: str = "ce", rho: float = 0.75,
                  momentum: float = 0.75) -> None:
         super().__init__(steps, restarts, rho, momentum)
@@ -261,7 +260,6 @@ class APGDT(_APGDBase):
     on the points still robust; success is any misclassification. With explicit ``targeted``
     labels it runs once per restart towards them and success means ``argmax = t``.
     """
-
 
     def __init__(self, steps: int = 100, restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75,
                  momentum: float = 0.75) -> None:

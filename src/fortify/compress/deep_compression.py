@@ -138,7 +138,6 @@ class DeepCompression(Transform):
     (``pgd_at`` for a robust variant), ``config`` (TrainConfig fields), ``prune_rounds`` (iterative
     pruning on a cubic schedule, the retraining epochs split over the rounds)."""
 
-
     def __init__(self, sparsity: float | Mapping[int, float] = 0.92, bits: int | Mapping[int, int] = 5,
                  prune_epochs: int = 1, share_epochs: int = 1, task: str = "standard",
                  task_args: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,

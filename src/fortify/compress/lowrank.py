@@ -79,7 +79,6 @@ class LowRank(Transform):
     rank for every layer) overrides both; ``layers`` (indices; default every Conv2d/Linear but the
     classifier); ``finetune_task``/``finetune_args``/``finetune_config``."""
 
-
     def __init__(self, energy: float | None = None, budget: float | None = None, rank: int | None = None,
                  layers: list[int] | None = None, finetune_task: str | None = None,
                  finetune_args: Mapping[str, Any] | None = None, finetune_config: Mapping[str, Any] | None = None) -> None:

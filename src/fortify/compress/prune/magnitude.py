@@ -61,7 +61,6 @@ class MagnitudePrune(Transform):
     classifier dense; ``finetune_task``/``finetune_args``/``finetune_config`` optional fine-tuning
     (needs ``data``)."""
 
-
     def __init__(self, sparsity: float = 0.9, scope: str = "layer", skip_last: bool = False,
                  finetune_task: str | None = None, finetune_args: Mapping[str, Any] | None = None,
                  finetune_config: Mapping[str, Any] | None = None) -> None:

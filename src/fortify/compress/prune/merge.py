@@ -61,7 +61,6 @@ class NeuronMerge(Transform):
     """Args: ``amount`` in [0, 1): fraction of units of every prunable layer merged away, or a
     ``{layer index: fraction}`` mapping (unlisted layers untouched)."""
 
-
     def __init__(self, amount: float | Mapping[int, float] = 0.25) -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         if isinstance(amount, Mapping):

@@ -39,7 +39,6 @@ class ChannelPrune(Transform):
     ``{layer index: fraction}`` mapping); ``criterion`` ``"l1"``/``"l2"``; optional fine-tuning as in
     :class:`fortify.compress.prune.magnitude.MagnitudePrune`."""
 
-
     def __init__(self, amount: float | Mapping[int, float] = 0.5, criterion: str = "l2",
                  finetune_task: str | None = None, finetune_args: Mapping[str, Any] | None = None,
                  finetune_config: Mapping[str, Any] | None = None) -> None:

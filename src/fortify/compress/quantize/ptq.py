@@ -168,7 +168,6 @@ class Int8Dynamic(Transform):
     """Args: ``per_channel`` weights, ``threads`` of the returned session, ``keep_float`` layer positions,
     ``scheme`` (``auto`` | ``u8s8`` | ``u8s8-reduced`` | ``u8u8``, see :mod:`~fortify.compress.quantize.schemes`)."""
 
-
     def __init__(self, per_channel: bool = True, threads: int = 2, keep_float: Sequence[int] = (),
                  scheme: str = "auto") -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""

@@ -23,7 +23,6 @@ from fortify.train.tasks.registry import TASKS
 class ARDTask(AdversarialTask):
     """Args: ``teacher``, ``threat``/``steps``/``step_ratio`` of the inner PGD, ``temperature``, ``alpha``."""
 
-
     def __init__(self, teacher: nn.Module | None = None, threat: object = "linf:0.3", steps: int = 10,
                  step_ratio: float | None = None, temperature: float = 30.0, alpha: float = 0.95) -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""

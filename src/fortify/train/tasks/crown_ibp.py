@@ -22,7 +22,6 @@ from fortify.train.tasks.registry import TASKS
 class CROWNIBPTask(CertifiedTask):
     """CROWN-IBP. Args as :class:`fortify.train.tasks.ibp.IBPTask` plus ``beta_start``/``beta_end``."""
 
-
     def __init__(self, threat: object = "linf:0.1", warmup: float = 0.0, ramp_end: float = 0.5,
                  kappa_start: float = 1.0, kappa_end: float = 0.0, beta_start: float = 1.0,
                  beta_end: float = 0.0, schedule: str = "linear") -> None:

@@ -39,7 +39,6 @@ class FreeAT(AdversarialTask):
         schedule: adaptive-strength schedule (eps part only; there are no attack steps).
     """
 
-
     def __init__(self, threat: object = "linf:0.3", replays: int = 4, step_ratio: float = 1.0,
                  schedule: object = None,
                  monitor: object = True, co_guard: object = False) -> None:

@@ -22,7 +22,6 @@ from fortify.train.tasks.registry import TASKS
 class GaussianNoise(Task):
     """Args: ``sigma`` > 0 noise level (use the smoothing sigma), ``samples`` >= 1 draws per input."""
 
-
     def __init__(self, sigma: float = 0.25, samples: int = 1) -> None:
         super().__init__()
         try:

@@ -38,7 +38,6 @@ class ImportanceAT(AdversarialTask):
         fraction: share of the batch (0, 1] that gets the full K-step attack.
     """
 
-
     def __init__(self, threat: object = "linf:0.3", steps: int = 10, step_ratio: float | None = None,
                  schedule: object = None, fraction: float = 0.3,
                  monitor: object = True, co_guard: object = False) -> None:

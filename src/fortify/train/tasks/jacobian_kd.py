@@ -33,7 +33,6 @@ def class_jacobian(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 class JacobianKDTask(Task):
     """Args: ``teacher``, ``temperature``, ``alpha`` (KD weight), ``beta`` >= 0 (Jacobian term weight)."""
 
-
     def __init__(self, teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9,
                  beta: float = 1.0) -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""

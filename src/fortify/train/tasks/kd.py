@@ -55,7 +55,6 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class KDTask(Task):
     """Args: ``teacher`` (module, never modified), ``temperature`` > 0, ``alpha`` in [0, 1]."""
 
-
     def __init__(self, teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9) -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""
         super().__init__()

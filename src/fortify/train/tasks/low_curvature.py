@@ -40,7 +40,6 @@ class LowCurvature(AdversarialTask):
         schedule: adaptive-strength schedule (scales eps and so ``h``).
     """
 
-
     def __init__(self, threat: object = "linf:0.3", grad_weight: float = 1.0, curvature_weight: float = 1.0,
                  h: float | None = None, adversarial: bool = False, schedule: object = None,
                  monitor: object = True, co_guard: object = False) -> None:

@@ -25,7 +25,6 @@ _TINY = 1e-12
 class MART(AdversarialTask):
     """MART. Args: see :class:`AdversarialTask`; ``beta > 0`` weights the KL term (6 in the paper)."""
 
-
     def __init__(self, threat: object = "linf:0.3", steps: int = 10, step_ratio: float | None = None,
                  schedule: object = None, beta: float = 6.0,
                  monitor: object = True, co_guard: object = False) -> None:

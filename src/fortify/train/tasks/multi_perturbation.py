@@ -52,7 +52,6 @@ class MultiPerturbation(AdversarialTask):
         schedule: adaptive-strength schedule; its eps factor scales every threat.
     """
 
-
     def __init__(self, threats: Sequence[object] = ("linf:0.3", "l2:2.0", "l1:10"), mode: str = "msd",
                  steps: int = 10, schedule: object = None, consistency: float = 1.0,
                  monitor: object = True, co_guard: object = False) -> None:

@@ -23,7 +23,6 @@ from fortify.train.tasks.registry import TASKS
 class PGDAT(AdversarialTask):
     """Madry PGD-AT. Args: see :class:`AdversarialTask`; ``clean_weight`` in [0, 1) mixes in clean CE."""
 
-
     def __init__(self, threat: object = "linf:0.3", steps: int = 10, step_ratio: float | None = None,
                  schedule: object = None, clean_weight: float = 0.0,
                  monitor: object = True, co_guard: object = False) -> None:

@@ -29,7 +29,6 @@ class RSE(Task):
     """RSE. Args: ``init_std`` (first noise layer, 0.2), ``inner_std`` (others, 0.1), ``linear``
     (also noise before linear layers)."""
 
-
     def __init__(self, init_std: float = 0.2, inner_std: float = 0.1, linear: bool = False) -> None:
         super().__init__()
         self.init_std = positive(init_std, "init_std", allow_zero=True)

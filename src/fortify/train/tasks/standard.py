@@ -18,7 +18,6 @@ class Standard(Task):
     ``label_smoothing`` in ``[0, 1)``: weight of the uniform distribution mixed into the targets.
     """
 
-
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if (not isinstance(label_smoothing, (int, float)) or isinstance(label_smoothing, bool)

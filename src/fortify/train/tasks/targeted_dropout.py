@@ -80,7 +80,6 @@ class TargetedDropoutNet(nn.Module):
 class TargetedDropoutTask(Task):
     """Args: ``base`` task name and ``base_args``; ``gamma`` (targeted fraction) and ``alpha`` (drop rate) in [0, 1]."""
 
-
     def __init__(self, base: str = "standard", base_args: Mapping[str, Any] | None = None,
                  gamma: float = 0.5, alpha: float = 0.5) -> None:
         """Validate and store the hyper-parameters (ConfigError naming the bad one)."""

@@ -26,7 +26,6 @@ START_STD = 1e-3
 class TRADES(AdversarialTask):
     """TRADES. Args: see :class:`AdversarialTask`; ``beta > 0`` weights the robustness term."""
 
-
     def __init__(self, threat: object = "linf:0.3", steps: int = 10, step_ratio: float | None = None,
                  schedule: object = None, beta: float = 6.0,
                  monitor: object = True, co_guard: object = False) -> None:
