@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from fortify import data, models  # noqa: E402
 from fortify.compress import compress, create, finetune, plot_pareto  # noqa: E402
 from fortify.compress.formats import save_compressed  # noqa: E402
-from fortify.compress.measure import accuracy  # noqa: E402
+from fortify.metrics import clean_accuracy as accuracy  # noqa: E402
 from fortify.threat import ThreatModel  # noqa: E402
 
 

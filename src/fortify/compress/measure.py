@@ -44,6 +44,7 @@ from torch import nn
 from fortify.compress.base import count_params
 from fortify.compress.quantize.runtime import OnnxModule
 from fortify.errors import ConfigError
+from fortify.metrics import clean_accuracy, correct_mask
 from fortify.models.state import eval_mode
 from fortify.threat import ThreatModel
 from fortify.timing import CPU, WALL, Interleaved, SpeedUp, TimingPolicy, fixed_rounds, interleave
@@ -109,18 +110,6 @@ def artefact_bytes(model: nn.Module, encoding: str = "auto") -> int:
 
     with tempfile.TemporaryDirectory(prefix="fortify-m-") as tmp:
         return save_compressed(model, Path(tmp, "m.safetensors"), encoding=encoding).stat().st_size
-
-
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """``(N,)`` bool: ``model`` classifies ``x[i]`` as ``y[i]``."""
-    with torch.no_grad():
-        return torch.cat([model(x[i: i + batch_size]).argmax(1) == y[i: i + batch_size]
-                          for i in range(0, x.shape[0], batch_size)])
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``x (N, ...)``, ``y (N,)``."""
-    return int(_correct(model, x, y, batch_size).sum()) / max(1, x.shape[0])
 
 
 CLOCKS = ("wall", "cpu")
@@ -203,17 +192,17 @@ def robust_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thr
         gen = torch.Generator().manual_seed(seed)
         return ~create_attack("square", queries=square_queries)(m, x, y, threat, generator=gen).success
 
-    clean = _correct(model, x, y)
+    clean = correct_mask(model, x, y, 512)
     masks: dict[str, torch.Tensor] = {}
     if isinstance(model, OnnxModule):
         masks["square"] = square(model)
         if float_twin is not None:
             gen = torch.Generator().manual_seed(seed)
             x_pgd = create_attack("pgd", steps=pgd_steps)(float_twin, x, y, threat, generator=gen).x_adv
-            masks["transfer_pgd"] = _correct(model, x_pgd, y)
+            masks["transfer_pgd"] = correct_mask(model, x_pgd, y, 512)
             if with_fast:
                 rep = robust_accuracy(float_twin, x, y, threat, preset="fast", seed=seed, sanity=False)
-                masks["transfer_fast"] = _correct(model, rep.threats[0].x_adv, y)
+                masks["transfer_fast"] = correct_mask(model, rep.threats[0].x_adv, y, 512)
     else:
         if with_fast:
             rep = robust_accuracy(model, x, y, threat, preset="fast", seed=seed, sanity=False)
@@ -329,7 +318,7 @@ def measure(models: Mapping[str, nn.Module] | nn.Module, x: torch.Tensor, y: tor
                 row.macs, row.macs_nonzero = count_macs(ref, x)
             if speed is not None:
                 speed.fill(row)
-            row.clean_acc = accuracy(m, x, y)
+            row.clean_acc = clean_accuracy(m, x, y, 512)
             if t is not None and o.robust != "none":
                 row.robust_acc, row.robust_method, row.extra = robust_accuracy_of(
                     m, x[:o.n_robust], y[:o.n_robust], t, mode=o.robust, float_twin=twins.get(name),
@@ -408,6 +397,5 @@ def format_table(rows: list[Measurement], baseline: str | None = None) -> str:
 
 
 __all__ = ["CLOCKS", "CONTENDED", "LATENCY_POLICY", "LatencyRuns", "MeasureOptions", "Measurement", "ROBUST_MODES",
-           "accuracy",
            "artefact_bytes", "count_macs", "format_table", "latencies", "latency_runs", "latency_speedups", "measure",
            "robust_accuracy_of", "robust_masks"]
