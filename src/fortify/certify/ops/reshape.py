@@ -36,3 +36,23 @@ def _flatten(m: nn.Module, name: str, in_shape: tuple[int, ...], ref: torch.Tens
 def _no_op(m: nn.Module, name: str, in_shape: tuple[int, ...], ref: torch.Tensor) -> list[Op]:
     """Identity, and Dropout in eval mode (the certified model): no operator."""
     return []
+
+
+class ViewOp(Op):
+    """Any batch-preserving reshape: ``(B, *in) -> (B, *shape)`` (``view`` / ``reshape`` /
+    ``unsqueeze`` in a traced graph, and the 1-D <-> 2-D views around Conv1d / pooling)."""
+
+    def __init__(self, shape: tuple[int, ...], name: str) -> None:
+        self.shape, self.name = tuple(shape), name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape((x.shape[0],) + self.shape)
+
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        return self.forward(lo), self.forward(hi)
+
+    def back(self, a: torch.Tensor) -> torch.Tensor:
+        return a.reshape(a.shape[:2] + tuple(self.in_shape))
+
+    def bias(self, a: torch.Tensor) -> torch.Tensor:
+        return a.new_zeros(a.shape[:2])
