@@ -34,7 +34,7 @@ import math
 import os
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
 import torch
 from torch import nn
@@ -51,11 +51,14 @@ THREADS_PER_CORE = 4
 _FORWARD_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 SampleShape = tuple["int | None", ...]
+#: input bounds: scalars ``(lo, hi)`` or per-feature tensors broadcastable to one example's shape
+Bounds = Union[tuple[float, float], tuple[torch.Tensor, torch.Tensor]]
 
 
 # ---------------------------------------------------------------------------------------------- tensors
-def check_images(x: object, bounds: tuple[float, float] = (0.0, 1.0), *, name: str = "x") -> torch.Tensor:
-    """Validate a batch of inputs: a floating tensor ``(N, ...)`` with N >= 1, finite, inside ``bounds``."""
+def check_images(x: object, bounds: Bounds = (0.0, 1.0), *, name: str = "x") -> torch.Tensor:
+    """Validate a batch of inputs: a floating tensor ``(N, ...)`` with N >= 1, finite, inside ``bounds``
+    (scalars, or per-feature tensors that must broadcast to one example's shape)."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -69,8 +72,38 @@ def check_images(x: object, bounds: tuple[float, float] = (0.0, 1.0), *, name: s
     if not (math.isfinite(xmin) and math.isfinite(xmax)):
         raise InputError(f"{name} contains NaN or inf values")
     lo, hi = bounds
+    if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor):
+        return _check_per_feature(x, lo, hi, name)
     if xmin < lo - 1e-6 or xmax > hi + 1e-6:
         raise InputError(f"{name} values must lie in [{lo:g}, {hi:g}], found [{xmin:.4g}, {xmax:.4g}]")
+    return x
+
+
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without changing it."""
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(reversed(tuple(shape)), reversed(tuple(target))))
+
+
+def _check_per_feature(x: torch.Tensor, lo: object, hi: object, name: str) -> torch.Tensor:
+    """InputError unless ``x (N, ...)`` lies in per-feature ``[lo, hi]`` (tensors broadcastable to one
+    example's shape, 1e-6 slack); the message names the first feature outside and its range."""
+    sample = torch.Size(x.shape[1:])
+    lo_t, hi_t = (torch.as_tensor(b, dtype=torch.float64) for b in (lo, hi))
+    for t in (lo_t, hi_t):
+        if not broadcasts_to(t.shape, sample):
+            raise InputError(f"per-feature bounds of shape {tuple(t.shape)} do not fit {name}'s example shape "
+                             f"{tuple(sample)}")
+    xd = x.detach().to(torch.float64)
+    lo_b, hi_b = (torch.broadcast_to(t.to(x.device), sample) for t in (lo_t, hi_t))
+    bad = ((xd < lo_b - 1e-6) | (xd > hi_b + 1e-6)).reshape(x.shape[0], -1).any(dim=0)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        col = xd.reshape(x.shape[0], -1)[:, i]
+        low, high = float(lo_b.reshape(-1)[i]), float(hi_b.reshape(-1)[i])
+        raise InputError(f"{name} values must lie in the per-feature bounds: feature {i} must be in "
+                         f"[{low:g}, {high:g}], found [{float(col.min()):.4g}, {float(col.max()):.4g}]")
     return x
 
 
@@ -242,7 +275,7 @@ def probe_num_classes(model: nn.Module, x: torch.Tensor, *, name: str = "x", cac
     return classes
 
 
-def check_batch(model: object, x: object, y: object, bounds: tuple[float, float], *, x_name: str = "x",
+def check_batch(model: object, x: object, y: object, bounds: Bounds, *, x_name: str = "x",
                 y_name: str = "y", cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The full check of one ``(model, x, y)`` call: model type, ``x`` (dtype, rank, finite, bounds,
     sample shape, device), a one-sample probe for the class count, then ``y``.
@@ -266,7 +299,7 @@ def check_device(model: nn.Module, x: torch.Tensor, *, name: str = "x") -> None:
         return
 
 
-def check_pair(data: object, *, name: str = "data", bounds: tuple[float, float] = (0.0, 1.0),
+def check_pair(data: object, *, name: str = "data", bounds: Bounds = (0.0, 1.0),
                num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a dataset pair ``(x (N, ...), y (N,))``: the tensor checks of :func:`check_images` and
     :func:`check_labels` (batch sizes must match; labels below ``num_classes`` when given)."""
@@ -394,7 +427,7 @@ def check_finite_number(value: object, name: str, *, error: type[ConfigError] = 
 
 
 __all__ = [
-    "MAX_THREADS", "build", "check_batch", "check_device", "check_finite_number", "check_images", "check_kwargs",
+    "MAX_THREADS", "Bounds", "broadcasts_to", "build", "check_batch", "check_device", "check_finite_number", "check_images", "check_kwargs",
     "check_labels", "check_logits", "check_model_input", "check_pair", "check_threads", "expected_input_shape",
     "forward_checked", "model_dtype", "probe_num_classes", "resource_guard", "strict_keywords", "thread_limit",
 ]

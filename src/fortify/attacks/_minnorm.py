@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from fortify.attacks._box import Box
 from torch import nn
 
 from fortify.errors import InputError
@@ -62,7 +64,7 @@ class MinNormMixin:
 
 
 def hyperplane_box_step(
-    p: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str, bounds: tuple[float, float]
+    p: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str, bounds: "Box"
 ) -> torch.Tensor:
     """Minimum-norm step ``d`` with ``<w, d> = c`` and ``lo <= p + d <= hi``, exactly.
 
@@ -76,7 +78,7 @@ def hyperplane_box_step(
     * l1: fill coordinates by decreasing ``|w_i|`` up to their caps until ``|c|`` is reached.
 
     Each equation is piecewise linear and increasing; it is solved exactly from its sorted
-    breakpoints. Returns ``d (B, D)``.
+    breakpoints. ``bounds``: floats, or per-sample ``(B, D)`` tensors (``attacks._box``). Returns ``d (B, D)``.
     """
     lo, hi = bounds
     s = torch.sign(c)[:, None] * torch.sign(w)

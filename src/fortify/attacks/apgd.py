@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from fortify.attacks._dlr import dlr_loss, dlr_targeted_loss, strongest_other
+from fortify.attacks._box import Box
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.losses import ce_loss
 from fortify.attacks.registry import ATTACKS
@@ -73,7 +74,7 @@ def halving_decision(
     return cond1 | cond2
 
 
-def l1_direction(g: torch.Tensor, x_adv: torch.Tensor, frac: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+def l1_direction(g: torch.Tensor, x_adv: torch.Tensor, frac: torch.Tensor, bounds: Box) -> torch.Tensor:
     """Unit-L1 sparse ascent direction ``(B, ...)``: sign of ``g`` on the top ``frac (B,)``
     fraction of coordinates by ``|g|`` that the box still lets move (l1-APGD)."""
     b = g.shape[0]
@@ -131,7 +132,7 @@ def apgd_run(
         xa, xs = x_adv[act], x[act]
         a = 1.0 if i == 0 else momentum
         if l1:
-            direction = l1_direction(grad[act], xa, frac[act], threat.bounds)
+            direction = l1_direction(grad[act], xa, frac[act], threat.box(xa))
         else:
             direction = steepest_ascent(grad[act], threat.norm)
         z = threat.project(xa + eta[act] * direction, xs)

@@ -63,12 +63,21 @@ class Oracle:
         self.num_classes = num_classes
         self.queries = 0
         self.grad_evals = 0
+        #: per-feature threats (set by ``Attack.__call__`` around ``_run``): the search runs in
+        #: standardised coordinates ``u = x / scale`` (the model sees ``u * scale``), and input
+        #: gradients are zero on immutable features (``mask`` False)
+        self.scale: torch.Tensor | None = None
+        self.grad_mask: torch.Tensor | None = None
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self._model(x if self.scale is None else x * self.scale)
+        return out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C)`` without gradient (score-based access)."""
         self.queries += x.shape[0]
         with torch.no_grad():
-            return self._model(x)
+            return self._forward(x)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Hard labels ``(B,)`` (decision-based access)."""
@@ -83,10 +92,23 @@ class Oracle:
         self.grad_evals += x.shape[0]
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            logits = self._model(xg)
+            logits = self._forward(xg)
             loss = loss_fn(logits)
             (grad,) = torch.autograd.grad(loss.sum(), xg)
+        if self.grad_mask is not None:
+            grad = grad.masked_fill(~self.grad_mask, 0.0)
         return logits.detach(), loss.detach(), grad.detach()
+
+
+def refuse_gradient_free_model(attack: "Attack", model: nn.Module) -> None:
+    """InputError (one line, saying why) for a white-box attack on a model without gradients (an
+    ONNX Runtime model: ``model.gradient_free`` is True)."""
+    gradient_free = getattr(model, "gradient_free", False) or type(model).__name__ == "OnnxModule"
+    if attack.needs_grad and gradient_free:
+        what = getattr(model, "source", None) or f"the model ({type(model).__name__})"
+        raise InputError(
+            f"{what} is an ONNX Runtime model without gradients: white-box attacks ({attack.name or type(attack).__name__}"
+            f", ...) need a PyTorch model; use score- or decision-based attacks: square, nes, hopskipjump, signopt")
 
 
 class Attack(TemplateCall, abc.ABC):
@@ -128,6 +150,8 @@ class Attack(TemplateCall, abc.ABC):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_images(x, threat.bounds)
+        threat.check_sample_shape(x)
+        refuse_gradient_free_model(self, model)
         check_device(model, x)
         check_model_input(model, x)
         n = x.shape[0]
@@ -149,13 +173,30 @@ class Attack(TemplateCall, abc.ABC):
             if todo.numel():
                 xs, ys = x[todo], y[todo]
                 ts = targeted[todo] if targeted is not None else None
-                found = self._run(oracle, xs, ys, threat, ts, generator)
+                found = self._run_in_units(oracle, xs, ys, threat, ts, generator)
                 if found.shape != xs.shape:
                     raise RuntimeError(f"{type(self).__name__}._run returned shape {tuple(found.shape)}")
                 adv = threat.project(found.detach().to(x.dtype), xs)
                 x_adv[todo] = adv
                 success[todo] = self._is_success(oracle.logits(adv), ys, ts)
         return AttackResult(x_adv=x_adv, success=success, grad_evals=oracle.grad_evals, queries=oracle.queries)
+
+    def _run_in_units(self, oracle: Oracle, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                targeted: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        """:meth:`_run`, for a per-feature threat in standardised coordinates ``u = x / scale`` (where
+        eps is isotropic: step sizes and random starts mean the same in every feature) with input
+        gradients zeroed on immutable features; the result is mapped back (``u * scale``)."""
+        if not threat.per_feature:
+            return self._run(oracle, x, y, threat, targeted, generator)
+        s = threat.units(x)
+        oracle.grad_mask = threat.free(x)
+        oracle.scale = s
+        try:
+            if s is None:
+                return self._run(oracle, x, y, threat, targeted, generator)
+            return self._run(oracle, x / s, y, threat.standardised(), targeted, generator) * s
+        finally:
+            oracle.scale = oracle.grad_mask = None
 
     @staticmethod
     def _is_success(logits: torch.Tensor, y: torch.Tensor, targeted: torch.Tensor | None) -> torch.Tensor:

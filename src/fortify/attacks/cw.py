@@ -97,8 +97,9 @@ class CW(MinNormMixin, Attack):
         """Binary search on ``c`` with Adam in tanh space for ``x (B, ...)``; ``margin(logits) (B,)``
         is > 0 exactly when a point counts as successful. Updates ``best / best_d (B,)`` in place."""
         b = x.shape[0]
-        lo, hi = threat.bounds
+        lo, hi = threat.box(x)
         span = hi - lo
+        free = threat.free(x)
         view = (b,) + (1,) * (x.dim() - 1)
         w0 = torch.atanh(((x - lo) / span * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         const = torch.full((b,), self.initial_const, dtype=x.dtype, device=x.device)
@@ -114,6 +115,7 @@ class CW(MinNormMixin, Attack):
             for it in range(1, self.steps + 1):
                 th = torch.tanh(w)
                 xa = lo + span * (th + 1) / 2
+                xa = xa if free is None else torch.where(free, xa, x)  # immutable features stay put
                 logits, pen, g_cls = oracle.value_and_grad(xa, lambda z: (-margin(z)).clamp_min(-kappa))
                 diff = xa - x
                 dist = diff.flatten(1).norm(dim=1)

@@ -54,7 +54,6 @@ class DeepFool(MinNormMixin, Attack):
         """Search ``x (B, ...)`` labelled ``y (B,)``; returns the first adversarial iterate per
         sample (the last iterate where none was found)."""
         b = x.shape[0]
-        lo, hi = threat.bounds
         clean = oracle.logits(x)
         clean.scatter_(1, y[:, None], float("-inf"))
         k = min(self.candidates, oracle.num_classes) - 1
@@ -88,5 +87,5 @@ class DeepFool(MinNormMixin, Attack):
             else:
                 r = (fl / dl**2)[:, None] * wl
             r_tot[act] += r.reshape((-1,) + x.shape[1:])
-            x_adv[act] = (x[act] + (1 + self.overshoot) * r_tot[act]).clamp(lo, hi)
+            x_adv[act] = threat.clip(x[act] + (1 + self.overshoot) * r_tot[act], x[act])
         return x_adv

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from fortify.attacks._box import clamp, flat_box, sample_box
 from fortify.attacks._minnorm import MinNormMixin, hyperplane_box_step
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.losses import targeted_margin_loss
@@ -111,18 +112,18 @@ class FAB(MinNormMixin, Attack):
         xf = x.reshape(b, -1)
         x1 = x_init.reshape(b, -1).clone()
         rows = torch.arange(b, device=x.device)
-        lo, hi = threat.bounds
+        box = flat_box(sample_box(threat, x), b)
         for _ in range(self.steps):
             df, dg = self._boundaries(oracle, x1.reshape(shape), y, classes, goal is not None)
             j = (df.abs() / (_dual(dg, threat.norm) + 1e-12)).argmin(dim=1)
             f, w = df[rows, j], dg[rows, j]
-            d1 = hyperplane_box_step(x1, w, -f, threat.norm, threat.bounds)
+            d1 = hyperplane_box_step(x1, w, -f, threat.norm, box)
             c0 = -f - (w * (xf - x1)).sum(dim=1)
-            d0 = hyperplane_box_step(xf, w, c0, threat.norm, threat.bounds)
+            d0 = hyperplane_box_step(xf, w, c0, threat.norm, box)
             a1 = _norm(d1, threat.norm).clamp_min(1e-8)
             a0 = _norm(d0, threat.norm).clamp_min(1e-8)
             alpha = (a1 / (a1 + a0)).clamp(0, self.alpha_max)[:, None]
-            x1 = ((1 - alpha) * (x1 + self.eta * d1) + alpha * (xf + self.eta * d0)).clamp(lo, hi)
+            x1 = clamp((1 - alpha) * (x1 + self.eta * d1) + alpha * (xf + self.eta * d0), box)
             pred = oracle.logits(x1.reshape(shape)).argmax(dim=1)
             hit = pred == goal if goal is not None else pred != y
             if bool(hit.any()):
@@ -137,7 +138,7 @@ class FAB(MinNormMixin, Attack):
         """A random point at distance ``radius (B,)`` (before box clipping) around ``x``."""
         t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         unit = t / _norm(t.reshape(x.shape[0], -1), threat.norm).clamp_min(1e-12).reshape((-1,) + (1,) * (x.dim() - 1))
-        return (x + unit * radius.reshape((-1,) + (1,) * (x.dim() - 1))).clamp(*threat.bounds)
+        return threat.clip(x + unit * radius.reshape((-1,) + (1,) * (x.dim() - 1)), x)
 
     def _run(self, oracle: Oracle, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              targeted: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:

@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from fortify.attacks._box import Box, clamp, flat_box, sample_box, span
+from fortify.attacks._box import rows as box_rows
 from fortify.attacks._blackbox import (
     QueryBudget,
     check_positive_float,
@@ -118,10 +120,16 @@ class HopSkipJump(Attack):
 
     def _gradient(
         self, q: QueryBudget, xb: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
-        n_evals: int, delta: torch.Tensor, norm: str, bounds: tuple[float, float], gen: torch.Generator | None,
+        n_evals: int, delta: torch.Tensor, norm: str, bounds: Box, gen: torch.Generator | None,
     ) -> torch.Tensor:
-        """Monte-Carlo estimate ``(R, ...)`` (unit l2 norm) of the boundary normal at ``xb``."""
+        """Monte-Carlo estimate ``(R, ...)`` (unit l2 norm) of the boundary normal at ``xb``; ``bounds``
+        floats or per-row boxes ``(R, ...)`` (immutable features ``lo = hi``: never probed)."""
         r, d = xb.shape[0], flat(xb).shape[1]
+        lo, hi = flat_box(bounds, r)
+        movable = None
+        if isinstance(lo, torch.Tensor) and isinstance(hi, torch.Tensor):
+            movable = (hi > lo).to(xb.dtype)[:, None, :]
+            bounds = (lo[:, None, :], hi[:, None, :])
         chunk = max(1, min(n_evals, _MAX_PROBE_ELEMENTS // max(1, r * d)))
         base = flat(xb)[:, None, :]
         dl = delta[:, None, None]
@@ -136,8 +144,9 @@ class HopSkipJump(Attack):
                 rv = torch.randn((r, k, d), generator=gen, device=xb.device, dtype=xb.dtype)
             else:
                 rv = torch.rand((r, k, d), generator=gen, device=xb.device, dtype=xb.dtype) * 2 - 1
+            rv = rv if movable is None else rv * movable
             rv = rv / rv.norm(dim=2, keepdim=True).clamp_min(1e-12)
-            probes = (base + dl * rv).clamp(*bounds)
+            probes = clamp(base + dl * rv, bounds)
             rv = (probes - base) / dl
             rows = probes.reshape((r * k,) + xb.shape[1:])
             owner = idx.repeat_interleave(k)
@@ -156,7 +165,7 @@ class HopSkipJump(Attack):
 
     def _starting_points(
         self, q: QueryBudget, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, gen: torch.Generator | None,
-        bounds: tuple[float, float],
+        bounds: Box,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_adv (B, ...), found (B,))``: a batch peer classified as the target (targeted mode),
         else uniform noise in the box, ``init_tries`` draws at most (only unfound samples query)."""
@@ -164,12 +173,12 @@ class HopSkipJump(Attack):
             x_adv, found = peer_starts(q, x, t)
         else:
             x_adv, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        lo, hi = bounds
         for _ in range(self.init_tries):
             todo = (~found & (q.remaining() > 0)).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            noise = torch.rand(x[todo].shape, generator=gen, device=x.device, dtype=x.dtype) * (hi - lo) + lo
+            lo_t, hi_t = box_rows(bounds, todo)
+            noise = torch.rand(x[todo].shape, generator=gen, device=x.device, dtype=x.dtype) * (hi_t - lo_t) + lo_t
             ok = is_adversarial(q.predict(noise, todo), y[todo], None if t is None else t[todo])
             x_adv[todo[ok]] = noise[ok]
             found[todo[ok]] = True
@@ -189,10 +198,11 @@ class HopSkipJump(Attack):
         if threat.eps == 0:  # x itself is correctly classified: nothing to find
             return x.clone()
         b, d = x.shape[0], flat(x).shape[1]
-        norm, bounds = threat.norm, threat.bounds
+        norm, bounds = threat.norm, sample_box(threat, x)
+        width = span(threat.bounds)
         theta = self.gamma / (d * math.sqrt(d)) if norm == "l2" else self.gamma / d**2
         # bisection steps: log2(range / tolerance); the linf range is at most the box width
-        bs_cost = int(math.ceil(math.log2(max(1.0, bounds[1] - bounds[0]) / theta))) + 2
+        bs_cost = int(math.ceil(math.log2(max(1.0, width) / theta))) + 2
         q = QueryBudget(oracle, b, self.queries, x.device)
         x_adv, found = self._starting_points(q, x, y, targeted, generator, bounds)
         alive = found & (q.remaining() >= bs_cost)
@@ -214,9 +224,10 @@ class HopSkipJump(Attack):
                 break
             yi, ti = y[idx], None if targeted is None else targeted[idx]
             xi, xb, di = x[idx], x_adv[idx], dist[idx]
-            delta = torch.full_like(di, 0.1 * (bounds[1] - bounds[0])) if step == 1 else self.gamma / d * di
+            delta = torch.full_like(di, 0.1 * width) if step == 1 else self.gamma / d * di
             delta = delta.clamp_min(1e-8)
-            g = self._gradient(q, xb, idx, yi, ti, n_evals, delta, norm, bounds, generator)
+            box = box_rows(bounds, idx)
+            g = self._gradient(q, xb, idx, yi, ti, n_evals, delta, norm, box, generator)
             update = g.sign() if norm == "linf" else g
             # geometric step-size search: xi = dist / sqrt(t), halved until adversarial
             xi_step = di / math.sqrt(step)
@@ -225,11 +236,11 @@ class HopSkipJump(Attack):
                 p = pending.nonzero().squeeze(1)
                 if p.numel() == 0:
                     break
-                cand = (xb[p] + view_b(xi_step[p], xb[p]) * update[p]).clamp(*bounds)
+                cand = clamp(xb[p] + view_b(xi_step[p], xb[p]) * update[p], box_rows(box, p))
                 ok = is_adversarial(q.predict(cand, idx[p]), yi[p], None if ti is None else ti[p])
                 pending[p[ok]] = False
                 xi_step[p[~ok]] = xi_step[p[~ok]] / 2
-            moved = (xb + view_b(xi_step, xb) * update).clamp(*bounds)
+            moved = clamp(xb + view_b(xi_step, xb) * update, box)
             moved = torch.where(view_b(pending, xb), xb, moved)
             new = self._binary_search(q, xi, moved, idx, yi, ti, norm, theta)
             x_adv[idx] = new

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from fortify.attacks._box import Box, clamp, flat_box, sample_box, span
+from fortify.attacks._box import rows as box_rows
 from fortify.attacks._blackbox import (
     QueryBudget,
     check_positive_float,
@@ -94,11 +96,17 @@ class NES(Attack):
         y: torch.Tensor,
         t: torch.Tensor | None,
         sigma: float,
-        bounds: tuple[float, float],
+        bounds: Box,
         gen: torch.Generator | None,
     ) -> torch.Tensor:
-        """NES estimate ``(R, ...)`` of the loss gradient at ``xc (R, ...)`` (rows of samples ``idx``)."""
+        """NES estimate ``(R, ...)`` of the loss gradient at ``xc (R, ...)`` (rows of samples ``idx``);
+        ``bounds`` floats or per-row ``(R, D)`` boxes (immutable features: ``lo = hi``, never probed)."""
         r = xc.shape[0]
+        lo, hi = bounds
+        movable = None
+        if isinstance(lo, torch.Tensor) and isinstance(hi, torch.Tensor):
+            movable = (hi > lo).to(xc.dtype)[:, None, :]
+            bounds = (lo[:, None, :], hi[:, None, :])
         d = flat(xc).shape[1]
         chunk = max(1, min(self.samples, _MAX_PROBE_ELEMENTS // max(1, r * d)))
         g = torch.zeros_like(flat(xc))
@@ -107,8 +115,9 @@ class NES(Attack):
             k = min(chunk, left)
             left -= k
             u = torch.randn((r, k, d), generator=gen, device=xc.device, dtype=xc.dtype)
+            u = u if movable is None else u * movable
             base = flat(xc)[:, None, :]
-            probes = torch.cat([base + sigma * u, base - sigma * u], dim=1).clamp(*bounds)  # (r, 2k, d)
+            probes = clamp(torch.cat([base + sigma * u, base - sigma * u], dim=1), bounds)  # (r, 2k, d)
             rows = probes.reshape((r * 2 * k,) + xc.shape[1:])
             owner = idx.repeat_interleave(2 * k)
             yy = y.repeat_interleave(2 * k)
@@ -130,10 +139,10 @@ class NES(Attack):
         """NES-PGD on ``x (B, ...)``; returns the best point found per sample ``(B, ...)``."""
         b = x.shape[0]
         dev = x.device
-        lo, hi = threat.bounds
         if threat.eps == 0:
             return x.clone()
-        sigma = self.sigma * (hi - lo)
+        sigma = self.sigma * span(threat.bounds)
+        box = flat_box(sample_box(threat, x), b)
         budget = QueryBudget(oracle, b, self.queries, dev)
         cost = 2 * self.samples + 1
         x_cur = x.clone()
@@ -151,7 +160,7 @@ class NES(Attack):
                 break
             yi = y[idx]
             ti = None if targeted is None else targeted[idx]
-            g = self._estimate(budget, x_cur[idx], idx, yi, ti, sigma, threat.bounds, generator)
+            g = self._estimate(budget, x_cur[idx], idx, yi, ti, sigma, box_rows(box, idx), generator)
             g = g if first else self.momentum * momentum[idx] + (1 - self.momentum) * g
             momentum[idx] = g
             first = False

@@ -15,10 +15,11 @@ Shapes: ``x (B, ...)``, ``y (B,)`` -> ``x_adv (B, ...)``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 
+from fortify.attacks._box import Box
 from fortify.attacks.base import Attack, Oracle
 from fortify.attacks.losses import ce_loss, margin_loss, targeted_margin_loss
 from fortify.attacks.registry import ATTACKS
@@ -49,8 +50,9 @@ def success_margin(z: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> 
     return margin_loss(z, y) if t is None else targeted_margin_loss(z, t)
 
 
-def slide_mask(g: torch.Tensor, x_adv: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
-    """Zero the gradient where ``x_adv`` already sits at the box edge it points to (SLIDE)."""
+def slide_mask(g: torch.Tensor, x_adv: torch.Tensor, bounds: Box) -> torch.Tensor:
+    """Zero the gradient where ``x_adv`` already sits at the box edge it points to (SLIDE); ``bounds``
+    floats or tensors broadcastable to ``x_adv`` (``ThreatModel.box``)."""
     lo, hi = bounds
     tol = 1e-7 * (hi - lo)
     blocked = ((x_adv >= hi - tol) & (g > 0)) | ((x_adv <= lo + tol) & (g < 0))
@@ -59,8 +61,8 @@ def slide_mask(g: torch.Tensor, x_adv: torch.Tensor, bounds: tuple[float, float]
 
 def linf_box(threat: ThreatModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """For ``linf``: the room to the input box around ``x (B, ...)``, ``(lo - x).clamp(max=0)`` and
-    ``(hi - x).clamp(min=0)``, computed once per restart instead of once per step; None otherwise."""
-    if threat.norm != "linf":
+    ``(hi - x).clamp(min=0)``, computed once per restart instead of once per step; None otherwise (and per-feature threats)."""
+    if threat.norm != "linf" or threat.per_feature:
         return None
     lo, hi = threat.bounds
     return (lo - x).clamp(max=0), (hi - x).clamp(min=0)
@@ -72,7 +74,7 @@ def project(threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor,
     :func:`linf_box`, the same operations in the same order, so bit-identical results."""
     if box is None:
         return threat.project(x_adv, x)
-    lo, hi = threat.bounds
+    lo, hi = cast("tuple[float, float]", threat.bounds)  # box is cached for scalar threats only
     delta = torch.maximum(torch.minimum((x_adv - x).clamp(-threat.eps, threat.eps), box[1]), box[0])
     return (x + delta).clamp(lo, hi)
 
@@ -125,7 +127,7 @@ class PGD(Attack):
     def _step(self, g: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         """Unit steepest-ascent direction ``(B, ...)`` for gradient ``g`` at ``x_adv``."""
         if threat.norm == "l1":
-            return steepest_ascent(slide_mask(g, x_adv, threat.bounds), "l1", self.l1_sparsity)
+            return steepest_ascent(slide_mask(g, x_adv, threat.box(x_adv)), "l1", self.l1_sparsity)
         return steepest_ascent(g, threat.norm)
 
     def _run(

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from fortify.attacks._box import clamp, flat_box, sample_box
+from fortify.attacks._box import rows as box_rows
 from fortify.attacks._blackbox import (
     QueryBudget,
     check_positive_float,
@@ -50,8 +52,16 @@ class _Problem:
 
     def __init__(self, q: QueryBudget, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, threat: ThreatModel):
         self.q, self.x, self.y, self.t = q, x, y, t
-        self.norm, self.bounds = threat.norm, threat.bounds
+        self.norm = threat.norm
+        self.box = flat_box(sample_box(threat, x), x.shape[0])
         self.shape = x.shape[1:]
+        free = threat.free(x)
+        #: ``(D,)`` 1 where a feature may move (random directions are drawn there only), else None
+        self.movable = None if free is None else torch.broadcast_to(free, x.shape[1:]).reshape(-1).to(x.dtype)
+
+    def directions(self, u: torch.Tensor) -> torch.Tensor:
+        """Random directions ``u (..., D)`` with the immutable features zeroed."""
+        return u if self.movable is None else u * self.movable
 
     def point(self, idx: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``clip(x_i + lam * theta / ||theta||_p)`` for rows ``idx (R,)``, ``theta (R, D)``, ``lam (R,)``."""
@@ -59,7 +69,7 @@ class _Problem:
             theta = (theta * theta.shape[1] ** 0.5).clamp(-1, 1)
         nrm = theta.abs().amax(dim=1) if self.norm == "linf" else theta.norm(dim=1)
         step = theta * (lam / nrm.clamp_min(1e-12))[:, None]
-        return (flat(self.x[idx]) + step).clamp(*self.bounds).reshape((-1,) + self.shape)
+        return clamp(flat(self.x[idx]) + step, box_rows(self.box, idx)).reshape((-1,) + self.shape)
 
     def adv(self, idx: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``(R,)`` bool: the point is adversarial. Rows whose sample has no budget left are not
@@ -168,7 +178,7 @@ class SignOPT(Attack):
         chunk = 10
         for c in range(0, self.init_directions, chunk):
             kk = min(chunk, self.init_directions - c)
-            u = torch.randn((b, kk, d), generator=gen, device=x.device, dtype=x.dtype)
+            u = p.directions(torch.randn((b, kk, d), generator=gen, device=x.device, dtype=x.dtype))
             cands.append((torch.arange(b, device=x.device).repeat_interleave(kk), u.reshape(b * kk, d)))
         for rows, dirs in cands:
             if rows.numel() == 0:
@@ -192,7 +202,7 @@ class SignOPT(Attack):
                    beta: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """Sign estimate ``(R, D)``: ``mean_k sign(g(theta + beta u_k) - g(theta)) u_k``, one query each."""
         r, d = theta.shape
-        u = _unit(torch.randn((r, self.k, d), generator=gen, device=theta.device, dtype=theta.dtype))
+        u = _unit(p.directions(torch.randn((r, self.k, d), generator=gen, device=theta.device, dtype=theta.dtype)))
         new = _unit(theta[:, None, :] + beta[:, None, None] * u).reshape(r * self.k, d)
         rows = idx.repeat_interleave(self.k)
         adv = p.adv(rows, new, g.repeat_interleave(self.k)).reshape(r, self.k)

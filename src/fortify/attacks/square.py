@@ -181,7 +181,16 @@ class Square(Attack):
         """One run; returns ``(x_best (B, ...), done (B,))``."""
         x = as_image(x0)
         b, c, h, w = x.shape
-        lo, hi = threat.bounds
+        # per-feature threats: the proposals are made without the box, then projected exactly
+        general = threat.per_feature
+        lo, hi = (-math.inf, math.inf) if general else (float(threat.bounds[0]), float(threat.bounds[1]))
+
+        def feasible(xn: torch.Tensor, xo: torch.Tensor) -> torch.Tensor:
+            if not general:
+                return xn
+            shape = (-1,) + x0.shape[1:]
+            return threat.project(xn.reshape(shape), xo.reshape(shape)).reshape(xn.shape)
+
         eps = threat.eps
         budget = QueryBudget(oracle, b, self.queries, x.device)
         all_idx = torch.arange(b, device=x.device)
@@ -189,6 +198,7 @@ class Square(Attack):
             x_best = (x + eps * _random_sign((b, c, 1, w), gen, x)).clamp(lo, hi)
         else:
             x_best = self._l2_init(x, eps, gen).clamp(lo, hi)
+        x_best = feasible(x_best, x)
         logits = budget.logits(x_best.reshape(x0.shape), all_idx)
         m_best = self._margin(logits, y, t)
         done = is_adversarial(logits.argmax(1), y, t)
@@ -205,6 +215,7 @@ class Square(Attack):
                 x_new = self._linf_proposal(xa, xb, p, eps, lo, hi, gen)
             else:
                 x_new = self._l2_proposal(xa, xb, p, eps, lo, hi, gen)
+            x_new = feasible(x_new, xa)
             logits = budget.logits(x_new.reshape((-1,) + x0.shape[1:]), act)
             m = self._margin(logits, ya, ta)
             better = m < mb
