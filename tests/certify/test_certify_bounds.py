@@ -107,9 +107,9 @@ def test_model_not_mutated_and_flags_restored() -> None:
 
 
 def test_unsupported_layer_names_the_layer_and_bad_eps() -> None:
-    net = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 4), nn.Sigmoid()), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 4), nn.GELU()), nn.Linear(4, 2))
     x = torch.rand(2, 1, 2, 2)
-    with pytest.raises(UnsupportedLayerError, match=r"'1\.1'.*Sigmoid"):
+    with pytest.raises(UnsupportedLayerError, match=r"'1\.1'.*GELU"):
         CERTIFIERS.get("crown")()(net, x, torch.zeros(2, dtype=torch.long), ThreatModel("linf", 0.1))
     with pytest.raises(ThreatModelError, match="eps"):
         ThreatModel("linf", -0.1)

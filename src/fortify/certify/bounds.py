@@ -39,9 +39,12 @@ class InputSet:
 
     @classmethod
     def from_threat(cls, x: torch.Tensor, threat: ThreatModel, eps: float | None = None) -> "InputSet":
+        """The set's tightest box (per-feature bounds, zero width on immutable features, radius
+        ``eps * scale``: :meth:`ThreatModel.input_box`) and a sound dual-norm radius
+        (:meth:`ThreatModel.dual_radius`; ``eps`` itself for scalar threats, the same code as before)."""
         e = threat.eps if eps is None else float(eps)
-        blo, bhi = threat.bounds
-        return cls(x, (x - e).clamp(min=blo), (x + e).clamp(max=bhi), threat.norm, e)
+        lo, hi = threat.input_box(x, e)
+        return cls(x, lo, hi, threat.norm, threat.dual_radius(e))
 
     def concretize(self, a: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
         """Lower bound of ``a . x' + const`` over the set. ``a (B' , S, *in)`` with ``B'`` 1 or B,

@@ -19,7 +19,9 @@ from fortify import progress
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.bounds import InputSet, ibp_margin, margin_spec
 from fortify.certify.crown import _row_bytes, crown_margin
-from fortify.certify import dag as dag_bounds
+from fortify.certify.dag import Dag
+from fortify.certify.dag import crown_margin as dag_crown_margin
+from fortify.certify.dag import ibp_margin as dag_ibp_margin
 from fortify.certify.graph import build_net
 from fortify.errors import ConfigError, ThreatModelError
 from fortify.threat import ThreatModel
@@ -78,19 +80,19 @@ def margin_lower_bound(
     if not math.isfinite(e) or e < 0:
         raise ThreatModelError(f"eps must be a finite number >= 0, got {eps!r}")
     net = build_net(model, tuple(x.shape[1:]), x)
-    out_shape = net.out_shape if isinstance(net, dag_bounds.Dag) else (net[-1].out_shape if net else None)
+    out_shape = net.out_shape if isinstance(net, Dag) else (net[-1].out_shape if net else None)
     if out_shape is None or len(out_shape) != 1:
         raise ConfigError(f"the model must end in a layer producing logits (N, K); got output shape "
                           f"{out_shape if out_shape is not None else 'unchanged input'}")
     c = margin_spec(y, out_shape[0], keep_true_row=keep_true_row).to(x.dtype)
     inp = InputSet.from_threat(x, threat, e)
     inter = "crown" if method == "crown" else "ibp"
-    if isinstance(net, dag_bounds.Dag):  # residual / concat graphs: the DAG driver
+    if isinstance(net, Dag):  # residual / concat graphs: the DAG driver
         if method == "ibp":
-            return dag_bounds.ibp_margin(net, inp, c)
-        low, _ = dag_bounds.crown_margin(net, inp, c, intermediate=inter, intersect_ibp=opts.intersect_ibp,
-                                         memory_budget=opts.memory_budget, alpha_steps=opts.alpha_steps,
-                                         alpha_rows=opts.alpha_rows)
+            return dag_ibp_margin(net, inp, c)
+        low, _ = dag_crown_margin(net, inp, c, intermediate=inter, intersect_ibp=opts.intersect_ibp,
+                                  memory_budget=opts.memory_budget, alpha_steps=opts.alpha_steps,
+                                  alpha_rows=opts.alpha_rows)
         return low
     if method == "ibp":
         return ibp_margin(net, inp, c)
@@ -137,7 +139,7 @@ class _BoundCertifier(Certifier):
         if self.method == "ibp":
             return self.batch_size
         net = build_net(model, tuple(x.shape[1:]), x)
-        per_sample = 32 * (net.row_bytes() if isinstance(net, dag_bounds.Dag) else _row_bytes(net, len(net)))
+        per_sample = 32 * (net.row_bytes() if isinstance(net, Dag) else _row_bytes(net, len(net)))
         return max(1, min(self.batch_size, self.memory_budget // max(per_sample, 1)))
 
     def _run(self, model, x, y, threat):

@@ -206,7 +206,10 @@ class _Builder:
             if isinstance(sub, Normalized):
                 return Ref(self.splice(sub, name + ".", refs[0]))
             return Ref(self.add(GraphNode(name, "module", type(sub).__name__, sub, refs)))
-        op = _canonical(node, f"in {type(model).__name__}.forward")
+        stack = node.meta.get("nn_module_stack") or {}
+        where = (f"in layer {prefix + str(list(stack.values())[-1][0])!r} ({list(stack.values())[-1][1].__name__})"
+                 if stack else f"in {type(model).__name__}.forward")
+        op = _canonical(node, where)
         kind = "shape" if op is None else "function"
         return Ref(self.add(GraphNode(name, kind, op or "shape", node.target, refs, tuple(args), dict(kwargs))))
 
