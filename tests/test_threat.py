@@ -219,3 +219,129 @@ def test_coerce_refuses_with_a_threat_model_error_naming_where(bad):
         ThreatModel.coerce(bad, where="task.args.threat")
     assert str(info.value).startswith("task.args.threat")
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- per-feature
+def _per_feature(norm, eps, d=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.rand(d, generator=g, dtype=torch.float64) * 0.3
+    hi = lo + 0.2 + torch.rand(d, generator=g, dtype=torch.float64) * 0.5
+    mask = torch.ones(d, dtype=torch.bool)
+    mask[1::4] = False
+    scale = 0.05 + torch.rand(d, generator=g, dtype=torch.float64)
+    return ThreatModel(norm, eps, (lo, hi), mask=mask, scale=scale), g
+
+
+def _ref_weighted(z, x, t):
+    """Independent reference: KKT by bisection on the multiplier (l1: soft threshold lam / s_i; l2:
+    shrink 1 / (1 + mu / s_i^2)), 200 steps, with the box [lo, hi] and the mask as zero-width box."""
+    lo, hi = t.bounds
+    s, free = t.scale, t.mask
+    dz = z - x
+    a = torch.where(free, (lo - x).clamp(max=0), torch.zeros_like(x))
+    b = torch.where(free, (hi - x).clamp(min=0), torch.zeros_like(x))
+
+    def at(m):
+        if t.norm == "l1":
+            return dz.sign() * (dz.abs() - m / s).clamp(min=0).minimum(torch.where(dz >= 0, b, -a))
+        return torch.maximum(torch.minimum(dz / (1 + m / s**2), b), a)
+
+    def size(d):
+        return (d / s).abs().sum(1, keepdim=True) if t.norm == "l1" else (d / s).norm(dim=1, keepdim=True)
+
+    m_lo = torch.zeros(z.shape[0], 1, dtype=z.dtype)
+    m_hi = torch.full_like(m_lo, 1e6)
+    for _ in range(200):
+        mid = (m_lo + m_hi) / 2
+        big = size(at(mid)) > t.eps
+        m_lo, m_hi = torch.where(big, mid, m_lo), torch.where(big, m_hi, mid)
+    return x + torch.where(size(at(torch.zeros_like(m_lo))) > t.eps, at(m_hi), at(torch.zeros_like(m_lo)))
+
+
+@pytest.mark.parametrize("norm,eps", [("l1", 0.5), ("l1", 4.0), ("l2", 0.7), ("l2", 3.0), ("linf", 0.8)])
+def test_per_feature_projection_matches_kkt_reference(norm, eps):
+    t, g = _per_feature(norm, eps)
+    lo, hi = t.bounds
+    x = lo + (hi - lo) * torch.rand(32, 10, generator=g, dtype=torch.float64)
+    z = x + torch.randn(x.shape, generator=g, dtype=torch.float64) * 0.6
+    p = t.project(z, x)
+    assert t.contains(p, x).all()
+    assert torch.equal(p[:, ~t.mask], x[:, ~t.mask])
+    if norm == "linf":
+        ref = torch.maximum(torch.minimum(z, torch.minimum(x + eps * t.scale, hi)), torch.maximum(x - eps * t.scale, lo))
+        ref = torch.where(t.mask, ref, x)
+    else:
+        ref = _ref_weighted(z, x, t)
+    assert torch.allclose(p, ref, atol=1e-7)
+    assert torch.allclose(t.project(p, x), p, atol=1e-9)  # idempotent
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_per_feature_random_init_is_inside_and_keeps_immutable(norm):
+    t, g = _per_feature(norm, 1.0)
+    lo, hi = t.bounds
+    x = (lo + (hi - lo) * torch.rand(50, 10, generator=g, dtype=torch.float64)).float()
+    p = t.random_init(x, g)
+    assert t.contains(p, x).all()
+    assert torch.equal(p[:, ~t.mask], x[:, ~t.mask])
+    assert bool((p[:, t.mask] != x[:, t.mask]).any())
+
+
+def test_scalar_threat_is_unchanged_and_per_feature_fields_default_off():
+    t = ThreatModel("l2", 0.5)
+    assert not t.per_feature and t.mask is None and t.scale is None and t.bounds == (0.0, 1.0)
+    full = ThreatModel("l2", 0.5, (torch.zeros(4), torch.ones(4)))
+    x = torch.rand(6, 4, dtype=torch.float64)
+    z = x + torch.randn(6, 4, dtype=torch.float64)
+    assert full.per_feature
+    assert torch.allclose(full.project(z, x), t.project(z, x), atol=1e-12)  # same set, same answer
+    assert torch.equal(full.distance(z, x), t.distance(z, x))
+
+
+def test_coerce_mapping_with_lists_round_trips_and_compares_by_value():
+    spec = {"norm": "linf", "eps": 0.2, "bounds": [[0.0, 0.1, 0.0], [1.0, 0.5, 1.0]], "mask": [1, 0, 1],
+            "scale": [0.5, 1.0, 2.0]}
+    t = ThreatModel.coerce(spec)
+    assert t.mask.dtype == torch.bool and t.mask.tolist() == [True, False, True]
+    assert ThreatModel.coerce(t.to_spec()) == t and hash(ThreatModel.coerce(t.to_spec())) == hash(t)
+    assert t != ThreatModel("linf", 0.2) and t.with_eps(0.3).mask.tolist() == [True, False, True]
+    assert ThreatModel.coerce("linf:0.3") == ThreatModel("linf", 0.3)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"bounds": ([0.0, 1.0], [1.0, 0.5])}, "lo < hi"),
+    ({"bounds": ([0.0, 0.0], [1.0, 1.0, 1.0])}, "broadcast"),
+    ({"mask": [0, 2]}, "boolean"),
+    ({"scale": [1.0, 0.0]}, "> 0"),
+    ({"scale": [1.0, float("nan")]}, "finite"),
+    ({"bounds": ([0.0, 0.0], [1.0, 1.0]), "mask": [True, False, True]}, "broadcast"),
+])
+def test_bad_per_feature_fields_are_threat_model_errors(kwargs, match):
+    with pytest.raises(ThreatModelError, match=match):
+        ThreatModel("linf", 0.1, **kwargs)
+
+
+def test_per_feature_shape_and_bounds_checked_against_the_input():
+    from fortify.validation import check_images
+
+    t = ThreatModel("linf", 0.1, ([0.0, 0.2, 0.0], [1.0, 0.6, 1.0]))
+    with pytest.raises(InputError, match="feature 1 must be in \\[0.2, 0.6\\]"):
+        check_images(torch.tensor([[0.5, 0.9, 0.5]]), t.bounds)
+    with pytest.raises(InputError, match="do not fit"):
+        check_images(torch.rand(2, 4), t.bounds)
+    with pytest.raises(InputError, match="does not fit"):
+        t.check_sample_shape(torch.rand(2, 5))
+    assert check_images(torch.tensor([[0.5, 0.4, 0.5]]), t.bounds) is not None
+
+
+def test_schema_mask_holds_categorical_groups_fixed():
+    from fortify.data.files import TableSchema
+    from fortify.threat import schema_mask
+
+    schema = TableSchema("y", ("age", "income"), (0.0, 0.0), (1.0, 1.0), {"city": ("a", "b", "c")})
+    assert schema_mask(schema).tolist() == [True, True, False, False, False]
+    assert schema_mask(schema, ["age"]).tolist() == [False, True, False, False, False]
+    assert schema_mask(schema, categorical_fixed=False).tolist() == [True] * 5
+    assert schema_mask(schema, ["city"], categorical_fixed=False).tolist() == [True, True, False, False, False]
+    with pytest.raises(ThreatModelError, match="not columns"):
+        schema_mask(schema, ["height"])
