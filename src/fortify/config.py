@@ -93,6 +93,9 @@ class ModelConfig:
     normalize: bool = True
     args: dict[str, Any] = field(default_factory=dict)
     init: Literal["default", "ibp"] = "default"
+    #: ``package.module:function`` returning an nn.Module (the user's own code, imported and run);
+    #: replaces ``name`` when set (see :func:`fortify.models.factory_model`)
+    factory: str | None = None
 
 
 @dataclass

@@ -76,6 +76,13 @@ def add_run_options(p: argparse.ArgumentParser, *, recipe: bool = True) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch (default: $FORTIFY_THREADS or 1, fastest for small models on a "
                         "busy machine)")
+    p.add_argument("--model-factory", metavar="MOD:FN", default=None,
+                   help="your own architecture: an importable package.module:function returning a torch.nn.Module "
+                        "(called with in_shape/num_classes when it takes them, plus model.args); this imports and "
+                        "RUNS your code (same as model.factory=MOD:FN)")
+    p.add_argument("--trust-factory", action="store_true",
+                   help="allow loading a model file saved from a --model-factory model: rebuilding it imports and "
+                        "runs the factory the file names, so only for files you trust (same as load.trust_factory=true)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary table")
 
 
@@ -129,6 +136,10 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"data.data_dir={_quote(args.data_dir)}")
     if getattr(args, "data", None) is not None:
         out.append(f"data.path={_quote(args.data)}")
+    if getattr(args, "model_factory", None) is not None:
+        out.append(f"model.factory={_quote(args.model_factory)}")
+    if getattr(args, "trust_factory", False):
+        out.append("load.trust_factory=true")
     return out
 
 

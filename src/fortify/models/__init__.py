@@ -18,6 +18,7 @@ from torch import nn
 
 from fortify.errors import ConfigError
 from fortify.models import zoo as _zoo  # noqa: F401  (registers the built-in architectures)
+from fortify.models.factory import factory_model, import_factory
 from fortify.models.io import load, read_meta, save
 from fortify.models.normalized import Normalized
 from fortify.models.registry import ARCH_ATTR, MODELS, architecture, create
@@ -41,11 +42,16 @@ def from_config(cfg: Any) -> nn.Module:
     from fortify import data as fdata
 
     spec = fdata.info(cfg.data.name)
+    factory = getattr(cfg.model, "factory", None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         try:
-            net = create(cfg.model.name, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
-                         **cfg.model.args)
+            if factory:  # the user's own architecture (model.factory = package.module:function)
+                net = factory_model(factory, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
+                                    **cfg.model.args)
+            else:
+                net = create(cfg.model.name, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
+                             **cfg.model.args)
         except TypeError as e:
             raise ConfigError(f"model.args: {e}") from None
         if cfg.model.init == "ibp":
@@ -62,7 +68,9 @@ __all__ = [
     "Normalized",
     "architecture",
     "create",
+    "factory_model",
     "from_config",
+    "import_factory",
     "load",
     "names",
     "read_meta",

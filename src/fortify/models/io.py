@@ -31,6 +31,7 @@ from torch import nn
 from fortify.io import write_atomic
 from fortify.errors import ConfigError, FortifyError, ModelFileError
 from fortify.models.normalized import Normalized
+from fortify.models.factory import is_factory_record, rebuild
 from fortify.models.registry import architecture, create
 
 FORMAT = "fortify.model"
@@ -79,7 +80,8 @@ def save(model: nn.Module, path: str | os.PathLike[str], meta: Mapping[str, Any]
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "architecture": {"name": arch["name"], "args": arch["args"]},
+        "architecture": {"name": arch["name"], "args": arch["args"],
+                         **({"factory": arch["factory"]} if is_factory_record(arch) else {})},
         "in_shape": arch["in_shape"],
         "num_classes": arch["num_classes"],
         "normalization": normalization,
@@ -116,6 +118,15 @@ def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _check_structure(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], normalization: Any) -> None:
     """Refuse to write a file that :func:`load` could not rebuild (e.g. a layer was replaced)."""
+    if is_factory_record(arch):  # the user's factory, called again as load will (it was just run to build the model)
+        ref = rebuild(arch, arch.get("in_shape"), arch.get("num_classes"), trust_factory=True, where="the model")
+        if normalization is not None:
+            ref = Normalized(ref, normalization["mean"], normalization["std"])
+        expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+        if expected != {k: tuple(v.shape) for k, v in state.items()}:
+            raise ConfigError(f"the model no longer matches what its factory {arch['factory']!r} builds "
+                              f"({shape_mismatch(dict((k, tuple(v.shape)) for k, v in state.items()), expected)})")
+        return
     with torch.device("meta"):
         ref = create(arch["name"], in_shape=tuple(arch["in_shape"]), num_classes=arch["num_classes"], **arch["args"])
         if normalization is not None:
@@ -194,9 +205,26 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _meta_from_header(_parse_header(blob, p), p)
 
 
+def _build_factory(arch: Mapping[str, Any], in_shape: Any, num_classes: Any, normalization: Any,
+                   state: Mapping[str, torch.Tensor], path: Path, trust_factory: bool) -> nn.Module:
+    """Rebuild a model recorded with a user factory (only with ``trust_factory``: it runs the user's code)."""
+    try:
+        model = rebuild(arch, in_shape, num_classes, trust_factory=trust_factory, where=str(path))
+        if normalization is not None:
+            model = Normalized(model, normalization["mean"], normalization["std"])
+    except ConfigError as exc:
+        raise ModelFileError(str(exc)) from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != actual:
+        raise ModelFileError(f"{path}: weights do not match what the factory {arch['factory']!r} builds: "
+                             f"{shape_mismatch(actual, expected)}")
+    return model
+
+
 def _build(
     arch: object, in_shape: Any, num_classes: Any, normalization: Any,
-    state: Mapping[str, torch.Tensor], path: Path,
+    state: Mapping[str, torch.Tensor], path: Path, trust_factory: bool = False,
 ) -> nn.Module:
     """Rebuild the (optionally Normalized) module described by a record; errors become ModelFileError.
 
@@ -205,6 +233,8 @@ def _build(
     """
     if not isinstance(arch, Mapping) or not isinstance(arch.get("name"), str):
         raise ModelFileError(f"{path}: missing or malformed architecture record")
+    if is_factory_record(arch):
+        return _build_factory(arch, in_shape, num_classes, normalization, state, path, trust_factory)
     args = arch.get("args") or {}
     if not isinstance(args, Mapping) or not all(isinstance(k, str) for k in args):
         raise ModelFileError(f"{path}: architecture args must be a mapping with string keys")
@@ -320,7 +350,8 @@ def _load_torch_state_dict(path: Path, architecture_arg: str | Mapping[str, Any]
     return _load_state(model, state, path)
 
 
-def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] | None = None) -> nn.Module:
+def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] | None = None,
+         trust_factory: bool = False) -> nn.Module:
     """Load a model file and return the rebuilt module in eval mode.
 
     Args:
@@ -329,6 +360,9 @@ def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] 
         architecture: only for ``.pt``/``.pth``: a registry name (defaults ``in_shape=(1, 28, 28)``,
             ``num_classes=10``) or a dict ``{"name", "args", "in_shape", "num_classes"}``. A state
             dict of a ``Normalized`` model (keys ``mean``, ``std``, ``inner.*``) is rewrapped.
+        trust_factory: a file saved from :func:`fortify.models.factory_model` names a user factory
+            (``package.module:function``); rebuilding it imports and runs that code, so such a file
+            is refused (ModelFileError) unless this is True.
     Returns:
         ``nn.Module`` mapping ``(N, *in_shape)`` to ``(N, num_classes)``; ``Normalized`` if the file
         records a normalisation.
@@ -350,7 +384,8 @@ def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] 
         raise ModelFileError(f"{p}: corrupt or truncated safetensors data ({exc})") from None
     check_finite_weights(state, p)
     model = _build(
-        meta.get("architecture"), meta.get("in_shape"), meta.get("num_classes"), meta.get("normalization"), state, p
+        meta.get("architecture"), meta.get("in_shape"), meta.get("num_classes"), meta.get("normalization"), state, p,
+        trust_factory,
     )
     return _load_state(model, state, p)
 

@@ -22,6 +22,8 @@ class LoadConfig:
 
     path: str | None = None
     architecture: str | None = None
+    #: allow a file saved from a ``model.factory`` model: rebuilding it imports and runs that user code
+    trust_factory: bool = False
 
 
 @register_stage
@@ -43,7 +45,7 @@ class LoadStage:
             meta = dict(models.architecture(ctx.model) or {})
         else:
             meta = dict(models.read_meta(sec.path))
-            ctx.model = models.load(sec.path)
+            ctx.model = models.load(sec.path, trust_factory=sec.trust_factory)
         kept: dict[str, Any] = {k: meta[k] for k in ("in_shape", "num_classes", "dataset", "training", "architecture",
                                      "normalization") if k in meta}
         ctx.model_meta.update(kept)

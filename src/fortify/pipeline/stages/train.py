@@ -30,7 +30,8 @@ def build_model(ctx: RunContext) -> torch.nn.Module:
     cfg = ctx.config
     spec = fdata.info(cfg.data.name)
     net = models.from_config(cfg)
-    ctx.model_meta.update({"dataset": cfg.data.name, "architecture": cfg.model.name, "args": dict(cfg.model.args),
+    arch_name = cfg.model.factory or cfg.model.name  # a user factory (package.module:function) replaces the name
+    ctx.model_meta.update({"dataset": cfg.data.name, "architecture": arch_name, "args": dict(cfg.model.args),
                            "in_shape": list(spec.input_shape), "num_classes": spec.num_classes,
                            "normalized": bool(cfg.model.normalize)})
     return net
