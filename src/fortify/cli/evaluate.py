@@ -55,6 +55,9 @@ def check_architecture_flag(args: argparse.Namespace) -> None:
     if path.lower().endswith((".pt", ".pth")) and not given:
         raise UsageError(f"{args.verb}: {path} is a .pt/.pth state dict, which holds no architecture; pass "
                          f"--architecture NAME (e.g. --architecture mlp; one of: {', '.join(MODELS.names())})")
+    if path.lower().endswith(".onnx") and args.architecture is not None:
+        raise UsageError(f"{args.verb}: --architecture {args.architecture} applies to .pt/.pth state dicts only; "
+                         f"{path} is an ONNX model")
     if path.lower().endswith(".safetensors") and args.architecture is not None:
         raise UsageError(f"{args.verb}: --architecture {args.architecture} applies to .pt/.pth state dicts only; "
                          f"{path} records its own architecture")
@@ -153,12 +156,46 @@ class EvaluateVerb:
             extra.append(f"robustness.state={_quote(args.state)}")
         if args.no_sanity:
             extra.append("robustness.sanity=false")
+        if args.model_path is not None and str(args.model_path).lower().endswith(".onnx"):
+            extra += onnx_overrides(args)
         args.explicit = bool(extra)
         if args.resume is not None:
             return run_model_verb(args, self.name, {}, ROBUST_STAGES, show_robustness)
         robust = bool(extra) or any(o.split("=", 1)[0].strip().startswith("robustness.") for o in args.overrides)
         raw = build_raw(args, [*model_overrides(args), *extra])
         return run_model_verb(args, self.name, raw, ROBUST_STAGES if robust else EVALUATE_STAGES, show_robustness)
+
+
+def onnx_overrides(args: argparse.Namespace) -> list[str]:
+    """An ONNX MODEL is a black-box target (ONNX Runtime, no gradients): it needs ``--dataset`` (the file
+    records none) and ``--attacks`` of score- or decision-based attacks only; a white-box attack (or
+    a preset, which starts with them) is a one-line UsageError saying why. Returns the overrides that
+    switch off the gradient-based parts of the cascade (sanity checks, robustness curves)."""
+    from fortify.attacks import ATTACKS
+
+    path = str(args.model_path)
+    blackbox = [n for n in ATTACKS.names() if ATTACKS.get(n).access != "gradient"]
+    why = (f"{args.verb}: {path} is an ONNX Runtime model without gradients: white-box attacks ({{}}) need a "
+           f"PyTorch model; use score- or decision-based attacks: {', '.join(blackbox)}")
+    names = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
+    white = [n for n in names if n in ATTACKS and ATTACKS.get(n).access == "gradient"]
+    if white:
+        raise UsageError(why.format(", ".join(white) + ", ..."))
+    robust = args.threat is not None or args.preset is not None or any(
+        o.split("=", 1)[0].strip().startswith("robustness.") for o in args.overrides)
+    if robust and not names:
+        raise UsageError(why.format("the presets' apgd, ...") + " (e.g. --attacks square,hopskipjump)")
+    has_data = args.dataset is not None or any(o.split("=", 1)[0].strip() in ("data.name", "data.path")
+                                               for o in args.overrides) or getattr(args, "data", None)
+    if not has_data:
+        raise UsageError(f"{args.verb}: {path} is an ONNX model, which records no dataset: pass --dataset NAME "
+                         f"(or --data PATH)")
+    if not robust and not names:
+        return []
+    out = ["robustness.sanity=false"]
+    if args.curve_points is None:
+        out.append("robustness.curve_points=0")
+    return out
 
 
 def _dataset_of(path: str) -> list[str]:

@@ -40,7 +40,14 @@ class LoadStage:
         sec: LoadConfig | None = ctx.config.section(self.name)
         if sec is None or not sec.path:
             raise ConfigError("load.path is required: the saved model file to load")
-        if Path(sec.path).suffix.lower() in (".pt", ".pth"):
+        if Path(sec.path).suffix.lower() == ".onnx":  # a black-box target: ONNX Runtime, no gradients
+            from fortify.compress.quantize.runtime import OnnxModule
+
+            onnx = OnnxModule.load(sec.path)
+            object.__setattr__(onnx, "source", str(sec.path))  # named by the attacks' refusal of white-box attacks
+            ctx.model = onnx
+            meta = {}
+        elif Path(sec.path).suffix.lower() in (".pt", ".pth"):
             ctx.model = models.load(sec.path, architecture=sec.architecture)
             meta = dict(models.architecture(ctx.model) or {})
         else:
