@@ -63,10 +63,6 @@ def _as_tensor(value: object, name: str, *, boolean: bool = False) -> torch.Tens
     return t.to(torch.float64)
 
 
-def _is_array(v: object) -> bool:
-    return isinstance(v, (torch.Tensor, list, tuple)) or type(v).__name__ == "ndarray"
-
-
 @dataclass(frozen=True, eq=False)
 class ThreatModel:
     """Perturbation set ``{x' : ||(x' - x) / scale||_norm <= eps, lo <= x' <= hi, x'_i = x_i off mask}``.
@@ -101,7 +97,7 @@ class ThreatModel:
         if isinstance(self.bounds, (str, bytes)) or not hasattr(self.bounds, "__len__") or len(self.bounds) != 2:
             raise ThreatModelError(f"bounds must be a pair (lo, hi), got {self.bounds!r}")
         object.__setattr__(self, "eps", eps)
-        if any(_is_array(b) for b in self.bounds):
+        if any(isinstance(b, (torch.Tensor, list, tuple)) or type(b).__name__ == "ndarray" for b in self.bounds):
             lo_t, hi_t = (_as_tensor(b, "bounds") for b in self.bounds)
             self._broadcast("bounds", lo_t.shape, hi_t.shape)
             if not bool((lo_t < hi_t).all()):
@@ -115,43 +111,35 @@ class ThreatModel:
         if self.mask is not None:
             object.__setattr__(self, "mask", _as_tensor(self.mask, "mask", boolean=True))
         if self.scale is not None:
-            scale = _as_tensor(self.scale, "scale")
-            if not bool((scale > 0).all()):
+            object.__setattr__(self, "scale", _as_tensor(self.scale, "scale"))
+            if not bool((self.scale > 0).all()):  # type: ignore[operator]
                 raise ThreatModelError("scale must be > 0 for every feature (it divides the perturbation)")
-            object.__setattr__(self, "scale", scale)
-        shapes = [t.shape for t in self._tensors()]
-        if shapes:
-            self._broadcast("bounds, mask and scale", *shapes)
+        self._broadcast("bounds, mask and scale", *(t.shape for t in self._tensors()))
 
     @staticmethod
     def _broadcast(what: str, *shapes: torch.Size) -> None:
-        rank = max(len(s) for s in shapes)
+        rank = max((len(s) for s in shapes), default=0)
         padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
         for dims in zip(*padded):
             if len(set(dims) - {1}) > 1:
                 raise ThreatModelError(f"{what} have shapes {[tuple(s) for s in shapes]} that do not broadcast")
 
     def _tensors(self) -> list[torch.Tensor]:
-        out = [b for b in self.bounds if isinstance(b, torch.Tensor)]
-        return out + [t for t in (self.mask, self.scale) if t is not None]
+        return [t for t in (*self.bounds, self.mask, self.scale) if isinstance(t, torch.Tensor)]
 
     @property
     def per_feature(self) -> bool:
         """True when any of per-feature bounds, ``mask`` or ``scale`` is set (the scalar fast path otherwise)."""
         return self.mask is not None or self.scale is not None or isinstance(self.bounds[0], torch.Tensor)
 
-    # ------------------------------------------------------------------ equality (tensors by value)
     def _key(self) -> tuple[Any, ...]:
-        def k(v: object) -> object:
-            return (tuple(v.shape), tuple(v.flatten().tolist())) if isinstance(v, torch.Tensor) else v
-        return (self.norm, self.eps, k(self.bounds[0]), k(self.bounds[1]), k(self.mask), k(self.scale))
+        return (self.norm, self.eps) + tuple((tuple(v.shape), tuple(v.flatten().tolist())) if isinstance(
+            v, torch.Tensor) else v for v in (*self.bounds, self.mask, self.scale))
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ThreatModel):
-            return NotImplemented
-        return self._key() == other._key()
+        return self._key() == other._key() if isinstance(other, ThreatModel) else NotImplemented
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # by value, like __eq__
         return hash(self._key())
 
     # ------------------------------------------------------------------ parsing / display
@@ -209,16 +197,11 @@ class ThreatModel:
     def to_spec(self) -> dict[str, Any]:
         """Plain data that :meth:`coerce` reads back to an equal ThreatModel (lists for the tensors)."""
         out: dict[str, Any] = {"norm": self.norm, "eps": self.eps}
-        lo, hi = self.bounds
-        out["bounds"] = [lo.tolist(), hi.tolist()] if isinstance(lo, torch.Tensor) and isinstance(
-            hi, torch.Tensor) else [lo, hi]
-        if self.mask is not None:
-            out["mask"] = self.mask.tolist()
-        if self.scale is not None:
-            out["scale"] = self.scale.tolist()
+        out["bounds"] = [b.tolist() if isinstance(b, torch.Tensor) else b for b in self.bounds]
+        out.update({k: v.tolist() for k, v in (("mask", self.mask), ("scale", self.scale)) if v is not None})
         return out
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # NORM:EPS (per-feature fields: see to_spec)
         return f"{self.norm}:{self.eps:g}"
 
     def with_eps(self, eps: float) -> "ThreatModel":
@@ -232,7 +215,6 @@ class ThreatModel:
         """The exponent q of the dual norm (1/p + 1/q = 1): linf->1, l2->2, l1->inf."""
         return {"linf": 1.0, "l2": 2.0, "l1": math.inf}[self.norm]
 
-    # ------------------------------------------------------------------ per-feature tensors
     def check_sample_shape(self, x: torch.Tensor, *, name: str = "x") -> None:
         """InputError unless every per-feature tensor broadcasts to one example of ``x (N, ...)``."""
         sample = torch.Size(x.shape[1:])
@@ -250,11 +232,11 @@ class ThreatModel:
         return float(lo), float(hi)  # type: ignore[arg-type]
 
     def free(self, like: torch.Tensor) -> torch.Tensor | None:
-        """The mask (True: may move) on ``like``'s device, ``None`` when every feature may move."""
+        """The mask (True: may move) on ``like``'s device; ``None`` when every feature may move."""
         return None if self.mask is None else self.mask.to(like.device)
 
     def units(self, like: torch.Tensor) -> torch.Tensor | None:
-        """``scale`` on ``like``'s device and dtype (``None`` without one)."""
+        """``scale`` on ``like``'s device and dtype; ``None`` without one."""
         return None if self.scale is None else self.scale.to(like.device, like.dtype)
 
     def standardised(self) -> "ThreatModel":
@@ -291,9 +273,7 @@ class ThreatModel:
         """A radius ``r`` with the set inside the *unscaled* ball of radius ``r``: ``eps * max(scale)``
         (``||delta||_p <= max(s) ||delta / s||_p``), ``eps`` without a scale; for dual-norm bounds."""
         e = self.eps if eps is None else float(eps)
-        if self.scale is None:
-            return e
-        return e * float((self.scale if self.mask is None else self.scale * self.mask).max())
+        return e if self.scale is None else e * float((self.scale if self.mask is None else self.scale * self.mask).max())
 
     # ------------------------------------------------------------------ geometry
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -374,9 +354,8 @@ class ThreatModel:
         """A random point of the threat set around ``x`` (uniform in the ball, then box-clipped).
 
         linf: uniform per coordinate. l2: Gaussian direction, radius ``eps * U^(1/d)``.
-        l1: uniform in the l1 ball via normalised exponentials with random signs. With a mask the
-        ball is the one of the ``d`` free features; with a scale it is mapped by ``delta -> scale * delta``
-        (still uniform). Without either, the multiplications by one change no bit of the result.
+        l1: uniform in the l1 ball via normalised exponentials with random signs. With a mask: the
+        ball of the ``d`` free features; with a scale: mapped by ``delta -> scale * delta`` (still uniform).
         """
         n = x.shape[0]
         d = _flat(x).shape[1]
@@ -424,12 +403,9 @@ def schema_mask(schema: Any, immutable: Iterable[str] = (), *, categorical_fixed
     if unknown:
         raise ThreatModelError(f"immutable feature(s) {', '.join(map(repr, unknown))} are not columns of the table; "
                                f"known: {', '.join(sorted(known))}")
-    out = []
-    for name in features:
-        column = name.split("=", 1)[0] if "=" in name and name.split("=", 1)[0] in categorical else None
-        moves = name not in fixed and not (column is not None and (categorical_fixed or column in fixed))
-        out.append(moves)
-    return torch.tensor(out, dtype=torch.bool)
+    column = [n.split("=", 1)[0] if n.split("=", 1)[0] in categorical and "=" in n else None for n in features]
+    return torch.tensor([n not in fixed and not (c is not None and (categorical_fixed or c in fixed))
+                         for n, c in zip(features, column)], dtype=torch.bool)
 
 
 
