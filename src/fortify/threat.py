@@ -231,6 +231,13 @@ class ThreatModel:
             return lo.to(like.device, like.dtype), hi.to(like.device, like.dtype)
         return float(lo), float(hi)  # type: ignore[arg-type]
 
+    def envelope(self) -> tuple[float, float]:
+        """The smallest scalar box ``(lo, hi)`` containing the (per-feature) bounds: for checks and
+        sizes that need one number per side (validation of a batch, the box's diameter)."""
+        lo, hi = self.bounds
+        return (float(lo.min()) if isinstance(lo, torch.Tensor) else float(lo),
+                float(hi.max()) if isinstance(hi, torch.Tensor) else float(hi))
+
     def free(self, like: torch.Tensor) -> torch.Tensor | None:
         """The mask (True: may move) on ``like``'s device; ``None`` when every feature may move."""
         return None if self.mask is None else self.mask.to(like.device)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fortify.cli import main
-from tests.cli._cli_helpers import error_line
+from _cli_helpers import error_line
 
 
 def _table(path: Path) -> None:

@@ -161,3 +161,15 @@ def test_unwritable_state_location(model_file: Path, tmp_path: Path, capsys: pyt
                                 "--n", "4", "--budget", "0.1", "--curve-points", "0", "--no-sanity",
                                 "--state", str(blocker / "state.safetensors"), "-q"])
     assert "cannot write evaluation state" in line and blocker.read_text() == "precious"
+
+
+def test_a_relative_out_folder_writes_inside_the_run_folder_once(model_file: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    rc = main(["evaluate", str(model_file), "--threat", "linf:0.1", "--n", "8", "--preset", "fast",
+               "--out", "runs", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    (run,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    assert (run / "robustness" / "evaluation.json").is_file()
+    assert not (run / "runs").exists()

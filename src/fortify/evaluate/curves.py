@@ -28,6 +28,7 @@ from fortify.evaluate.presets import build_attack, AttackSpec
 from fortify.plotting import pyplot, save_figure
 from fortify.threat import NORMS, ThreatModel
 from fortify.validation import (
+    Bounds,
     check_device, check_images, check_kwargs, check_labels, check_logits, check_model_input, forward_checked,
 )
 
@@ -112,7 +113,7 @@ def _attack_all(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Te
     return out
 
 
-def _check_inputs(model: nn.Module, x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+def _check_inputs(model: nn.Module, x: torch.Tensor, bounds: Bounds) -> torch.Tensor:
     """The shared input checks of :mod:`fortify.validation` (typed InputError); returns ``x`` detached."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -123,7 +124,7 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, bounds: tuple[float, float]
 
 
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
-                     eps_grid: Sequence[float] | None = None, *, bounds: tuple[float, float] = (0.0, 1.0),
+                     eps_grid: Sequence[float] | None = None, *, bounds: Bounds = (0.0, 1.0),
                      label: str = "", **options: Any) -> RobustnessCurve:
     """Accuracy vs eps for ``norm`` on ``x (N, ...)``, ``y (N,)`` (see module doc).
 
@@ -160,7 +161,8 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
             d = _attack_all(model, AttackSpec(a, a), xs, ys, cap, opts, bar)
             dist_c = torch.minimum(dist_c, d)
             bar.advance()
-        grid = eps_grid if eps_grid is not None else _default_grid(norm, bounds[1] - bounds[0], dim, dist_c)
+        span = cap.envelope()[1] - cap.envelope()[0]
+        grid = eps_grid if eps_grid is not None else _default_grid(norm, span, dim, dist_c)
         positive = sorted(e for e in grid if e > 0)
         if used:
             pick = [positive[round(i * (len(positive) - 1) / max(1, checks - 1))] for i in range(checks)] if positive and checks else []

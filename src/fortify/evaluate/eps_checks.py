@@ -27,7 +27,8 @@ LARGE_EPS_MAX_ACC = 0.1
 
 def box_covering_eps(threat: ThreatModel, dim: int) -> float:
     """The radius whose ball contains the whole input box, for ``dim`` input coordinates."""
-    span = threat.bounds[1] - threat.bounds[0]
+    lo, hi = threat.envelope()
+    span = hi - lo
     return {"linf": span, "l2": span * math.sqrt(dim), "l1": span * dim}[threat.norm]
 
 

@@ -199,7 +199,10 @@ class RunContext:
         from fortify.io import write_atomic
         from fortify.report.json_report import jsonable
 
-        target = Path(path) if Path(path).is_absolute() else self.path(str(path))
+        p = Path(path)
+        # relative paths are inside the run folder; one that already starts with it (a relative
+        # run folder, e.g. --out runs) is not joined twice
+        target = p if p.is_absolute() or p.is_relative_to(self.run_dir) else self.path(str(p))
         return write_atomic(target, json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
 
     def log_metrics(self, values: Mapping[str, Any], *, step: int | None = None, stage: str | None = None) -> None:

@@ -42,9 +42,10 @@ def check_names(cfg: Config) -> None:
     from fortify.train.tasks import TASKS
 
     check_name(DATASETS, cfg.data.name, "data.name")
-    check_name(MODELS, cfg.model.name, "model.name")
+    if not getattr(cfg.model, "factory", None):  # a user's factory takes its own arguments (checked when called)
+        check_name(MODELS, cfg.model.name, "model.name")
+        check_args(MODELS.get(cfg.model.name), cfg.model.args, "model.args", {"in_shape", "num_classes"})
     check_name(TASKS, cfg.task.name, "task.name")
-    check_args(MODELS.get(cfg.model.name), cfg.model.args, "model.args", {"in_shape", "num_classes"})
     check_args(TASKS.get(cfg.task.name), cfg.task.args, "task.args", set())
     if "train" in cfg.stages:
         check_task_values(TASKS.get(cfg.task.name), cfg.task.args)
@@ -154,7 +155,7 @@ def eps_box_warnings(cfg: Config) -> list[str]:
         cover = box_covering_eps(thr, dim)
         if thr.eps >= cover:
             out.append(f"{key} {thr}: eps {thr.eps:g} >= {cover:.4g}, the {thr.norm} diameter of the input box "
-                       f"[{thr.bounds[0]:g}, {thr.bounds[1]:g}]^{dim}, so the ball covers every input and any "
+                       f"[{thr.envelope()[0]:g}, {thr.envelope()[1]:g}]^{dim}, so the ball covers every input and any "
                        "image can become any other: robust accuracy is ~0 by construction, not a property of "
                        "the model")
     return out

@@ -80,7 +80,7 @@ class Task(TemplateCall):
         """The box inputs must lie in: the (intersected) bounds of the task's threat model(s)
         (``self.threat`` / ``self.threats``), or ``(-inf, inf)`` for a task without one."""
         threats = [getattr(self, "threat", None), *(getattr(self, "threats", None) or ())]
-        boxes = [t.bounds for t in threats if isinstance(t, ThreatModel)]
+        boxes = [t.envelope() for t in threats if isinstance(t, ThreatModel)]
         if not boxes:
             return (-math.inf, math.inf)
         return (max(b[0] for b in boxes), min(b[1] for b in boxes))

@@ -41,8 +41,7 @@ class TRADES(AdversarialTask):
         with torch.no_grad(), eval_mode(model):
             clean_ref = model(x)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * START_STD
-        lo, hi = self.threat.bounds
-        x_adv, evals = self.attack(model, x, kl_per_sample(clean_ref), x_init=(x + noise).clamp(lo, hi),
+        x_adv, evals = self.attack(model, x, kl_per_sample(clean_ref), x_init=self.threat.clip_bounds(x + noise),
                                    generator=generator)
         logits_clean = model(x)
         logits_adv = model(x_adv)
