@@ -111,8 +111,8 @@ def test_tiny_dag_crown_below_grid_minimum_and_tighter_than_ibp(act: nn.Module) 
     y = model(x).argmax(1)
     eps = 0.05
     threat = ThreatModel("linf", eps)
-    crown = margin_lower_bound(model, x, y, threat, "crown", keep_true_row=False).amin(1)
-    ibp = margin_lower_bound(model, x, y, threat, "ibp", keep_true_row=False).amin(1)
+    crown = margin_lower_bound(model, x, y, threat, "crown", keep_true_row=False).amin(1).detach()
+    ibp = margin_lower_bound(model, x, y, threat, "ibp", keep_true_row=False).amin(1).detach()
     t = torch.linspace(-eps, eps, 121)
     grid = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
     for i in range(x.shape[0]):
