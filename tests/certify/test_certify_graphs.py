@@ -194,3 +194,11 @@ def test_cli_certify_unsupported_layer_is_one_line(tmp_path, capsys, monkeypatch
     line = error_line(capsys, ["certify", str(path), "--method", "crown", "--threat", "linf:0.01", "--n", "4",
                                "--out", str(tmp_path / "run"), "-q"])
     assert "GELU" in line
+
+
+def test_milp_refuses_a_graph_model_with_one_typed_line() -> None:
+    model = _zoo("resnet-mnist", (1, 8, 8), bn=False, widths=(2, 2, 2))
+    x = torch.rand(1, 1, 8, 8)
+    with pytest.raises(UnsupportedLayerError, match="chain models.*crown") as info:
+        CERTIFIERS.create("milp")(model, x, model(x).argmax(1), ThreatModel("linf", 0.01))
+    assert "\n" not in str(info.value)

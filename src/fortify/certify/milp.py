@@ -30,7 +30,7 @@ from fortify import progress
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.bounds import InputSet, margin_spec
 from fortify.certify.crown import backward_lower, layer_bounds
-from fortify.certify.graph import build_ops
+from fortify.certify.graph import build_net
 from fortify.certify.ops import Op, ReLUOp, numel
 from fortify.errors import ConfigError, ResourceError, UnsupportedLayerError
 from fortify.threat import ThreatModel
@@ -124,7 +124,11 @@ class MILPVerifier(Certifier):
                 f"limit (max_binaries=N; CLI: --max-binaries N)")
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
-        ops = build_ops(model, tuple(x.shape[1:]), x)
+        net = build_net(model, tuple(x.shape[1:]), x)
+        if not isinstance(net, list):
+            raise UnsupportedLayerError(f"the MILP verifier takes chain models (Sequential layers); {type(model).__name__} "
+                                        "is a graph with residual / concatenation joins: use crown or alpha-crown")
+        ops = net
         blocks, relus = affine_blocks(ops)
         inp = InputSet.from_threat(x, threat)
         bounds = layer_bounds(ops, inp, intermediate="crown")
