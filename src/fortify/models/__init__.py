@@ -6,8 +6,11 @@
 >>> models.save(net, "net.safetensors", meta={"dataset": "mnist-5k"})
 >>> same = models.load("net.safetensors")          # eval mode, identical outputs
 
-Registered: ``mlp`` (LeNet-300-100), ``lenet5``, ``small-cnn`` (Wong & Kolter 2018),
-``madry-cnn`` (Madry et al. 2018). All are ``nn.Sequential`` of standard layers.
+Registered: ``mlp`` (LeNet-300-100), ``lenet5``, ``small-cnn`` (Wong & Kolter 2018), ``madry-cnn``
+(Madry et al. 2018), ``dm-medium`` (Gowal et al. 2018) -- ``nn.Sequential`` stacks -- and the graph
+models ``resnet-mnist`` (pre-activation ResNet), ``dense-mnist`` (DenseNet-style concatenation),
+``signal-cnn`` (1-D convolutions, ``(C, L)`` inputs) and ``tabular-mlp`` (BatchNorm MLP, ``(F,)``
+inputs). :mod:`fortify.models.graph` traces any model into the DAG the certifiers walk.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The model registry, :func:`create`, and the architecture record that makes ``save`` self-contained.
 
 A registered factory has the signature ``factory(in_shape=(C, H, W), num_classes=10, **arch_args)
--> nn.Module`` and must build a plain ``nn.Sequential`` of standard layers (``Conv2d``, ``Linear``,
-``ReLU``, ``MaxPool2d``, ``Flatten``) so that bound propagation and pruning can walk it.
+-> nn.Module`` (``in_shape`` may also be ``(C, L)`` or ``(F,)`` where the architecture takes signals or
+tables). Any module torch.fx can trace (:mod:`fortify.models.graph`) is certifiable; structured
+pruning still needs an ``nn.Sequential`` stack and refuses others with a typed error.
 :func:`create` validates the arguments, calls the factory and attaches the record
 ``model.fortify_arch = {"name", "in_shape", "num_classes", "args"}`` (JSON-ready) that
 :func:`fortify.models.save` writes into the file header.
@@ -62,7 +63,7 @@ def create(name: str, *, in_shape: Sequence[int] = (1, 28, 28), num_classes: int
         num_classes: number of output logits.
         arch_args: factory-specific widths (e.g. ``hidden=(300, 100)`` for ``mlp``).
     Returns:
-        An ``nn.Sequential`` mapping ``(N, C, H, W) -> (N, num_classes)``, carrying the
+        A module mapping ``(N, *in_shape) -> (N, num_classes)``, carrying the
         architecture record in ``model.fortify_arch``.
     Raises:
         UnknownNameError for an unknown name, ConfigError for bad shapes or unknown arguments.
