@@ -7,6 +7,11 @@ consumer slices it feeds (see :mod:`fortify.compress.prune.dependency`). A unit 
 importance outputs exactly 0 (``relu(0 * x + 0)``), so removing it leaves every output unchanged.
 The result has fewer parameters, MACs and bytes, and can be saved with :func:`fortify.models.save`
 (widths are written back into the architecture record) or :func:`save_compressed`.
+
+A model that is not a plain Sequential of supported layers (a ResNet, a DenseNet, a Conv1d net, an
+MLP with BatchNorm) is pruned through its traced graph instead
+(:func:`fortify.compress.prune.graph_prune.prune_graph`: coupled channels of residual adds and
+concats removed together); ``amount`` must then be a float (it is the per-group fraction).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from fortify.compress.base import (
 )
 from fortify.compress.finetune import finetune
 from fortify.compress.prune.dependency import groups, param_layer, refresh_architecture, remove_units
-from fortify.errors import ConfigError
+from fortify.errors import ConfigError, UnsupportedLayerError
 
 CRITERIA = ("l1", "l2")
 
@@ -56,7 +61,10 @@ class ChannelPrune(Transform):
 
     def _run(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
         """Run the algorithm on ``model`` (the private deep copy) and return its result and report."""
-        seq = sequential_of(model)
+        try:
+            seq = sequential_of(model)
+        except UnsupportedLayerError:
+            return self._run_graph(model, example_inputs, data)
         before = count_params(model)[1]
         widths: dict[str, list[int]] = {}
         for g in groups(model, example_inputs):
@@ -72,6 +80,19 @@ class ChannelPrune(Transform):
                      config=self.finetune_config, keep_sparsity=False)
         after = count_params(model)[1]
         return TransformResult(model, {"widths": widths, "params_before": before, "params_total": after})
+
+    def _run_graph(self, model: nn.Module, example_inputs: torch.Tensor, data: Data | None) -> TransformResult:
+        """Any traceable model: graph channel groups (DepGraph), then the optional fine-tuning."""
+        from fortify.compress.prune.graph_prune import prune_graph
+
+        if isinstance(self.amount, dict):
+            raise ConfigError("amount as a {layer index: fraction} mapping needs an nn.Sequential model; "
+                              f"{type(model).__name__} is pruned by coupled channel groups: give one float")
+        report = prune_graph(model, example_inputs, self.amount, self.criterion)
+        if self.finetune_task is not None and data is not None:
+            finetune(model, data, task=self.finetune_task, task_args=self.finetune_args,
+                     config=self.finetune_config, keep_sparsity=False)
+        return TransformResult(model, report)
 
 
 __all__ = ["ChannelPrune", "CRITERIA", "unit_importance"]
