@@ -156,6 +156,10 @@ def prune_graph(model: nn.Module, example_inputs: torch.Tensor, sparsity: float,
     report: ``groups``, ``channels_before/after``, ``widths`` ``{module: [before, after]}``, ``kept``
     ``{module: kept output indices}`` (inputs for a follower), ``params_before``, ``params_total``.
     ``example_inputs`` ``(B, *in_shape)`` fixes the traced shapes."""
+    target = model.inner if isinstance(model, Normalized) else model
+    if not any(True for _ in target.children()):
+        raise UnsupportedLayerError(f"channel pruning needs several layers (an nn.Sequential or a traceable graph "
+                                    f"of layers); got a single {type(target).__name__}: there is nothing to couple")
     plan = channel_plan(trace(model, tuple(example_inputs.shape[1:]), ref=example_inputs))
     before = count_params(model)[1]
     pruned = select_pruned(plan, sparsity, criterion)
