@@ -207,3 +207,20 @@ def test_bad_hyper_parameters_are_config_errors() -> None:
         create("graph_channel_prune", sparsity=1.0)
     with pytest.raises(ConfigError, match="criterion"):
         create("graph_channel_prune", criterion="l3")
+
+
+def test_compress_recipe_on_resnet_measures_smaller_and_reloads(tmp_path: Any) -> None:
+    from fortify.compress.pipeline import compress
+    from fortify.compress.prune.graph_io import load_graph_model
+
+    torch.manual_seed(0)
+    net = models.Normalized(_randomize_bn(models.create("resnet-mnist", in_shape=(1, 8, 8))), [0.1], [0.3])
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+    res = compress(net, "graph-prune", test=(x, y), threat=None, out_dir=tmp_path, measure_args={"latency": False})
+    before, after = res.measurements
+    assert after.bytes < 0.5 * before.bytes and after.params_total < before.params_total and after.macs < before.macs
+    assert res.artefact is not None and after.bytes == res.artefact.stat().st_size
+    back = load_graph_model(res.artefact)
+    with torch.no_grad():
+        assert torch.equal(back(x), res.model(x))

@@ -14,6 +14,7 @@ before and after on ``test`` and draws the Pareto plot.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,10 +23,10 @@ import torch
 from torch import nn
 
 from fortify import progress
-from fortify.compress.base import TRANSFORMS, Data, Transform, check_data
+from fortify.compress.base import TRANSFORMS, Data, Transform, check_data, sequential_of
 from fortify.compress.measure import Measurement, measure
 from fortify.compress.quantize.runtime import OnnxModule
-from fortify.errors import ConfigError, OutputError, UnknownNameError
+from fortify.errors import ConfigError, OutputError, UnknownNameError, UnsupportedLayerError
 from fortify.registry import Registry
 
 Step = Mapping[str, Any] | Transform
@@ -60,6 +61,9 @@ RECIPES.register("sparse", [
 RECIPES.register("deep-compression", [
     {"transform": "deep_compression", "sparsity": 0.92, "bits": 5, "prune_epochs": 2, "share_epochs": 1},
 ], help="Han et al. 2016: prune, k-means weight sharing, entropy-coded file")
+RECIPES.register("graph-prune", [{"transform": "graph_channel_prune", "sparsity": 0.5}],
+                 help="structured channel pruning of any traceable model (ResNet, DenseNet: coupled residual/concat "
+                      "channels, DepGraph groups), half the channels of every group, no fine-tuning")
 RECIPES.register("int8-dynamic", [{"transform": "int8_dynamic"}], help="int8 dynamic quantization only")
 RECIPES.register("int8-static", [{"transform": "int8_static"}], help="int8 static quantization only")
 
@@ -115,7 +119,20 @@ def save_artefact(model: nn.Module, out_dir: str | Path, *, encoding: str = "aut
         raise OutputError(f"cannot create {d}: {exc}") from None
     if isinstance(model, OnnxModule):
         return model.save(d / "model.onnx")
+    if not is_sequential(model):  # a graph model (ResNet, DenseNet, ...): weights + its base architecture
+        from fortify.compress.prune.graph_io import save_graph_model
+
+        return save_graph_model(model, d / "model.safetensors")
     return save_compressed(model, d / "model.safetensors", encoding=encoding)
+
+
+def is_sequential(model: nn.Module) -> bool:
+    """Whether ``model`` is the Sequential family :func:`save_compressed` writes (else a graph model)."""
+    try:
+        sequential_of(model)
+    except UnsupportedLayerError:
+        return False
+    return True
 
 
 def compress(model: nn.Module, recipe_or_steps: str | Sequence[Step], data: Data | None = None, *,
@@ -124,7 +141,10 @@ def compress(model: nn.Module, recipe_or_steps: str | Sequence[Step], data: Data
     """Run a compression recipe on ``model`` (never mutated) and return a :class:`CompressionResult`.
 
     Args:
-        model: a fortify Sequential model (optionally ``Normalized``).
+        model: a fortify Sequential model, or a graph model from :func:`fortify.models.create` (ResNet,
+            DenseNet, ...; only graph-aware steps such as ``graph_channel_prune`` accept it), optionally
+            ``Normalized``. A graph model's artefact is written by
+            :func:`fortify.compress.prune.graph_io.save_graph_model`.
         recipe_or_steps: a name in :data:`RECIPES` or a list of steps (see module doc).
         data: training/calibration data ``(x (N, C, H, W) in [0, 1], y (N,))``.
         example_inputs: ``(B, C, H, W)``; defaults to ``data[0][:8]`` or ``test[0][:8]``.
@@ -166,9 +186,15 @@ def compress(model: nn.Module, recipe_or_steps: str | Sequence[Step], data: Data
         margs = dict(measure_args or {})
         names = {"original": model, "compressed": current}
         margs.setdefault("float_twins", {"compressed": twin} if twin is not None else {})
-        arts = {"compressed": res.artefact} if res.artefact is not None else {}
-        res.measurements = measure(names, test[0], test[1], threat=threat, artefacts=arts,
-                                   encodings={"original": "dense", "compressed": encoding}, **margs)
+        arts: dict[str, str | Path] = {"compressed": res.artefact} if res.artefact is not None else {}
+        with tempfile.TemporaryDirectory(prefix="fortify-graph-") as tmp:
+            if not is_sequential(model):  # measure's own writer handles Sequentials only: give it graph files
+                from fortify.compress.prune.graph_io import save_graph_model
+
+                arts["original"] = save_graph_model(model, Path(tmp, "original.safetensors"))
+                arts.setdefault("compressed", save_graph_model(current, Path(tmp, "compressed.safetensors")))
+            res.measurements = measure(names, test[0], test[1], threat=threat, artefacts=arts,
+                                       encodings={"original": "dense", "compressed": encoding}, **margs)
         if out_dir is not None:
             from fortify.compress.pareto import plot_pareto
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fortify.compress.base import TRANSFORMS, Data, Transform, TransformResult, check_fraction, count_params
+from fortify.compress.prune.graph_io import BASE_ATTR, base_record
 from fortify.compress.prune.graph_groups import NORMS, Channel, ChannelPlan, channel_plan
 from fortify.compress.prune.structured import CRITERIA, unit_importance
 from fortify.errors import ConfigError, UnsupportedLayerError
@@ -164,6 +165,9 @@ def prune_graph(model: nn.Module, example_inputs: torch.Tensor, sparsity: float,
     before = count_params(model)[1]
     pruned = select_pruned(plan, sparsity, criterion)
     kept = rebuild(model, plan, pruned)
+    base = base_record(model)
+    if base is not None:  # what save_graph_model records, so the pruned model can be rebuilt on load
+        setattr(target, BASE_ATTR, base)
     n_before = sum(len(g.channels) for g in plan.groups)
     return {
         "sparsity": sparsity, "criterion": criterion, "groups": len(plan.groups),
