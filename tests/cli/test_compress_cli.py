@@ -118,3 +118,17 @@ def test_bad_inputs_one_line_exit_2_nothing_lost(model_file: Path, tmp_path: Pat
     assert "BatchNorm2d" in line and "not supported" in line
     for p, blob in snapshot.items():
         assert p.read_bytes() == blob, p
+
+
+def test_graph_prune_on_a_residual_network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    net = models.create("resnet-mnist", in_shape=(1, 28, 28), num_classes=10, widths=(8, 8, 16))
+    path = models.save(net.eval(), tmp_path / "resnet.safetensors", {"dataset": "mnist-5k"})
+    rc = main(["compress", str(path), "--recipe", "graph-prune", "--dataset", "mnist-5k", "--n", "8",
+               "--out", str(tmp_path / "runs"), "-q"])
+    assert rc == 0, capsys.readouterr().err
+    (doc,) = list((tmp_path / "runs").glob("*/compress/compress.json"))
+    rows = {r["name"]: r for r in json.loads(doc.read_text())["measurements"]}
+    assert rows["compressed"]["bytes"] < rows["original"]["bytes"]
+    assert rows["compressed"]["params_total"] < rows["original"]["params_total"]
+    assert rows["compressed"]["macs"] < rows["original"]["macs"]

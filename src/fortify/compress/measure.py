@@ -78,7 +78,7 @@ class Measurement:
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """``(macs, macs_nonzero)`` of one input ``example_inputs[:1]`` for every Conv2d/Linear of ``model``.
+    """``(macs, macs_nonzero)`` of one input ``example_inputs[:1]`` for every Conv1d/Conv2d/Linear of ``model``.
 
     One forward pass in eval mode (every module's flag restored afterwards).
     """
@@ -87,12 +87,13 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int
     def hook(m: nn.Module, inp: Any, out: torch.Tensor) -> None:
         """Forward hook adding one layer's MACs."""
         weight = m.weight
-        assert isinstance(weight, torch.Tensor)  # hooks are only on Conv2d / Linear
-        positions = out[0].numel() // out.shape[1] if isinstance(m, nn.Conv2d) else 1
+        assert isinstance(weight, torch.Tensor)  # hooks are only on Conv1d / Conv2d / Linear
+        positions = out[0].numel() // out.shape[1] if isinstance(m, (nn.Conv1d, nn.Conv2d)) else 1
         totals[0] += positions * out.shape[1] * weight[0].numel()
         totals[1] += positions * int((weight != 0).sum())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad(), eval_mode(model):
             model(example_inputs[:1])
@@ -103,12 +104,21 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int
 
 
 def artefact_bytes(model: nn.Module, encoding: str = "auto") -> int:
-    """Bytes of ``model``'s saved artefact (``.onnx`` for OnnxModule, else :func:`save_compressed`)."""
+    """Bytes of ``model``'s saved artefact (``.onnx`` for OnnxModule, :func:`save_compressed` for a
+    Sequential stack, :func:`fortify.compress.prune.graph_io.save_graph_model` for a graph model)."""
     if isinstance(model, OnnxModule):
         return len(model.blob)
+    from fortify.compress.base import sequential_of
     from fortify.compress.formats import save_compressed
+    from fortify.errors import UnsupportedLayerError
 
     with tempfile.TemporaryDirectory(prefix="fortify-m-") as tmp:
+        try:
+            sequential_of(model)
+        except UnsupportedLayerError:  # a residual / concat graph: its own safetensors format
+            from fortify.compress.prune.graph_io import save_graph_model
+
+            return save_graph_model(model, Path(tmp, "m.safetensors")).stat().st_size
         return save_compressed(model, Path(tmp, "m.safetensors"), encoding=encoding).stat().st_size
 
 
