@@ -115,10 +115,13 @@ def artefact_bytes(model: nn.Module, encoding: str = "auto") -> int:
     with tempfile.TemporaryDirectory(prefix="fortify-m-") as tmp:
         try:
             sequential_of(model)
-        except UnsupportedLayerError:  # a residual / concat graph: its own safetensors format
+        except UnsupportedLayerError as not_a_stack:  # a registry graph model: its own safetensors format
             from fortify.compress.prune.graph_io import save_graph_model
 
-            return save_graph_model(model, Path(tmp, "m.safetensors")).stat().st_size
+            try:
+                return save_graph_model(model, Path(tmp, "m.safetensors")).stat().st_size
+            except ConfigError:  # not built by models.create: the stack's own message says what is wrong
+                raise not_a_stack from None
         return save_compressed(model, Path(tmp, "m.safetensors"), encoding=encoding).stat().st_size
 
 
