@@ -16,7 +16,7 @@ from fortify.compress.quantize.runtime import OnnxModule
 from fortify.errors import InputError
 from fortify.threat import ThreatModel
 
-from tests.cli._cli_helpers import error_line
+from _cli_helpers import error_line
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,11 @@ def test_cli_evaluates_an_onnx_model_with_blackbox_attacks(wine_onnx, tmp_path: 
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "robust_accuracy[linf:0.15]=" in out
+    import json
+
+    (doc,) = list((tmp_path / "runs").glob("*/robustness/evaluation.json"))
+    rows = [r["label"] for t in json.loads(doc.read_text())["threats"] for r in t["attacks"]]
+    assert "transfer" in rows and "square" in rows  # PGD on a surrogate, scored on the ONNX model
 
 
 @pytest.mark.parametrize("argv,needle", [

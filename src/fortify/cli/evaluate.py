@@ -192,7 +192,7 @@ def onnx_overrides(args: argparse.Namespace) -> list[str]:
                          f"(or --data PATH)")
     if not robust and not names:
         return []
-    out = ["robustness.sanity=false"]
+    out = ["robustness.sanity=false", "robustness.transfer=true"]  # + PGD on a surrogate, scored on the model
     if args.curve_points is None:
         out.append("robustness.curve_points=0")
     return out

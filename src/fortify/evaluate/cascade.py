@@ -57,7 +57,8 @@ class CascadeOptions:
     ``generator``, else 0); the global RNG is restored afterwards. sanity: run the sanity checks and
     their remedies (BPDA / EoT / rescaling, probes). surrogate: standard-trained model for the
     transfer check (trained on ``x, y`` if None). eot_samples: draws per EoT forward and per
-    randomized-model prediction. eps_check_points: clean-correct points of the eps-sweep checks.
+    randomized-model prediction. transfer: run the transfer step from the surrogate even without sanity
+    checks (black-box targets: a PGD attack on a surrogate trained on ``x, y``, scored on the model). eps_check_points: clean-correct points of the eps-sweep checks.
     callback: called as ``callback(threat, row)`` after each step's state is saved. progress: show
     a progress bar (one unit per attack step) on stderr.
     """
@@ -68,6 +69,7 @@ class CascadeOptions:
     seed: int | None = None
     generator: torch.Generator | None = None
     sanity: bool = True
+    transfer: bool = False
     surrogate: nn.Module | None = None
     eot_samples: int = 16
     eps_check_points: int = 64
@@ -135,7 +137,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
         state = CascadeState.empty(len(threats), surrogate=opts.surrogate)
         inputs, remedy = _prepare(model, x, y, state, seed, opts)
         plan = Plan.build(preset, threats, budget=opts.budget, sanity=opts.sanity,
-                          suspect=any(f.fired for f in remedy.flags))
+                          suspect=any(f.fired for f in remedy.flags), transfer=opts.transfer)
         config = _config(threats, preset, plan, remedy.wrappers, seed, opts)
         fp = fingerprint(model, x, inputs.y, {**config, "surrogate": _surrogate_id(opts.surrogate)})
         state.restore(opts.state_path, fp, x.dtype)

@@ -141,12 +141,13 @@ class Plan:
 
     @classmethod
     def build(cls, preset: Preset, threats: Sequence[ThreatModel], *, budget: float, sanity: bool,
-              suspect: bool = False) -> "Plan":
+              suspect: bool = False, transfer: bool = False) -> "Plan":
         """The plan for ``threats``; ``suspect``: a pre-check flag fired, so ``when="suspect"`` and
-        ``"flagged"`` attacks run in full (as they do without sanity checks)."""
+        ``"flagged"`` attacks run in full (as they do without sanity checks). ``transfer``: the transfer
+        step from a surrogate also without sanity checks (a black-box target, e.g. an ONNX model)."""
         out = []
         for i, thr in enumerate(threats):
-            steps, skipped = _threat_steps(preset, thr.norm, budget, sanity, suspect)
+            steps, skipped = _threat_steps(preset, thr.norm, budget, sanity, suspect, transfer)
             out.append(ThreatPlan(i, thr, tuple(steps), tuple(skipped)))
         return cls(tuple(out))
 
@@ -191,7 +192,7 @@ def _blackbox_probe(norm: str) -> AttackSpec | None:
 
 
 def _threat_steps(preset: Preset, norm: str, budget: float, sanity: bool,
-                  suspect: bool) -> tuple[list[Step], list[tuple[str, str]]]:
+                  suspect: bool, transfer: bool = False) -> tuple[list[Step], list[tuple[str, str]]]:
     """Ordered steps for one norm and the ``(label, reason)`` of attacks left out (see module doc)."""
     specs, skipped = preset_specs(preset, norm)
     eager = suspect or not sanity
@@ -206,6 +207,7 @@ def _threat_steps(preset: Preset, norm: str, budget: float, sanity: bool,
         if white:
             d = _doubled(white[0])
             steps.append(Step(d.label, Kind.DOUBLE_PROBE, d, budget))
+    if sanity or transfer:
         t = AttackSpec("transfer", "pgd", {"steps": 20}) if "pgd" in ATTACKS else AttackSpec("transfer", "fgsm")
         steps.append(Step("transfer", Kind.TRANSFER, t, budget, on_surrogate=True))
     if sanity and not black and not any(s.access != "gradient" for s in cond):

@@ -59,7 +59,8 @@ class RobustnessConfig:
     ``n``: the first ``n`` test images are attacked (null: all). ``curve_points``: images used for
     the accuracy-vs-eps curves (0 disables them). ``seed`` null: the run's seed. ``state``: path of
     the resumable cascade state (null: ``<run folder>/robustness/state.safetensors``); a rerun with
-    the same state file skips finished attacks.
+    the same state file skips finished attacks. ``transfer``: the transfer attack from a surrogate
+    even with ``sanity: false`` (set for ONNX black-box targets).
     """
 
     threats: list[ThreatModel] = field(default_factory=lambda: [ThreatModel("linf", 0.3)])
@@ -69,6 +70,7 @@ class RobustnessConfig:
     budget: float = 1.0
     batch_size: int = 256
     sanity: bool = True
+    transfer: bool = False
     curve_points: int = 100
     seed: int | None = None
     state: str | None = None
@@ -138,6 +140,7 @@ class RobustnessStage:
         seed = ctx.config.seed if sec.seed is None else sec.seed
         report = robust_accuracy(model, x, y, threats, preset=preset, budget=sec.budget,
                                  batch_size=sec.batch_size, state_path=str(state), seed=seed, sanity=sec.sanity,
+                                 transfer=sec.transfer,
                                  progress=not ctx.quiet)
         ctx.add_artefact("robustness_state", state, kind="state")
         curves = []
