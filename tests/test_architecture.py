@@ -35,3 +35,25 @@ def test_the_checker_sees_lazy_and_aliased_imports(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
     f.write_text("def g():\n    from fortify import pipeline as p\n    import fortify.cli\n")
     assert [m for _, m in _imports(f)] == ["fortify", "fortify.pipeline", "fortify.cli"]
+
+
+def _import_graph() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_graph", SRC.parents[1] / "scripts" / "import_graph.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_no_import_cycle_between_units_and_no_new_upward_import() -> None:
+    ig = _import_graph()
+    e = ig.edges(SRC)  # type: ignore[attr-defined]
+    graph: dict[str, set[str]] = {}
+    for a, b in e:
+        graph.setdefault(a, set()).add(b)
+    assert ig.cycles(graph) == []  # type: ignore[attr-defined]
+    up = sorted((a, b) for a, b in e if ig.layer(b) > ig.layer(a))  # type: ignore[attr-defined]
+    # the one known upward edge: distributed.fit accepts a recipe name (application convenience in train)
+    assert up == [("train", "config")], up
