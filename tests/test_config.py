@@ -235,3 +235,15 @@ def test_method_options_are_checked_against_the_constructor_naming_the_key() -> 
     with pytest.raises(ConfigError, match=r"compress.steps\[1\]: .*'sparsty'"):
         load_config(overrides=["compress.steps=[{transform: low_rank}, {transform: magnitude_prune, sparsty: 0.5}]"])
     assert load_config(overrides=["certify.method=smoothing", "certify.threat=l2:0.5"]).section("certify").method
+
+
+def test_threats_with_other_bounds_or_per_feature_fields_round_trip_through_plain_data() -> None:
+    import torch
+
+    from fortify.config import plain
+    from fortify.threat import ThreatModel
+
+    per_feature = ThreatModel("linf", 0.1, (torch.zeros(3), torch.full((3,), 0.5)), torch.tensor([True, False, True]))
+    for t in (per_feature, ThreatModel("linf", 8.0, (0.0, 255.0)), ThreatModel("l2", 0.5)):
+        assert ThreatModel.coerce(plain(t)) == t
+    assert plain(ThreatModel("l2", 0.5)) == "l2:0.5"

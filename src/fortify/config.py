@@ -164,8 +164,12 @@ def threat_text(t: ThreatModel) -> str:
 
 
 def plain(v: Any) -> Any:
-    """``v`` as plain data: dataclasses field by field, ThreatModels as ``NORM:EPS`` strings."""
+    """``v`` as plain data: dataclasses field by field, ThreatModels as ``NORM:EPS`` strings (a threat
+    with other bounds, a mask or a scale as the mapping :meth:`ThreatModel.to_spec` writes, which
+    :meth:`ThreatModel.coerce` reads back to an equal threat)."""
     if isinstance(v, ThreatModel):
+        if v.per_feature or tuple(float(b) for b in v.bounds) != (0.0, 1.0):
+            return v.to_spec()
         return threat_text(v)
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}

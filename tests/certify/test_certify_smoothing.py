@@ -101,3 +101,18 @@ def test_smoothing_curve_is_monotone_and_errors_are_typed() -> None:
         CERTIFIERS.get("smoothing")()(net, x, y, ThreatModel("linf", 0.1))
     with pytest.raises(ConfigError):
         Smoothing(sigma=0.0)
+
+
+def test_smoothing_refuses_per_feature_threats() -> None:
+    import pytest
+    import torch
+
+    from fortify import models
+    from fortify.certify import certify
+    from fortify.errors import ThreatModelError
+    from fortify.threat import ThreatModel
+
+    net = models.create("mlp", in_shape=(4,), num_classes=2, hidden=[4]).eval()
+    thr = ThreatModel("l2", 0.1, (0.0, 1.0), torch.tensor([True, True, False, True]))
+    with pytest.raises(ThreatModelError, match="isotropic"):
+        certify(net, torch.rand(3, 4), torch.zeros(3, dtype=torch.long), thr, method="smoothing")

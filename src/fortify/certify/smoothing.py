@@ -27,7 +27,7 @@ from torch import nn
 from fortify import progress
 from fortify.models.state import frozen
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
-from fortify.errors import ConfigError
+from fortify.errors import ConfigError, ThreatModelError
 from fortify.stats import clopper_pearson_lower
 from fortify.threat import ThreatModel
 
@@ -114,6 +114,9 @@ class Smoothing(Certifier):
         return out
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
+        if threat.per_feature:  # Cohen et al.'s radius is isotropic l2 in input units over every feature
+            raise ThreatModelError("smoothing certifies an isotropic l2 radius in input units: a threat with "
+                                   "per-feature bounds, a mask or a scale is not supported (use ibp or crown)")
         res = self.certify(model, x)
         radius = res.radius.to(torch.float32).to(x.device)
         good = res.prediction == y
