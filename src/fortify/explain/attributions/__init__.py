@@ -1,0 +1,1 @@
+"""Attribution methods, one per file; each registers itself in :data:`fortify.explain.ATTRIBUTIONS`."""

@@ -1,0 +1,1 @@
+"""Attribution metrics, one per file; each registers itself in :data:`ATTRIBUTION_METRICS`."""

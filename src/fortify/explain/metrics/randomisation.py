@@ -1,0 +1,97 @@
+"""Cascading model-parameter randomisation (Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim 2018,
+"Sanity checks for saliency maps").
+
+On a *copy* of the model (the user's model is never touched), the layers with parameters are
+re-initialised one by one from the output towards the input (forward-execution order, reversed;
+``reset_parameters`` under a seeded, forked RNG), cumulatively; after each layer the attribution
+method (``attribution`` + ``attribution_args``) is recomputed for the same targets, and its Spearman
+rank correlation with the ``attributions`` passed in (taken as the method's output on the trained
+model; absolute values with ``absolute=True``, ties ranked by their average) is recorded.
+``values (N,)``: the mean correlation over the layers; ``extra["per_layer"] (N, L)`` and
+``extra["layers"]`` (names, output side first). A method that explains the model must change when
+its weights are destroyed: **lower is better**. A constant attribution has no rank correlation and
+scores 0. Cost: ``L`` calls of the attribution method (``L`` = layers with parameters) plus one
+copy of the model.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from scipy.stats import rankdata
+from torch import nn
+
+from fortify.explain.base import DEFAULT_BATCH_SIZE, Attribution
+from fortify.explain.metrics.base import ATTRIBUTION_METRICS, AttributionMetric
+from fortify.explain.metrics.sensitivity import build_method
+from fortify.validation import forward_checked
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Spearman correlation of ``(N, ...)`` tensors (average ranks for ties); 0 where a row
+    is constant."""
+    n = a.shape[0]
+    ra = torch.as_tensor(rankdata(a.reshape(n, -1).double().cpu().numpy(), axis=1))
+    rb = torch.as_tensor(rankdata(b.reshape(n, -1).double().cpu().numpy(), axis=1))
+    ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
+    den = ra.norm(dim=1) * rb.norm(dim=1)
+    return torch.where(den > 0, (ra * rb).sum(dim=1) / torch.where(den > 0, den, torch.ones_like(den)),
+                       torch.zeros_like(den)).to(device=a.device, dtype=a.dtype)
+
+
+def layers_by_execution(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """Leaf modules with parameters, in the order one forward pass of ``x[:1]`` runs them."""
+    leaves = [(n, m) for n, m in model.named_modules()
+              if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in leaves]
+    try:
+        with torch.no_grad():
+            forward_checked(model, x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    named = dict(leaves)
+    seen = list(dict.fromkeys(order))
+    return [(n, named[n]) for n in seen]
+
+
+def randomise(module: nn.Module, seed: int) -> None:
+    """Re-initialise one module's parameters (its ``reset_parameters``, else normal(0, 0.1)) under a
+    forked RNG seeded with ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        else:
+            for p in module.parameters(recurse=False):
+                p.normal_(0.0, 0.1)
+
+
+@ATTRIBUTION_METRICS.register("randomisation", help="rank correlation with the attribution of a cascade of randomised models (lower is better)")
+class CascadingRandomisation(AttributionMetric):
+    """Adebayo et al.'s cascading randomisation sanity check; lower is better."""
+
+    higher_is_better = False
+
+    def __init__(self, attribution: str | Attribution = "saliency", attribution_args: dict[str, Any] | None = None,
+                 absolute: bool = True, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        super().__init__(batch_size)
+        self.method = build_method(attribution, attribution_args)
+        self.absolute, self.seed = bool(absolute), int(seed)
+
+    def _run(self, model: nn.Module, x: torch.Tensor, attributions: torch.Tensor,
+             target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        clone = copy.deepcopy(model)  # the user's model is frozen here; the copy keeps its eval flags
+        layers = list(reversed(layers_by_execution(clone, x)))
+        ref = attributions.abs() if self.absolute else attributions
+        rows = []
+        for k, (_, module) in enumerate(layers):
+            randomise(module, self.seed + k)
+            out = self.method(clone, x, target)
+            rows.append(spearman(ref, out.abs() if self.absolute else out))
+        per_layer = torch.stack(rows, dim=1) if rows else torch.zeros(x.shape[0], 0, dtype=x.dtype)
+        values = per_layer.mean(dim=1) if rows else torch.zeros(x.shape[0], dtype=x.dtype)
+        return values, {"per_layer": per_layer, "layers": [n for n, _ in layers]}
