@@ -3,8 +3,11 @@ Tedrake 2019, "Evaluating robustness of neural networks with mixed integer progr
 
 Every ReLU ``a = max(z, 0)`` with pre-activation bounds ``l < 0 < u`` (from CROWN ∩ IBP, which
 makes big-M constants small) becomes, with a binary ``d``,
-``a >= z, a >= 0, a <= u d, a <= z - l (1 - d)``; stable neurons are linear. Linear operators
-between two ReLUs are composed into one matrix. The input set is the linf box (variable bounds) or
+``a >= z, a >= 0, a <= u d, a <= z - l (1 - d)``; stable neurons are linear. Chain models: the
+linear operators between two ReLUs are composed into one matrix. Graph models (residual ``add`` /
+``sub``, ``cat``, traced by :func:`fortify.certify.graph.build_net`): every value is an affine
+expression of the input and the ReLU outputs (:mod:`fortify.certify.milp_dag`), the big-M constants
+come from the DAG driver's bounds of each ReLU's input value. The input set is the linf box (variable bounds) or
 the l1 ball (``x = x0 + p - q``, ``sum(p + q) <= eps``) intersected with the input box; l2 would
 need a quadratic constraint and is not supported. For every ``j != y`` (most threatening first,
 skipping rows CROWN already proves) HiGHS (``scipy.optimize.milp``) minimises ``z_y - z_j``.
@@ -30,7 +33,11 @@ from fortify import progress
 from fortify.certify.base import CERTIFIERS, Certificate, Certifier
 from fortify.certify.bounds import InputSet, margin_spec
 from fortify.certify.crown import backward_lower, layer_bounds
+from fortify.certify.dag import Dag
+from fortify.certify.dag import backward as dag_backward
+from fortify.certify.dag import layer_bounds as dag_layer_bounds
 from fortify.certify.graph import build_net
+from fortify.certify.milp_dag import DagEncoding, Problem, f64, input_rows
 from fortify.certify.ops import Op, ReLUOp, numel
 from fortify.errors import ConfigError, ResourceError, UnsupportedLayerError
 from fortify.threat import ThreatModel
@@ -73,20 +80,13 @@ def affine_blocks(ops: list[Op]) -> tuple[list[tuple[np.ndarray, np.ndarray]], l
         a = torch.eye(n, dtype=torch.float64).reshape((1, n) + tuple(shape))
         const = torch.zeros(1, n, dtype=torch.float64)
         for op_b in reversed(ops[start:t]):
-            const = const + _f64(op_b).bias(a)
-            a = _f64(op_b).back(a)
+            const = const + f64(op_b).bias(a)
+            a = f64(op_b).back(a)
         blocks.append((a.reshape(n, numel(in_shape)).numpy(), const.reshape(n).numpy()))
         if op is not None:
             relus.append(t)
         start = t + 1
     return blocks, relus
-
-
-def _f64(op: Op) -> Op:
-    new = object.__new__(type(op))
-    for k, v in vars(op).items():
-        setattr(new, k, v.detach().to("cpu", torch.float64) if isinstance(v, torch.Tensor) else v)
-    return new
 
 
 class MILPVerifier(Certifier):
@@ -95,19 +95,23 @@ class MILPVerifier(Certifier):
     norms = ("linf", "l1")
 
     def __init__(self, time_limit: float = 30.0, slack: float = 1e-5, exact: bool = False,
-                 max_binaries: int | None = MAX_BINARIES) -> None:
+                 max_binaries: int | None = MAX_BINARIES, intermediate: str = "crown") -> None:
         """``time_limit`` seconds per point; ``slack`` relative widening of the big-M bounds (float32
         rounding); ``exact`` solves every row (the exact minimum margin) instead of skipping rows that
         CROWN already proves; ``max_binaries`` refuses, before any MILP is solved, a batch in which an
         image has more unstable ReLUs than this (branch and bound is exponential in them: past a few
-        hundred it only times out); ``None`` removes the limit."""
+        hundred it only times out); ``None`` removes the limit; ``intermediate``: the pre-activation
+        bounds that size the big-M constants and decide which ReLUs are stable (``"crown"``: CROWN ∩
+        IBP, fewer binaries; ``"ibp"``: IBP). The optimum does not depend on it, the solve time does."""
         if not time_limit > 0:
             raise ConfigError(f"time_limit must be > 0, got {time_limit!r}")
         if max_binaries is not None and (isinstance(max_binaries, bool) or not isinstance(max_binaries, int)
                                          or max_binaries < 1):
             raise ConfigError(f"max_binaries must be null or an integer >= 1, got {max_binaries!r}")
         self.time_limit, self.slack, self.exact = float(time_limit), float(slack), bool(exact)
-        self.max_binaries = max_binaries
+        if intermediate not in ("crown", "ibp"):
+            raise ConfigError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
+        self.max_binaries, self.intermediate = max_binaries, intermediate
 
     def _check_size(self, bounds: Sequence[tuple[torch.Tensor, torch.Tensor]], relus: list[int], n: int,
                     threat: ThreatModel) -> None:
@@ -125,23 +129,50 @@ class MILPVerifier(Certifier):
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
         net = build_net(model, tuple(x.shape[1:]), x)
-        if not isinstance(net, list):
-            raise UnsupportedLayerError(f"the MILP verifier takes chain models (Sequential layers); {type(model).__name__} "
-                                        "is a graph with residual / concatenation joins: use crown or alpha-crown")
+        inp = InputSet.from_threat(x, threat)
+        if isinstance(net, Dag):
+            return self._run_dag(model, net, x, y, inp, threat)
         ops = net
         blocks, relus = affine_blocks(ops)
-        inp = InputSet.from_threat(x, threat)
-        bounds = layer_bounds(ops, inp, intermediate="crown")
+        bounds = layer_bounds(ops, inp, intermediate=self.intermediate)
         k = blocks[-1][0].shape[0]
         c = margin_spec(y, k).to(x.dtype)
         self._check_size(bounds, relus, x.shape[0], threat)
         crown_rows = backward_lower(ops, len(ops), c, bounds, inp)
+
+        def one(i: int) -> tuple[float, str, torch.Tensor | None]:
+            pre = [(bounds[t][0][i].reshape(-1).double().cpu().numpy(),
+                    bounds[t][1][i].reshape(-1).double().cpu().numpy()) for t in relus]
+            return self._one(model, blocks, pre, inp, i, int(y[i]), crown_rows[i], threat)
+
+        return self._loop(one, x, threat)
+
+    def _run_dag(self, model: nn.Module, dag: Dag, x: torch.Tensor, y: torch.Tensor, inp: InputSet,
+                 threat: ThreatModel) -> Certificate:
+        """A graph model (residual add / sub, cat): :class:`fortify.certify.milp_dag.DagEncoding` with
+        the pre-activation bounds of every ReLU's input value (CROWN ∩ IBP, or IBP)."""
+        enc = DagEncoding(dag, threat.norm)
+        bounds = dag_layer_bounds(dag, inp, intermediate=self.intermediate)
+        pre_vals = [dag.inputs[t][0] for t in enc.relus]
+        self._check_size([bounds[v] for v in pre_vals], list(range(len(pre_vals))), x.shape[0], threat)
+        c = margin_spec(y, enc.out_w.shape[0]).to(x.dtype)
+        crown_rows = dag_backward(dag, {len(dag.ops): c}, c.new_zeros(c.shape[:2]), bounds, inp)
+
+        def one(i: int) -> tuple[float, str, torch.Tensor | None]:
+            start = time.monotonic()
+            pre = [(bounds[v][0][i].reshape(-1).double().cpu().numpy(),
+                    bounds[v][1][i].reshape(-1).double().cpu().numpy()) for v in pre_vals]
+            prob = enc.problem(pre, inp, i, threat, self.slack)
+            return self._solve(model, prob, inp, i, int(y[i]), crown_rows[i], threat, start)
+
+        return self._loop(one, x, threat)
+
+    def _loop(self, one: Any, x: torch.Tensor, threat: ThreatModel) -> Certificate:
+        """Run ``one(i) -> (lower_margin, status, counterexample or None)`` on every image."""
         lows, status, cex = [], [], torch.full_like(x, float("nan"))
         with progress.task(f"certify milp {threat}", total=x.shape[0], unit="images") as bar:
             for i in range(x.shape[0]):
-                pre = [(bounds[t][0][i].reshape(-1).double().cpu().numpy(),
-                        bounds[t][1][i].reshape(-1).double().cpu().numpy()) for t in relus]
-                low, st, xs = self._one(model, blocks, pre, inp, i, int(y[i]), crown_rows[i], threat)
+                low, st, xs = one(i)
                 lows.append(low)
                 status.append(st)
                 if xs is not None:
@@ -154,9 +185,7 @@ class MILPVerifier(Certifier):
     def _one(self, model, blocks, pre, inp: InputSet, i: int, y: int, crown_rows: torch.Tensor, threat):
         """Verify point ``i``; returns ``(lower_margin, status, counterexample or None)``."""
         start = time.monotonic()
-        x0 = inp.x[i].reshape(-1).double().cpu().numpy()
-        lo, hi = inp.lo[i].reshape(-1).double().cpu().numpy(), inp.hi[i].reshape(-1).double().cpu().numpy()
-        d = x0.size
+        d = inp.x[i].numel()
         l1 = threat.norm == "l1"
         sizes = [d] + ([d, d] if l1 else [])
         for (l, _) in pre:
@@ -165,16 +194,10 @@ class MILPVerifier(Certifier):
         nv = int(offs[-1])
         vlo, vhi = np.full(nv, -np.inf), np.full(nv, np.inf)
         integ = np.zeros(nv)
-        vlo[:d], vhi[:d] = lo, hi
         rows: list[Any] = []
         rlo: list[Any] = []
         rhi: list[Any] = []
-        if l1:
-            vlo[d:3 * d], vhi[d:3 * d] = 0.0, threat.eps
-            eq = sp.hstack([sp.eye(d), -sp.eye(d), sp.eye(d), sp.csr_matrix((d, nv - 3 * d))])
-            rows.append(eq); rlo.append(x0); rhi.append(x0)
-            row = np.zeros((1, nv)); row[0, d:3 * d] = 1.0
-            rows.append(sp.csr_matrix(row)); rlo.append([0.0]); rhi.append([threat.eps])
+        input_rows(inp, i, threat, vlo, vhi, rows, rlo, rhi)
         prev = slice(0, d)
         base = 3 if l1 else 1
         for k, (l, u) in enumerate(pre):
@@ -209,6 +232,17 @@ class MILPVerifier(Certifier):
             prev = a_s
         cons = LinearConstraint(sp.vstack(rows).tocsr(), np.concatenate(rlo), np.concatenate(rhi))
         wl, bl = blocks[-1]
+        out_w = np.zeros((wl.shape[0], nv))
+        out_w[:, prev] = wl
+        return self._solve(model, Problem(cons, vlo, vhi, integ, out_w, bl, d), inp, i, y, crown_rows, threat, start)
+
+    def _solve(self, model: nn.Module, prob: Problem, inp: InputSet, i: int, y: int, crown_rows: torch.Tensor,
+               threat: ThreatModel, start: float) -> tuple[float, str, torch.Tensor | None]:
+        """Minimise ``z_y - z_j`` of ``prob`` for every ``j != y`` (most threatening first, rows CROWN
+        proves skipped unless ``exact``; ``crown_rows (K-1,)``) within the time left since ``start``;
+        returns ``(lower_margin, status, counterexample or None)``."""
+        wl, bl, d = prob.out_w, prob.out_b, prob.d
+        cons, integ, vlo, vhi = prob.cons, prob.integ, prob.vlo, prob.vhi
         others = [j for j in range(wl.shape[0]) if j != y]
         order = np.argsort(crown_rows.double().cpu().numpy())  # most threatening rows first
         best, timed_out = np.inf, False
@@ -222,8 +256,7 @@ class MILPVerifier(Certifier):
                 timed_out = True
                 best = min(best, float(crown_rows[int(r)]))
                 continue
-            obj = np.zeros(nv)
-            obj[prev] = wl[y] - wl[j]
+            obj = wl[y] - wl[j]
             const = float(bl[y] - bl[j])
             res = milp(obj, constraints=cons, integrality=integ, bounds=Bounds(vlo, vhi),
                        options={"time_limit": left, "disp": False})
