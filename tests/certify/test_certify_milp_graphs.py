@@ -348,8 +348,18 @@ def test_too_many_unstable_relus_in_a_graph_is_refused_before_solving(monkeypatc
         raise AssertionError("the MILP solver ran although the model is too large")
 
     monkeypatch.setattr(milp_mod, "milp", no_solver)
+    monkeypatch.setattr(milp_mod, "DagEncoding", no_solver)  # refused before the encoding is built
     with pytest.raises(milp_mod.MILPTooLargeError) as e:
         CERTIFIERS.create("milp", max_binaries=3)(model, X2, y, threat)
     msg = str(e.value)
     assert isinstance(e.value, ResourceError) and "\n" not in msg and "max_binaries=3" in msg
     assert "unstable ReLUs" in msg
+    # the expressions of a graph too wide for memory are refused too, in one line
+    from fortify.certify.graph import build_net
+    from fortify.certify.milp_dag import DagEncoding
+
+    dag = build_net(model, (2,), X2)
+    assert isinstance(dag, Dag)
+    with pytest.raises(ResourceError, match="too large for exact verification.*crown") as e2:
+        DagEncoding(dag, "linf", memory_budget=1000)
+    assert "\n" not in str(e2.value)

@@ -37,7 +37,7 @@ from fortify.certify.dag import Dag
 from fortify.certify.dag import backward as dag_backward
 from fortify.certify.dag import layer_bounds as dag_layer_bounds
 from fortify.certify.graph import build_net
-from fortify.certify.milp_dag import DagEncoding, Problem, f64, input_rows
+from fortify.certify.milp_dag import DagEncoding, Problem, f64, input_rows, relu_ops
 from fortify.certify.ops import Op, ReLUOp, numel
 from fortify.errors import ConfigError, ResourceError, UnsupportedLayerError
 from fortify.threat import ThreatModel
@@ -151,10 +151,10 @@ class MILPVerifier(Certifier):
                  threat: ThreatModel) -> Certificate:
         """A graph model (residual add / sub, cat): :class:`fortify.certify.milp_dag.DagEncoding` with
         the pre-activation bounds of every ReLU's input value (CROWN ∩ IBP, or IBP)."""
-        enc = DagEncoding(dag, threat.norm)
+        pre_vals = [dag.inputs[t][0] for t in relu_ops(dag)]
         bounds = dag_layer_bounds(dag, inp, intermediate=self.intermediate)
-        pre_vals = [dag.inputs[t][0] for t in enc.relus]
         self._check_size([bounds[v] for v in pre_vals], list(range(len(pre_vals))), x.shape[0], threat)
+        enc = DagEncoding(dag, threat.norm)
         c = margin_spec(y, enc.out_w.shape[0]).to(x.dtype)
         crown_rows = dag_backward(dag, {len(dag.ops): c}, c.new_zeros(c.shape[:2]), bounds, inp)
 

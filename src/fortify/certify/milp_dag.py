@@ -32,9 +32,11 @@ from scipy.optimize import LinearConstraint
 from fortify.certify.bounds import InputSet
 from fortify.certify.dag import Dag
 from fortify.certify.ops import MergeOp, Op, ReLUOp, numel
-from fortify.errors import UnsupportedLayerError
+from fortify.errors import ResourceError, UnsupportedLayerError
 from fortify.threat import ThreatModel
 
+#: default bound on the bytes of the live affine expressions (``8 (1 + nb)`` per tensor element)
+EXPRESSION_BYTES = 2 << 30
 SUPPORTED = ("Linear/Conv/AvgPool/BatchNorm (eval)/Normalized/flatten/view, add/sub/cat, scalar +-*/ and ReLU")
 
 
@@ -77,27 +79,39 @@ def input_rows(inp: InputSet, i: int, threat: ThreatModel, vlo: np.ndarray, vhi:
         rows.append(sp.csr_matrix(row)); rlo.append([0.0]); rhi.append([threat.eps])
 
 
+def relu_ops(dag: Dag) -> list[int]:
+    """Indices of the ReLU operators of ``dag``; raises :class:`UnsupportedLayerError` (one line,
+    naming the operator) for any other nonlinearity (MaxPool, Sigmoid, ...)."""
+    for op in dag.ops:
+        if not op.linear and not isinstance(op, ReLUOp):
+            kind = type(op).__name__.removesuffix("Op")
+            raise UnsupportedLayerError(
+                f"layer {op.name!r} ({kind}) is not supported by the MILP verifier on graphs; it handles "
+                f"{SUPPORTED}; use crown or alpha-crown")
+    return [t for t, op in enumerate(dag.ops) if isinstance(op, ReLUOp)]
+
+
 class DagEncoding:
     """The image-independent part of a DAG's MILP: the ReLU operators, the affine expression of
     every ReLU's input (``pre[k] = (M (n_k, nb), c (n_k,))``) and of the logits, in float64.
 
-    Raises :class:`UnsupportedLayerError` (one line, naming the operator) for a nonlinearity other
-    than ReLU. Cost: one forward pass of a batch of ``1 + nb`` through every linear operator."""
+    Raises :class:`UnsupportedLayerError` for a nonlinearity other than ReLU (:func:`relu_ops`) and
+    :class:`ResourceError` when the expressions would need more than ``memory_budget`` bytes. Cost:
+    one forward pass of a batch of ``1 + nb`` through every linear operator (``nb`` variables)."""
 
-    def __init__(self, dag: Dag, norm: str) -> None:
+    def __init__(self, dag: Dag, norm: str, memory_budget: int = EXPRESSION_BYTES) -> None:
         d = numel(dag.in_shape)
         self.d, self.base = d, 3 * d if norm == "l1" else d
-        self.relus = [t for t, op in enumerate(dag.ops) if isinstance(op, ReLUOp)]
-        for op in dag.ops:
-            if not op.linear and not isinstance(op, ReLUOp):
-                kind = type(op).__name__.removesuffix("Op")
-                raise UnsupportedLayerError(
-                    f"layer {op.name!r} ({kind}) is not supported by the MILP verifier on graphs; it handles "
-                    f"{SUPPORTED}; use crown or alpha-crown")
+        self.relus = relu_ops(dag)
         sizes = [numel(dag.shape(dag.inputs[t][0])) for t in self.relus]
         self.a_off = [self.base + int(s) for s in np.cumsum([0] + sizes[:-1])] if sizes else []
         self.sizes = sizes
         self.nb = self.base + sum(sizes)
+        need = 8 * (1 + self.nb) * max(numel(dag.shape(v)) for v in range(len(dag.ops) + 1)) * 3
+        if need > memory_budget:
+            raise ResourceError(
+                f"milp: the graph is too large for exact verification: its affine expressions need about "
+                f"{need / 2**30:.1f} GiB ({self.nb:,} input and ReLU variables); use crown or alpha-crown")
         users = dag.users()
         left = [len(u) for u in users]
         eye = torch.zeros((1 + self.nb, d), dtype=torch.float64)
@@ -179,4 +193,4 @@ def _affine_step(op: Op, srcs: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-__all__ = ["DagEncoding", "Problem", "SUPPORTED", "f64", "input_rows"]
+__all__ = ["DagEncoding", "EXPRESSION_BYTES", "Problem", "SUPPORTED", "f64", "input_rows", "relu_ops"]
