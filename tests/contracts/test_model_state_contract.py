@@ -33,6 +33,7 @@ from fortify import registry
 from fortify.attacks import ATTACKS
 from fortify.certify import CERTIFIERS
 from fortify.compress import TRANSFORMS
+from fortify.explain import ATTRIBUTION_METRICS, ATTRIBUTIONS
 from fortify.models import Normalized
 from fortify.models.state import fingerprint
 from fortify.threat import ThreatModel
@@ -66,7 +67,7 @@ NOT_RUN_ON_A_USER_MODEL: dict[str, str] = {
     "stage": "pipeline stages own the run's model (built or loaded by the pipeline); they call the pillars run here",
     "verb": "CLI verbs: thin wrappers over the pillars run here",
 }
-COVERED = {"attack", "certifier", "transform", "task"}
+COVERED = {"attack", "certifier", "transform", "task", "attribution", "attribution metric"}
 
 
 def _mix(model: nn.Module, frozen_module: nn.Module, trained: nn.Module, frozen_weight: torch.Tensor,
@@ -158,6 +159,25 @@ def test_task_leaves_a_mixed_model_unchanged(name: str) -> None:
     assert_untouched(model, before, f"task {name!r}")
     if teacher is not None:
         assert_untouched(teacher, teacher_before, f"task {name!r} (its teacher)")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ATTRIBUTIONS.names())
+def test_attribution_leaves_a_mixed_model_unchanged(name: str) -> None:
+    model, (x, _) = mixed_model(), inputs()
+    before = fingerprint(model)
+    attr = ATTRIBUTIONS.create(name, **tiny_kwargs(ATTRIBUTIONS.get(name), name))(model, x)
+    assert attr.shape == x.shape
+    assert_untouched(model, before, f"attribution {name!r}")
+
+
+@pytest.mark.parametrize("name", ATTRIBUTION_METRICS.names())
+def test_attribution_metric_leaves_a_mixed_model_unchanged(name: str) -> None:
+    model, (x, y) = mixed_model(), inputs()
+    attr = ATTRIBUTIONS.create("saliency")(model, x, y)
+    before = fingerprint(model)
+    res = ATTRIBUTION_METRICS.create(name, **tiny_kwargs(ATTRIBUTION_METRICS.get(name), name))(model, x, attr, y)
+    assert res.values.shape == (N,)
+    assert_untouched(model, before, f"attribution metric {name!r}")
 
 
 @pytest.mark.parametrize("name", TRANSFORMS.names())

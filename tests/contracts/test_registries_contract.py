@@ -31,10 +31,12 @@ CONTRACTS: dict[str, tuple[str, str]] = {
     "verb": ("test_application_registries_contract.py", "VERBS"),
     "schedule": ("test_application_registries_contract.py", "SCHEDULES"),
     "compression recipe": ("test_application_registries_contract.py", "RECIPES"),
+    "attribution": ("test_attributions_contract.py", "ATTRIBUTIONS"),
+    "attribution metric": ("test_attributions_contract.py", "ATTRIBUTION_METRICS"),
 }
 #: pillar packages that must find their methods with :func:`fortify.registry.discover`
 PILLARS = ("fortify.attacks", "fortify.train.tasks", "fortify.certify", "fortify.compress", "fortify.models",
-           "fortify.data")
+           "fortify.data", "fortify.explain")
 
 
 #: modules a registry's package does not import today, with the reason (exact names: a new file

@@ -3,7 +3,10 @@
 ``IG_i(x) = (x_i - x'_i) * int_0^1 d f_t(x' + a (x - x')) / dx_i da``, the integral approximated by a
 quadrature rule with ``steps`` nodes: Riemann sums (``riemann_left``, ``riemann_right``,
 ``riemann_middle``, ``riemann_trapezoid``; the node placement Captum uses) or Gauss-Legendre
-(``gausslegendre``, exact for polynomials of degree ``2 steps - 1`` in ``a``).
+(``gausslegendre``, exact for polynomials of degree ``2 steps - 1`` in ``a``). The trapezoid rule
+here is the composite rule on ``linspace(0, 1, steps)`` (weights ``1 / (steps - 1)``, halved at the
+ends, summing to 1); Captum 0.9 weights the same nodes by ``1 / steps`` (summing to ``1 - 1/steps``),
+so its trapezoid attributions are ours times ``(steps - 1) / steps``.
 
 Completeness: ``sum_i IG_i = f_t(x) - f_t(x')``; :attr:`IntegratedGradients.last_delta` holds the
 convergence delta ``sum_i IG_i - (f_t(x) - f_t(x'))`` ``(N,)`` of the last call (Captum's

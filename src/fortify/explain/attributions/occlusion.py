@@ -2,8 +2,9 @@
 
 A window slides over the input; each position replaces the covered features by ``baseline`` and
 records the drop of the target logit ``f_t(x) - f_t(x_occluded)``; a feature's attribution is the
-mean drop over the windows that cover it (Captum's ``Occlusion``: ``shift_count = 1 + (size -
-window) // stride`` positions per dimension; a feature no window covers gets 0).
+mean drop over the windows that cover it. Positions per dimension: ``ceil((size - window) / stride)
++ 1`` starting at 0, the last window clipped at the border, so every feature is covered (Captum's
+``Occlusion`` places them the same way).
 
 Windows: for images ``(C, H, W)`` and signals ``(C, L)`` the window spans every channel and
 ``window`` positions along each spatial dimension (default 3); for tables ``(F,)`` it spans
@@ -14,6 +15,7 @@ Cost: ``N x positions`` forward passes without gradients (chunked by ``batch_siz
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -40,7 +42,7 @@ def window_masks(sample: tuple[int, ...], window: tuple[int, ...], stride: tuple
     spatial = sample[len(sample) - len(window):]
     if any(w > s for w, s in zip(window, spatial)):
         raise InputError(f"occlusion window {window} is larger than the input's {spatial}")
-    starts = [range(0, 1 + (s - w) // st * st, st) for s, w, st in zip(spatial, window, stride)]
+    starts = [range(0, (math.ceil((s - w) / st) + 1) * st, st) for s, w, st in zip(spatial, window, stride)]
     masks = []
     for pos in itertools.product(*starts):
         m = torch.zeros(sample, dtype=torch.bool)
