@@ -4,8 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from typing import Any, ClassVar
+
+from fortify.explain.base import DEFAULT_BATCH_SIZE, check_positive_int
+from fortify.explain.metrics.base import AttributionMetric
 from fortify.explain.ops import chunks, select
-from fortify.validation import forward_checked
+from fortify.validation import check_finite_number, forward_checked
 
 
 def flip_curve(model: nn.Module, x: torch.Tensor, attributions: torch.Tensor, target: torch.Tensor, *,
@@ -36,3 +40,21 @@ def flip_curve(model: nn.Module, x: torch.Tensor, attributions: torch.Tensor, ta
 def auc(curve: torch.Tensor) -> torch.Tensor:
     """Trapezoid area under ``(N, K + 1)`` values on an even grid of [0, 1]: ``(N,)``."""
     return torch.trapezoid(curve, dx=1.0 / (curve.shape[1] - 1), dim=1)
+
+
+class FlipMetric(AttributionMetric):
+    """Shared body of the pixel-flipping AUCs: ``insert`` False removes features (deletion), True puts
+    them back (insertion); ``steps`` stages towards ``baseline``; ``extra["curve"]`` ``(N, steps + 1)``."""
+
+    insert: ClassVar[bool] = False
+
+    def __init__(self, steps: int = 20, baseline: float = 0.0, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        super().__init__(batch_size)
+        self.steps = check_positive_int(steps, "steps")
+        self.baseline = check_finite_number(baseline, "baseline")
+
+    def _run(self, model: nn.Module, x: torch.Tensor, attributions: torch.Tensor,
+             target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        curve = flip_curve(model, x, attributions, target, steps=self.steps, baseline=self.baseline,
+                           insert=self.insert, batch_size=self.batch_size)
+        return auc(curve), {"curve": curve}
