@@ -106,6 +106,40 @@ class ExportResult(StageResult):
 
 
 @dataclass
+class MetricSummary:
+    """One attribution metric over the stage's ``n`` images: ``mean`` and its 95% Student-t interval
+    ``[low, high]`` (None for a single image), the metric's direction and the per-image ``values``."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    higher_is_better: bool
+    values: list[float]
+
+
+@dataclass
+class ExplainResult(StageResult):
+    """``explain``: attribution methods x faithfulness metrics on the first ``n`` test images.
+
+    ``table[method][metric]`` and ``baseline[metric]`` (a uniform random attribution of the same
+    shape, for the metrics that do not re-run the method) are :class:`MetricSummary`; ``verdicts``
+    one line per method; ``attributions[method]`` the maps ``(n, *sample)``; ``target`` how the
+    explained class was chosen (``predicted``, ``label`` or a class index)."""
+
+    methods: list[str]
+    metrics: list[str]
+    n: int
+    table: dict[str, dict[str, MetricSummary]]
+    baseline: dict[str, MetricSummary]
+    verdicts: dict[str, str]
+    attributions: dict[str, Any]
+    target: str
+    seed: int
+    figure: Path | None
+    explain_json: Path
+
+
+@dataclass
 class SaveResult(StageResult):
     """``save``: the model file written."""
 
@@ -120,4 +154,4 @@ class ReportResult(StageResult):
 
 
 __all__ = ["TrainResult", "LoadResult", "AccuracyResult", "RobustnessResult", "CertifyResult", "CompressResult",
-           "ExportResult", "SaveResult", "ReportResult"]
+           "ExportResult", "MetricSummary", "ExplainResult", "SaveResult", "ReportResult"]
