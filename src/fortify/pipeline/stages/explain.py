@@ -108,12 +108,17 @@ class ExplainConfig:
         if self.target_layer is not None and "gradcam" not in self.methods:
             raise ConfigError(f"explain.target_layer={self.target_layer!r} is Grad-CAM's layer; add gradcam to "
                               "explain.methods")
-        for key, opts in self.options.items():
-            if key not in self.methods and key not in self.metrics:
-                raise ConfigError(f"explain.options.{key}: {key!r} is not one of explain.methods "
-                                  f"({', '.join(self.methods)}) or explain.metrics ({', '.join(self.metrics)})")
+        for key, opts in self.options.items():  # options of a method not run now are checked, not used
+            if key not in methods_reg and key not in metrics_reg:
+                raise ConfigError(f"explain.options.{key}: {key!r} is no attribution method or metric; allowed: "
+                                  f"{', '.join([*methods_reg.names(), *metrics_reg.names()])}")
             if not isinstance(opts, dict):
                 raise ConfigError(f"explain.options.{key} must be a mapping of constructor options, got {opts!r}")
+            if key not in self.methods and key not in self.metrics:
+                try:
+                    (methods_reg if key in methods_reg else metrics_reg).check_kwargs(key, opts)
+                except ConfigError as e:
+                    raise type(e)(f"explain.options.{key}: {e}") from None
         for m in self.methods:  # build each once: unknown keys and bad values fail before the run
             self._build(methods_reg, m, self.method_options(m))
         for m in self.metrics:
