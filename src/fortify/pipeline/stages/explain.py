@@ -216,12 +216,12 @@ def attribution_grid(x: torch.Tensor, attributions: dict[str, torch.Tensor], pat
     axes = fig.subplots(rows, cols, squeeze=False)
     for i in range(rows):
         img = x[i].detach().cpu().float()
-        axes[i][0].imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0).clamp(0, 1),
+        axes[i][0].imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0).clamp(0, 1)).numpy(),
                           cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
         for j, (name, a) in enumerate(attributions.items(), start=1):
             m = a[i].detach().cpu().float().abs().sum(dim=0)
             top = float(m.max())
-            axes[i][j].imshow(m / top if top > 0 else m, cmap="inferno", vmin=0, vmax=1)
+            axes[i][j].imshow((m / top if top > 0 else m).numpy(), cmap="inferno", vmin=0, vmax=1)
             if i == 0:
                 axes[i][j].set_title(name, fontsize=8)
         if i == 0:
