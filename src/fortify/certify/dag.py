@@ -34,12 +34,15 @@ from dataclasses import dataclass
 import torch
 
 from fortify.certify.bounds import InputSet
+from fortify.certify.dag_win import windowed_refine_lower
 from fortify.certify.ops import Interval, LinearOp, MergeOp, Op, RelaxCache, ReLUOp, numel, relu_relax
 
 #: bytes of backward temporaries per chunk of specification rows (the chain driver's figure)
 _CHUNK_BYTES = 16 << 20
 #: live coefficient tensors per float of the widest value (branches, a+, a-, new a)
 _TEMP_FACTOR = 6
+#: bytes of backward temporaries per chunk of windowed rows (:mod:`fortify.certify.dag_win`)
+_WIN_CHUNK_BYTES = 64 << 20
 
 
 @dataclass
@@ -164,6 +167,17 @@ def _refine(dag: Dag, v: int, lo: torch.Tensor, hi: torch.Tensor, bounds: list[I
     per = _chunk_rows(memory_budget, b, dag.row_bytes())
     producer, src = dag.ops[v - 1], dag.inputs[v - 1]
     cache = RelaxCache()
+    if len(dag.shape(v)) == 3:  # feature maps: rows as receptive-field windows (dag_win)
+        s, per = 0, 4  # a first small chunk measures the widest window, then chunks fill the budget
+        while s < rows.numel():
+            r = rows[s:s + per]
+            k = r.numel()
+            low, widest = windowed_refine_lower(dag, v, r, bounds, inp, cache)
+            new_l[:, r] = torch.maximum(new_l[:, r], low[:, :k])
+            new_h[:, r] = torch.minimum(new_h[:, r], -low[:, k:])
+            s += k
+            per = max(1, min(memory_budget, _WIN_CHUNK_BYTES) // (2 * widest * 4 * _TEMP_FACTOR))
+        return new_l.reshape(lo.shape), new_h.reshape(hi.shape)
     for s in range(0, rows.numel(), per):
         r = rows[s:s + per]
         k = r.numel()
