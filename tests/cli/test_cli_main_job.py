@@ -39,6 +39,7 @@ def test_default_main_job_runs_every_stage(tmp_path: Path, capsys: pytest.Captur
     run_dir = Path(rec.run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     titles = [s["title"] for s in report["sections"]]
-    assert titles == ["Training", "Clean accuracy", "Robustness (attacks)", "Certification", "Compression"]
+    assert titles == ["Training", "Clean accuracy", "Robustness (attacks)", "Certification", "Compression",
+                      "Explanations"]
     html = (run_dir / "report.html").read_text()
     assert all(t in html for t in titles)
