@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from fortify.certify.bounds import InputSet
 from fortify.certify.ops import CatOp, ConvOp, ElementwiseOp, Interval, MergeOp, Op, ReLUOp, ScaleShiftOp, SumOp
-from fortify.certify.ops.window import Grid
+from fortify.certify.ops.relu import relu_relax
+from fortify.certify.ops.window import Grid, gather
 from fortify.certify.patches import _concretize
 
 
@@ -112,6 +113,24 @@ def _fit(a: torch.Tensor, g: Grid | None, shape: tuple[int, ...]) -> Coef:
     return densify(a, g, shape), None
 
 
+def _relu_window(a: torch.Tensor, g: Grid, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                 cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`ReLUOp.window_back` (the same CROWN-Ada relaxation) in fewer passes over ``a``:
+    ``a sl + min(a, 0) (su - sl)`` and ``const += min(a, 0) . bu``, the windows of
+    ``(sl, su - sl, bu)`` cut once per refinement (cached with the grid)."""
+    h, w = a.shape[-2:]
+
+    def maps() -> torch.Tensor:
+        sl, su, bu = relu_relax(lo, hi)
+        return torch.stack([sl, su - sl, bu])
+
+    sl, gap, bu = gather(maps, g, h, w, cache=cache, key=("dag-relu", id(lo), id(hi)))
+    a = a.contiguous()  # a transposed convolution's windows come channels-last: slow mixed-layout products
+    neg = a.clamp(max=0)
+    const = const + (neg * bu).sum(dim=(-3, -2, -1))
+    return torch.addcmul(a * sl, neg, gap), const
+
+
 def _merge_back(op: MergeOp, a: torch.Tensor, g: Grid | None, shape: tuple[int, ...]) -> list[Coef] | None:
     """A join's step on a window (``None``: not windowed here, densify first)."""
     if g is None:
@@ -146,6 +165,9 @@ def windowed_refine_lower(dag: Graph, v: int, rows: torch.Tensor, bounds: list[I
             if merged is None:
                 merged = [(p, None) for p in op.back_n(a if g is None else densify(a, g, out_shape))]
             parts = merged
+        elif g is not None and type(op) is ReLUOp and len(out_shape) == 3:
+            a, const = _relu_window(a, g, const, *bounds[ins[0]], cache)
+            parts = [(a, g)]
         elif g is not None and isinstance(op, WINDOW_OPS) and len(out_shape) == 3:
             a, g, const = op.window_back(a, g, const, *bounds[ins[0]], cache=cache)
             parts = [(a, g)]
