@@ -308,6 +308,16 @@ CASES = [
     case("evaluate {model} --resume {done} --store {fortify_db}", "--resume", "MODEL"),
     case("evaluate {model} --threads 100000", "--threads", "100000"),
     case("evaluate {model} --recipe {comments}", "comments.yaml", "is empty"),
+    # -- explain ----------------------------------------------------------------------------------
+    case("explain", "MODEL"),
+    case("explain {W}/missing.safetensors", "missing.safetensors", "not found"),
+    case("explain {nan_safetensors}", "'1.weight'", "NaN"),
+    case("explain {model} --methods nope", "'nope'", "saliency"),
+    case("explain {model} --metrics nope", "'nope'", "deletion"),
+    case("explain {model} --n 0", "explain.n", "0"),
+    case("explain {model} --bogus", "--bogus"),
+    case("explain {model} --methods gradcam --target-layer nolayer", "'nolayer'"),
+    case("explain {model} --threads 100000", "--threads", "100000"),
     # -- certify ----------------------------------------------------------------------------------
     case("certify", "MODEL"),
     case("certify {W}/missing.safetensors", "missing.safetensors", "not found"),
