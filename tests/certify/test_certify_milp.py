@@ -121,3 +121,18 @@ def test_milp_max_binaries_must_be_a_positive_integer(bad: object) -> None:
 
     with pytest.raises(ConfigError, match="max_binaries"):
         CERTIFIERS.get("milp")(max_binaries=bad)
+
+
+def test_milp_refuses_per_feature_threats() -> None:
+    import pytest
+    import torch
+
+    from fortify import models
+    from fortify.certify import certify
+    from fortify.errors import ThreatModelError
+    from fortify.threat import ThreatModel
+
+    net = models.create("mlp", in_shape=(4,), num_classes=2, hidden=[4]).eval()
+    thr = ThreatModel("linf", 0.1, (0.0, 1.0), None, torch.full((4,), 0.5))
+    with pytest.raises(ThreatModelError, match="per-feature"):
+        certify(net, torch.rand(3, 4), torch.zeros(3, dtype=torch.long), thr, method="milp")

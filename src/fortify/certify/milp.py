@@ -39,7 +39,7 @@ from fortify.certify.dag import layer_bounds as dag_layer_bounds
 from fortify.certify.graph import build_net
 from fortify.certify.milp_dag import DagEncoding, Problem, f64, input_rows, relu_ops
 from fortify.certify.ops import Op, ReLUOp, numel
-from fortify.errors import ConfigError, ResourceError, UnsupportedLayerError
+from fortify.errors import ConfigError, ResourceError, ThreatModelError, UnsupportedLayerError
 from fortify.threat import ThreatModel
 
 
@@ -128,6 +128,9 @@ class MILPVerifier(Certifier):
                 f"limit (max_binaries=N; CLI: --max-binaries N)")
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> Certificate:
+        if threat.per_feature:  # the encoding takes a scalar box and a ball in input units
+            raise ThreatModelError("milp encodes a scalar input box and an eps ball in input units: a threat with "
+                                   "per-feature bounds, a mask or a scale is not supported (use ibp or crown)")
         net = build_net(model, tuple(x.shape[1:]), x)
         inp = InputSet.from_threat(x, threat)
         if isinstance(net, Dag):
