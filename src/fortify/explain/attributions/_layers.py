@@ -26,19 +26,25 @@ def named_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def last_conv(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
-    """``(name, module)`` of the convolution executed last on ``x[:1]`` (forward order, not
-    registration order: a residual block's shortcut is registered after the convs it skips).
-    UnsupportedLayerError when the model runs no ``Conv1d/2d/3d``. Cost: one forward of one row."""
+def execution_order(model: nn.Module, x: torch.Tensor, modules: list[tuple[str, nn.Module]]) -> list[str]:
+    """Names of ``modules`` in the order one forward pass of ``x[:1]`` runs them (a module run
+    twice appears twice). Cost: one forward of one row, without gradients."""
     order: list[str] = []
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, CONV)]
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in convs]
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in modules]
     try:
         with torch.no_grad():
             forward_checked(model, x[:1])
     finally:
         for h in handles:
             h.remove()
+    return order
+
+
+def last_conv(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
+    """``(name, module)`` of the convolution executed last on ``x[:1]`` (forward order, not
+    registration order: a residual block's shortcut is registered after the convs it skips).
+    UnsupportedLayerError when the model runs no ``Conv1d/2d/3d``. Cost: one forward of one row."""
+    order = execution_order(model, x, [(n, m) for n, m in model.named_modules() if isinstance(m, CONV)])
     if not order:
         raise UnsupportedLayerError(f"{type(model).__name__} has no convolution layer: Grad-CAM needs one "
                                     "(use saliency or integrated-gradients for fully-connected models)")

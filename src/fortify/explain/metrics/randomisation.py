@@ -22,10 +22,10 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from fortify.explain.attributions._layers import execution_order
 from fortify.explain.base import DEFAULT_BATCH_SIZE, Attribution
 from fortify.explain.metrics.base import ATTRIBUTION_METRICS, AttributionMetric
 from fortify.explain.metrics.sensitivity import build_method
-from fortify.validation import forward_checked
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -44,16 +44,8 @@ def layers_by_execution(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn
     """Leaf modules with parameters, in the order one forward pass of ``x[:1]`` runs them."""
     leaves = [(n, m) for n, m in model.named_modules()
               if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in leaves]
-    try:
-        with torch.no_grad():
-            forward_checked(model, x[:1])
-    finally:
-        for h in handles:
-            h.remove()
     named = dict(leaves)
-    seen = list(dict.fromkeys(order))
+    seen = list(dict.fromkeys(execution_order(model, x, leaves)))
     return [(n, named[n]) for n in seen]
 
 
