@@ -7,14 +7,9 @@ from torch import nn
 from fortify.certify.ops.base import Interval, Op, register_op
 
 
-class ReshapeOp(Op):
-    """``nn.Flatten(start_dim, end_dim)``: ``(B, *in) -> (B, *out)``, the same elements."""
-
-    def __init__(self, start_dim: int, end_dim: int, name: str) -> None:
-        self.start_dim, self.end_dim, self.name = start_dim, end_dim, name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(x, self.start_dim, self.end_dim)
+class _SameElements(Op):
+    """A batch-preserving reshape: intervals map through ``forward``, coefficients are reshaped back
+    to the input shape, and there is no bias term."""
 
     def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
         return self.forward(lo), self.forward(hi)
@@ -24,6 +19,16 @@ class ReshapeOp(Op):
 
     def bias(self, a: torch.Tensor) -> torch.Tensor:
         return a.new_zeros(a.shape[:2])
+
+
+class ReshapeOp(_SameElements):
+    """``nn.Flatten(start_dim, end_dim)``: ``(B, *in) -> (B, *out)``, the same elements."""
+
+    def __init__(self, start_dim: int, end_dim: int, name: str) -> None:
+        self.start_dim, self.end_dim, self.name = start_dim, end_dim, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, self.start_dim, self.end_dim)
 
 
 @register_op(nn.Flatten)
@@ -38,7 +43,7 @@ def _no_op(m: nn.Module, name: str, in_shape: tuple[int, ...], ref: torch.Tensor
     return []
 
 
-class ViewOp(Op):
+class ViewOp(_SameElements):
     """Any batch-preserving reshape: ``(B, *in) -> (B, *shape)`` (``view`` / ``reshape`` /
     ``unsqueeze`` in a traced graph, and the 1-D <-> 2-D views around Conv1d / pooling)."""
 
@@ -48,11 +53,3 @@ class ViewOp(Op):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape((x.shape[0],) + self.shape)
 
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
-        return self.forward(lo), self.forward(hi)
-
-    def back(self, a: torch.Tensor) -> torch.Tensor:
-        return a.reshape(a.shape[:2] + tuple(self.in_shape))
-
-    def bias(self, a: torch.Tensor) -> torch.Tensor:
-        return a.new_zeros(a.shape[:2])
