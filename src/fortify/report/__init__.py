@@ -9,6 +9,6 @@ from __future__ import annotations
 from fortify.report.figures import training_curve
 from fortify.report.html import render_html, write_html
 from fortify.report.json_report import build_report, jsonable, write_json
-from fortify.report.sections import Section, Table
+from fortify.report.sections import Finding, Section, Table
 
-__all__ = ["Section", "Table", "build_report", "jsonable", "write_json", "render_html", "write_html", "training_curve"]
+__all__ = ["Finding", "Section", "Table", "build_report", "jsonable", "write_json", "render_html", "write_html", "training_curve"]
