@@ -9,6 +9,7 @@ from fortify.errors import ConfigError, InputError
 from fortify.metrics import clean_accuracy  # eval mode, no grad, the model's flags restored
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.pipeline.results import AccuracyResult
+from fortify.report.findings import accuracy_finding
 from fortify.report.sections import Section, Table
 from fortify.validation import check_images, check_labels
 
@@ -52,7 +53,9 @@ class AccuracyStage:
         n = int(x.shape[0])
         ctx.log_metrics({"clean_accuracy": acc, "test_examples": n})
         ctx.add_section(Section("Clean accuracy", tables=[Table(
-            ["dataset", "split", "examples", "clean accuracy"], [[ctx.config.data.name, "test", n, acc]])]))
+            ["dataset", "split", "images", "clean accuracy (%)"], [[ctx.config.data.name, "test", n, round(100 * acc, 2)]])],
+            findings=[accuracy_finding("clean_accuracy", "Clean accuracy", acc, n,
+                                       detail=f"{ctx.config.data.name} test split, {n} images")]))
         ctx.print(f"clean test accuracy: {acc:.2%} on {n} images")
         return AccuracyResult(clean_accuracy=acc, n=n)
 

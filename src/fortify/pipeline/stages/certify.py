@@ -33,7 +33,8 @@ from fortify import progress
 from fortify.errors import ConfigError, ThreatModelError
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.pipeline.results import CertifyResult
-from fortify.report.sections import Section, Table
+from fortify.report.findings import accuracy_finding, ratio_finding, threat_label
+from fortify.report.sections import Finding, Section, Table
 from fortify.threat import ThreatModel
 
 
@@ -284,4 +285,24 @@ class CertifyStage:
                 f"{pct(cert.certified_accuracy)} certified; {what}. Certified accuracy is a lower bound of the "
                 "robust accuracy any attack can reach.")
         figs = [str(figure.relative_to(run_dir))] if figure is not None and figure.is_relative_to(run_dir) else []
-        return Section("Certification", text=text, tables=tables, figures=figs)
+        return Section("Certification", text=text, tables=tables, figures=figs,
+                       findings=CertifyStage.findings(sec, thr, cert, metrics))
+
+    @staticmethod
+    def findings(sec: CertifyConfig, thr: ThreatModel, cert: Any, metrics: dict[str, Any]) -> list[Finding]:
+        """Certified accuracy at the threat's radius (percent, exact binomial 95% interval over the
+        certified images; smoothing's holds with probability >= 1 - alpha on top) and, for smoothing, the
+        mean certified radius; images the method gave up on (MILP time-outs) are a warning."""
+        n = int(metrics["n"])
+        gave_up = sum(int(v) for k, v in metrics.items() if k.startswith("status[") and
+                      any(w in k for w in ("timeout", "inconclusive", "skipped", "refused", "error")))
+        warn = f"{gave_up} of {n} images not decided by {sec.method} (counted as not certified)" if gave_up else ""
+        what = (f"randomized smoothing, sigma {sec.sigma:g}, alpha {sec.alpha:g}" if sec.method == "smoothing"
+                else f"{sec.method} bounds (sound: a lower bound of the robust accuracy)")
+        out = [accuracy_finding(f"certified_accuracy.{thr}", f"Certified accuracy, {threat_label(thr)}",
+                                cert.certified_accuracy, n, detail=f"{what}, first {n} test images", warning=warn)]
+        if sec.method == "smoothing" and "mean_certified_radius" in metrics:
+            out.append(ratio_finding("certified_radius.mean", f"Mean certified {thr.norm} radius",
+                                     metrics["mean_certified_radius"], unit=thr.norm,
+                                     detail=f"smoothed classifier, {n} images (0 for abstained or wrong images)"))
+        return out

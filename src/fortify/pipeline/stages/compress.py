@@ -201,6 +201,24 @@ def _fmt(v: Any, spec: str) -> Any:
     return "-" if v is None else format(v, spec)
 
 
+def compress_findings(sec: CompressConfig, rows: list[Any], metrics: dict[str, Any]) -> list[Any]:
+    """The report card's compression figures (:mod:`fortify.report.findings`): size ratio of the files,
+    the batch-256 CPU speed-up (only when its interval excludes 1) and the robust accuracy kept."""
+    from fortify.report.findings import accuracy_finding, ratio_finding, speedup_finding, threat_label
+
+    a, b = rows
+    out = [ratio_finding("compress.size_ratio", "Compressed size", metrics.get("size_ratio"), unit="x smaller",
+                         detail=f"{a.bytes:,} -> {b.bytes:,} bytes on disk ({sec.describe()})")]
+    if 256 in b.speedups:
+        out.append(speedup_finding("compress.speedup_b256", "Speed-up, batch 256 (CPU time, 1 thread)", b.speedups[256]))
+    if b.robust_acc is not None:
+        kept = f"; {100 * b.robust_acc / a.robust_acc:.1f}% of the original's" if a.robust_acc else ""
+        out.append(accuracy_finding("compress.robust_accuracy", f"Robust accuracy after compression, "
+                                    f"{threat_label(sec.threat)}", b.robust_acc, metrics.get("n_robust"),
+                                    detail=f"original {_fmt(a.robust_acc, '.2%')}{kept}; {b.robust_method or sec.robust}"))
+    return out
+
+
 @register_stage
 class CompressStage:
     """Compress the run's model with a recipe, save the artefact, measure before/after, Pareto plot."""
@@ -335,7 +353,8 @@ class CompressStage:
                   "ratios of one-thread CPU-time medians with a paired bootstrap 95% interval (claimed only when "
                   "the interval excludes 1), the wall-clock ratio beside them.")
         figs = [str(figure.relative_to(run_dir))] if figure is not None and figure.is_relative_to(run_dir) else []
-        return Section("Compression", text=text, tables=tables, figures=figs)
+        return Section("Compression", text=text, tables=tables, figures=figs,
+                       findings=compress_findings(sec, rows, metrics))
 
 
 INT8_MODES = ("dynamic", "static")

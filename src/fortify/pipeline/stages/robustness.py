@@ -30,7 +30,8 @@ from fortify.errors import ConfigError, ThreatModelError, UnknownNameError
 from fortify.stats import rate_text
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.pipeline.results import RobustnessResult
-from fortify.report.sections import Section, Table
+from fortify.report.findings import accuracy_finding, threat_label
+from fortify.report.sections import Finding, Section, Table
 from fortify.threat import ThreatModel
 
 
@@ -207,4 +208,22 @@ class RobustnessStage:
                 + (f" Wrappers used by the attacks: {', '.join(report.wrappers)}." if report.wrappers else "")
                 + (f" Caveat: {preset_caveat(sec)}." if preset_caveat(sec) else ""))
         figs = [str(figure.relative_to(run_dir))] if figure is not None and figure.is_relative_to(run_dir) else []
-        return Section("Robustness (attacks)", text=text, tables=tables, figures=figs)
+        return Section("Robustness (attacks)", text=text, tables=tables, figures=figs,
+                       findings=RobustnessStage.findings(report, sec, n, how))
+
+    @staticmethod
+    def findings(report: Any, sec: RobustnessConfig, n: int, how: str) -> list[Finding]:
+        """Robust accuracy per threat and their union (percent, exact binomial 95% interval over the ``n``
+        attacked images); a fired sanity flag is a warning on every figure (the evaluation may be unreliable)."""
+        warn = (f"sanity flags fired: {', '.join(report.fired)}; the attacks may be masked and the figure an "
+                "overestimate") if report.fired else ""
+        caveat = preset_caveat(sec)
+        detail = f"attack cascade, {how}, budget x{sec.budget:g}, first {n} test images" + (
+            f"; {caveat}" if caveat else "")
+        out = [accuracy_finding(f"robust_accuracy.{t.threat}", f"Robust accuracy, {threat_label(t.threat)}",
+                                t.robust_accuracy, n, detail=detail, warning=warn) for t in report.threats]
+        if len(report.threats) > 1:
+            out.append(accuracy_finding("robust_accuracy.union", "Robust accuracy, union of all threats",
+                                        report.robust_accuracy, n, detail=detail + "; worst case per image",
+                                        warning=warn))
+        return out
