@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 from fortify.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "lars", "lamb")
+LR_SCALINGS = ("none", "linear", "sqrt")
 SCHEDULES = ("constant", "cosine", "onecycle", "step")
 DIST_MODES = ("sync", "async")
 #: fraction of the steps spent warming up to the peak for ``onecycle`` when ``warmup`` is None
@@ -41,8 +42,14 @@ class TrainConfig:
         pass *including replays*: it performs as many optimiser steps as a plain epoch but sees
         ``1/m`` of the data, each minibatch ``m`` times, so ``m`` epochs cover the data once.
     batch_size: minibatch size, ``>= 1`` (the last batch of an epoch may be smaller).
-    optimizer: ``"sgd"`` (heavy-ball momentum) or ``"adam"`` (Kingma & Ba 2015; ``momentum`` unused).
-    lr: peak learning rate, ``> 0``.
+    optimizer: ``"sgd"`` (heavy-ball momentum), ``"adam"`` (Kingma & Ba 2015; ``momentum`` unused) or the
+        large-batch ``"lars"`` (You et al. 2017, with ``momentum``) / ``"lamb"`` (You et al. 2020): layer-wise
+        trust ratios, biases and normalisation parameters excluded from weight decay and adaptation
+        (:mod:`fortify.train.optim`).
+    lr: peak learning rate, ``> 0`` (before ``lr_scaling``).
+    lr_scaling: ``none``, ``linear`` (Goyal et al. 2017: peak ``lr * batch_size / base_batch_size``; pair it
+        with ``warmup``) or ``sqrt`` (``lr * sqrt(batch_size / base_batch_size)``); see :attr:`peak_lr`.
+    base_batch_size: the batch size ``lr`` was tuned for, ``>= 1`` (scaling rules only).
     momentum: SGD momentum in ``[0, 1)``.
     weight_decay: L2 penalty coefficient, ``>= 0`` (coupled, as in ``torch.optim``).
     schedule: per-step learning-rate schedule, one of ``constant``, ``cosine`` (Loshchilov &
@@ -61,6 +68,9 @@ class TrainConfig:
         applies each worker's gradient as it arrives, Downpour SGD, Dean et al. 2012).
     max_staleness: async only; a gradient computed on parameters more than this many updates old
         is dropped (and counted), ``>= 0``.
+    amp: mixed precision (``torch.autocast`` bfloat16/float16 forward with a gradient scaler) for the
+        training forward/backward; honoured on CUDA only (ignored on cpu/mps, where it is not safe or
+        not faster), never for evaluation or attacks outside the training step.
     """
 
     epochs: int = 10
@@ -76,6 +86,9 @@ class TrainConfig:
     nproc: int = 1
     dist_mode: str = "sync"
     max_staleness: int = 4
+    lr_scaling: str = "none"
+    base_batch_size: int = 256
+    amp: bool = False
 
     def __post_init__(self) -> None:
         """Validate every field (ConfigError naming field and allowed values)."""
@@ -111,6 +124,14 @@ class TrainConfig:
             )
         if not _is_int(self.max_staleness) or self.max_staleness < 0:
             raise ConfigError(f"TrainConfig.max_staleness must be an integer >= 0, got {self.max_staleness!r}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ConfigError(
+                f"TrainConfig.lr_scaling must be one of {', '.join(LR_SCALINGS)}; got {self.lr_scaling!r}"
+            )
+        if not _is_int(self.base_batch_size) or self.base_batch_size < 1:
+            raise ConfigError(f"TrainConfig.base_batch_size must be an integer >= 1, got {self.base_batch_size!r}")
+        if not isinstance(self.amp, bool):
+            raise ConfigError(f"TrainConfig.amp must be true or false, got {self.amp!r}")
         # normalise ints given for float fields so checkpoints and comparisons are stable
         for name in ("lr", "momentum", "weight_decay", "warmup", "grad_clip"):
             v = getattr(self, name)
@@ -123,6 +144,12 @@ class TrainConfig:
         if self.warmup is not None:
             return float(self.warmup)
         return ONECYCLE_DEFAULT_WARMUP if self.schedule == "onecycle" else 0.0
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr`` after the ``lr_scaling`` rule (the schedule's peak)."""
+        k = self.batch_size / self.base_batch_size
+        return self.lr * (k if self.lr_scaling == "linear" else math.sqrt(k) if self.lr_scaling == "sqrt" else 1.0)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -166,4 +193,4 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "DIST_MODES", "ONECYCLE_DEFAULT_WARMUP"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "LR_SCALINGS", "SCHEDULES", "DIST_MODES", "ONECYCLE_DEFAULT_WARMUP"]

@@ -39,6 +39,7 @@ from fortify import progress as fprogress
 from fortify.errors import ConfigError, InputError, ModelFileError
 from fortify.models.state import eval_mode, train_mode
 from fortify.train import checkpoint as ckpt
+from fortify.train import optim
 from fortify.train.config import TrainConfig
 from fortify.train.progress import EpochProgress
 from fortify.train.schedules import StepLR
@@ -136,14 +137,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        """SGD with momentum or Adam over the trainable parameters (one group)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("model has no trainable parameters (requires_grad=True)")
+        """The configured optimiser (:func:`fortify.train.optim.build`: SGD, Adam, LARS or LAMB)."""
         c = self.config
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        return optim.build(c.optimizer, self.model, lr=c.peak_lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def _batches_per_pass(self, n: int) -> int:
         """``ceil(n / batch_size)``: minibatches in one pass over ``n`` samples."""
@@ -288,7 +284,7 @@ class Trainer:
         c = self.config
         total = sum(self._steps_in(e, nb) for e in range(c.epochs))
         self.optimizer = self._build_optimizer()
-        self.scheduler = StepLR(self.optimizer, c.schedule, total, c.lr, c.warmup_fraction)
+        self.scheduler = StepLR(self.optimizer, c.schedule, total, c.peak_lr, c.warmup_fraction)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), train_mode(self.model):
             if not (resume and self._resume(n)):
@@ -380,7 +376,7 @@ class Trainer:
         if self.parallel is not None:
             lv, b, correct, rows, evals = self.parallel.all_reduce(self, lv, b, correct, rows, evals)
         if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.grad_clip)
+            nn.utils.clip_grad_norm_(optim.all_params(self.optimizer), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.advance()
         self.global_step += 1

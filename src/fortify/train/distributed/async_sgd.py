@@ -71,7 +71,7 @@ def run_server(job: Job) -> dict[str, Any]:
     nb = -(-n // c.batch_size)
     total = c.epochs * nb
     expected = {w + 1: c.epochs * len(batches_of(w, n_workers, nb)) for w in range(n_workers)}
-    trainer.scheduler = StepLR(trainer.optimizer, c.schedule, total, c.lr, c.warmup_fraction)
+    trainer.scheduler = StepLR(trainer.optimizer, c.schedule, total, c.peak_lr, c.warmup_fraction)
     trainer.generator.manual_seed(derive_seed(c.seed, 1))
     torch.default_generator.manual_seed(derive_seed(c.seed, 2))
     if job.checkpoint_dir is not None:
