@@ -1,0 +1,323 @@
+"""Post-hoc calibrators: fitted on a held-out split, applied by a wrapper that never mutates the model.
+
+``cal = calibrate(model, x_val, y_val, "temperature")`` fits on the model's logits of a held-out split (the model
+runs frozen: flags, ``requires_grad`` and ``.grad`` restored) and returns a :class:`CalibratedModel`, an
+``nn.Module`` whose ``forward(x)`` is ``calibrator(model(x))``: logits whose softmax is the calibrated
+distribution. The wrapped model's weights are never touched (the calibrator keeps its own buffers).
+
+Registered in :data:`CALIBRATORS` (each maps logits ``z (N, C)`` to calibrated logits ``(N, C)``):
+
+* ``temperature`` (Guo et al. 2017, "On calibration of modern neural networks"): ``z / T``, one ``T > 0`` fitted
+  by minimising the NLL (L-BFGS on ``log T``). Keeps the argmax (accuracy unchanged).
+* ``vector`` (Guo et al. 2017): ``w * z + b`` with ``w, b in R^C``; ``matrix``: ``W z + b``, ``W in R^{CxC}``
+  with an L2 penalty on the off-diagonal entries of ``W`` and on ``b`` (ODIR, Kull et al. 2019).
+* ``dirichlet`` (Kull et al. 2019, "Beyond temperature scaling: obtaining well-calibrated multiclass
+  probabilities with Dirichlet calibration"): ``W log softmax(z) + b`` with the ODIR regulariser
+  ``lambda / (C (C - 1)) sum_{i != j} W_ij^2 + mu / C sum_j b_j^2``.
+* ``histogram`` (Zadrozny & Elkan 2001): one-vs-rest per class, equal-width bins of ``p_k``, each bin replaced by
+  the frequency of class ``k`` among the held-out samples in it (smoothed towards the bin centre by ``prior``
+  pseudo-samples; an empty bin keeps its centre), rows renormalised.
+* ``isotonic`` (Zadrozny & Elkan 2002): one-vs-rest per class, the monotone non-decreasing fit of ``1[y = k]``
+  on ``p_k`` by pool-adjacent-violators, interpolated linearly between the fitted points, rows renormalised.
+
+Histogram and isotonic output ``log`` of the renormalised probabilities (clamped at 1e-12): still logits.
+Cost: fitting is one forward pass of the held-out split plus an L-BFGS run on ``(N, C)`` logits (<= ``max_iter``
+iterations) or an O(N log N) sort per class; applying costs one forward plus O(C^2) per row.
+"""
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fortify.audit.calibration import predict_logits
+from fortify.errors import ConfigError, InputError
+from fortify.registry import Registry
+from fortify.validation import check_labels, check_logits
+
+CALIBRATORS: Registry = Registry("calibrator")
+EPS = 1e-12
+
+
+def check_fit_inputs(logits: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits (N, C)`` finite floating and ``labels (N,)`` in ``[0, C)`` (InputError otherwise), as float64 / int64."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise InputError("logits must be a floating torch.Tensor (N, C)")
+    z = check_logits(logits.detach(), logits.shape[0] if logits.dim() else 0)
+    if not bool(torch.isfinite(z).all()):
+        raise InputError("logits contain NaN or inf")
+    return z.double(), check_labels(labels, z.shape[0], z.shape[1], name="labels")
+
+
+class Calibrator(nn.Module, abc.ABC):
+    """A map from logits ``(N, C)`` to calibrated logits ``(N, C)``, fitted once on held-out logits."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fitted = False
+        self.classes = 0
+
+    def fit(self, logits: torch.Tensor, labels: torch.Tensor) -> "Calibrator":
+        """Fit on held-out ``logits (N, C)`` and ``labels (N,)``; returns ``self``."""
+        z, y = check_fit_inputs(logits, labels)
+        self.classes = int(z.shape[1])
+        with torch.enable_grad():
+            self._fit(z, y)
+        self.fitted = True
+        return self
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits ``(N, C)`` (the input's dtype); InputError before :meth:`fit` or for another C."""
+        if not self.fitted:
+            raise InputError(f"the {self.name} calibrator is used before fit(): fit it on a held-out split first")
+        if logits.dim() != 2 or logits.shape[1] != self.classes:
+            raise InputError(f"the {self.name} calibrator was fitted on {self.classes} classes, got logits of shape "
+                             f"{tuple(logits.shape)}")
+        return self._calibrate(logits.double()).to(logits.dtype)
+
+    @abc.abstractmethod
+    def _fit(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        """Fit on float64 ``z (N, C)`` and ``y (N,)``."""
+
+    @abc.abstractmethod
+    def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
+        """Calibrated float64 logits of float64 ``z (N, C)``."""
+
+
+def _minimise(params: list[torch.Tensor], loss_fn: "torch.nn.Module | object", max_iter: int) -> None:
+    """L-BFGS (strong Wolfe line search) on ``params`` minimising ``loss_fn()``."""
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()  # type: ignore[operator]
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+def _ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(z, y)
+
+
+def _check_nonneg(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+@CALIBRATORS.register("temperature", help="temperature scaling z / T (Guo et al. 2017)")
+class TemperatureScaling(Calibrator):
+    """``z / T`` with ``T`` minimising the held-out NLL (Guo et al. 2017). ``max_iter``: L-BFGS iterations."""
+
+    log_t: torch.Tensor
+
+    def __init__(self, max_iter: int = 100) -> None:
+        super().__init__()
+        self.max_iter = max_iter
+        self.register_buffer("log_t", torch.zeros((), dtype=torch.float64))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.log_t.exp())
+
+    def _fit(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        _minimise([log_t], lambda: _ce(z / log_t.exp(), y), self.max_iter)
+        self.log_t.copy_(log_t.detach().clamp(-6, 6))
+
+    def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.log_t.exp()
+
+
+class _Affine(Calibrator):
+    """Shared affine calibrators: ``W f(z) + b`` with the ODIR penalty (``reg`` on off-diagonals, ``reg_bias`` on b)."""
+
+    full: ClassVar[bool] = True
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, reg: float = 1e-2, reg_bias: float = 1e-2, max_iter: int = 200) -> None:
+        super().__init__()
+        self.reg, self.reg_bias = _check_nonneg(reg, "reg"), _check_nonneg(reg_bias, "reg_bias")
+        self.max_iter = max_iter
+        self.register_buffer("weight", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
+
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def _affine(self, f: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return f @ w.T + b if self.full else f * w + b
+
+    def _fit(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        c = z.shape[1]
+        f = self._features(z)
+        w = (torch.eye(c, dtype=torch.float64) if self.full else torch.ones(c, dtype=torch.float64)).requires_grad_()
+        b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
+        off = 1 - torch.eye(c, dtype=torch.float64)
+
+        def loss() -> torch.Tensor:
+            pen = self.reg * ((w * off) ** 2).sum() / (c * (c - 1)) if self.full else 0.0
+            return _ce(self._affine(f, w, b), y) + pen + self.reg_bias * (b ** 2).sum() / c
+
+        _minimise([w, b], loss, self.max_iter)
+        self.weight = w.detach().clone()
+        self.bias = b.detach().clone()
+
+    def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
+        return self._affine(self._features(z), self.weight, self.bias)
+
+
+@CALIBRATORS.register("vector", help="vector scaling w * z + b (Guo et al. 2017)")
+class VectorScaling(_Affine):
+    """``w * z + b``, ``w, b (C,)`` fitted by NLL with ``reg_bias`` L2 on ``b`` (Guo et al. 2017)."""
+
+    full = False
+
+
+@CALIBRATORS.register("matrix", help="matrix scaling W z + b, ODIR-regularised (Guo 2017, Kull 2019)")
+class MatrixScaling(_Affine):
+    """``W z + b``, ``W (C, C)``: NLL + ODIR penalty (``reg`` off-diagonal, ``reg_bias`` on b; Kull et al. 2019)."""
+
+
+@CALIBRATORS.register("dirichlet", help="Dirichlet calibration W log p + b, ODIR (Kull et al. 2019)")
+class DirichletCalibration(_Affine):
+    """``W log softmax(z) + b`` with the ODIR regulariser (Kull et al. 2019)."""
+
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(z, dim=1)
+
+
+def _probs_to_logits(p: torch.Tensor) -> torch.Tensor:
+    """Renormalised rows (uniform for an all-zero row), then ``log`` clamped at 1e-12."""
+    s = p.sum(dim=1, keepdim=True)
+    p = torch.where(s > 0, p / s.clamp(min=EPS), torch.full_like(p, 1.0 / p.shape[1]))
+    return p.clamp(min=EPS).log()
+
+
+@CALIBRATORS.register("histogram", help="one-vs-rest histogram binning (Zadrozny & Elkan 2001)")
+class HistogramBinning(Calibrator):
+    """Per class ``k``: ``n_bins`` equal-width bins of ``p_k``, each mapped to the held-out frequency of ``k``,
+    smoothed by ``prior`` pseudo-samples at the bin centre (``(hits + prior * centre) / (count + prior)``: a
+    bin never maps to probability 0, which would make the NLL infinite)."""
+
+    table: torch.Tensor
+
+    def __init__(self, n_bins: int = 15, prior: float = 1.0) -> None:
+        super().__init__()
+        if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+            raise ConfigError(f"n_bins must be a positive integer, got {n_bins!r}")
+        self.n_bins = n_bins
+        self.prior = _check_nonneg(prior, "prior")
+        self.register_buffer("table", torch.zeros(0, dtype=torch.float64))
+
+    def _bin(self, p: torch.Tensor) -> torch.Tensor:
+        return (p * self.n_bins).long().clamp(0, self.n_bins - 1)
+
+    def _fit(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        p = z.softmax(dim=1)
+        c = p.shape[1]
+        idx = self._bin(p)
+        onehot = torch.nn.functional.one_hot(y, c).double()
+        count = torch.zeros(c, self.n_bins, dtype=torch.float64).scatter_add_(1, idx.T, torch.ones_like(p.T))
+        hits = torch.zeros(c, self.n_bins, dtype=torch.float64).scatter_add_(1, idx.T, onehot.T)
+        centres = ((torch.arange(self.n_bins, dtype=torch.float64) + 0.5) / self.n_bins).expand(c, -1)
+        self.table = ((hits + self.prior * centres) / (count + self.prior).clamp(min=EPS)).clone()
+
+    def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
+        idx = self._bin(z.softmax(dim=1))
+        return _probs_to_logits(self.table.to(z.device).gather(1, idx.T).T)
+
+
+def pool_adjacent_violators(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The non-decreasing sequence closest to ``values (n,)`` in weighted least squares (PAV; Ayer et al. 1955).
+    Cost: O(n) amortised."""
+    v = values.double().tolist()
+    w = [1.0] * len(v) if weights is None else weights.double().tolist()
+    means: list[float] = []
+    wts: list[float] = []
+    sizes: list[int] = []
+    for vi, wi in zip(v, w):
+        means.append(vi)
+        wts.append(wi)
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            m2, w2, s2 = means.pop(), wts.pop(), sizes.pop()
+            tot = wts[-1] + w2
+            means[-1] = (means[-1] * wts[-1] + m2 * w2) / tot
+            wts[-1] = tot
+            sizes[-1] += s2
+    return torch.tensor([m for m, s in zip(means, sizes) for _ in range(s)], dtype=torch.float64)
+
+
+def interp(q: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of ``(xs, ys)`` (``xs`` sorted ascending) at ``q``, constant outside."""
+    i = torch.searchsorted(xs, q.contiguous()).clamp(1, xs.numel() - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    t = ((q - x0) / (x1 - x0).clamp(min=EPS)).clamp(0, 1)
+    return y0 + t * (y1 - y0)
+
+
+@CALIBRATORS.register("isotonic", help="one-vs-rest isotonic regression (Zadrozny & Elkan 2002)")
+class IsotonicCalibration(Calibrator):
+    """Per class ``k``: PAV fit of ``1[y = k]`` on ``p_k``, linear interpolation between fitted points."""
+
+    knots_x: torch.Tensor
+    knots_y: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("knots_x", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("knots_y", torch.zeros(0, dtype=torch.float64))
+
+    def _fit(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        p = z.softmax(dim=1)
+        n, c = p.shape
+        xs, ys = torch.zeros(c, n + 2, dtype=torch.float64), torch.zeros(c, n + 2, dtype=torch.float64)
+        for k in range(c):
+            order = p[:, k].argsort()
+            fit = pool_adjacent_violators((y[order] == k).double())
+            xs[k] = torch.cat([torch.zeros(1, dtype=torch.float64), p[order, k], torch.ones(1, dtype=torch.float64)])
+            ys[k] = torch.cat([fit[:1], fit, fit[-1:]])
+        self.knots_x, self.knots_y = xs, ys
+
+    def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
+        p = z.softmax(dim=1)
+        xs, ys = self.knots_x.to(z.device), self.knots_y.to(z.device)
+        cols = [interp(p[:, k], xs[k], ys[k]) for k in range(p.shape[1])]
+        return _probs_to_logits(torch.stack(cols, dim=1))
+
+
+class CalibratedModel(nn.Module):
+    """``forward(x) = calibrator(model(x))``: the model (``inner``, never changed) followed by a fitted calibrator.
+    ``x (N, *sample) -> (N, C)`` calibrated logits; gradients flow through the differentiable calibrators."""
+
+    def __init__(self, model: nn.Module, calibrator: Calibrator) -> None:
+        super().__init__()
+        self.inner = model
+        self.calibrator = calibrator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.calibrator(self.inner(x))
+
+
+def calibrate(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, method: str = "temperature", *,
+              batch_size: int = 256, **options: object) -> CalibratedModel:
+    """Fit the calibrator ``method`` (a :data:`CALIBRATORS` name, with its ``options``) on the held-out
+    ``x_val (N, *sample)``, ``y_val (N,)`` and wrap ``model`` with it. The model runs frozen (never mutated).
+    UnknownNameError for an unknown method; InputError for bad data."""
+    cal = CALIBRATORS.create(method, **options)
+    z = predict_logits(model, x_val, batch_size)
+    return CalibratedModel(model, cal.fit(z, y_val))
+
+
+__all__ = ["CALIBRATORS", "CalibratedModel", "Calibrator", "DirichletCalibration", "HistogramBinning",
+           "IsotonicCalibration", "MatrixScaling", "TemperatureScaling", "VectorScaling", "calibrate", "interp",
+           "pool_adjacent_violators"]
