@@ -227,9 +227,8 @@ def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | P
     assert y is not None
     m = _check_bins(n_bins)
     conf, hit = _top(p, y)
-    acc, cf, prop = binned(conf, hit, m)
+    acc, cf, prop = (t.numpy() for t in binned(conf, hit, m))
     centres = ((torch.arange(m, dtype=torch.float64) + 0.5) / m).numpy()
-    acc, cf, prop = acc.numpy(), cf.numpy(), prop.numpy()
     fig = Figure(figsize=(8, 3.6))
     ax1, ax2 = fig.subplots(1, 2)
     ax1.bar(centres, acc[:m], width=1 / m, edgecolor="black", color="#4c72b0", label="accuracy")
