@@ -25,6 +25,8 @@ from fortify.models.state import fingerprint
 #: small budgets passed to each constructor that has the keyword
 TINY: dict[str, Any] = {"steps": 6, "samples": 3}
 NEEDS_CONV = {"gradcam"}
+#: metrics that remove / impute pixels: images (N, C, H, W) only, a typed refusal on tables
+NEEDS_IMAGES = {"road-morf", "road-lerf", "roar"}
 
 
 def conv_bn_net() -> nn.Module:
@@ -97,6 +99,17 @@ def test_attribution_bad_inputs_are_typed(name: str) -> None:
     assert fingerprint(model) == before
 
 
+def metric_extra(name: str, x: torch.Tensor) -> dict[str, Any]:
+    """Constructor options a metric needs beyond TINY: ROAR's training data (random images labelled by
+    the model's classes) and a one-epoch retraining on two fractions."""
+    if name != "roar":
+        return {}
+    g = torch.Generator().manual_seed(3)
+    xt = torch.rand((16,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype)
+    return {"train": (xt, torch.randint(0, 3, (16,), generator=g)), "fractions": (0.25, 0.5),  # every model has >= 3 classes
+            "retrain": {"epochs": 1, "batch": 8}}
+
+
 METRIC_CASES = [(n, k) for n in ATTRIBUTION_METRICS.names() for k in ("conv-bn", "table")]
 
 
@@ -104,13 +117,19 @@ METRIC_CASES = [(n, k) for n in ATTRIBUTION_METRICS.names() for k in ("conv-bn",
 def test_metric_contract(name: str, kind: str) -> None:
     model, x = models_and_inputs()[kind]
     attr = ATTRIBUTIONS.create("saliency")(model, x)
-    metric = build(ATTRIBUTION_METRICS, name)
+    extra = metric_extra(name, x)
+    metric = build(ATTRIBUTION_METRICS, name, **extra)
     before = fingerprint(model)
+    if name in NEEDS_IMAGES and x.dim() != 4:
+        with pytest.raises(InputError):
+            metric(model, x, attr)
+        assert fingerprint(model) == before
+        return
     res = metric(model, x, attr)
     assert res.values.shape == (x.shape[0],) and bool(torch.isfinite(res.values).all())
     assert res.higher_is_better is type(metric).higher_is_better and res.name == name
     if metric.stochastic:
-        again = build(ATTRIBUTION_METRICS, name, batch_size=2)(model, x, attr)
+        again = build(ATTRIBUTION_METRICS, name, batch_size=2, **extra)(model, x, attr)
         assert torch.allclose(res.values, again.values, atol=1e-6)
     else:
         rows = torch.cat([metric(model, x[i:i + 1], attr[i:i + 1]).values for i in range(x.shape[0])])

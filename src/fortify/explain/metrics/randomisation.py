@@ -6,7 +6,9 @@ re-initialised one by one from the output towards the input (forward-execution o
 ``reset_parameters`` under a seeded, forked RNG), cumulatively; after each layer the attribution
 method (``attribution`` + ``attribution_args``) is recomputed for the same targets, and its Spearman
 rank correlation with the ``attributions`` passed in (taken as the method's output on the trained
-model; absolute values with ``absolute=True``, ties ranked by their average) is recorded.
+model; absolute values with ``absolute=True``, ties ranked by their average) is recorded
+(``similarity="ssim"``: the structural similarity of the maps instead, see
+:mod:`fortify.explain.similarity`).
 ``values (N,)``: the mean correlation over the layers; ``extra["per_layer"] (N, L)`` and
 ``extra["layers"]`` (names, output side first). A method that explains the model must change when
 its weights are destroyed: **lower is better**. A constant attribution has no rank correlation and
@@ -19,25 +21,16 @@ import copy
 from typing import Any
 
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
+from fortify.errors import ConfigError
 from fortify.explain.attributions._layers import execution_order
 from fortify.explain.base import DEFAULT_BATCH_SIZE, Attribution
 from fortify.explain.metrics.base import ATTRIBUTION_METRICS, AttributionMetric
 from fortify.explain.metrics.sensitivity import build_method
+from fortify.explain.similarity import SIMILARITIES, similarity, spearman
 
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise Spearman correlation of ``(N, ...)`` tensors (average ranks for ties); 0 where a row
-    is constant."""
-    n = a.shape[0]
-    ra = torch.as_tensor(rankdata(a.reshape(n, -1).double().cpu().numpy(), axis=1))
-    rb = torch.as_tensor(rankdata(b.reshape(n, -1).double().cpu().numpy(), axis=1))
-    ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
-    den = ra.norm(dim=1) * rb.norm(dim=1)
-    return torch.where(den > 0, (ra * rb).sum(dim=1) / torch.where(den > 0, den, torch.ones_like(den)),
-                       torch.zeros_like(den)).to(device=a.device, dtype=a.dtype)
+__all__ = ["CascadingRandomisation", "layers_by_execution", "randomise", "spearman"]
 
 
 def layers_by_execution(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
@@ -69,10 +62,13 @@ class CascadingRandomisation(AttributionMetric):
     higher_is_better = False
 
     def __init__(self, attribution: str | Attribution = "saliency", attribution_args: dict[str, Any] | None = None,
-                 absolute: bool = True, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 absolute: bool = True, seed: int = 0, similarity: str = "spearman",
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         super().__init__(batch_size)
         self.method = build_method(attribution, attribution_args)
-        self.absolute, self.seed = bool(absolute), int(seed)
+        if similarity not in SIMILARITIES:
+            raise ConfigError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+        self.absolute, self.seed, self.similarity = bool(absolute), int(seed), similarity
 
     def _run(self, model: nn.Module, x: torch.Tensor, attributions: torch.Tensor,
              target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -83,7 +79,7 @@ class CascadingRandomisation(AttributionMetric):
         for k, (_, module) in enumerate(layers):
             randomise(module, self.seed + k)
             out = self.method(clone, x, target)
-            rows.append(spearman(ref, out.abs() if self.absolute else out))
+            rows.append(similarity(ref, out.abs() if self.absolute else out, self.similarity))
         per_layer = torch.stack(rows, dim=1) if rows else torch.zeros(x.shape[0], 0, dtype=x.dtype)
         values = per_layer.mean(dim=1) if rows else torch.zeros(x.shape[0], dtype=x.dtype)
         return values, {"per_layer": per_layer, "layers": [n for n, _ in layers]}
