@@ -31,6 +31,8 @@ Recipe section ``compress`` (:class:`CompressConfig`)::
       pgd_steps: 40
       square_queries: 1000
       seed: null                 # null: train.seed
+      drift_methods: [saliency]  # explanation drift: rank correlation of each method's maps, compressed vs original
+      n_drift: 64                # first N test images explained by both models ([]: no drift column)
 """
 from __future__ import annotations
 
@@ -101,9 +103,14 @@ class CompressConfig:
     pgd_steps: int = 40
     square_queries: int = 1000
     seed: int | None = None
+    drift_methods: list[str] = field(default_factory=lambda: ["saliency"])
+    n_drift: int = 64
 
     def __post_init__(self) -> None:
         from fortify.compress.measure import ROBUST_MODES
+        from fortify.pipeline.stages.explain import check_drift_config
+
+        check_drift_config(self.drift_methods, self.n_drift, "compress")
         from fortify.pipeline.stages.robustness import parse_threats
 
         (self.threat,) = parse_threats([self.threat], "compress.threat")
@@ -276,13 +283,16 @@ class CompressStage:
                        latency=sec.latency, threads=sec.threads, repeats=sec.repeats, pgd_steps=sec.pgd_steps,
                        square_queries=sec.square_queries, seed=seed)
         measure_seconds = time.perf_counter() - t1
+        from fortify.pipeline.stages.explain import compress_drift
+
+        drift = compress_drift(original, current, twin, xt, sec.drift_methods, sec.n_drift)
         figure = None
         if sec.robust != "none":
             figure = plot_pareto(rows, out / "pareto.png",
                                  title=f"size vs robust accuracy ({sec.threat}, {min(sec.n_robust, len(yt))} images)")
             ctx.add_artefact("pareto", figure, kind="figure")
         metrics = {**self.metrics(rows, compress_seconds, measure_seconds), "n_test": int(xt.shape[0]),
-                   "n_robust": min(sec.n_robust, int(xt.shape[0]))}
+                   "n_robust": min(sec.n_robust, int(xt.shape[0])), **drift}
         doc = {"recipe": sec.recipe if sec.steps is None else None, "steps": steps, "threat": sec.threat,
                "task": sec.task,
                "robust": sec.robust, "n_test": int(xt.shape[0]), "n_robust": min(sec.n_robust, int(xt.shape[0])),
@@ -334,6 +344,10 @@ class CompressStage:
                  f"{_fmt(r.latency_b256_ms, '.2f')}/{_fmt(r.latency_b256_cpu_ms, '.2f')}",
                  r.speedups[256].short() if 256 in r.speedups else "-", r.clean_acc, r.robust_acc]
                 for r in rows]
+        from fortify.pipeline.stages.explain import drift_columns
+
+        drift_head, drift_cells = drift_columns(metrics, sec.drift_methods)
+        head, body = head + drift_head, [row + cells for row, cells in zip(body, drift_cells)]
         tables = [Table(head, body, "measured before and after compression")]
         step_rows = [[i, rep.get("transform", ""), ", ".join(f"{k}={v}" for k, v in rep.items()
                                                                 if k != "transform" and isinstance(v, (int, float, str)))]

@@ -235,6 +235,55 @@ def attribution_grid(x: torch.Tensor, attributions: dict[str, torch.Tensor], pat
     return write_atomic(path, buf.getvalue(), what="figure")
 
 
+def check_drift_config(methods: object, n: object, where: str) -> None:
+    """``<where>.drift_methods``: a list of attribution names (UnknownNameError listing them);
+    ``<where>.n_drift``: a positive int (ConfigError)."""
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        raise ConfigError(f"{where}.drift_methods must be a list of attribution method names, got {methods!r}")
+    for m in methods:
+        _registries()[0].get(m)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{where}.n_drift must be an integer >= 1, got {n!r}")
+
+
+def compress_drift(original: nn.Module, compressed: nn.Module, twin: nn.Module | None, x: torch.Tensor,
+                   methods: list[str], n: int) -> dict[str, Any]:
+    """Explanation drift of a compressed model (:func:`fortify.explain.drift.explanation_drift` on the
+    first ``n`` images, the original's predicted class) as run-store metrics:
+    ``explain_drift[<method>]`` (mean rank correlation) with ``_ci_low`` / ``_ci_high`` and ``n_drift``.
+    A method that cannot explain the compressed model (no gradient and no float twin) is left out
+    with one printed line; nothing is computed for an empty ``methods``."""
+    if not methods:
+        return {}
+    from fortify.errors import FortifyError
+    from fortify.explain.drift import explanation_drift
+
+    out: dict[str, Any] = {"n_drift": int(min(n, x.shape[0]))}
+    for m in methods:
+        try:
+            res = explanation_drift(original, compressed, x[:n], methods=[m], float_twin=twin)[m]
+        except (FortifyError, RuntimeError) as e:
+            progress.echo(f"compress: no {m} explanation drift ({str(e).splitlines()[0]})")
+            continue
+        out[f"explain_drift[{m}]"] = res.mean
+        if res.interval is not None:
+            out[f"explain_drift[{m}]_ci_low"], out[f"explain_drift[{m}]_ci_high"] = res.interval
+    return out
+
+
+def drift_columns(metrics: dict[str, Any], methods: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Compress-table columns, one per drift method: header and the cells of the original (the
+    reference, 1 by definition) and compressed rows (mean [95% t interval])."""
+    n = metrics.get("n_drift")
+    head = [f"{m} drift (rank corr. with the original, {n} images)" for m in methods]
+    cells = []
+    for m in methods:
+        v = metrics.get(f"explain_drift[{m}]")
+        lo, hi = metrics.get(f"explain_drift[{m}]_ci_low"), metrics.get(f"explain_drift[{m}]_ci_high")
+        cells.append("-" if v is None else f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""))
+    return head, [["1 (reference)"] * len(methods), cells]
+
+
 def _fmt(s: MetricSummary) -> str:
     if s.low is None or s.high is None:
         return f"{s.mean:.4g}"
