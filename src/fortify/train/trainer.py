@@ -20,8 +20,10 @@ are one pass over the data (drawn from the generator seeded by ``(seed, pass)``)
 gradient cost equals that of ``epochs`` plain epochs, as in the paper's comparison.
 Flags: ``fit`` trains under :func:`fortify.models.state.train_mode` (a frozen BatchNorm stays frozen),
 ``evaluate`` scores under ``eval_mode``; every module's own ``training`` flag is restored afterwards.
-Processes: ``config.nproc > 1`` or ``dist_mode="async"`` runs in worker processes, see
-:mod:`fortify.train.distributed` (a sync worker runs this loop with ``trainer.parallel`` set).
+Processes: under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set) or with an
+initialised process group, ``fit`` trains as one data-parallel rank (:mod:`fortify.train.distributed.env`);
+otherwise ``config.nproc > 1`` or ``dist_mode="async"`` starts worker processes that run the same path
+(:mod:`fortify.train.distributed`); each rank runs this loop with ``trainer.parallel`` set.
 """
 from __future__ import annotations
 
@@ -216,7 +218,8 @@ class Trainer:
         if not isinstance(saved, dict):
             raise ConfigError(f"checkpoint in {self.checkpoint_dir} has no training config")
         saved = {**TrainConfig().to_dict(), **saved}  # keys added later (nproc...) take their defaults
-        diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
+        # the world size may change between runs (the global batch does not): nproc is not compared
+        diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k) and k != "nproc")
         if diff:
             detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
             raise ConfigError(f"cannot resume: config differs from the checkpoint's ({detail})")
@@ -242,7 +245,7 @@ class Trainer:
 
     def _rollback(self) -> None:
         """Restore model, optimiser and task state of the last good checkpoint (the previous epoch)."""
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and self._writes_checkpoints:
             state = ckpt.load_state(self.checkpoint_dir, self.epoch)
             ckpt.load_model_into(self.checkpoint_dir, self.epoch, self.model)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -270,11 +273,21 @@ class Trainer:
         """
         x, y = _check_pair(train, "train")
         vx_vy = _check_pair(val, "val") if val is not None else None
-        if self.parallel is None and (self.config.nproc > 1 or self.config.dist_mode == "async"):
-            from fortify.train.distributed.launch import fit_trainer
+        if self.parallel is None:
+            from fortify.train.distributed import env
 
-            return fit_trainer(self, (x, y), vx_vy, resume=resume)
-        if resume and self.checkpoint_dir is None:
+            if env.active():  # torchrun / an initialised process group: this process is one rank
+                return env.fit_parallel(self, (x, y), vx_vy, resume)
+            if self.config.nproc > 1 or self.config.dist_mode == "async":
+                from fortify.train.distributed.launch import fit_trainer
+
+                return fit_trainer(self, (x, y), vx_vy, resume=resume)
+        return self._fit(x, y, vx_vy, resume)
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, vx_vy: Any, resume: bool) -> list[dict[str, Any]]:
+        """The loop of :meth:`fit` on checked data (one process, or one data-parallel rank)."""
+        rank0 = self._writes_checkpoints
+        if resume and self.checkpoint_dir is None and rank0:
             raise ConfigError("fit(resume=True) needs Trainer(checkpoint_dir=...)")
         n, nb = x.shape[0], self._batches_per_pass(x.shape[0])
         if self.replays > nb:
@@ -287,15 +300,19 @@ class Trainer:
         self.scheduler = StepLR(self.optimizer, c.schedule, total, c.peak_lr, c.warmup_fraction)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), train_mode(self.model):
-            if not (resume and self._resume(n)):
+            resumed = resume and rank0 and self._resume(n)  # other ranks get rank 0's state below
+            if not resumed:
                 self.history, self.epoch, self.global_step, self.grad_evals, self.stopped = [], 0, 0, 0, False
                 self.generator.manual_seed(derive_seed(c.seed, 1))
                 torch.default_generator.manual_seed(derive_seed(c.seed, 2))
                 if self.device.type == "cuda":
                     torch.cuda.manual_seed(derive_seed(c.seed, 3))
-                if self.checkpoint_dir is not None and self._writes_checkpoints:
+                if self.checkpoint_dir is not None and rank0:
                     ckpt.clear(self.checkpoint_dir)
-                self._save(n)  # epoch 0: the rollback target of the first epoch
+            if self.parallel is not None:
+                self.parallel.sync_state(self)
+            if not (resumed and rank0):
+                self._save(n)  # epoch 0 (or the resumed epoch off rank 0): the rollback target
             name = getattr(self.task, "name", "") or type(self.task).__name__
             display = EpochProgress(self.progress, c.epochs, name) if self.progress else nullcontext()
             with display as bar:

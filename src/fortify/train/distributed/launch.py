@@ -79,12 +79,17 @@ def validate(trainer: Any, n_train: int, resume: bool) -> None:
 def _entry(rank: int, job: Job) -> None:
     """Process body: join the group, run the rank's role, leave an error file on failure."""
     os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(job.world_size)
+    if job.mode == "sync":  # torchrun's variables: the Trainer joins through env:// (the parent hosts the store)
+        os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(job.world_size), MASTER_ADDR=HOST,
+                          MASTER_PORT=str(job.port), TORCHELASTIC_USE_AGENT_STORE="True",
+                          FORTIFY_DIST_TIMEOUT=str(job.timeout_s))
     try:
         torch.set_num_threads(job.threads)
         # tensors pickled to several processes arrive in *shared* memory: give this rank private
         # copies of everything it writes to (the training data stays shared, read-only)
         job.model, job.task, job.callbacks = copy.deepcopy((job.model, job.task, job.callbacks))
-        init_group(rank, job)
+        if job.mode != "sync":
+            init_group(rank, job)
         try:
             result: dict[str, Any] | None = None
             if job.mode == "sync":
@@ -148,7 +153,7 @@ def launch(job_fields: dict[str, Any], n_procs: int, *, start_method: str | None
         del store
 
 
-_SECONDARY = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
+_SECONDARY = ("another rank stopped first", "connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
 
 
 def _first_failure(workdir: str, dead: list[Any]) -> Exception:

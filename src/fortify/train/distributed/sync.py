@@ -12,8 +12,9 @@ over the global batch, i.e. exactly the single-process gradient up to float roun
 then applies the same optimiser step, so parameters stay identical (checked at the end).
 
 Floating-point buffers (BatchNorm running statistics) are broadcast from rank 0 after each step
-(DDP's ``broadcast_buffers``); BatchNorm *batch* statistics are per shard (no SyncBatchNorm), so
-the single-process equivalence holds for models without BatchNorm.
+(DDP's ``broadcast_buffers``); BatchNorm *batch* statistics are synchronised over the ranks
+(:mod:`.syncbn`), so models with BatchNorm train as on the global batch too (exactly so for
+equal-sized shards).
 
 Randomness: each rank reseeds the trainer's generator (passed to every task call) and torch's
 global RNG from ``(seed, epoch, rank)`` at the start of every epoch, so ranks draw independent noise (PGD random
@@ -29,18 +30,27 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fortify.train.distributed.common import Job, WorkerError, flatten, float_buffers, plain_state, trainable
+from fortify.train.distributed.common import Job, flatten, float_buffers, plain_state, trainable
 from fortify.train.trainer import Trainer, derive_seed
 
 
 class DataParallel:
-    """The hook a sync worker installs as ``trainer.parallel`` (rank ``rank`` of ``world_size``)."""
+    """The hook a data-parallel rank installs as ``trainer.parallel`` (rank ``rank`` of ``world_size``)."""
 
     def __init__(self, rank: int, world_size: int) -> None:
         """No communication here; the process group must already be initialised."""
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.steps = 0
+
+    def sync_state(self, trainer: Trainer) -> None:
+        """Rank 0's run state on every rank (:func:`fortify.train.distributed.env.sync_state`)."""
+        from fortify.train.distributed import env
+
+        try:
+            env.sync_state(trainer)
+        except RuntimeError as e:
+            raise env.lost_peer(self.rank, "the start-up state broadcast", e) from None
 
     def shard(self, idx: torch.Tensor) -> torch.Tensor:
         """This rank's rows ``idx[rank::world_size]`` of a global batch ``idx (B,)``."""
@@ -67,9 +77,16 @@ class DataParallel:
         k = len(head)
         # one float64 message: the gradient sum keeps more digits and a single collective cannot
         # interleave with another one (two concurrent async gloo all-reduces raced in testing)
-        flat = torch.cat([torch.tensor(head, dtype=torch.float64),
+        flat = torch.cat([torch.tensor(head, dtype=torch.float64, device=trainer.device),
                           flatten(grads).double() * float(b)])
-        dist.all_reduce(flat)
+        try:
+            dist.all_reduce(flat)
+            for buf in float_buffers(trainer.model):
+                dist.broadcast(buf, 0)
+        except RuntimeError as e:
+            from fortify.train.distributed import env
+
+            raise env.lost_peer(self.rank, f"the gradient all-reduce of step {trainer.global_step + 1}", e) from None
         stats, total_b = flat[:k], float(flat[1])
         flat = flat[k:] / total_b
         i = 0
@@ -78,8 +95,6 @@ class DataParallel:
             if has > 0:
                 p.grad = flat[i:i + n].view_as(p).to(p.dtype).clone()
             i += n
-        for buf in float_buffers(trainer.model):
-            dist.broadcast(buf, 0)
         self.steps += 1
         s = stats.tolist()
         return s[0] / total_b, int(s[1]), int(s[2]), int(s[3]), int(s[4])
@@ -96,29 +111,24 @@ def check_identical(model: torch.nn.Module) -> float:
 def gather_cpu(t0: float) -> list[float]:
     """CPU seconds (``time.process_time``) every rank spent since its ``t0``, rank order."""
     mine = torch.tensor([time.process_time() - t0], dtype=torch.float64)
-    out = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+    if dist.get_backend() == "nccl":
+        mine = mine.cuda()
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(out, mine)
     return [float(t) for t in out]
 
 
 def run(rank: int, job: Job) -> dict[str, Any] | None:
-    """Train on rank ``rank``; rank 0 returns the result for the parent (others None)."""
-    t0 = time.process_time()
-    model = job.model
-    for t in model.state_dict().values():  # identical start even if a pickled copy were not
-        dist.broadcast(t, 0)
-    trainer = Trainer(model, job.task, job.config, checkpoint_dir=job.checkpoint_dir,
+    """Train on rank ``rank`` of a ``--nproc`` launch: the worker's environment holds the env://
+    variables (see :func:`fortify.train.distributed.launch._entry`), so the Trainer joins the group
+    exactly as under torchrun. Rank 0 returns the result for the parent (others None)."""
+    trainer = Trainer(job.model, job.task, job.config, checkpoint_dir=job.checkpoint_dir,
                       progress=job.progress and rank == 0, callbacks=job.callbacks)
-    trainer.parallel = DataParallel(rank, job.world_size)
     history = trainer.fit(job.train, job.val, resume=job.resume)
-    diff = check_identical(model)
-    cpu = gather_cpu(t0)
-    if diff != 0.0:
-        raise WorkerError(f"data-parallel ranks diverged: max |param difference| {diff:.3g} after training")
     if rank != 0:
         return None
     return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "state": {k: v.detach().clone() for k, v in job.model.state_dict().items()},
         "history": history,
         "epoch": trainer.epoch,
         "global_step": trainer.global_step,
@@ -126,8 +136,7 @@ def run(rank: int, job: Job) -> dict[str, Any] | None:
         "stopped": trainer.stopped,
         "task_state": trainer.task.state_dict(),
         "callbacks": [plain_state(cb) for cb in trainer.callbacks],
-        "stats": {"mode": "sync", "world_size": job.world_size, "steps": trainer.global_step,
-                  "rank_param_max_diff": diff, "cpu_s": cpu},
+        "stats": dict(trainer.dist_stats),
     }
 
 
