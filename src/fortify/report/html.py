@@ -1,85 +1,125 @@
-"""``report.html``: one self-contained page (inline CSS, figures embedded as base64 PNG)."""
+"""``report.html``: one self-contained page a researcher would show a colleague.
+
+Layout: the **report card** first (model, data, threat models, the evaluation and whether it meets the
+bar, then every section's findings: value with unit, 95% interval, n, how measured, a link to the
+section, and a warning badge on an unreliable figure), a table of contents, one **section per stage**
+(text, tables with human labels and units, figures) and a collapsed **appendix** with the raw metrics,
+files, timings, versions and configuration. Inline CSS (screen and print), figures embedded as base64.
+"""
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
 from fortify.io import write_atomic
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#17702b}.failed{color:#b00020}img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:.85em}
-"""
+from fortify.report.card import build_card, section_anchor
+from fortify.report.html_parts import badge, esc, figure, fmt, interval_text, page, table, value_text
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if v is None:
-        return "–"
-    return str(v)
+def _findings_rows(findings: list[Mapping[str, Any]], *, link: bool = True) -> tuple[list[list[Any]], list[str]]:
+    rows, classes = [], []
+    for f in findings:
+        label = esc(f.get("label", f.get("key", "")))
+        if f.get("warning"):
+            label += badge("warning", "warn", str(f["warning"])) + f"<div class='warning'>\u26a0 {esc(f['warning'])}</div>"
+        where = (f"<a href='#{esc(f['section'])}'>{esc(f.get('section_title') or 'section')}</a>"
+                 if link and f.get("section") else esc(f.get("section_title", "")))
+        unit = str(f.get("unit") or "")
+        rows.append([label, f"<span class='big'>{esc(value_text(f.get('value'), unit))}</span>",
+                     esc(interval_text(f.get("interval"), unit)), esc(fmt(f.get("n"))), esc(f.get("detail", "")), where])
+        classes.append("warn" if f.get("warning") else "")
+    return rows, classes
 
 
-def _table(headers: list[str], rows: list[list[Any]], title: str = "") -> str:
-    out = [f"<h3>{html.escape(title)}</h3>" if title else "", "<table><tr>"]
-    out += [f"<th>{html.escape(str(h))}</th>" for h in headers]
-    out.append("</tr>")
-    for r in rows:
-        cells = "".join(
-            f"<td class='num'>{html.escape(_fmt(c))}</td>" if isinstance(c, (int, float)) and not isinstance(c, bool)
-            else f"<td>{html.escape(_fmt(c))}</td>" for c in r)
-        out.append(f"<tr>{cells}</tr>")
-    out.append("</table>")
-    return "".join(out)
+def _facts(card: Mapping[str, Any]) -> str:
+    model, data = card.get("model") or {}, card.get("data") or {}
+    params = f" \u00b7 {model['params']:,} parameters" if model.get("params") else ""
+    threats = "".join(f"<div>{esc(t['label'])} <span class='sub'>({esc(', '.join(t['used_by']))})</span></div>"
+                      for t in card.get("threats") or []) or "none"
+    ev = card.get("evaluation")
+    if ev is None:
+        evaluation = "no attack evaluation in this run"
+    else:
+        how = f"preset <code>{esc(ev['preset'])}</code>" if ev.get("preset") else \
+            f"custom cascade <code>{esc(', '.join(ev.get('attacks') or []))}</code>"
+        mark = badge("meets the evaluation bar", "ok", ev["bar"]) if ev["meets_bar"] else \
+            badge("below the evaluation bar", "warn", ev["bar"])
+        why = "" if ev["meets_bar"] else f"<div class='warning'>{esc('; '.join(ev['why_not']))}</div>"
+        evaluation = f"{how}, n={esc(fmt(ev.get('n')))} {mark}{why}"
+    return ("<div class='facts'>"
+            f"<div><b>Model</b>{esc(model.get('name'))}{esc(params)}"
+            f"<div class='sub'>{esc(model.get('training') or '')}</div></div>"
+            f"<div><b>Data</b>{esc(data.get('name'))}"
+            + (f"<div class='sub'>{esc(fmt(data['test_images']))} test images</div>" if data.get("test_images") else "")
+            + f"</div><div><b>Threat models</b>{threats}</div><div><b>Robustness evaluation</b>{evaluation}</div></div>")
 
 
-def _figure(run_dir: Path, rel: str) -> str:
-    p = run_dir / rel
-    try:
-        data = base64.b64encode(p.read_bytes()).decode("ascii")
-    except OSError:
-        return f"<p>(figure {html.escape(rel)} missing)</p>"
-    return f"<figure><img alt='{html.escape(rel)}' src='data:image/png;base64,{data}'>" \
-           f"<figcaption>{html.escape(rel)}</figcaption></figure>"
+def render_card(card: Mapping[str, Any]) -> str:
+    """The report card block (``card`` from :func:`fortify.report.card.build_card`)."""
+    findings = list(card.get("findings") or [])
+    warn = card.get("warnings", 0)
+    head = (f"<section class='card' id='card'><h2>Report card: {esc(card.get('title', ''))}"
+            + (badge(f"{warn} warning{'s' if warn != 1 else ''}", "warn") if warn else "") + "</h2>" + _facts(card))
+    if not findings:
+        return head + "<p class='sub'>No headline figures were measured in this run.</p></section>"
+    rows, classes = _findings_rows(findings)
+    return head + table(["figure", "value", "95% interval", "n", "how measured", "section"], rows,
+                        percent=False, row_classes=classes, raw=True, nowrap=(1, 2, 3)) + \
+        "<p class='sub'>Accuracies: exact binomial (Clopper-Pearson) 95% intervals over the n images. A speed-up " \
+        "is stated only when its 95% interval excludes 1.</p></section>"
+
+
+def _section(i: int, sec: Mapping[str, Any], run_dir: Path) -> str:
+    parts = [f"<section id='{esc(section_anchor(i, sec))}'><h2>{esc(sec.get('title', ''))}</h2>"]
+    if sec.get("text"):
+        parts.append(f"<p>{esc(sec['text'])}</p>")
+    if sec.get("findings"):
+        rows, classes = _findings_rows([dict(f) for f in sec["findings"]], link=False)
+        parts.append(table(["figure", "value", "95% interval", "n", "how measured"],
+                           [r[:5] for r in rows], "headline figures", percent=False, row_classes=classes,
+                           raw=True, nowrap=(1, 2, 3)))
+    for t in sec.get("tables") or []:
+        parts.append(table(t.get("headers") or [], t.get("rows") or [], t.get("title", "")))
+    for f in sec.get("figures") or []:
+        parts.append(figure(run_dir / f, f))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _appendix(report: Mapping[str, Any]) -> str:
+    rows = [[stage, k, v] for stage, kv in (report.get("metrics") or {}).items() for k, v in (kv or {}).items()]
+    arts = [[k, v] for k, v in (report.get("artefacts") or {}).items()]
+    timing = [[k, round(float(v), 2)] for k, v in (report.get("timing") or {}).items() if v is not None]
+    vers = [[k, v] for k, v in (report.get("versions") or {}).items()]
+    return ("<h2 id='appendix'>Appendix</h2>"
+            "<details><summary>Raw metrics (every logged key, last value)</summary>"
+            + (table(["stage", "metric", "value"], rows, percent=False) if rows else "<p>none</p>") + "</details>"
+            + "<details><summary>Files written</summary>" + table(["name", "path"], arts) + "</details>"
+            + "<details><summary>Time per stage (s)</summary>" + table(["stage", "seconds"], timing) + "</details>"
+            + "<details><summary>Versions</summary>" + table(["package", "version"], vers) + "</details>"
+            + "<details><summary>Configuration</summary><pre>" + esc(json.dumps(report.get("config"), indent=2))
+            + "</pre></details>")
 
 
 def render_html(report: Mapping[str, Any], run_dir: str | Path) -> str:
-    """The HTML page of a report dict (see :func:`fortify.report.build_report`)."""
+    """The HTML page of a report dict (see :func:`fortify.report.build_report`); figures are read from
+    ``run_dir`` (paths relative to it) and embedded."""
     run_dir = Path(run_dir)
     status = str(report.get("status"))
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>fortify run {html.escape(str(report.get('run_id')))}</title><style>{_CSS}</style></head><body>",
-        f"<h1>fortify run <code>{html.escape(str(report.get('run_id')))}</code></h1>",
-        f"<p>verb <b>{html.escape(str(report.get('verb')))}</b> · status "
-        f"<b class='{html.escape(status)}'>{html.escape(status)}</b> · seed {html.escape(str(report.get('seed')))}</p>",
-    ]
+    card = report.get("card") or build_card(report)
+    sections = list(report.get("sections") or [])
+    body = [f"<header><h1>fortify report \u00b7 {esc(card.get('title', ''))}</h1>"
+            f"<p class='sub'>run <code>{esc(report.get('run_id'))}</code> \u00b7 verb <b>{esc(report.get('verb'))}</b>"
+            f" \u00b7 status <b class='{esc(status)}'>{esc(status)}</b> \u00b7 seed {esc(report.get('seed'))}</p></header>"]
     if report.get("error"):
-        parts.append(f"<p class='failed'>error: {html.escape(str(report['error']))}</p>")
-    rows = [[stage, k, v] for stage, kv in (report.get("metrics") or {}).items() for k, v in kv.items()]
-    parts.append("<h2>Metrics</h2>" + (_table(["stage", "metric", "value"], rows) if rows else "<p>none</p>"))
-    for sec in report.get("sections") or []:
-        parts.append(f"<h2>{html.escape(sec.get('title', ''))}</h2>")
-        if sec.get("text"):
-            parts.append(f"<p>{html.escape(sec['text'])}</p>")
-        for t in sec.get("tables") or []:
-            parts.append(_table(t["headers"], t["rows"], t.get("title", "")))
-        for f in sec.get("figures") or []:
-            parts.append(_figure(run_dir, f))
-    arts = [[k, v] for k, v in (report.get("artefacts") or {}).items()]
-    if arts:
-        parts.append("<h2>Artefacts</h2>" + _table(["name", "path"], arts))
-    vers = [[k, v] for k, v in (report.get("versions") or {}).items()]
-    parts.append("<h2>Versions</h2>" + _table(["package", "version"], vers))
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(report.get("config"), indent=2)) + "</pre>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+        body.append(f"<p class='error failed'>error: {esc(report['error'])}</p>")
+    body.append(render_card(card))
+    links = [f"<a href='#{esc(section_anchor(i, s))}'>{esc(s.get('title', ''))}</a>" for i, s in enumerate(sections)]
+    body.append("<nav class='toc'>Sections: " + "".join(links) + "<a href='#appendix'>Appendix</a></nav>")
+    body += [_section(i, s, run_dir) for i, s in enumerate(sections)]
+    body.append(_appendix(report))
+    return page(f"fortify run {report.get('run_id')}", body)
 
 
 def write_html(report: Mapping[str, Any], run_dir: str | Path, name: str = "report.html") -> Path:

@@ -76,13 +76,19 @@ class ReportSource(Protocol):
 
 def build_report(run: ReportSource, *, status: str, error: str | None = None) -> dict[str, Any]:
     """The report of ``run`` as a JSON-safe dict: ``metrics`` is ``{stage: {key: value}}``, ``history`` the
-    per-epoch dicts, ``sections`` the stages' report parts; ``status`` ``ok``/``failed`` with ``error``."""
-    return _clean({
+    per-epoch dicts, ``sections`` the stages' report parts; ``status`` ``ok``/``failed`` with ``error``;
+    ``card`` the report card (:func:`fortify.report.card.build_card`: model, data, threats, evaluation,
+    every section's findings with a link to it)."""
+    from fortify.report.card import build_card
+
+    report = _clean({
         "run_id": run.run_id, "verb": run.verb, "status": status, "error": error, "seed": run.config.seed,
         "config": run.config.to_dict(), "versions": dict(run.versions), "metrics": run.metrics,
         "history": list(run.history), "artefacts": dict(run.artefacts), "timing": dict(run.timing),
         "sections": [s.to_dict() for s in run.sections],
     })
+    report["card"] = _clean(build_card(report))
+    return report
 
 
 def write_json(report: Mapping[str, Any], path: str | Path) -> Path:

@@ -57,7 +57,9 @@ class Finding:
 class Section:
     """One part of a report, usually written by one pipeline stage.
 
-    ``figures`` are paths relative to the run folder (PNG files the stage wrote there).
+    ``figures`` are paths relative to the run folder (PNG files the stage wrote there); ``data`` the
+    machine-readable series behind them (curves, measured points) that ``fortify runs compare`` overlays
+    across runs (JSON-able values only).
     """
 
     title: str
@@ -66,9 +68,10 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         return {"title": self.title, "stage": self.stage, "text": self.text,
                 "tables": [t.to_dict() for t in self.tables], "figures": list(self.figures),
-                "findings": [f.to_dict() for f in self.findings]}
+                "findings": [f.to_dict() for f in self.findings], "data": dict(self.data)}
