@@ -33,6 +33,7 @@ CONTRACTS: dict[str, tuple[str, str]] = {
     "compression recipe": ("test_application_registries_contract.py", "RECIPES"),
     "attribution": ("test_attributions_contract.py", "ATTRIBUTIONS"),
     "attribution metric": ("test_attributions_contract.py", "ATTRIBUTION_METRICS"),
+    "corruption": ("test_corruptions_contract.py", "CORRUPTIONS"), "ood set": ("test_ood_sets_contract.py", "OOD_SETS"),
 }
 #: pillar packages that must find their methods with :func:`fortify.registry.discover`
 PILLARS = ("fortify.attacks", "fortify.train.tasks", "fortify.certify", "fortify.compress", "fortify.models",

@@ -280,7 +280,7 @@ def _fooling(n: int, shape: tuple[int, ...], rng: np.random.Generator, model: "n
 
     probe = torch.full((1, *shape), 0.5)
     k = probe_num_classes(model, probe)
-    res = fooling_images(model, math.ceil(n / k), seed=int(rng.integers(0, 2**31)))
+    res = fooling_images(model, math.ceil(n / k), seed=int(rng.integers(0, 2**31)), sample_shape=shape)
     order = torch.from_numpy(rng.permutation(len(res.images))[:n])
     return res.images[order].float().clamp(0.0, 1.0)
 

@@ -24,19 +24,20 @@ def glass_blur(x: torch.Tensor, level: tuple[float, int, int], rng: np.random.Ge
                gen: torch.Generator) -> torch.Tensor:
     """Glass blur with ``(sigma, delta, iterations)``; MNIST-C severity 1: (0.7, 1, 2)."""
     sigma, delta, iterations = level
-    out = gaussian_blur(x.detach(), sigma).clone()
-    n, _, h, w = out.shape
-    idx = torch.arange(n, device=out.device)
+    blurred = gaussian_blur(x.detach(), sigma)
+    arr = blurred.to("cpu", torch.float64).numpy().copy()
+    n, _, h, w = arr.shape
+    positions = [(r, c) for r in range(h - delta, delta, -1) for c in range(w - delta, delta, -1)]
     for _ in range(iterations):
-        for r in range(h - delta, delta, -1):
-            for c in range(w - delta, delta, -1):
-                swap = torch.from_numpy(rng.random(n) < 0.5).to(out.device)
-                d = torch.from_numpy(rng.integers(-delta, delta, size=(n, 2))).to(out.device)
-                rr, cc = r + d[:, 0], c + d[:, 1]
-                here, there = out[idx, :, r, c], out[idx, :, rr, cc]
-                s = swap.view(n, 1)
-                out[idx, :, r, c] = torch.where(s, there, here)
-                out[idx, :, rr, cc] = torch.where(s, here, there)
+        swaps = rng.random((len(positions), n)) < 0.5
+        offsets = rng.integers(-delta, delta, size=(len(positions), n, 2))
+        for p, (r, c) in enumerate(positions):
+            who = np.flatnonzero(swaps[p])
+            rr, cc = r + offsets[p, who, 0], c + offsets[p, who, 1]
+            here = arr[who, :, r, c].copy()
+            arr[who, :, r, c] = arr[who, :, rr, cc]
+            arr[who, :, rr, cc] = here
+    out = torch.from_numpy(arr).to(dtype=x.dtype, device=x.device)
     return gaussian_blur(out, sigma)
 
 
