@@ -27,10 +27,11 @@ def kmeans(X: np.ndarray, nlist: int, *, iters: int = 10, train_size: int = 6553
     for _ in range(iters):
         lab = assign(sample, C)
         counts = np.bincount(lab, minlength=nlist)
-        sums = np.zeros_like(C, dtype=np.float64)
-        np.add.at(sums, lab, sample)
+        order = np.argsort(lab, kind="stable")
         nz = counts > 0
-        C[nz] = (sums[nz] / counts[nz, None]).astype(np.float32)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nz]
+        sums = np.add.reduceat(sample[order].astype(np.float64), starts, axis=0)
+        C[nz] = (sums / counts[nz, None]).astype(np.float32)
         empty = np.flatnonzero(~nz)
         if empty.size:
             big = np.flatnonzero(lab == np.argmax(counts))
