@@ -130,3 +130,38 @@ def test_config_and_model_errors_are_typed(tmp_path: Path) -> None:
         _run(tmp_path, _net(conv=False), n=2, methods=["gradcam"], metrics=[])
     with pytest.raises(ConfigError, match="layer 'conv' does not exist"):
         _run(tmp_path, _net(), n=2, methods=["gradcam"], metrics=[], target_layer="conv")
+
+
+def test_compare_model_side_by_side_gap_and_findings(tmp_path: Path) -> None:
+    """A second model file: both models' maps in the grid, its table equals the library on it, the gap is
+    the paired per-image difference, and the report card gets the sanity and faithfulness findings."""
+    from fortify import models
+
+    torch.manual_seed(3)
+    other = models.create("small-cnn", in_shape=(1, 8, 8), num_classes=3, channels=(2, 4), hidden=8).eval()
+    path = models.save(other, tmp_path / "other.safetensors")
+    run_model = models.create("small-cnn", in_shape=(1, 8, 8), num_classes=3, channels=(2, 4), hidden=8).eval()
+    ctx, res = _run(tmp_path / "run", run_model, n=6, methods=["saliency"], metrics=["deletion", "randomisation"],
+                    compare=str(path), compare_label="standard")
+    cmp = res.compare
+    assert cmp is not None and cmp["label"] == "standard"
+    x, _ = _data()
+    loaded = models.load(path)
+    with torch.no_grad():
+        pred = loaded(x[:6]).argmax(dim=1)
+    attr = ATTRIBUTIONS.create("saliency")(loaded, x[:6], pred)
+    assert torch.allclose(cmp["attributions"]["saliency"], attr)
+    dele = ATTRIBUTION_METRICS.create("deletion")(loaded, x[:6], attr, pred).values.double()
+    assert cmp["table"]["saliency"]["deletion"].mean == pytest.approx(float(dele.mean()))
+    gap = cmp["gap"]["saliency"]["deletion"]
+    assert gap.mean == pytest.approx(res.table["saliency"]["deletion"].mean - float(dele.mean()))
+    doc = json.loads(res.explain_json.read_text())
+    assert doc["compare"]["label"] == "standard" and "gap_run_minus_compare" in doc["compare"]
+    (section,) = ctx.sections
+    keys = {f.key: f for f in section.findings}
+    assert {"explain.faithful", "explain.sanity", "explain.gap.deletion"} <= set(keys)
+    passing = int(res.table["saliency"]["randomisation"].mean < 0.5)
+    assert keys["explain.sanity"].value == passing and keys["explain.sanity"].n == 6
+    assert any("standard model" in t.title for t in section.tables)
+    with pytest.raises(ConfigError, match="explain.compare"):
+        ExplainConfig(compare=str(tmp_path / "missing.safetensors"))

@@ -28,6 +28,17 @@ Recipe section ``explain`` (:class:`ExplainConfig`)::
       target: predicted         # predicted | label | a class index
       target_layer: null        # Grad-CAM's layer (null: the last convolution)
       options: {integrated-gradients: {steps: 16}}   # constructor options per method / metric
+      compare: null             # a second model file (e.g. the standard twin of a robust model): side by side
+      compare_label: compare    # its name in the figure and tables
+
+With ``compare`` (a fortify model file of the same input shape, e.g. a standard model next to this
+run's adversarially trained one), the same methods and metrics run on it: the grid shows both models'
+maps side by side (``<method> (run)``, ``<method> (<label>)``), the section adds its table and
+verdicts and the gap (run minus compare per image, paired 95% t interval; Etmann et al. 2019 and
+Ilyas et al. 2019 report more interpretable gradients for robust models: here it is measured). The
+report card gets ``explain.faithful`` (methods beating the random map), ``explain.sanity`` (methods
+passing the randomisation check, when it ran) and, with ``compare``, ``explain.gap.<metric>``.
+Metric ``roar`` is given the run's training split unless ``options.roar.train`` is set.
 """
 from __future__ import annotations
 
@@ -46,6 +57,8 @@ from fortify import progress
 from fortify.errors import ConfigError
 from fortify.pipeline.base import RunContext, register_stage
 from fortify.pipeline.results import ExplainResult, MetricSummary
+from fortify.pipeline.stages._explain_parts import (ExplainStageResult, Scored, check_compare, compare_models,
+                                                    comparison_doc, comparison_tables, findings, load_compare, score)
 from fortify.report.sections import Section, Table
 
 #: the metrics a verdict compares with the random attribution (faithfulness to the model's output)
@@ -85,9 +98,15 @@ class ExplainConfig:
     seed: int | None = None
     options: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"integrated-gradients": {"steps": 16}})
+    compare: str | None = None
+    compare_label: str = "compare"
 
     def __post_init__(self) -> None:
         methods_reg, metrics_reg = _registries()
+        check_compare(self.compare)
+        if not isinstance(self.compare_label, str) or self.compare_label in ("", "run"):
+            raise ConfigError(f"explain.compare_label must be a non-empty name other than 'run', got "
+                              f"{self.compare_label!r}")
         if not self.methods:
             raise ConfigError("explain.methods must name at least one attribution method; allowed: "
                               + ", ".join(methods_reg.names()))
@@ -298,51 +317,43 @@ class ExplainStage:
     config_class: ClassVar[type | None] = ExplainConfig
 
     def run(self, ctx: RunContext) -> ExplainResult:
-        """Explain, score, compare with the random baseline; log, write the JSON, figure and section."""
-        from fortify.explain import ATTRIBUTION_METRICS, ATTRIBUTIONS
-
+        """Explain, score, compare with the random baseline (and the ``compare`` model); log, write the
+        JSON, figure, section and report-card findings."""
         sec: ExplainConfig = ctx.config.section(self.name) or ExplainConfig()
         seed = ctx.config.seed if sec.seed is None else sec.seed
         x, y = ctx.test_inputs(sec.n)
         model = ctx.require_model()
-        target = self._target(model, x, y, sec)
+        other = load_compare(sec.compare) if sec.compare is not None else None
         out = ctx.out_dir("explain")
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(seed)
         random = torch.rand(x.shape, generator=g, dtype=x.dtype).to(x.device)
-        attrs: dict[str, torch.Tensor] = {}
-        table: dict[str, dict[str, MetricSummary]] = {}
-        baseline: dict[str, MetricSummary] = {}
-        steps = len(sec.methods) * (1 + len(sec.metrics)) + len(sec.metrics)
-        with progress.task("explain", total=steps, unit="steps") as bar:
-            for method in sec.methods:
-                bar.update(info=method)
-                attrs[method] = ATTRIBUTIONS.create(method, **sec.method_options(method, seed))(model, x, target)
-                bar.advance()
-                table[method] = {}
-                for metric in sec.metrics:
-                    bar.update(info=f"{method} {metric}")
-                    res = ATTRIBUTION_METRICS.create(metric, **sec.metric_options(metric, method, seed))(
-                        model, x, attrs[method], target)
-                    table[method][metric] = summarize(res.values, res.higher_is_better)
-                    bar.advance()
-            for metric in sec.metrics:
-                if not _accepts(ATTRIBUTION_METRICS.get(metric), "attribution"):  # not re-running a method
-                    bar.update(info=f"random {metric}")
-                    res = ATTRIBUTION_METRICS.create(metric, **sec.metric_options(metric, sec.methods[0], seed))(
-                        model, x, random, target)
-                    baseline[metric] = summarize(res.values, res.higher_is_better)
-                bar.advance()
+        extra = {"train": ctx.data("train")} if "roar" in sec.metrics and "train" not in sec.options.get("roar", {}) \
+            else {}
+        models = [("run", model)] + ([(sec.compare_label, other)] if other is not None else [])
+        per = len(sec.methods) * (1 + len(sec.metrics)) + len(sec.metrics)
+        scored: dict[str, Scored] = {}
+        with progress.task("explain", total=per * len(models), unit="steps") as bar:
+            for label, net in models:
+                scored[label] = score(net, x, self._target(net, x, y, sec), sec, seed, random, bar, label, extra)
         seconds = time.perf_counter() - t0
+        attrs, table, baseline = scored["run"]
         verdicts = {m: verdict(table[m], baseline) for m in sec.methods}
         target_name = str(sec.target)
-        figure = attribution_grid(x, attrs, out / "attributions.png",
+        grid = ({f"{m} ({lab})": scored[lab][0][m] for m in sec.methods for lab in scored} if other is not None
+                else attrs)
+        figure = attribution_grid(x, grid, out / "attributions.png",
                                   f"attributions of the {target_name} class "
                                   f"(first {min(FIGURE_ROWS, x.shape[0])} of {x.shape[0]} test images)")
         if figure is not None:
             ctx.add_artefact("attributions", figure, kind="figure")
         metrics: dict[str, Any] = {f"{m}/{k}": s.mean for m, row in table.items() for k, s in row.items()}
         metrics.update({f"random/{k}": s.mean for k, s in baseline.items()})
+        comparison = None
+        if other is not None:
+            comparison = compare_models(scored["run"], scored[sec.compare_label], sec)
+            metrics.update({f"{sec.compare_label}/{m}/{k}": s.mean for m, row in comparison["table"].items()
+                            for k, s in row.items()})
         metrics.update({"n": int(x.shape[0]), "explain_seconds": seconds})
         ctx.log_metrics(metrics)
         doc = {"methods": sec.methods, "metrics": sec.metrics, "n": int(x.shape[0]), "target": target_name,
@@ -350,14 +361,20 @@ class ExplainStage:
                "table": {m: {k: vars(s) for k, s in row.items()} for m, row in table.items()},
                "random_baseline": {k: vars(s) for k, s in baseline.items()}, "verdicts": verdicts,
                "seconds": seconds}
+        if comparison is not None:
+            doc["compare"] = comparison_doc(comparison, sec)
         doc_path = ctx.add_artefact("explain_json", ctx.write_json(out / "explain.json", doc), kind="report")
-        ctx.add_section(self.section(sec, int(x.shape[0]), target_name, table, baseline, verdicts, figure,
-                                     ctx.run_dir))
+        section = self.section(sec, int(x.shape[0]), target_name, table, baseline, verdicts, figure, ctx.run_dir)
+        if comparison is not None:
+            section.tables.extend(comparison_tables(comparison, sec, int(x.shape[0])))
+        section.findings.extend(findings(table, verdicts, int(x.shape[0]), comparison, sec))
+        ctx.add_section(section)
         for m, v in verdicts.items():
             ctx.print(f"{m}: {v}")
-        return ExplainResult(methods=list(sec.methods), metrics=list(sec.metrics), n=int(x.shape[0]), table=table,
-                             baseline=baseline, verdicts=verdicts, attributions=attrs, target=target_name, seed=seed,
-                             figure=figure, explain_json=doc_path)
+        return ExplainStageResult(methods=list(sec.methods), metrics=list(sec.metrics), n=int(x.shape[0]),
+                                  table=table, baseline=baseline, verdicts=verdicts, attributions=attrs,
+                                  target=target_name, seed=seed, figure=figure, explain_json=doc_path,
+                                  compare=comparison)
 
     @staticmethod
     def _target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sec: ExplainConfig) -> torch.Tensor | int | None:
