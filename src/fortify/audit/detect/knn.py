@@ -44,5 +44,7 @@ class KNN(Detector):
 
     def _score(self, model: nn.Module, state: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         z = normalised(penultimate(model, state["head"], x)[0])
-        d = torch.cdist(z, state["bank"].to(z.dtype))
-        return d.topk(state["k"], dim=1, largest=False).values[:, -1]
+        # unit vectors: ||z - b||^2 = 2 - 2 z.b, in float64 (no cancellation for near neighbours)
+        cos = z.double() @ state["bank"].double().T
+        kth = cos.topk(state["k"], dim=1, largest=True).values[:, -1]
+        return (2 - 2 * kth).clamp(min=1e-12).sqrt().to(z.dtype)
