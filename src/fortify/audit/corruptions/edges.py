@@ -2,8 +2,8 @@
 
 Batched numpy/scipy implementation of the steps of ``skimage.feature.canny`` (no scikit-image needed):
 Gaussian smoothing with border compensation (the smoothed image divided by the smoothed all-ones mask),
-Sobel gradients, non-maximum suppression along the gradient direction quantised to 0/45/90/135 degrees
-(scikit-image interpolates between neighbours instead), a one-pixel border removed, then hysteresis:
+Sobel gradients, non-maximum suppression along the gradient direction with linear interpolation between
+the two neighbours it passes between, a one-pixel border removed, then hysteresis:
 pixels above ``low`` kept when their 8-connected component holds a pixel above ``high`` (thresholds on
 the Sobel magnitude, scikit-image's defaults for float images: 0.1 and 0.2). Colour images use their
 luminance; the edge map (0 or 1) is repeated over the channels. Cost ``O(N H W)`` plus one labelling pass.
@@ -18,6 +18,8 @@ from fortify.audit.corruptions.base import luminance, register_corruption
 
 #: hysteresis thresholds on the Sobel magnitude (scikit-image's defaults for float images)
 LOW, HIGH = 0.1, 0.2
+#: Sobel kernel of the derivative along rows (``scipy.ndimage.sobel(axis=0)``); its transpose: along columns
+SOBEL_ROWS = np.array([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]])
 
 
 def _shift(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
@@ -29,20 +31,38 @@ def _shift(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
     return out
 
 
+def _local_maxima(mag: np.ndarray, gr: np.ndarray, gc: np.ndarray) -> np.ndarray:
+    """Non-maximum suppression with interpolation: ``mag`` must be >= its value one step forward and one step
+    back along the gradient, where a step moves 1 along the dominant axis and ``w = minor / major`` along
+    the other, read as ``(1 - w) * axis neighbour + w * diagonal neighbour`` (Canny's interpolated test)."""
+    sr, sc = np.sign(gr).astype(np.int64), np.sign(gc).astype(np.int64)
+    rows_major = np.abs(gr) >= np.abs(gc)
+    major, minor = np.where(rows_major, np.abs(gr), np.abs(gc)), np.where(rows_major, np.abs(gc), np.abs(gr))
+    w = np.divide(minor, major, out=np.zeros_like(major), where=major > 0)
+    shifted = {(dr, dc): _shift(mag, dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)}
+    keep = np.ones(mag.shape, dtype=bool)
+    for direction in (1, -1):
+        axis = np.zeros_like(mag)
+        diag = np.zeros_like(mag)
+        for (dr, dc), values in shifted.items():
+            axis_here = np.where(rows_major, (direction * sr == dr) & (dc == 0), (dr == 0) & (direction * sc == dc))
+            axis = np.where(axis_here, values, axis)
+            diag = np.where((direction * sr == dr) & (direction * sc == dc), values, diag)
+        keep &= mag >= (1.0 - w) * axis + w * diag
+    return keep & (mag > 0)
+
+
 def canny(images: np.ndarray, sigma: float, low: float = LOW, high: float = HIGH) -> np.ndarray:
     """Boolean edge maps ``(N, H, W)`` of grayscale ``images`` ``(N, H, W)`` in [0, 1]."""
     ones = np.ones_like(images)
     sig = (0.0, sigma, sigma)
     smoothed = ndimage.gaussian_filter(images, sig, mode="constant") / np.maximum(
         ndimage.gaussian_filter(ones, sig, mode="constant"), 1e-12)
-    gr, gc = ndimage.sobel(smoothed, axis=1), ndimage.sobel(smoothed, axis=2)
+    # Sobel per image (scipy's ndimage.sobel would also smooth across the batch axis)
+    gr = ndimage.correlate(smoothed, SOBEL_ROWS[None], mode="reflect")
+    gc = ndimage.correlate(smoothed, SOBEL_ROWS.T[None], mode="reflect")
     mag = np.hypot(gr, gc)
-    angle = (np.rad2deg(np.arctan2(gr, gc)) + 180.0) % 180.0
-    sector = ((angle + 22.5) // 45.0).astype(np.int64) % 4  # 0: along columns, 1: 45deg, 2: along rows, 3: 135deg
-    keep = np.zeros(mag.shape, dtype=bool)
-    for k, (dr, dc) in enumerate(((0, 1), (1, 1), (1, 0), (1, -1))):
-        local_max = (mag >= _shift(mag, dr, dc)) & (mag >= _shift(mag, -dr, -dc))
-        keep |= (sector == k) & local_max
+    keep = _local_maxima(mag, gr, gc)
     keep[:, 0, :] = keep[:, -1, :] = False
     keep[:, :, 0] = keep[:, :, -1] = False
     weak = keep & (mag >= low)
