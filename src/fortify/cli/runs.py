@@ -1,4 +1,5 @@
-"""``fortify runs ls|show``: browse the run store (opened read-only: a shared read-only store can be browsed)."""
+"""``fortify runs ls|show|compare``: browse the run store (opened read-only: a shared read-only store can be
+browsed) and compare runs (config diff, findings with significance tests, overlaid curves)."""
 from __future__ import annotations
 
 import argparse
@@ -9,14 +10,15 @@ from typing import TYPE_CHECKING, ClassVar
 from fortify.cli.base import UsageError, add_store_option, register_verb, store_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fortify.store import RunRecord
+    from fortify.store import RunRecord, RunStore
 
 
 @register_verb
 class RunsVerb:
-    """``fortify runs ls`` / ``fortify runs show ID``."""
+    """``fortify runs ls`` / ``fortify runs show ID`` / ``fortify runs compare A B [C ...]``."""
     name: ClassVar[str] = "runs"
-    help: ClassVar[str] = "list recorded runs (runs ls) or show one run's config, metrics and artefacts (runs show ID)"
+    help: ClassVar[str] = ("list recorded runs (runs ls), show one run's config, metrics and artefacts (runs show ID), "
+                           "compare runs (runs compare A B)")
     description = ("Browse the run store (SQLite, opened read-only): every run's id, verb, config, seed, versions, "
                    "status, metrics, files. A run whose process is gone (killed, machine lost) shows as "
                    "'interrupted' with the command that resumes it; the time column is active time (a resumed "
@@ -25,7 +27,8 @@ class RunsVerb:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Sub-commands ``ls`` (``--limit``/``--all``) and ``show`` (``ID``, ``--json``), each with
         ``--store``/``--out``."""
-        sub = parser.add_subparsers(dest="runs_cmd", metavar="{ls,show}", required=True, parser_class=type(parser))
+        sub = parser.add_subparsers(dest="runs_cmd", metavar="{ls,show,compare}", required=True,
+                                    parser_class=type(parser))
         ls = sub.add_parser("ls", help="table of recorded runs, newest first", description="Table of recorded runs.")
         ls.add_argument("--limit", type=int, default=20, help="show at most N runs (N >= 1, default 20)")
         ls.add_argument("--all", action="store_true", help="show every run (no limit)")
@@ -37,6 +40,18 @@ class RunsVerb:
         show.add_argument("--json", action="store_true", help="print the full record as JSON")
         show.add_argument("--out", metavar="DIR", default=None, help="runs folder whose fortify.db to read")
         add_store_option(show)
+        cmp = sub.add_parser("compare", help="compare runs: config diff, findings with significance, overlaid curves",
+                             description="Compare two or more runs: the config keys that differ, the report cards' "
+                             "figures side by side, each run tested against the first (two-proportion z-test for "
+                             "accuracies with n, disjoint 95%% intervals otherwise), and with --html a page with "
+                             "overlaid training, robustness, certified and Pareto curves.")
+        cmp.add_argument("run_ids", metavar="ID", nargs="+", help="two or more run ids (or unique prefixes); the "
+                         "first is the baseline")
+        cmp.add_argument("--html", metavar="PATH", default=None, help="also write the comparison page to PATH "
+                         "(figures in PATH's folder, <stem>_figures/)")
+        cmp.add_argument("--json", action="store_true", help="print the comparison as JSON instead of tables")
+        cmp.add_argument("--out", metavar="DIR", default=None, help="runs folder whose fortify.db to read")
+        add_store_option(cmp)
 
     def run(self, args: argparse.Namespace) -> int:
         """Open the store read-only (an absent, foreign or corrupt store is a one-line error) and print."""
@@ -50,6 +65,8 @@ class RunsVerb:
         if not path.is_file():
             raise OutputError(f"no run store at {str(path)!r} (run something first, or pass --store PATH)")
         store = RunStore(path, readonly=True)
+        if args.runs_cmd == "compare":
+            return compare_command(store, args)
         if args.runs_cmd == "ls":
             limit = None if args.all else args.limit
             print_runs(store, limit)
@@ -60,6 +77,35 @@ class RunsVerb:
             if not args.json:
                 print_resume_hints([rec], _location(args))
         return 0
+
+
+def compare_command(store: "RunStore", args: argparse.Namespace) -> int:
+    """``runs compare``: load the runs' reports, print the tables (or JSON), write the page with --html."""
+    import json
+
+    from rich.console import Console
+
+    from fortify.report.compare import compare_runs, terminal_tables
+    from fortify.report.compare_html import write_compare_html
+    from fortify.report.loading import load_run
+
+    if len(args.run_ids) < 2:
+        raise UsageError("runs compare needs at least two run ids (the first is the baseline)")
+    ids = [store.resolve(r) for r in args.run_ids]
+    if len(set(ids)) != len(ids):
+        raise UsageError("runs compare: a run is listed twice: " + ", ".join(args.run_ids))
+    runs = [load_run(store, r) for r in ids]
+    cmp = compare_runs(runs)
+    page = write_compare_html(cmp, runs, args.html) if args.html else None
+    if args.json:
+        print(json.dumps({**cmp, "html": str(page) if page else None}, indent=2, default=str))
+        return 0
+    out = Console()
+    for t in terminal_tables(cmp):
+        out.print(t)
+    if page is not None:
+        out.print(f"comparison page: {page}", highlight=False, soft_wrap=True)
+    return 0
 
 
 def _location(args: argparse.Namespace) -> str:

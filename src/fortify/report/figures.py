@@ -169,11 +169,13 @@ def certified_vs_empirical(certified: Sequence[Mapping[str, Any]], empirical: Se
         for e in empirical:
             if e.get("norm") != norm or not e.get("eps"):
                 continue
-            pts = [(x, a) for x, a in zip(e["eps"], e["accuracy"]) if x <= top * 1.5]
+            pts = list(zip(e["eps"], e["accuracy"]))
+            top = max(top, max(x for x, _ in pts))
             if pts:
                 ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-", color=colour_of[str(e.get("group", ""))],
                         label=f"attacks: {e.get('label') or norm}")
         _marks(ax, marks, norm, colour_of)
+        ax.set_xlim(-0.02 * top, 1.05 * max([top, *(float(m["eps"]) for m in marks if m.get("norm") == norm)]))
         ax.set_xlabel(f"radius eps ({norm})")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
@@ -226,6 +228,12 @@ def pareto_figure(points: Sequence[Mapping[str, Any]], path: str | Path, *,
     ax.plot([], [], "o", color="k", label="non-dominated")
     ax.plot([], [], "o", color="k", markerfacecolor="white", label="dominated")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    xs = [float(p["bytes"]) / 1024 for p in pts]
+    ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
     ax.set_xlabel("artefact size on disk (KiB, log scale)")
     ax.set_ylabel("robust accuracy (%)")
     ax.grid(alpha=0.3, which="both")

@@ -17,6 +17,18 @@ from fortify.report.card import build_card, section_anchor
 from fortify.report.html_parts import badge, esc, figure, fmt, interval_text, page, table, value_text
 
 
+#: captions of the figures the built-in stages and the report stage draw (others show their path)
+FIGURE_CAPTIONS = {
+    "training_curve.png": "Training: loss, clean vs robust accuracy and the eps schedule per epoch",
+    "report/robustness.png": "Robust accuracy vs eps for every threat (curves: minimal-perturbation attacks on the "
+                             "curve images; diamonds: the cascade's figure at the evaluation eps, 95% interval)",
+    "report/certified_vs_empirical.png": "Certified accuracy (dashed, a sound lower bound) and attacked robust accuracy "
+                                         "(solid, an upper bound) on one axis; the truth lies between them",
+    "report/pareto.png": "Artefact size vs robust accuracy of every model measured in this run (95% intervals; "
+                         "filled: not dominated by a smaller and more robust model)",
+}
+
+
 def _findings_rows(findings: list[Mapping[str, Any]], *, link: bool = True) -> tuple[list[list[Any]], list[str]]:
     rows, classes = [], []
     for f in findings:
@@ -82,7 +94,7 @@ def _section(i: int, sec: Mapping[str, Any], run_dir: Path) -> str:
     for t in sec.get("tables") or []:
         parts.append(table(t.get("headers") or [], t.get("rows") or [], t.get("title", "")))
     for f in sec.get("figures") or []:
-        parts.append(figure(run_dir / f, f))
+        parts.append(figure(run_dir / f, FIGURE_CAPTIONS.get(f, f)))
     parts.append("</section>")
     return "".join(parts)
 
