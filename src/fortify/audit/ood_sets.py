@@ -136,14 +136,12 @@ def _package_dir(package: str, relative: str, install: str, what: str) -> Path:
     raise DatasetUnavailableError(f"ood set {what!r} needs {package}: run `{install}`")
 
 
-@functools.lru_cache(maxsize=1)
-def _digit_images() -> np.ndarray:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DatasetUnavailableError("ood set 'digits-upsampled' needs scikit-learn: run `pip install "
-                                      "scikit-learn`") from None
-    return np.asarray(load_digits().images, dtype=np.float32) / 16.0
+def _digit_images() -> torch.Tensor:
+    """All 1,797 UCI digits ``(N, 1, 8, 8)`` through fortify's ``digits`` dataset (both splits; cached there;
+    DatasetUnavailableError naming scikit-learn when it is absent)."""
+    from fortify.data import load
+
+    return torch.cat([load("digits", "train")[0], load("digits", "test")[0]])
 
 
 @functools.lru_cache(maxsize=16)
@@ -196,7 +194,7 @@ def _fashion(n: int, shape: tuple[int, ...], rng: np.random.Generator, model: "n
 
 def _digits(n: int, shape: tuple[int, ...], rng: np.random.Generator, model: "nn.Module | None") -> torch.Tensor:
     images = _digit_images()
-    x = torch.from_numpy(images[_pick(len(images), n, rng)][:, None])
+    x = images[torch.from_numpy(_pick(len(images), n, rng))]
     return fit_images(x, _image_shape(shape, "digits-upsampled"))
 
 
