@@ -1,0 +1,233 @@
+"""Per-query choice of index and budget: the cheapest configuration predicted to reach a target recall.
+
+Features of a query ``u`` (from an IVF index's coarse clusters, ``nlist`` inner products, plus an early probe of
+its best cluster): ``log ||u||``; the best centroid score, the gaps best - 2nd and best - 10th and the softmax
+entropy of the centroid scores (all scale-free, divided by ``||u||``); the early-probe statistic of learned
+adaptive early termination (Li, Zhang, Andersen, He 2020): the gap between the k-th best inner product found in
+the best cluster and the 2nd cluster's probe score. For every configuration ``(index, budget)`` a logistic model
+of the per-query recall@k (soft targets, L2-regularised, fitted by Newton steps in numpy) is trained on held-out
+queries; a query goes to the cheapest configuration (mean inner products measured on the training queries) whose
+predicted recall is at least ``target + margin``, ``margin`` the smallest that keeps the training mean recall
+at the target. The selector's cost counts its features (``nlist`` + one cluster) on top of the search.
+Reported by :meth:`Selector.evaluate` as recall and cost against the best single configuration at the target.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from fortify.errors import ConfigError, InputError
+from fortify.mips.base import Index, SearchCost, SearchResult, as_matrix, recall_at_k, topk_rows
+from fortify.mips.exact import exact_topk
+from fortify.mips.ivf import IVFIndex, scan_clusters
+
+Config = tuple[str, int]
+
+
+def _logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 25) -> np.ndarray:
+    """Weights ``(f,)`` of a logistic model of soft targets ``y (m,)`` in [0, 1] on ``X (m, f)`` (Newton)."""
+    w = np.zeros(X.shape[1])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -30, 30)))
+        grad = X.T @ (p - y) / len(y) + l2 * w
+        H = (X * (p * (1 - p))[:, None]).T @ X / len(y) + l2 * np.eye(X.shape[1])
+        w -= np.linalg.solve(H, grad)
+    return w
+
+
+@dataclass
+class SelectorReport:
+    """Held-out result: the selector's mean recall and cost against the cheapest single configuration whose
+    training recall reached the target (``best``), and every configuration's measured recall/cost."""
+
+    target: float
+    k: int
+    recall: float
+    inner_products: float
+    best: Config | None
+    best_recall: float
+    best_inner_products: float
+    table: dict[Config, tuple[float, float]] = field(default_factory=dict)
+    choices: dict[Config, int] = field(default_factory=dict)
+
+    @property
+    def cost_ratio(self) -> float:
+        """Best single configuration's cost over the selector's (> 1: the selector is cheaper)."""
+        return self.best_inner_products / self.inner_products if self.inner_products else float("nan")
+
+
+class Selector:
+    """Choose ``(index, budget)`` per query among ``indexes`` (name -> built index, same ``V``) for ``target``
+    recall@``k``. ``budgets``: the budgets tried per index (default: each index's ladder); ``ivf``: the index
+    whose clusters give the features (default ``indexes["ivf"]``)."""
+
+    def __init__(self, indexes: Mapping[str, Index], *, target: float = 0.95, k: int = 10,
+                 budgets: Mapping[str, list[int]] | None = None, ivf: IVFIndex | None = None) -> None:
+        if not 0 < target <= 1:
+            raise ConfigError(f"target recall must be in (0, 1], got {target!r}")
+        if not indexes:
+            raise ConfigError("the selector needs at least one index")
+        probe = ivf if ivf is not None else indexes.get("ivf")
+        if not isinstance(probe, IVFIndex):
+            raise ConfigError("the selector's features need an IVF index: pass ivf= or include 'ivf' in indexes")
+        self.indexes, self.target, self.k, self.ivf = dict(indexes), float(target), int(k), probe
+        self.configs: list[Config] = [(name, int(b)) for name, idx in self.indexes.items()
+                                      for b in (budgets or {}).get(name, idx.budgets())]
+        self.weights = np.empty((0, 0))
+        self.cost = np.empty(0)
+        self.margin = 0.0
+        self.mean = np.zeros(0)
+        self.std = np.ones(0)
+
+    def features(self, U: np.ndarray) -> tuple[np.ndarray, float]:
+        """``(features (q, 7), inner products per query)`` of queries ``U (q, d)``."""
+        F, cost, _ = self._features(U)
+        return F, cost
+
+    def _features(self, U: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Features, their cost, and what an IVF search can reuse: ``(probe order (q, p), early ids, scores)``."""
+        norm = np.maximum(np.linalg.norm(U, axis=1), 1e-30)
+        s = self.ivf.probe_scores(U)
+        m = s.shape[1]
+        order, _ = topk_rows(s, min(m, max(10, self._max_probe())))
+        top, vals = order[:, :10], np.take_along_axis(s, order[:, :10], axis=1)
+        v = vals / norm[:, None]
+        z = (s - s.max(axis=1, keepdims=True)) / np.maximum(s.std(axis=1, keepdims=True), 1e-12)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        ent = -(p * np.log(np.maximum(p, 1e-30))).sum(axis=1)
+        early, found, rows = scan_clusters(self.ivf.V, self.ivf.perm, self.ivf.offsets, U, top[:, :1],
+                                       min(self.k, self.ivf.n))
+        kth = np.where(np.isfinite(found[:, -1]), found[:, -1], found[:, :1].min(axis=1)) / norm
+        second = v[:, 1] if v.shape[1] > 1 else v[:, 0]
+        F = np.stack([np.log(norm), v[:, 0], v[:, 0] - second, v[:, 0] - v[:, -1], ent, kth - second,
+                      kth - v[:, 0]], axis=1)
+        return F, float(m + rows.mean()), (order, early, found)
+
+    def _max_probe(self) -> int:
+        return max([b for n, b in self.configs if self.indexes[n] is self.ivf] or [1])
+
+    def _design(self, F: np.ndarray) -> np.ndarray:
+        return np.hstack([(F - self.mean) / self.std, np.ones((F.shape[0], 1))])
+
+    def _measure(self, U: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per configuration and query: recall@k ``(c, q)`` and inner products ``(c, q)``."""
+        R = np.empty((len(self.configs), U.shape[0]))
+        C = np.empty_like(R)
+        for i, (name, b) in enumerate(self.configs):
+            res = self.indexes[name].search(U, self.k, b)
+            R[i] = recall_at_k(res.ids, truth)
+            C[i] = res.cost.per_query
+        return R, C
+
+    def fit(self, U: object, truth: np.ndarray | None = None) -> "Selector":
+        """Train on held-out queries ``U (q, d)`` (``truth (q, k)``: their exact top-k, computed if omitted)."""
+        Q = as_matrix(U, "U")
+        if Q.shape[0] < 10:
+            raise InputError(f"the selector needs at least 10 training queries, got {Q.shape[0]}")
+        truth = self._truth(Q) if truth is None else truth
+        R, C = self._measure(Q, truth)
+        F = self.features(Q)[0]
+        self.mean, self.std = F.mean(axis=0), np.maximum(F.std(axis=0), 1e-9)
+        X = self._design(F)
+        self.weights = np.stack([_logistic(X, R[i]) for i in range(len(self.configs))])
+        _, fcost = self.features(Q)
+        self.cost = C.mean(axis=1) - np.array([fcost if self.indexes[n] is self.ivf else 0.0 for n, _ in self.configs])
+        pred = self._predict(X)
+        lo, hi = -1.0, 1.0
+        for _ in range(30):  # smallest margin whose choices reach the target on the training queries
+            mid = 0.5 * (lo + hi)
+            pick = self._pick(pred, mid)
+            ok = R[pick, np.arange(Q.shape[0])].mean() >= self.target
+            lo, hi = (lo, mid) if ok else (mid, hi)
+        self.margin = hi
+        return self
+
+    def _truth(self, Q: np.ndarray) -> np.ndarray:
+        exact = next((i for i in self.indexes.values() if i.exact), None)
+        if exact is not None:
+            return exact.search(Q, self.k).ids
+        from fortify.mips.head import _vectors_of
+
+        return exact_topk(_vectors_of(next(iter(self.indexes.values()))), Q, self.k)[0]
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-np.clip(X @ self.weights.T, -30, 30)))  # (q, c)
+
+    def _pick(self, pred: np.ndarray, margin: float) -> np.ndarray:
+        """Per query the cheapest configuration with predicted recall >= target + margin (else the best)."""
+        order = np.argsort(self.cost, kind="stable")
+        ok = pred[:, order] >= self.target + margin
+        first = np.where(ok.any(axis=1), ok.argmax(axis=1), -1)
+        best = order[np.argmax(pred[:, order] - 1e-9 * np.arange(len(order)), axis=1)]
+        return np.where(first >= 0, order[np.maximum(first, 0)], best)
+
+    def choose(self, U: object) -> tuple[np.ndarray, float]:
+        """Configuration index per query ``(q,)`` (into :attr:`configs`) and the features' inner products."""
+        if self.weights.size == 0:
+            raise ConfigError("the selector is not trained: call fit(U_heldout) first")
+        pick, fcost, _ = self._choose(as_matrix(U, "U"))
+        return pick, fcost
+
+    def _choose(self, Q: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        F, fcost, reuse = self._features(Q)
+        return self._pick(self._predict(self._design(F)), self.margin), fcost, reuse
+
+    def search(self, U: object) -> SearchResult:
+        """Search every query with its chosen configuration; the cost includes the features."""
+        Q = as_matrix(U, "U")
+        t0 = time.perf_counter()
+        if self.weights.size == 0:
+            raise ConfigError("the selector is not trained: call fit(U_heldout) first")
+        pick, fcost, (order, early, found) = self._choose(Q)
+        ids = np.empty((Q.shape[0], self.k), dtype=np.int64)
+        sc = np.empty((Q.shape[0], self.k), dtype=np.float32)
+        ips = np.full(Q.shape[0], fcost)
+        for c in np.unique(pick):
+            rows = np.flatnonzero(pick == c)
+            name, b = self.configs[int(c)]
+            if self.indexes[name] is self.ivf:  # reuse the probe order and the early probe's cluster
+                if b > 1:
+                    more_i, more_s, more_rows = scan_clusters(self.ivf.V, self.ivf.perm, self.ivf.offsets, Q[rows],
+                                                              order[rows, 1:b], self.k)
+                else:
+                    more_i = np.full((rows.size, self.k), -1, dtype=np.int64)
+                    more_s = np.full((rows.size, self.k), -np.inf, dtype=np.float32)
+                    more_rows = np.zeros(rows.size)
+                all_i = np.concatenate([early[rows], more_i], axis=1)
+                pos, vals = topk_rows(np.concatenate([found[rows], more_s], axis=1), self.k)
+                ids[rows], sc[rows] = np.take_along_axis(all_i, pos, axis=1), vals
+                ips[rows] += more_rows
+            else:
+                res = self.indexes[name].search(Q[rows], self.k, b)
+                ids[rows], sc[rows] = res.ids, res.scores
+                ips[rows] += res.cost.per_query
+        sec = time.perf_counter() - t0
+        return SearchResult(ids, sc, SearchCost(float(ips.mean()), ips, float(2 * Q.shape[1] * ips.sum()), sec))
+
+    def evaluate(self, U: object, truth: np.ndarray | None = None,
+                 train: tuple[np.ndarray, np.ndarray] | None = None) -> SelectorReport:
+        """Selector vs the cheapest single configuration reaching the target on ``train`` (``(U, truth)`` of the
+        training queries; default: the best on these queries, an optimistic baseline)."""
+        Q = as_matrix(U, "U")
+        truth = self._truth(Q) if truth is None else truth
+        res = self.search(Q)
+        rec = float(recall_at_k(res.ids, truth).mean())
+        R, C = self._measure(Q, truth)
+        if train is not None:
+            Rt, Ct = self._measure(as_matrix(train[0], "U"), train[1])
+        else:
+            Rt, Ct = R, C
+        ok = [i for i in range(len(self.configs)) if Rt[i].mean() >= self.target]
+        best = min(ok, key=lambda i: Ct[i].mean()) if ok else None
+        picks = self.choose(Q)[0]
+        return SelectorReport(
+            target=self.target, k=self.k, recall=rec, inner_products=res.cost.inner_products,
+            best=self.configs[best] if best is not None else None,
+            best_recall=float(R[best].mean()) if best is not None else float("nan"),
+            best_inner_products=float(C[best].mean()) if best is not None else float("nan"),
+            table={c: (float(R[i].mean()), float(C[i].mean())) for i, c in enumerate(self.configs)},
+            choices={self.configs[int(c)]: int((picks == c).sum()) for c in np.unique(picks)})
