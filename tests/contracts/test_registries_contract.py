@@ -33,12 +33,16 @@ CONTRACTS: dict[str, tuple[str, str]] = {
     "compression recipe": ("test_application_registries_contract.py", "RECIPES"),
     "attribution": ("test_attributions_contract.py", "ATTRIBUTIONS"),
     "attribution metric": ("test_attributions_contract.py", "ATTRIBUTION_METRICS"),
+    "poison": ("test_backdoor_contract.py", "POISONS"),
+    "backdoor detector": ("test_backdoor_contract.py", "BACKDOOR_DETECTORS"),
+    "backdoor mitigation": ("test_backdoor_contract.py", "BACKDOOR_MITIGATIONS"),
     "corruption": ("test_corruptions_contract.py", "CORRUPTIONS"), "ood set": ("test_ood_sets_contract.py", "OOD_SETS"),
     "detector": ("test_detectors_contract.py", "DETECTORS"), "calibrator": ("test_detectors_contract.py", "CALIBRATORS"),
 }
 #: pillar packages that must find their methods with :func:`fortify.registry.discover`
 PILLARS = ("fortify.attacks", "fortify.train.tasks", "fortify.certify", "fortify.compress", "fortify.models",
-           "fortify.data", "fortify.explain", "fortify.audit.detect")
+           "fortify.data", "fortify.explain", "fortify.audit.detect",
+           "fortify.audit.backdoor")
 
 
 #: modules a registry's package does not import today, with the reason (exact names: a new file
