@@ -106,40 +106,41 @@ def _size(e: Mapping[str, Any]) -> str:
     if e.get("bytes"):
         parts.append(f"{e['bytes'] / 1024:,.0f} KiB")
     if e.get("compressed"):
-        parts.append(f"compresses {e['compressed']:.1f}x")
+        parts.append(f"{e['compressed']:.1f}x compressible")
     return ", ".join(parts) or "\u2013"
 
 
 def _evaluation(e: Mapping[str, Any]) -> str:
-    how = f"preset {e['preset']}" if e.get("preset") else "custom: " + ", ".join(e.get("attacks") or [])
-    return f"{how}, n={e.get('n')}"
+    how = str(e["preset"]) if e.get("preset") else "custom: " + ", ".join(e.get("attacks") or [])
+    return f"{how}, n={e.get('n')}" + ("" if e["reliable"] else " (below bar)")
 
 
 def rows_text(board: Mapping[str, Any]) -> list[list[str]]:
-    """A board's rows as text cells: rank, model (run), clean, robust [CI], certified, size, flags, evaluation."""
+    """A board's rows as text cells (:data:`HEADERS`): rank, model, run, clean, robust [CI], certified, size,
+    flags (fired sanity flags, warnings), evaluation (preset or attacks, n, below the bar)."""
     rows = []
     for e in board["rows"]:
         iv = e.get("robust_interval")
         robust = _pct(e["robust"]) + (f" [{iv[0]:.1f}\u2013{iv[1]:.1f}]" if iv else "")
         cert = _pct(e["certified"]) + (f" @ {e['certified_threat']}" if e.get("certified_threat") and
                                        e["certified_threat"] != e["threat"] else "")
-        flags = ", ".join(e["flags"]) or ("" if e["reliable"] else "unreliable: " + "; ".join(e["why_not"]))
-        if e["warnings"] and e["reliable"]:
+        flags = ", ".join(e["flags"])
+        if e["warnings"]:
             flags = (flags + "; " if flags else "") + f"{len(e['warnings'])} warning(s)"
-        rows.append([str(e["rank"]) if e["rank"] else "\u2013", f"{e['model']} ({e['run_id']})", _pct(e["clean"]), robust,
+        rows.append([str(e["rank"]) if e["rank"] else "\u2013", str(e["model"]), e["run_id"], _pct(e["clean"]), robust,
                      cert, _size(e), flags or "none", _evaluation(e)])
     return rows
 
 
-HEADERS = ["rank", "model (run)", "clean", "robust [95% CI]", "certified", "size", "flags", "evaluation"]
+HEADERS = ["rank", "model", "run", "clean", "robust [95% CI]", "certified", "size", "flags", "evaluation"]
 
 
 def terminal_tables(lb: Mapping[str, Any]) -> list[Any]:
-    """One rich Table per board."""
+    """One rich Table per board, then a line on the unranked rows (rich renderables)."""
     from rich import box
     from rich.table import Table
 
-    out = []
+    out: list[Any] = []
     for b in lb["boards"]:
         t = Table(title=f"{b['dataset']} \u00b7 {b['threat']}", title_justify="left", box=box.SIMPLE_HEAD)
         for h in HEADERS:
@@ -147,6 +148,11 @@ def terminal_tables(lb: Mapping[str, Any]) -> list[Any]:
         for row, e in zip(rows_text(b), b["rows"]):
             t.add_row(*row, style=None if e["reliable"] else "dim")
         out.append(t)
+    below = sorted({w for b in lb["boards"] for e in b["rows"] if not e["reliable"] for w in e["why_not"]})
+    if below:
+        from fortify.report.card import BAR_TEXT
+
+        out.append(f"unranked (dim): evaluations below the bar ({BAR_TEXT}): {'; '.join(below)}")
     return out
 
 
@@ -165,8 +171,9 @@ def render_leaderboard_html(lb: Mapping[str, Any], source: str = "") -> str:
         body.append("<p>No run with a robust accuracy matches.</p>")
     for b in lb["boards"]:
         body.append(f"<h2>{esc(b['dataset'])} \u00b7 {esc(b['threat'])}</h2>")
-        body.append(table(HEADERS, rows_text(b), percent=False,
-                          row_classes=["" if e["reliable"] else "warn" for e in b["rows"]], nowrap=(0, 2)))
+        body.append(table([*HEADERS, "why not ranked"], [[*r, "; ".join(e["why_not"])] for r, e in
+                                                          zip(rows_text(b), b["rows"])], percent=False,
+                          row_classes=["" if e["reliable"] else "warn" for e in b["rows"]], nowrap=(0, 3)))
     if lb["skipped"]:
         body.append("<details><summary>Runs not on the board</summary>"
                     + table(["run", "reason"], [[s["run_id"], s["reason"]] for s in lb["skipped"]]) + "</details>")
