@@ -6,7 +6,8 @@ eigenvectors of the (uncentred) covariance of ``h - o`` over the training data; 
 projection of ``h - o`` onto its orthogonal complement. The virtual logit is ``alpha ||r(x)||`` with ``alpha =
 mean max_k z_k / mean ||r||`` over the training data; the score is the log-probability of the virtual class,
 ``alpha ||r|| - logsumexp(z, alpha ||r||)`` (monotone in the paper's softmax probability). ``dim`` defaults to the
-paper's rule: 1000 if ``d >= 2048``, 512 if ``d >= 768``, else ``d // 2`` (at least 1, below ``d``).
+paper's rule: 1000 if ``d >= 2048``, 512 if ``d >= 768``, else ``d // 2``, capped at the numerical rank of the
+training features minus one (dead ReLU units would otherwise leave a zero residual everywhere).
 Shapes ``x (N, *sample) -> (N,)``. Cost: fit one forward pass and a ``d x d`` eigendecomposition; score one
 forward pass plus ``O(d^2)`` per row.
 """
@@ -42,15 +43,17 @@ class ViM(Detector):
         h, z = batched_features(lambda b: penultimate(model, lin, b), x, self.batch_size)
         h, z = h.double(), z.double()
         d = h.shape[1]
-        dim = default_dim(d) if self.dim is None else self.dim
-        if dim >= d:
-            raise UnsupportedLayerError(f"ViM needs a principal subspace smaller than the feature dimension: dim={dim} "
-                                        f">= d={d}")
         w = lin.weight.detach().double()
         b = lin.bias.detach().double() if lin.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
         origin = -torch.linalg.pinv(w) @ b
         c = h - origin
-        _, vecs = torch.linalg.eigh(c.T @ c / c.shape[0])  # ascending eigenvalues
+        vals, vecs = torch.linalg.eigh(c.T @ c / c.shape[0])  # ascending eigenvalues
+        rank = int((vals > 1e-6 * vals.max().clamp(min=1e-300)).sum())
+        # default: the paper's rule, kept below the features' numerical rank (dead units leave no residual)
+        dim = min(default_dim(d), max(1, rank - 1)) if self.dim is None else self.dim
+        if dim >= d:
+            raise UnsupportedLayerError(f"ViM needs a principal subspace smaller than the feature dimension: dim={dim} "
+                                        f">= d={d}")
         ns = vecs[:, : d - dim]  # the complement of the top-dim principal subspace
         res = (c @ ns).norm(dim=1)
         alpha = float(z.max(dim=1).values.mean() / res.mean().clamp(min=1e-12))
