@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import ClassVar
 
-from fortify.cli.base import add_resume_option, add_run_options, build_raw, register_verb, run_with_config
+from fortify.cli.base import add_resume_option, add_run_options, build_raw, register_verb
+from fortify.cli.train import run_ranked
 
 
 @register_verb
@@ -14,7 +15,9 @@ class RunVerb:
     name: ClassVar[str] = "run"
     help: ClassVar[str] = ("run a recipe's whole pipeline (default: robust-train small-cnn on mnist-5k, evaluate, "
                            "attack, certify, compress, save, report)")
-    description = ("Run every stage listed in the recipe's 'stages' in order and record the run. With no arguments: "
+    description = ("Under torchrun (torchrun --nproc_per_node=N -m fortify run ...) the train stage is data-parallel "
+                   "over the ranks and rank 0 runs the other stages and writes everything. "
+                   "Run every stage listed in the recipe's 'stages' in order and record the run. With no arguments: "
                    "train small-cnn (normalised) on mnist-5k with fortify's efficient robust recipe (PGD adversarial "
                    "training at linf 0.3 with eps and attack-steps ramps), measure clean test accuracy, robust "
                    "accuracy under linf 0.3 (fast attack cascade + sanity checks + curves), CROWN-certified accuracy "
@@ -29,4 +32,4 @@ class RunVerb:
 
     def run(self, args: argparse.Namespace) -> int:
         """Run the recipe's pipeline (or resume a recorded run)."""
-        return run_with_config(args, self.name, args.argv, build_raw(args) if args.resume is None else {})
+        return run_ranked(args, self.name, build_raw(args) if args.resume is None else {}, None)

@@ -1,10 +1,20 @@
-"""``fortify train``: train and save a model (stages train, accuracy, save, report)."""
+"""``fortify train``: train and save a model (stages train, accuracy, save, report).
+
+Under torchrun (``torchrun --nproc_per_node=N -m fortify train --recipe R``; ``--nnodes``/``--rdzv-*`` are
+torchrun's) every rank runs this verb: rank 0 runs the whole pipeline (run folder, run store, checkpoints,
+progress, report), ranks > 0 only the train stage's data-parallel fit and write nothing
+(:func:`run_ranked`); a failure on any rank is one ``fortify: error: rank R: ...`` line.
+"""
 from __future__ import annotations
 
 import argparse
-from typing import ClassVar
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
 
-from fortify.cli.base import UsageError, add_resume_option, add_run_options, build_raw, register_verb, run_with_config
+from fortify.cli.base import (UsageError, add_resume_option, add_run_options, build_raw, register_verb, run_with_config,
+                              set_threads, store_path)
+from fortify.errors import FortifyError, WorkerError
 
 TRAIN_STAGES = ("train", "accuracy", "save", "report")
 
@@ -43,8 +53,7 @@ class TrainVerb:
             extra.append(f"data.name={args.dataset}")
         if args.epochs is not None:
             extra.append(f"train.epochs={args.epochs}")
-        return run_with_config(args, self.name, args.argv, build_raw(args, extra) if args.resume is None else {},
-                               stages=TRAIN_STAGES)
+        return run_ranked(args, self.name, build_raw(args, extra) if args.resume is None else {}, TRAIN_STAGES)
 
     @staticmethod
     def _distributed_overrides(args: argparse.Namespace) -> list[str]:
@@ -75,3 +84,55 @@ class TrainVerb:
         if args.max_staleness is not None:
             out.append(f"train.max_staleness={args.max_staleness}")
         return out
+
+
+def _follow(args: argparse.Namespace, verb: str, raw: dict[str, Any], rank: int) -> int:
+    """A rank > 0 under torchrun: the train stage's fit only, no run folder, store row or checkpoint."""
+    from fortify.pipeline import RunContext, resolve
+    from fortify.pipeline.stages.train import TrainStage
+
+    if args.resume is not None:
+        from fortify.store import RunStore
+
+        path = store_path(args, getattr(args, "out", None))
+        cfg = resolve(RunStore(path, readonly=True).get_run(args.resume).config)
+    else:
+        cfg = resolve({**raw, "stages": ["train"]})
+    set_threads(args)
+    unused = Path(tempfile.gettempdir()) / f"fortify-rank{rank}-never-written"
+    ctx = RunContext(config=cfg, run_dir=unused, run_id=f"rank{rank}", verb=verb, store=None, quiet=True,
+                     resume=args.resume is not None)
+    ctx.stage = "train"
+    TrainStage().run(ctx)
+    return 0
+
+
+def _ranked(e: BaseException, rank: int) -> FortifyError:
+    """``e`` as a fortify error whose message starts with ``rank R:`` (its own type when possible)."""
+    msg = " ".join(str(e).split())
+    if msg.startswith(f"rank {rank}:"):
+        return e if isinstance(e, FortifyError) else WorkerError(msg)
+    if isinstance(e, FortifyError):
+        try:
+            return type(e)(f"rank {rank}: {msg}")
+        except TypeError:
+            pass
+    return WorkerError(f"rank {rank}: {type(e).__name__}: {msg}")
+
+
+def run_ranked(args: argparse.Namespace, verb: str, raw: dict[str, Any], stages: Sequence[str] | None) -> int:
+    """:func:`run_with_config` on rank 0 (or without torchrun); the train stage only on ranks > 0."""
+    from fortify.train.distributed import env
+
+    world = env.env_world()
+    if world is None:
+        return run_with_config(args, verb, args.argv, raw, stages=stages)
+    rank = world[0]
+    try:
+        if rank == 0:
+            return run_with_config(args, verb, args.argv, raw, stages=stages)
+        return _follow(args, verb, raw, rank)
+    except FortifyError as e:
+        raise _ranked(e, rank) from None
+    except Exception as e:  # noqa: BLE001 - one line naming the rank instead of a traceback per rank
+        raise _ranked(e, rank) from e

@@ -437,10 +437,8 @@ class Trainer:
                 correct += c
                 rows += r
                 for k, v in out.metrics.items():
-                    if k == "grad_evals":
-                        continue
                     s = _scalar(v)
-                    if s is None:
+                    if k == "grad_evals" or s is None:
                         continue
                     key = f"task_{k}" if k in _RESERVED else k
                     sums[key] = sums.get(key, 0.0) + s * b
@@ -451,14 +449,9 @@ class Trainer:
                         fn(self, self.global_step, out)
                 if bar is not None:
                     bar.step(loss_sum / samples, correct / rows if rows else None)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(samples, 1),
-            "train_acc": correct / rows if rows else None,
-            "val_acc": None,
-            "val_loss": None,
-            "lr": lr,
-        }
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(samples, 1),
+                                  "train_acc": correct / rows if rows else None, "val_acc": None, "val_loss": None,
+                                  "lr": lr}
         if val is not None:
             record["val_acc"], record["val_loss"] = self.evaluate(*val)
         record.update({k: sums[k] / weights[k] for k in sums})

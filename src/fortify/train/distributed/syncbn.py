@@ -9,8 +9,8 @@ rows, as PyTorch's SyncBatchNorm and Peng et al. 2018 "MegDet"):
     S = all_reduce(sum_i x_i), Q = all_reduce(sum_i x_i^2), M = all_reduce(m)   per channel
     mean = S / M,  var = Q / M - mean^2,  y = (x - mean) / sqrt(var + eps) * gamma + beta
 
-with :func:`torch.distributed.nn.functional.all_reduce` (differentiable: its backward all-reduces the
-gradient of the statistics, so every rank gets the exact gradient of the global loss when shards are
+with a differentiable all-reduce (:class:`AllReduceSum`: its backward all-reduces the gradient of
+the statistics, so every rank gets the exact gradient of the global loss when shards are
 equal-sized - the case PyTorch's DDP + SyncBatchNorm also assumes). The running statistics are
 restored to their value before the local forward and updated once with the global ``mean`` and the
 unbiased global variance ``var * M / (M - 1)``. Cost per BatchNorm call: one extra normalisation and
@@ -18,8 +18,8 @@ one all-reduce of ``2C + 1`` numbers.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -27,24 +27,46 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+#: running statistics of the BatchNorms inside a forward, by ``id(module)`` (pre-hook -> hook)
+_SAVED: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+class AllReduceSum(torch.autograd.Function):
+    """``y = sum_r x_r`` over the ranks; backward: ``dx_r = sum_r dy_r`` (the adjoint of a sum that
+    every rank receives). Shapes unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """All-reduce a copy of ``x``."""
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """All-reduce the incoming gradient."""
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
+
+
 def _pre(module: _BatchNorm, args: tuple[Any, ...]) -> None:
     """Remember the running statistics before the module's local update."""
     if module.training and module.track_running_stats and module.running_mean is not None:
-        module._fortify_saved = (module.running_mean.clone(), module.running_var.clone(),  # type: ignore[union-attr]
-                                 module.num_batches_tracked.clone())  # type: ignore[union-attr]
+        rv, nb = module.running_var, module.num_batches_tracked
+        assert rv is not None and nb is not None
+        _SAVED[id(module)] = (module.running_mean.clone(), rv.clone(), nb.clone())
 
 
 def _post(module: _BatchNorm, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
     """Replace the output by the globally normalised one (training mode only), fix running stats."""
     if not module.training:
         return None
-    from torch.distributed.nn.functional import all_reduce
-
     x = args[0]
     c = x.shape[1]
     dims = [d for d in range(x.dim()) if d != 1]
     m = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
-    packed = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), m]))
+    packed = AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), m]))
     total = packed[-1]
     mean = packed[:c] / total
     var = (packed[c:2 * c] / total - mean * mean).clamp_min(0)
@@ -52,7 +74,7 @@ def _post(module: _BatchNorm, args: tuple[Any, ...], out: torch.Tensor) -> torch
     y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
     if module.affine:
         y = y * module.weight.view(shape) + module.bias.view(shape)
-    saved = getattr(module, "_fortify_saved", None)
+    saved = _SAVED.pop(id(module), None)
     if saved is not None:
         rm, rv, nb = saved
         with torch.no_grad():
@@ -61,7 +83,6 @@ def _post(module: _BatchNorm, args: tuple[Any, ...], out: torch.Tensor) -> torch
             n = float(total.detach())
             module.running_mean.copy_((1 - f) * rm + f * mean.detach())  # type: ignore[union-attr]
             module.running_var.copy_((1 - f) * rv + f * var.detach() * n / max(n - 1, 1.0))  # type: ignore[union-attr]
-        del module._fortify_saved
     return y
 
 
@@ -86,4 +107,4 @@ def synced_batchnorm(model: nn.Module) -> Iterator[int]:
             h.remove()
 
 
-__all__ = ["synced_batchnorm", "batchnorms"]
+__all__ = ["synced_batchnorm", "batchnorms", "AllReduceSum"]
