@@ -207,8 +207,8 @@ def test_corruption_table_matches_manual_loop(mnist: tuple[torch.Tensor, torch.T
     assert report.mce == pytest.approx(np.mean(ces))
     kept = [v for v in rces if not math.isnan(v)]
     assert report.relative_mce == pytest.approx(np.mean(kept)) if kept else math.isnan(report.relative_mce)
-    rows = report.to_rows()
-    assert len(rows) == 6 and {"corruption", "severity", "accuracy", "error", "baseline_error"} <= set(rows[0])
+    table = report.to_rows()
+    assert len(table) == 6 and {"corruption", "severity", "accuracy", "error", "baseline_error"} <= set(table[0])
 
 
 def test_corruption_table_defaults_and_errors(mnist: tuple[torch.Tensor, torch.Tensor]) -> None:

@@ -114,9 +114,10 @@ def test_noise_statistics() -> None:
 
 def test_fooling_set_is_confidently_classified() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    head = nn.Linear(32, 3)
     with torch.no_grad():
-        model[3].weight.mul_(20.0)  # confident enough that 0.99 is reachable inside [0, 1]
+        head.weight.mul_(20.0)  # confident enough that 0.99 is reachable inside [0, 1]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), head).eval()
     x = load_ood("fooling", 7, (1, 8, 8), seed=0, model=model)
     assert x.shape == (7, 1, 8, 8)
     with torch.no_grad():

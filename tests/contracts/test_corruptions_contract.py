@@ -1,7 +1,7 @@
 """Contract tests over the corruption registry (parametrized on ``CORRUPTIONS.names()``, so a new corruption
 is covered by registering it).
 
-Every corruption, at its default (MNIST-C) severity and at severities 1 and 5, on grayscale 28x28 and RGB
+Every corruption, at its default (MNIST-C) severity and at severities 1 and 5, on grayscale 28x28, 8x8 and RGB
 32x24 batches: output shape, dtype and device of the input, values in [0, 1], finite; the same seed gives
 the same output and the input is not modified; a non-trivial change at its default severity; a
 severity out of 1..5 is a ConfigError, a malformed input an InputError.
@@ -32,7 +32,7 @@ def test_registry_holds_mnist_c() -> None:
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS.names())
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 24)], ids=["gray28", "rgb32x24"])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 24), (1, 8, 8)], ids=["gray28", "rgb32x24", "digits8"])
 def test_corruption_contract(name: str, shape: tuple[int, int, int]) -> None:
     x = digits_like(6, *shape)
     before = x.clone()
