@@ -9,7 +9,9 @@ stride and baseline; Captum's ``perturbations_per_eval`` set so a forward has as
 fortify's ``batch_size``) and DeepLIFT (rescale rule); and the metrics infidelity and
 max-sensitivity against ``captum.metrics`` on the same perturbations (fortify's seeded noise fed to
 Captum's ``perturb_func``). FullGrad, VarGrad and SmoothGrad-squared have no Captum class: their
-time only. Quantus is skipped (GPL; not installable here).
+time only. Quantus (GPL: benchmark-only, ``pip install --no-deps quantus`` plus pandas, cachetools and
+opencv-python-headless; never imported by ``src/``), when importable: pixel flipping (``deletion``,
+equal curves) and MPRT (``randomisation``; see :func:`quantus_pairs`).
 
 Timing: :func:`fortify.timing.interleave` with a fixed number of rounds per pair (Captum and
 fortify alternating, the order rotated each round, one call per sample after one warm-up call),
@@ -123,6 +125,58 @@ def pairs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
     return out
 
 
+def quantus_pairs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
+                  a: argparse.Namespace) -> dict[str, tuple[Fn, Fn, bool]]:
+    """``{metric: (fortify, Quantus, equal values expected)}`` on |saliency| maps: pixel flipping
+    (Quantus ``PixelFlipping``, ``features_in_step`` 28, black = 0 baseline, softmax; fortify's
+    ``deletion`` with ``steps = d / 28``, its curve without the unperturbed point) and MPRT (Quantus
+    ``MPRT`` top-down with Captum saliency, per-layer Spearman averaged over the randomised layers;
+    fortify's ``randomisation`` with saliency: the same cascade with other random re-initialisations,
+    so equal in distribution only)."""
+    import numpy as np
+    import quantus
+
+    d = int(x[0].numel())
+    step = 28
+    sal = ATTRIBUTIONS.create("saliency")
+    attr = sal(model, x, t)
+    xn, tn, an = x.numpy(), t.numpy(), attr.numpy()
+    dele = ATTRIBUTION_METRICS.create("deletion", steps=d // step, baseline=0.0, batch_size=a.batch_size)
+    pf = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", disable_warnings=True)
+    rnd = ATTRIBUTION_METRICS.create("randomisation", attribution="saliency", batch_size=a.batch_size)
+    mprt = quantus.MPRT(disable_warnings=True)
+
+    def q_pf() -> torch.Tensor:
+        return torch.tensor(np.array(pf(model, xn, tn, a_batch=an, device="cpu", batch_size=len(x))))
+
+    def q_mprt() -> torch.Tensor:
+        out = mprt(model, xn, tn, a_batch=an, device="cpu", batch_size=len(x),
+                   explain_func=quantus.explain, explain_func_kwargs={"method": "Saliency"})
+        # per-layer scores averaged here: Quantus 0.6's return_average_correlation also averages in the
+        # "original" entry (it skips a key "orig" that does not exist), which pulls the mean towards 1
+        layers = [np.asarray(v, dtype=np.float64) for k, v in out.items() if k != "original"]
+        return torch.tensor(np.mean(layers, axis=0))
+
+    return {"pixel flipping (deletion)": (lambda: dele(model, x, attr, t).extra["curve"][:, 1:], q_pf, True),
+            "MPRT (randomisation)": (lambda: rnd(model, x, attr, t).values, q_mprt, False)}
+
+
+def bench_quantus(label: str, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, a: argparse.Namespace) -> str:
+    n = len(x)
+    policy = fixed_rounds(TimingPolicy(warmup=1, min_sample_s=0.0, min_rounds=3), a.rounds)
+    rows = ["| metric | fortify ms/image | Quantus ms/image | Quantus / fortify (95% CI) | values |", "|---|---|---|---|---|"]
+    for name, (ours, theirs, equal) in quantus_pairs(model, x, t, a).items():
+        o, q = ours().detach().double(), theirs().detach().double()
+        vals = (f"max abs diff {float((o - q.reshape(o.shape)).abs().max()):.2g}" if equal
+                else f"mean {float(o.mean()):.3f} vs {float(q.mean()):.3f}")
+        run = interleave({"quantus": theirs, "fortify": ours}, policy)
+        sp = run.speedup("quantus", "fortify", CPU)
+        rows.append(f"| {name} | {ms(run.median('fortify', CPU) / n * 1e3)} | {ms(run.median('quantus', CPU) / n * 1e3)}"
+                    f" | {sp.ratio:.1f} ({sp.ci_low:.1f}-{sp.ci_high:.1f}){' noisy' if sp.noisy else ''} | {vals} |")
+        print(f"  [{label}] Quantus {name} done", flush=True)
+    return "\n".join(rows)
+
+
 def ms(v: float) -> str:
     return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
@@ -164,6 +218,7 @@ def main() -> None:
     p.add_argument("--occ-window", type=int, default=4)
     p.add_argument("--occ-stride", type=int, default=2)
     p.add_argument("--metric-samples", type=int, default=10)
+    p.add_argument("--quantus", type=int, default=1, help="1: also time pixel flipping and MPRT vs Quantus")
     a = p.parse_args()
     a.methods = set(a.methods.split(","))
     torch.set_num_threads(a.threads)
@@ -177,12 +232,21 @@ def main() -> None:
     print(f"settings: batch {a.batch_size} rows, IG gausslegendre {a.ig_steps} steps, SmoothGrad {a.sg_samples} "
           f"samples std {a.sg_noise}, occlusion window {a.occ_window} stride {a.occ_stride} baseline 0, "
           f"DeepLIFT baseline 0, infidelity/max-sensitivity {a.metric_samples} perturbations")
-    print("Quantus: skipped (GPL-licensed, not installable here)")
+    try:
+        import quantus
+
+        print(f"Quantus {quantus.__version__} (GPL; benchmark-only, installed with --no-deps)")
+    except ImportError:
+        quantus = None
+        print("Quantus: not installed, skipped")
     for name in a.models.split(","):
         torch.manual_seed(0)
         model = fmodels.create(name, in_shape=(1, 28, 28), num_classes=10).eval()  # random weights, seed 0
         print(f"\n### {name} (random weights, seed 0)\n", flush=True)
         print(bench(name, model, x, y, a), flush=True)
+        if quantus is not None and a.quantus:
+            print(f"\n#### {name} vs Quantus\n", flush=True)
+            print(bench_quantus(name, model, x, y, a), flush=True)
 
 
 if __name__ == "__main__":
