@@ -24,7 +24,7 @@ def bn_resnet(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
     m = models.create("resnet-mnist", in_shape=(1, 8, 8), num_classes=4, widths=(4, 6, 8)).to(dtype)
     with torch.no_grad():
         for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
+            if isinstance(mod, nn.BatchNorm2d) and mod.running_mean is not None and mod.running_var is not None:
                 mod.running_mean.uniform_(-0.2, 0.2)
                 mod.running_var.uniform_(0.5, 1.5)
                 mod.weight.uniform_(0.5, 1.5)
@@ -37,7 +37,7 @@ def tab_mlp(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
     m = models.create("tabular-mlp", in_shape=(6,), num_classes=3, hidden=(8, 8)).to(dtype)
     with torch.no_grad():
         for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm1d):
+            if isinstance(mod, nn.BatchNorm1d) and mod.running_mean is not None and mod.running_var is not None:
                 mod.running_mean.uniform_(-0.2, 0.2)
                 mod.running_var.uniform_(0.5, 1.5)
     return m.eval()  # the test owns these models; Captum runs them as given
