@@ -9,6 +9,7 @@ from fortify.train.config import TrainConfig
 from fortify.train.tasks import TASKS, Task, TaskOutput
 from fortify.train.tasks import create as create_task
 from fortify.train.callbacks import Callback, RollbackOnDrop
-from fortify.train.trainer import Trainer, train
+from fortify.train.trainer import Trainer
+from fortify.train.api import train
 
 __all__ = ["Trainer", "TrainConfig", "train", "TASKS", "Task", "TaskOutput", "create_task", "Callback", "RollbackOnDrop"]

@@ -68,6 +68,10 @@ class TrainConfig:
         applies each worker's gradient as it arrives, Downpour SGD, Dean et al. 2012).
     max_staleness: async only; a gradient computed on parameters more than this many updates old
         is dropped (and counted), ``>= 0``.
+    device: ``None`` (train where the model is) or ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto`` (cuda when
+        available, else cpu): the Trainer checks the model is there (ConfigError naming both devices; a
+        user's model is never moved); models fortify builds (pipeline) are created there. Not compared on
+        resume, like ``nproc``.
     amp: mixed precision (``torch.autocast`` bfloat16/float16 forward with a gradient scaler) for the
         training forward/backward; honoured on CUDA only (ignored on cpu/mps, where it is not safe or
         not faster), never for evaluation or attacks outside the training step.
@@ -89,6 +93,7 @@ class TrainConfig:
     lr_scaling: str = "none"
     base_batch_size: int = 256
     amp: bool = False
+    device: str | None = None
 
     def __post_init__(self) -> None:
         """Validate every field (ConfigError naming field and allowed values)."""
@@ -130,6 +135,9 @@ class TrainConfig:
             )
         if not _is_int(self.base_batch_size) or self.base_batch_size < 1:
             raise ConfigError(f"TrainConfig.base_batch_size must be an integer >= 1, got {self.base_batch_size!r}")
+        if self.device is not None and (not isinstance(self.device, str) or self.device.split(":")[0] not in
+                                        ("cpu", "cuda", "mps", "auto")):
+            raise ConfigError(f"TrainConfig.device must be null, auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if not isinstance(self.amp, bool):
             raise ConfigError(f"TrainConfig.amp must be true or false, got {self.amp!r}")
         # normalise ints given for float fields so checkpoints and comparisons are stable

@@ -32,7 +32,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ from fortify import progress as fprogress
 from fortify.errors import ConfigError, InputError, ModelFileError
 from fortify.models.state import eval_mode, train_mode
 from fortify.train import checkpoint as ckpt
+from fortify.train import device as fdevice
 from fortify.train import optim
 from fortify.train.config import TrainConfig
 from fortify.train.progress import EpochProgress
@@ -126,6 +127,9 @@ class Trainer:
             if not (hasattr(cb, "on_epoch_end") or hasattr(cb, "on_step_end")):
                 raise ConfigError(f"callback {cb!r} has neither on_epoch_end nor on_step_end")
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if self.config.device is not None:  # never move the caller's model: a mismatch is an error
+            self.device = fdevice.resolve(self.config.device)
+            fdevice.check_model_device(model, self.device)
         self.generator = torch.Generator(device=self.device)
         self.optimizer = self._build_optimizer()
         self.scheduler: StepLR | None = None
@@ -219,7 +223,7 @@ class Trainer:
             raise ConfigError(f"checkpoint in {self.checkpoint_dir} has no training config")
         saved = {**TrainConfig().to_dict(), **saved}  # keys added later (nproc...) take their defaults
         # the world size may change between runs (the global batch does not): nproc is not compared
-        diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k) and k != "nproc")
+        diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k) and k not in ("nproc", "device"))
         if diff:
             detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
             raise ConfigError(f"cannot resume: config differs from the checkpoint's ({detail})")
@@ -368,7 +372,8 @@ class Trainer:
         self.scheduler.apply()
         self.task.set_progress(self.global_step / total, epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.task(self.model, xb, yb, generator=self.generator)
+        with fdevice.autocast(self.device, self.config.amp):  # bfloat16 on CUDA when config.amp, else a no-op
+            out = self.task(self.model, xb, yb, generator=self.generator)
         loss = out.loss
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
             raise InputError("task loss must be a scalar tensor with a graph to the parameters")
@@ -475,28 +480,4 @@ class Trainer:
         return correct / x.shape[0], loss / x.shape[0]
 
 
-def train(
-    model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor] | None = None,
-    task: Task | str = "standard",
-    *,
-    task_options: Mapping[str, Any] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    progress: bool = True,
-    callbacks: Iterable[object] = (),
-    resume: bool = False,
-    **config_fields: Any,
-) -> list[dict[str, Any]]:
-    """Train ``model`` in place and return the per-epoch records.
-
-    ``task``: a :class:`Task` or a registered name (instantiated with ``task_options``);
-    ``config_fields``: :class:`TrainConfig` fields (unknown ones raise ConfigError naming the
-    allowed ones). Example: ``train(net, (x, y), task="standard", epochs=5, lr=0.05)``.
-    """
-    trainer = Trainer(model, resolve_task(task, task_options), TrainConfig.from_dict(config_fields),
-                      checkpoint_dir=checkpoint_dir, progress=progress, callbacks=tuple(callbacks))
-    return trainer.fit(train, val, resume=resume)
-
-
-__all__ = ["Trainer", "train", "derive_seed"]
+__all__ = ["Trainer", "derive_seed"]

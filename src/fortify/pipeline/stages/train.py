@@ -54,16 +54,21 @@ class TrainStage:
         from fortify.train import tasks
         from fortify.train.adversarial import callbacks_for
 
+        from fortify.train import device as fdevice
+
         cfg = ctx.config
+        device = fdevice.resolve(cfg.train.device)  # null / auto: cuda when available, else cpu
         if ctx.model is None:
-            ctx.model = build_model(ctx)
+            ctx.model = build_model(ctx).to(device)  # fortify's own model: created on the device
+        else:
+            fdevice.check_model_device(ctx.model, device, "given model")  # a user's model is never moved
         try:
             task = tasks.create(cfg.task.name, **cfg.task.args)
         except TypeError as e:
             raise ConfigError(f"task.args: {e}") from None
         train, test = ctx.data("train"), ctx.data("test")
         callbacks = callbacks_for(task, test)
-        trainer = Trainer(ctx.model, task, cfg.train, checkpoint_dir=ctx.path("checkpoints"),
+        trainer = Trainer(ctx.model, task, cfg.train.replace(device=str(device)), checkpoint_dir=ctx.path("checkpoints"),
                           progress=not ctx.quiet, callbacks=callbacks)
         history = [dict(h) for h in trainer.fit(train=train, val=test, resume=ctx.resume)]
         guard = next((cb for cb in callbacks if hasattr(cb, "events")), None)
