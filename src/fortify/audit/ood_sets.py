@@ -33,7 +33,7 @@ scikit-image's images are read with Pillow straight from the package's bundled `
 package is located with ``importlib.util.find_spec``, not imported), so nothing can trigger its
 downloader. A missing source raises :class:`fortify.errors.DatasetUnavailableError` whose one-line
 message names what to install. Cost: the image sets decode their source files once per process
-(cached); rendering letters costs ~0.1 ms per sample.
+(cached); rendering a letter costs about 0.5 ms.
 """
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ def _fooling(n: int, shape: tuple[int, ...], rng: np.random.Generator, model: "n
     k = probe_num_classes(model, probe)
     res = fooling_images(model, math.ceil(n / k), seed=int(rng.integers(0, 2**31)), sample_shape=shape)
     order = torch.from_numpy(rng.permutation(len(res.images))[:n])
-    return res.images[order].float().clamp(0.0, 1.0)
+    return res.images[order.to(res.images.device)].detach().to("cpu", torch.float32).clamp(0.0, 1.0)
 
 
 for _name, _set in {
@@ -306,7 +306,7 @@ for _name, _set in {
 
 def load_ood(name: str, n: int, sample_shape: Sequence[int], *, seed: int = 0,
              model: "nn.Module | None" = None) -> torch.Tensor:
-    """``n`` samples of the OOD set ``name`` as float32 ``(n, *sample_shape)`` in [0, 1].
+    """``n`` samples of the OOD set ``name`` as a CPU float32 tensor ``(n, *sample_shape)`` in [0, 1].
 
     Deterministic: the same arguments give the same tensor (numpy PCG64 / torch generators seeded from
     ``seed``). ``model`` is used only by ``fooling`` (its fooling images, gradient method, confidence
