@@ -389,6 +389,13 @@ CASES = [
     case("runs show nope --store {fortify_db}", "'nope'"),
     case("runs show {done} --store {W}/missing.db", "missing.db"),
     case("runs show {done} --json --bogus", "--bogus"),
+    case("runs compare {done} --store {fortify_db}", "at least two"),
+    case("runs compare {done} {done} --store {fortify_db}", "listed twice"),
+    case("runs compare {done} nope --store {fortify_db}", "'nope'"),
+    case("runs compare {done} {done} --store {W}/missing.db", "missing.db"),
+    case("leaderboard --store {W}/missing.db", "missing.db"),
+    case("leaderboard --threat sup:1 --store {fortify_db}", "--threat", "sup:1"),
+    case("leaderboard --bogus", "--bogus"),
     # -- the machine's limits, at the edge --------------------------------------------------------
     case("run --threads 2", "out of memory", patch="threads-memory-rollback"),
     case("run data.train_limit=10", "out of memory", patch="memory"),
