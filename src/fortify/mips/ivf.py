@@ -20,7 +20,8 @@ from fortify.mips.base import INDEXES, Index, check_option, topk_rows
 def scan_clusters(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.ndarray, probes: np.ndarray,
                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-``k`` of each query ``U (q, d)`` over the rows of its probed clusters ``probes (q, p)``
-    (``V`` cluster-contiguous, ``perm`` its original ids). Returns ``(ids, scores, rows scanned per query)``."""
+    (``V`` cluster-contiguous, ``perm`` its original ids; ``-1`` = no cluster). Returns ``(ids, scores, rows
+    scanned per query)``; ids ``-1`` / scores ``-inf`` pad a row whose clusters hold fewer than ``k`` vectors."""
     q, p = probes.shape
     sc = np.full((q, p, k), -np.inf, dtype=np.float32)
     ids = np.full((q, p, k), -1, dtype=np.int64)
@@ -29,7 +30,7 @@ def scan_clusters(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.nd
     clusters, starts = np.unique(flat[order], return_index=True)
     ends = np.append(starts[1:], flat.size)
     for c, a, b in zip(clusters.tolist(), starts.tolist(), ends.tolist()):
-        lo, hi = int(offsets[c]), int(offsets[c + 1])
+        lo, hi = (int(offsets[c]), int(offsets[c + 1])) if c >= 0 else (0, 0)
         if hi == lo:
             continue
         who = order[a:b]
@@ -39,7 +40,7 @@ def scan_clusters(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.nd
         pos, vals = topk_rows(s, kk)
         sc[qs, slot, :kk] = vals
         ids[qs, slot, :kk] = perm[lo + pos]
-    sizes = np.diff(offsets)[probes].sum(axis=1)
+    sizes = np.where(probes >= 0, np.diff(offsets)[np.maximum(probes, 0)], 0).sum(axis=1)
     pos, vals = topk_rows(sc.reshape(q, p * k), k)
     return np.take_along_axis(ids.reshape(q, p * k), pos, axis=1), vals, sizes.astype(np.float64)
 
@@ -84,8 +85,12 @@ class IVFIndex(Index):
         return s
 
     def _search(self, U: np.ndarray, k: int, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        nprobe = min(budget, self.full_budget)
-        probes, _ = topk_rows(self.probe_scores(U), nprobe)
+        order, _ = topk_rows(self.probe_scores(U), self.full_budget)
+        # at least k vectors per query: probe on past the budget until the clusters hold k rows
+        need = np.argmax(np.cumsum(np.diff(self.offsets)[order], axis=1) >= k, axis=1) + 1
+        per_q = np.maximum(min(budget, self.full_budget), need)
+        width = int(per_q.max())
+        probes = np.where(np.arange(width)[None, :] < per_q[:, None], order[:, :width], -1)
         ids, sc, rows = scan_clusters(self.V, self.perm, self.offsets, U, probes, k)
         return ids, sc, rows + self.full_budget, 0.0
 

@@ -92,7 +92,7 @@ class Selector:
         norm = np.maximum(np.linalg.norm(U, axis=1), 1e-30)
         s = self.ivf.probe_scores(U)
         m = s.shape[1]
-        order, _ = topk_rows(s, min(m, max(10, self._max_probe())))
+        order, _ = topk_rows(s, m)
         top, vals = order[:, :10], np.take_along_axis(s, order[:, :10], axis=1)
         v = vals / norm[:, None]
         z = (s - s.max(axis=1, keepdims=True)) / np.maximum(s.std(axis=1, keepdims=True), 1e-12)
@@ -101,14 +101,13 @@ class Selector:
         ent = -(p * np.log(np.maximum(p, 1e-30))).sum(axis=1)
         early, found, rows = scan_clusters(self.ivf.V, self.ivf.perm, self.ivf.offsets, U, top[:, :1],
                                        min(self.k, self.ivf.n))
-        kth = np.where(np.isfinite(found[:, -1]), found[:, -1], found[:, :1].min(axis=1)) / norm
         second = v[:, 1] if v.shape[1] > 1 else v[:, 0]
+        best_found = np.max(np.where(np.isfinite(found), found, -np.inf), axis=1)
+        kth = np.where(np.isfinite(found[:, -1]), found[:, -1], np.where(np.isfinite(best_found), best_found,
+                                                                          second * norm)) / norm
         F = np.stack([np.log(norm), v[:, 0], v[:, 0] - second, v[:, 0] - v[:, -1], ent, kth - second,
                       kth - v[:, 0]], axis=1)
         return F, float(m + rows.mean()), (order, early, found)
-
-    def _max_probe(self) -> int:
-        return max([b for n, b in self.configs if self.indexes[n] is self.ivf] or [1])
 
     def _design(self, F: np.ndarray) -> np.ndarray:
         return np.hstack([(F - self.mean) / self.std, np.ones((F.shape[0], 1))])
@@ -130,13 +129,17 @@ class Selector:
             raise InputError(f"the selector needs at least 10 training queries, got {Q.shape[0]}")
         truth = self._truth(Q) if truth is None else truth
         R, C = self._measure(Q, truth)
-        F = self.features(Q)[0]
+        F, fcost = self.features(Q)
         self.mean, self.std = F.mean(axis=0), np.maximum(F.std(axis=0), 1e-9)
         X = self._design(F)
-        self.weights = np.stack([_logistic(X, R[i]) for i in range(len(self.configs))])
-        _, fcost = self.features(Q)
         self.cost = C.mean(axis=1) - np.array([fcost if self.indexes[n] is self.ivf else 0.0 for n, _ in self.configs])
-        pred = self._predict(X)
+        # out-of-fold predictions (2 folds) calibrate the margin; the final models use every training query
+        fold = np.arange(Q.shape[0]) % 2
+        pred = np.empty((Q.shape[0], len(self.configs)))
+        for f in (0, 1):
+            w = np.stack([_logistic(X[fold != f], R[i, fold != f]) for i in range(len(self.configs))])
+            pred[fold == f] = 1.0 / (1.0 + np.exp(-np.clip(X[fold == f] @ w.T, -30, 30)))
+        self.weights = np.stack([_logistic(X, R[i]) for i in range(len(self.configs))])
         lo, hi = -1.0, 1.0
         for _ in range(30):  # smallest margin whose choices reach the target on the training queries
             mid = 0.5 * (lo + hi)
@@ -190,9 +193,14 @@ class Selector:
             rows = np.flatnonzero(pick == c)
             name, b = self.configs[int(c)]
             if self.indexes[name] is self.ivf:  # reuse the probe order and the early probe's cluster
-                if b > 1:
+                sizes = np.diff(self.ivf.offsets)[order[rows]]
+                need = np.argmax(np.cumsum(sizes, axis=1) >= self.k, axis=1) + 1  # as IVFIndex: >= k rows
+                per_q = np.maximum(b, need)
+                width = int(per_q.max())
+                if width > 1:
+                    probes = np.where(np.arange(1, width)[None, :] < per_q[:, None], order[rows, 1:width], -1)
                     more_i, more_s, more_rows = scan_clusters(self.ivf.V, self.ivf.perm, self.ivf.offsets, Q[rows],
-                                                              order[rows, 1:b], self.k)
+                                                              probes, self.k)
                 else:
                     more_i = np.full((rows.size, self.k), -1, dtype=np.int64)
                     more_s = np.full((rows.size, self.k), -np.inf, dtype=np.float32)
