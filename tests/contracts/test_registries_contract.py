@@ -33,6 +33,7 @@ CONTRACTS: dict[str, tuple[str, str]] = {
     "compression recipe": ("test_application_registries_contract.py", "RECIPES"),
     "attribution": ("test_attributions_contract.py", "ATTRIBUTIONS"),
     "attribution metric": ("test_attributions_contract.py", "ATTRIBUTION_METRICS"),
+    "mips index": ("test_indexes_contract.py", "INDEXES"),
     "poison": ("test_backdoor_contract.py", "POISONS"),
     "backdoor detector": ("test_backdoor_contract.py", "BACKDOOR_DETECTORS"),
     "backdoor mitigation": ("test_backdoor_contract.py", "BACKDOOR_MITIGATIONS"),
@@ -41,7 +42,7 @@ CONTRACTS: dict[str, tuple[str, str]] = {
 }
 #: pillar packages that must find their methods with :func:`fortify.registry.discover`
 PILLARS = ("fortify.attacks", "fortify.train.tasks", "fortify.certify", "fortify.compress", "fortify.models",
-           "fortify.data", "fortify.explain", "fortify.audit.detect",
+           "fortify.data", "fortify.explain", "fortify.mips", "fortify.audit.detect",
            "fortify.audit.backdoor")
 
 
