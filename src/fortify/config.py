@@ -71,6 +71,9 @@ class DataConfig:
     label: str | None = None
     test_fraction: float = 0.2
     image_size: list[int] | None = None
+    #: a backdoor planted in the train split, e.g. ``{kind: badnets, rate: 0.1, target: 0}``
+    #: (:mod:`fortify.audit.backdoor`; applied by ``RunContext.data``, indices written to ``poison.json``)
+    poison: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for key in ("train_limit", "test_limit"):

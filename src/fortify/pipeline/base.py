@@ -144,6 +144,10 @@ class RunContext:
             d = self.config.data
             limit = d.train_limit if split == "train" else d.test_limit if split == "test" else None
             self._data[split] = fdata.load(d.name, split, data_dir=d.data_dir, limit=limit)
+            if split == "train" and getattr(d, "poison", None):  # a planted backdoor (recipes: data.poison)
+                from fortify.pipeline.stages.scan import poison_train_split
+
+                self._data[split] = poison_train_split(self, *self._data[split])
         return self._data[split]
 
     def set_data(self, split: str, x: "torch.Tensor", y: "torch.Tensor") -> None:
