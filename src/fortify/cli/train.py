@@ -39,11 +39,13 @@ class TrainVerb:
         parser.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="worker processes on torch.distributed (gloo, CPU, 127.0.0.1), same as "
                                  "train.nproc=N; the global batch stays train.batch_size")
-        parser.add_argument("--mode", choices=("sync", "async"), default=None,
+        parser.add_argument("--mode", choices=("sync", "async", "producers"), default=None,
                             help="sync: data-parallel, all-reduced gradients (default); async: parameter "
-                                 "server applying each worker's gradient as it arrives (train.dist_mode)")
+                                 "server applying each worker's gradient as it arrives; producers: N processes "
+                                 "generate adversarial examples for one trainer (train.dist_mode)")
         parser.add_argument("--max-staleness", type=int, default=None, metavar="K",
-                            help="async only: drop gradients more than K updates old (train.max_staleness)")
+                            help="async / producers only: drop gradients (examples) more than K updates old "
+                                 "(train.max_staleness)")
 
     def run(self, args: argparse.Namespace) -> int:
         """Train, evaluate, save and report (or resume a recorded train run)."""
@@ -75,7 +77,7 @@ class TrainVerb:
                 raise UsageError(str(e)) from None
         if args.max_staleness is not None and args.max_staleness < 0:
             raise UsageError(f"--max-staleness must be an integer >= 0, got {args.max_staleness}")
-        if args.max_staleness is not None and args.mode != "async":
+        if args.max_staleness is not None and args.mode not in ("async", "producers"):
             raise UsageError("--max-staleness applies to --mode async only")
         out = []
         if args.nproc is not None:

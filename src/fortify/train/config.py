@@ -15,7 +15,7 @@ from fortify.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "lars", "lamb")
 LR_SCALINGS = ("none", "linear", "sqrt")
 SCHEDULES = ("constant", "cosine", "onecycle", "step")
-DIST_MODES = ("sync", "async")
+DIST_MODES = ("sync", "async", "producers")
 #: fraction of the steps spent warming up to the peak for ``onecycle`` when ``warmup`` is None
 #: (Smith & Topin 2019, "Super-convergence"; also PyTorch's ``OneCycleLR`` default ``pct_start``).
 ONECYCLE_DEFAULT_WARMUP = 0.3
@@ -65,8 +65,10 @@ class TrainConfig:
         ``dist_mode="sync"`` trains in the calling process as before.
     dist_mode: ``"sync"`` (data-parallel: each global batch of ``batch_size`` is split over the
         ``nproc`` workers and the gradients are averaged) or ``"async"`` (a parameter server
-        applies each worker's gradient as it arrives, Downpour SGD, Dean et al. 2012).
-    max_staleness: async only; a gradient computed on parameters more than this many updates old
+        applies each worker's gradient as it arrives, Downpour SGD, Dean et al. 2012) or ``"producers"``
+        (``nproc`` processes generate adversarial examples with the latest weights they pulled, the
+        trainer drops those staler than ``max_staleness``; :mod:`fortify.train.distributed.producers`).
+    max_staleness: async / producers only; a gradient (an adversarial example) computed on parameters more than this many updates old
         is dropped (and counted), ``>= 0``.
     device: ``None`` (train where the model is) or ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto`` (cuda when
         available, else cpu): the Trainer checks the model is there (ConfigError naming both devices; a

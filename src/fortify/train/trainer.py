@@ -282,7 +282,7 @@ class Trainer:
 
             if env.active():  # torchrun / an initialised process group: this process is one rank
                 return env.fit_parallel(self, (x, y), vx_vy, resume)
-            if self.config.nproc > 1 or self.config.dist_mode == "async":
+            if self.config.nproc > 1 or self.config.dist_mode != "sync":
                 from fortify.train.distributed.launch import fit_trainer
 
                 return fit_trainer(self, (x, y), vx_vy, resume=resume)

@@ -156,7 +156,7 @@ def fit(
     if opts.max_staleness is not None:
         updates["max_staleness"] = opts.max_staleness
     cfg = base.replace(**updates)
-    if mode == "async" or world_size > 1:
+    if mode != "sync" or world_size > 1:
         check_available()
     trainer = Trainer(copy.deepcopy(net), task, cfg, checkpoint_dir=opts.checkpoint_dir, progress=opts.progress,
                       callbacks=opts.callbacks)

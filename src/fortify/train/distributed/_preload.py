@@ -10,6 +10,7 @@ import torch.distributed  # noqa: F401
 
 import fortify.train.distributed.async_sgd  # noqa: F401
 import fortify.train.distributed.launch  # noqa: F401
+import fortify.train.distributed.producers  # noqa: F401
 import fortify.train.distributed.sync  # noqa: F401
 
 

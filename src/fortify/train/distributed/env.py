@@ -164,8 +164,8 @@ def fit_parallel(trainer: Any, train: tuple[torch.Tensor, torch.Tensor], val: An
     from fortify.train.distributed.sync import DataParallel, check_identical, gather_cpu
     from fortify.train.distributed.syncbn import synced_batchnorm
 
-    if trainer.config.dist_mode == "async":
-        raise ConfigError("dist_mode=async runs through fortify's own launcher (train.nproc / --nproc), not "
+    if trainer.config.dist_mode != "sync":
+        raise ConfigError(f"dist_mode={trainer.config.dist_mode} runs through fortify's own launcher (train.nproc / --nproc), not "
                           "under torchrun or an initialised process group; use dist_mode=sync")
     joined = join(trainer.device)
     assert joined is not None

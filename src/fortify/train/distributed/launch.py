@@ -66,11 +66,15 @@ def validate(trainer: Any, n_train: int, resume: bool) -> None:
                 f"batch_size={c.batch_size} on {n_train} examples leaves a batch of {min(c.batch_size, last)}; "
                 "lower nproc or change batch_size")
         return
+    if c.dist_mode == "producers":
+        from fortify.train.distributed.producers import check
+
+        check(trainer)
     if trainer.replays != 1:
-        raise ConfigError(f"dist_mode=async cannot replay minibatches (task replays={trainer.replays}); "
+        raise ConfigError(f"dist_mode={c.dist_mode} cannot replay minibatches (task replays={trainer.replays}); "
                           "use dist_mode=sync for this task")
     if resume:
-        raise ConfigError("resuming is not supported with dist_mode=async; use dist_mode=sync or start afresh")
+        raise ConfigError(f"resuming is not supported with dist_mode={c.dist_mode}; use dist_mode=sync or start afresh")
     if nb < c.nproc:
         raise ConfigError(f"nproc={c.nproc} async workers need at least as many minibatches per epoch, "
                           f"got {nb} (batch_size={c.batch_size}, {n_train} examples)")
@@ -97,9 +101,14 @@ def _entry(rank: int, job: Job) -> None:
 
                 result = sync.run(rank, job)
             else:
-                from fortify.train.distributed import async_sgd
+                from fortify.train.distributed import async_sgd, producers
 
-                if rank == 0:
+                if job.mode == "producers":
+                    if rank == 0:
+                        result = producers.run_trainer(job)
+                    else:
+                        producers.run_producer(rank, job)
+                elif rank == 0:
                     result = async_sgd.run_server(job)
                 else:
                     async_sgd.run_worker(rank, job)
@@ -207,7 +216,7 @@ def fit_trainer(trainer: Any, train: tuple[torch.Tensor, torch.Tensor],
         model=copy.deepcopy(trainer.model), task=trainer.task, config=c, train=train, val=val,
         checkpoint_dir=None if trainer.checkpoint_dir is None else str(trainer.checkpoint_dir),
         progress=trainer.progress, callbacks=list(trainer.callbacks), resume=bool(resume))
-    n_procs = c.nproc + (1 if c.dist_mode == "async" else 0)
+    n_procs = c.nproc + (1 if c.dist_mode in ("async", "producers") else 0)
     result = launch(fields, n_procs, start_method=start_method, deadline_s=deadline_s)
     trainer.model.load_state_dict(result["state"])
     trainer.history = list(result["history"])
