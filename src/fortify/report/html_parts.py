@@ -42,7 +42,7 @@ tr.warn td{background:#fff8e6}
 .error{border:1px solid #e8a3ab;background:#fdf0f1;padding:.6em 1em;border-radius:6px}
 figure{margin:1em 0;break-inside:avoid}figure img{max-width:100%;height:auto;border:1px solid #e3e6ea}
 figcaption{font-size:.85em;color:#5b6670}
-nav.toc{font-size:.9em;margin:.8em 0}nav.toc a{margin-right:.9em;white-space:nowrap}
+nav.toc{font-size:.9em;margin:.8em 0}nav.toc a{margin-right:.9em;overflow-wrap:anywhere}
 details{margin:1em 0;border:1px solid #e3e6ea;border-radius:6px;padding:.4em .9em}
 summary{cursor:pointer;font-weight:600}
 pre{background:#f6f7f9;padding:.6em;overflow:auto;font-size:.82em;white-space:pre-wrap;overflow-wrap:anywhere}
