@@ -62,4 +62,5 @@ class ViM(Detector):
     def _score(self, model: nn.Module, state: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         h, z = penultimate(model, state["head"], x)
         v = state["alpha"] * ((h - state["origin"].to(h.dtype)) @ state["ns"].to(h.dtype)).norm(dim=1)
-        return v - torch.logsumexp(torch.cat([z, v[:, None]], dim=1), dim=1)
+        # log p(virtual) = v - logsumexp(z, v) = -softplus(logsumexp(z) - v): no cancellation when v dominates
+        return -torch.nn.functional.softplus(torch.logsumexp(z, dim=1) - v)
