@@ -93,7 +93,9 @@ def _section(i: int, sec: Mapping[str, Any], run_dir: Path) -> str:
                            raw=True, nowrap=(1, 2, 3)))
     for t in sec.get("tables") or []:
         parts.append(table(t.get("headers") or [], t.get("rows") or [], t.get("title", "")))
-    for f in sec.get("figures") or []:
+    extra = [e for e in (sec.get("data") or {}).get("report_figures") or [] if isinstance(e, Mapping)]
+    replaced = {str(r) for e in extra for r in e.get("replaces") or []}
+    for f in [f for f in sec.get("figures") or [] if f not in replaced] + [str(e["path"]) for e in extra]:
         parts.append(figure(run_dir / f, FIGURE_CAPTIONS.get(f, f)))
     parts.append("</section>")
     return "".join(parts)

@@ -59,11 +59,12 @@ def attach_series(ctx: RunContext) -> None:
              "n_test": comp.n_test, "params": m.params_total} for m in comp.rows]})
 
 
-def _swap(sec: Section, png: Path, run_dir: Path) -> None:
-    """The section shows ``png`` instead of its own figure (which stays an artefact of the run)."""
+def _add_figure(sec: Section, png: Path, run_dir: Path) -> None:
+    """Show ``png`` in the section instead of the stage's own figure: recorded in ``data["report_figures"]``
+    (``{path, replaces}``) for the page; ``figures`` (what the stage wrote) and the files stay as they are."""
     rel = str(png.relative_to(run_dir)) if png.is_relative_to(run_dir) else str(png)
-    own = f"{sec.stage}/" if sec.stage != "certify" else "certify/"
-    sec.figures = [f for f in sec.figures if not f.startswith(own)] + [rel]
+    own = [f for f in sec.figures if f.startswith(f"{sec.stage}/")]
+    sec.data.setdefault("report_figures", []).append({"path": rel, "replaces": own})
 
 
 @register_stage
@@ -95,7 +96,7 @@ class ReportStage:
             for stage, png in draw_run_figures(doc, ctx.path("report")).items():
                 target = _section(ctx, stage)
                 if target is not None:
-                    _swap(target, png, ctx.run_dir)
+                    _add_figure(target, png, ctx.run_dir)
                     paths[f"{stage}_figure"] = ctx.add_artefact(f"report_{stage}_figure", png, kind="figure")
         paths["report_json"] = ctx.add_artefact("report_json", ctx.path("report.json"), kind="report")
         paths["model_card"] = ctx.add_artefact("model_card", ctx.path("model_card.json"), kind="report")
