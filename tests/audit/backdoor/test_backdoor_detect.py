@@ -102,5 +102,10 @@ def test_bad_inputs_are_typed(planted: Planted) -> None:
     with pytest.raises(InputError):
         det(planted.model, torch.full((4, 1, 28, 28), float("nan")))
     one = nn.Sequential(nn.Flatten(), nn.Linear(784, 1))
-    with pytest.raises(InputError, match="at least 2 classes"):
+    with pytest.raises(InputError, match="at least 3 classes"):
         det(one, torch.rand(4, 1, 28, 28))
+    two = nn.Sequential(nn.Flatten(), nn.Linear(784, 2))  # MAD across two classes cannot single one out
+    with pytest.raises(InputError, match="neural-cleanse needs a classifier with at least 3 classes"):
+        det(two, torch.rand(4, 1, 28, 28))
+    with pytest.raises(InputError, match="at least 2 classes"):
+        BACKDOOR_DETECTORS.create("strip")(one, torch.rand(4, 1, 28, 28))

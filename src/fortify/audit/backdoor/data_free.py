@@ -52,6 +52,7 @@ class DataFreeScan(BackdoorDetector):
     """Model-level, no clean data: model inversion, then a minimal trigger per class and the MAD test."""
 
     level = "model"
+    min_classes = 3  # the MAD outlier test across classes
 
     def __init__(self, per_class: int = 8, inversion_steps: int = 50, tv: float = 0.5, steps: int = 300,
                  batch: int = 32, lr: float = 0.1, init_cost: float = 1e-3, threshold: float = 2.0,

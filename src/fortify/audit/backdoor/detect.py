@@ -102,6 +102,8 @@ class BackdoorDetector(TemplateCall, abc.ABC):
     level: ClassVar[Level] = "model"
     #: whether the detector needs labels ``y`` (data-level methods group rows by label)
     needs_labels: ClassVar[bool] = False
+    #: the fewest classes the method can judge (an outlier test across classes needs at least 3)
+    min_classes: ClassVar[int] = 2
 
     def __init__(self, seed: int = 0, batch_size: int = 256) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -121,8 +123,9 @@ class BackdoorDetector(TemplateCall, abc.ABC):
         start = time.perf_counter()
         with frozen(model):
             classes = int(predict_logits(model, xt[:1]).shape[1])
-            if classes < 2:
-                raise InputError(f"a backdoor scan needs a classifier with at least 2 classes, the model has {classes}")
+            if classes < self.min_classes:
+                raise InputError(f"{self.name or type(self).__name__} needs a classifier with at least "
+                                 f"{self.min_classes} classes, the model has {classes}")
             yt = None
             if y is not None:
                 yt = check_labels(y, xt.shape[0], classes, name="y").to(xt.device)

@@ -47,6 +47,7 @@ class NeuralCleanse(BackdoorDetector):
     """Model-level: reverse-engineer a minimal trigger per class, flag an outlier-small one."""
 
     level = "model"
+    min_classes = 3  # the MAD outlier test across classes
 
     def __init__(self, steps: int = 300, batch: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
                  threshold: float = 2.0, max_reference: int = 256, seed: int = 0, batch_size: int = 256) -> None:
