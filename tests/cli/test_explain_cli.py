@@ -127,3 +127,26 @@ def test_bad_input_one_line_exit_2_earlier_runs_kept(model: str, args: list[str]
     runs = {r.id: r for r in RunStore(out / "fortify.db").list_runs()}
     assert runs[first.id].status == "ok" and (Path(first.run_dir) / "explain" / "explain.json").is_file()
     assert all(r.status == "failed" for i, r in runs.items() if i != first.id)
+
+
+def test_compare_model_side_by_side(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--compare MODEL2: the second model's verdicts and the per-image gap are printed and logged."""
+    out = tmp_path / "runs"
+    rc = main(["explain", str(files["cnn"]), "--out", str(out), "--methods", "saliency", "--metrics", "deletion",
+               "--n", "4", "--compare", str(files["mlp"]), "--compare-label", "mlp"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    line = next(ln for ln in printed.out.splitlines() if ln.startswith("saliency (mlp): "))
+    assert "run minus mlp: deletion" in line
+    store = RunStore(out / "fortify.db")
+    (rec,) = store.list_runs()
+    final = store.final_metrics(rec.id)
+    mlp = models.load(files["mlp"])
+    x, _ = data.load("mnist-5k", "test", limit=4)
+    with torch.no_grad():
+        pred = mlp(x).argmax(dim=1)
+    attr = ATTRIBUTIONS.create("saliency")(mlp, x, pred)
+    ref = ATTRIBUTION_METRICS.create("deletion")(mlp, x, attr, pred).mean
+    assert final["explain/mlp/saliency/deletion"] == pytest.approx(ref, abs=1e-6)
+    bad = ["explain", str(files["cnn"]), "--out", str(out), "--compare", str(tmp_path / "none.safetensors")]
+    assert _error_line(capsys, bad).startswith("fortify: error: explain.compare")

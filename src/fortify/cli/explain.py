@@ -55,6 +55,12 @@ def show_explanation(ctx: Any, quiet: bool) -> None:
     out.print(t)
     for m in res.methods:
         out.print(f"{m}: {res.verdicts[m]}", highlight=False, markup=False, soft_wrap=True)
+    cmp = getattr(res, "compare", None)
+    if cmp is not None:
+        for m in res.methods:
+            gaps = ", ".join(f"{k} {_cell(cmp['gap'][m][k])}" for k in res.metrics)
+            out.print(f"{m} ({cmp['label']}): {cmp['verdicts'][m]}; run minus {cmp['label']}: {gaps}",
+                      highlight=False, markup=False, soft_wrap=True)
     for name in ("attributions", "explain_json"):
         if name in ctx.artefacts:
             out.print(f"{name.replace('_', ' ')}: {ctx.artefacts[name]}", highlight=False, soft_wrap=True)
@@ -93,6 +99,10 @@ class ExplainVerb:
                        help="class explained: predicted (default), label, or a class index")
         g.add_argument("--target-layer", metavar="NAME", default=None,
                        help="Grad-CAM's layer, a module name (default: the last convolution)")
+        g.add_argument("--compare", metavar="MODEL2", default=None,
+                       help="a second model file (e.g. the standard twin of a robust model): the same methods and "
+                            "metrics on it, maps side by side and the per-image gap")
+        g.add_argument("--compare-label", metavar="NAME", default=None, help="MODEL2's name (default compare)")
 
     def run(self, args: argparse.Namespace) -> int:
         """Explain MODEL (or resume an explain run)."""
@@ -109,6 +119,10 @@ class ExplainVerb:
             extra.append(f"explain.target={t if t.lstrip('-').isdigit() else _quote(t)}")
         if args.target_layer is not None:
             extra.append(f"explain.target_layer={_quote(args.target_layer)}")
+        if args.compare is not None:
+            extra.append(f"explain.compare={_quote(args.compare)}")
+        if args.compare_label is not None:
+            extra.append(f"explain.compare_label={_quote(args.compare_label)}")
         if args.resume is not None:
             return run_model_verb(args, self.name, {}, EXPLAIN_STAGES, show_explanation)
         raw = build_raw(args, [*model_overrides(args), *extra])
