@@ -79,9 +79,9 @@ def faiss_indexes(V: np.ndarray) -> dict[str, tuple[Any, list[int], Callable[[in
     def ivf_search(b: int) -> Searcher:
         def run(U: np.ndarray, k: int) -> tuple[np.ndarray, float]:
             ivf.nprobe = b
-            faiss.cvar.indexIVF_stats.reset()
+            getattr(faiss.cvar, "indexIVF_stats").reset()
             _, ids = ivf.search(U, k)
-            return ids, nlist + faiss.cvar.indexIVF_stats.ndis / U.shape[0]
+            return ids, nlist + getattr(faiss.cvar, "indexIVF_stats").ndis / U.shape[0]
         return run
 
     ladder = sorted({int(x) for x in np.geomspace(1, nlist, 8).round()})
@@ -95,9 +95,9 @@ def faiss_indexes(V: np.ndarray) -> dict[str, tuple[Any, list[int], Callable[[in
     def hnsw_search(b: int) -> Searcher:
         def run(U: np.ndarray, k: int) -> tuple[np.ndarray, float]:
             hnsw.hnsw.efSearch = b
-            faiss.cvar.hnsw_stats.reset()
+            getattr(faiss.cvar, "hnsw_stats").reset()
             _, ids = hnsw.search(U, k)
-            return ids, faiss.cvar.hnsw_stats.ndis / U.shape[0]
+            return ids, getattr(faiss.cvar, "hnsw_stats").ndis / U.shape[0]
         return run
 
     out["faiss-hnsw-ip"] = (hnsw, [10, 16, 32, 64, 128, 256, 512], hnsw_search, bt,
@@ -164,9 +164,9 @@ def fortify_indexes(V: np.ndarray, names: list[str]) -> dict[str, Any]:
         bt = time.perf_counter() - t0
         ladder = idx.budgets()
         if name in SLOW:
-            ladder = ladder[1:-1:2] or ladder
+            ladder = [ladder[len(ladder) // 3], ladder[-2]] if len(ladder) > 2 else ladder
         elif name == "graph":
-            ladder = [b for b in ladder if b < idx.n]
+            ladder = [b for b in ladder if b <= 256]
         elif name == "ivf":
             ladder = [b for b in ladder if b <= max(1, idx.full_budget // 4)]
 
@@ -227,8 +227,9 @@ def selector_result(idx: dict[str, Any], Utrain: np.ndarray, U: np.ndarray, trut
     chosen = {k.removeprefix("fortify-"): v[0] for k, v in idx.items() if k in ("fortify-ivf", "fortify-graph")}
     if "ivf" not in chosen:
         return {}
-    budgets = {k: [b for b in v.budgets() if b < v.full_budget // 2 or k == "ivf" and b <= v.full_budget // 4]
-               for k, v in chosen.items()}
+    budgets = {"ivf": [b for b in chosen["ivf"].budgets() if b <= max(1, chosen["ivf"].full_budget // 4)]}
+    if "graph" in chosen:
+        budgets["graph"] = [b for b in chosen["graph"].budgets() if b <= 128]
     out = {}
     for target in (0.9, 0.95):
         t_truth = exact_topk(V, Utrain, 10)[0]

@@ -218,7 +218,8 @@ class Index(abc.ABC):
         arrays = {f"a_{k}": np.ascontiguousarray(v) for k, v in self._arrays().items()}
         with atomic_target(path, what="MIPS index") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, __meta__=np.frombuffer(meta.encode("utf-8"), dtype=np.uint8), **arrays)
+                arrays["__meta__"] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
         return Path(path)
 
     @staticmethod

@@ -57,7 +57,7 @@ class GraphIndex(Index):
     ``build_probe`` clusters compared per cluster at build, ``max(width, ef / 32)`` expansions per search step,
     ``seed`` of the k-means."""
 
-    def __init__(self, angular: int = 16, ip: int = 16, reverse: int = 16, build_probe: int = 4, width: int = 2,
+    def __init__(self, angular: int = 8, ip: int = 32, reverse: int = 24, build_probe: int = 4, width: int = 2,
                  seed: int = 0) -> None:
         super().__init__()
         for name, v in (("angular", angular), ("build_probe", build_probe), ("width", width)):
@@ -163,7 +163,9 @@ class GraphIndex(Index):
         step = max(1, int(2 ** 28 // max(1, self.n)))  # visited bitmaps <= 32 MB per block
         for s in range(0, U.shape[0], step):
             a, b, c = self._beam(U[s:s + step], k, ef)
-            out_i.append(a), out_s.append(b), out_c.append(c)
+            out_i.append(a)
+            out_s.append(b)
+            out_c.append(c)
         return np.concatenate(out_i), np.concatenate(out_s), np.concatenate(out_c), 0.0
 
     def default_budget(self) -> int:

@@ -3,7 +3,7 @@
 Build: k-means (:mod:`fortify.mips._kmeans`) of ``V (n, d)`` into ``nlist`` clusters; ``V`` is stored once,
 permuted so each cluster is contiguous, with each cluster's centroid ``c`` and radius ``r = max ||v - c||``.
 Search: a query ``u`` ranks the clusters by ``<u, c> + alpha ||u|| r`` (``alpha = 1`` is the Cauchy-Schwarz
-upper bound on any member's inner product, ``alpha = 0`` the plain centroid score: norm-aware probing sits in
+upper bound on any member's inner product, ``alpha = 0`` the plain centroid score: norm-aware probing, default ``alpha = 0.1``, sits in
 between and favours wide clusters of long vectors) and scans the ``budget`` best (``nprobe``) clusters exactly.
 Batched cluster-major: each probed cluster's rows meet all the queries that probe it in one matrix product.
 Cost per query: ``nlist + sum of probed cluster sizes`` inner products; ``budget = nlist`` is exact.
@@ -50,7 +50,7 @@ class IVFIndex(Index):
     """IVF over ``V (n, d)``. ``nlist``: clusters (default ``round(sqrt(n))``); ``alpha``: weight of
     ``||u|| * radius`` in the probe score; ``iters``/``train_size``/``seed``: k-means."""
 
-    def __init__(self, nlist: int | None = None, alpha: float = 0.0, iters: int = 10, train_size: int = 65536,
+    def __init__(self, nlist: int | None = None, alpha: float = 0.1, iters: int = 10, train_size: int = 65536,
                  seed: int = 0) -> None:
         super().__init__()
         if nlist is not None:
