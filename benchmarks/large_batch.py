@@ -32,6 +32,7 @@ from fortify import data as fdata
 from fortify import models
 from fortify.threat import ThreatModel
 from fortify.attacks import create as create_attack
+from fortify.errors import ConfigError
 from fortify.train import Trainer, tasks
 
 #: base learning rate at ``--base-batch`` and the scaling rule of every optimiser
@@ -73,12 +74,18 @@ def run_cell(opt: str, batch: int, args: argparse.Namespace, train: Any, test: A
                weight_decay=5e-4 if opt in ("sgd", "lars") else 0.0, momentum=0.9, grad_clip=None)
     trainer = Trainer(net, task, cfg, progress=False)
     t0, c0 = time.perf_counter(), time.process_time()
-    trainer.fit(train)
+    diverged = None
+    try:
+        trainer.fit(train)
+    except ConfigError as e:  # a NaN loss: recorded as a result (the cell's accuracy is 0 by definition)
+        if "diverged" not in str(e):
+            raise
+        diverged = str(e).split(";")[0]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    clean, robust = robust_and_clean(net, test[0], test[1], args.eps)
+    clean, robust = robust_and_clean(net, test[0], test[1], args.eps) if diverged is None else (0.0, 0.0)
     return {"optimizer": opt, "batch": batch, "peak_lr": trainer.config.peak_lr, "epochs": args.epochs,
             "steps": trainer.global_step, "clean": clean, "robust": robust, "train_wall_s": wall,
-            "train_cpu_s": cpu, "task": args.task, "dataset": args.dataset, "n_train": int(train[0].shape[0]),
+            "train_cpu_s": cpu, "diverged": diverged, "task": args.task, "dataset": args.dataset, "n_train": int(train[0].shape[0]),
             "n_test": int(test[0].shape[0]), "eps": args.eps, "model": args.model}
 
 
@@ -121,7 +128,8 @@ def main() -> None:
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"| {opt} | {batch} | {row['steps']} | {row['peak_lr']:.3g} | {100 * row['clean']:.1f}% | "
-                  f"{100 * row['robust']:.1f}% | {row['train_wall_s']:.0f} s |", flush=True)
+                  f"{100 * row['robust']:.1f}% | {row['train_wall_s']:.0f} s |" + (" diverged" if row["diverged"] else ""),
+                  flush=True)
 
 
 if __name__ == "__main__":
