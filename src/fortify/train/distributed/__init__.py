@@ -1,4 +1,9 @@
-"""Data-parallel and asynchronous training on torch.distributed (CPU, gloo, 127.0.0.1 only).
+"""Data-parallel and asynchronous training on torch.distributed.
+
+Two ways in, one code path: ``torchrun --nproc_per_node=N -m fortify train ...`` (or any script that
+runs under torchrun / initialises a process group: :meth:`fortify.train.Trainer.fit` joins it, see
+:mod:`.env`), and fortify's own launcher below (``nproc`` processes on 127.0.0.1, gloo), whose sync
+workers get torchrun's variables and run the same path.
 
 >>> from fortify.train import distributed
 >>> res = distributed.fit(net, (x, y), task="pgd_at", world_size=2, mode="sync",
@@ -6,18 +11,20 @@
 >>> res.model, res.history, res.stats  # a trained copy; ``net`` is untouched   # doctest: +SKIP
 >>> res = distributed.fit("default", world_size=2, mode="async")  # a recipe's model, data, task  # doctest: +SKIP
 
-Two modes (``TrainConfig.dist_mode``), both with ``world_size = TrainConfig.nproc`` gradient workers:
+Three modes (``TrainConfig.dist_mode``), each with ``world_size = TrainConfig.nproc`` workers:
 
 * ``"sync"`` (:mod:`.sync`): every global batch is split over the workers, gradients are
   all-reduced, parameters stay identical on every rank; one step equals the single-process step on
-  the same batch (up to float rounding) for models without BatchNorm.
+  the same batch (up to float rounding); BatchNorm statistics are synchronised over the ranks.
 * ``"async"`` (:mod:`.async_sgd`): Downpour SGD with a parameter server (one extra process, rank
   0) applying each worker's gradient as it arrives, dropping those more than ``max_staleness``
   updates old and scaling the others' learning rate by ``1/staleness`` (Zhang et al. 2016).
+* ``"producers"`` (:mod:`.producers`): adversarial-example producers pushing ``(x_adv, y, version)``
+  to one trainer, which drops examples staler than ``max_staleness`` (staleness histogram in stats).
 
 The same machinery runs when a :class:`fortify.train.Trainer` gets ``nproc > 1`` or
 ``dist_mode="async"`` in its config (recipes: ``train.nproc``, ``train.dist_mode``,
-``train.max_staleness``; CLI: ``fortify train --nproc N --mode sync|async``). Worker failures
+``train.max_staleness``; CLI: ``fortify train --nproc N --mode sync|async|producers``). Worker failures
 surface in the calling process as their own fortify error or :class:`WorkerError`.
 
 Workers start with ``forkserver`` (``spawn`` where unavailable), which re-imports the calling
