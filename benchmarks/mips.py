@@ -283,6 +283,66 @@ def plot(res: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def cheapest(rows: list[dict[str, Any]], index: str, target: float, key: str) -> dict[str, Any] | None:
+    """The configuration of ``index`` reaching ``target`` recall@10 with the best ``key`` (ips: lowest, qps: highest)."""
+    ok = [r for r in rows if r["index"] == index and r["recall@10"] >= target]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: r["qps"]) if key == "qps" else min(ok, key=lambda r: r["ips"])
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """Summary tables (one per set), goal checks, selector and FastHead lines, as README markdown."""
+    lines: list[str] = []
+    for name in ("clustered", "gaussian", "realhead"):
+        res = out.get(name)
+        if not res:
+            continue
+        n = res["n"]
+        lines += [f"**{name}** (n = {n:,}, d = {res['d']}, {res['queries']} queries, k = 10)", "",
+                  "| index | build s | MiB | best recall@10 | r@10 >= 0.9: budget, r@1, q/s, ips (x fewer) "
+                  "| r@10 >= 0.95: budget, r@1, q/s, ips (x fewer) |", "|---|---|---|---|---|---|"]
+        for idx in sorted({r["index"] for r in res["rows"]}):
+            b = res["builds"][idx]
+            best = max(r["recall@10"] for r in res["rows"] if r["index"] == idx)
+            cells = []
+            for t in (0.9, 0.95):
+                r = cheapest(res["rows"], idx, t, "ips" if idx.startswith("fortify") or idx.startswith("faiss")
+                             else "qps")
+                if r is None:
+                    cells.append("not reached")
+                    continue
+                ips = f"{r['ips']:,.0f} ({n / r['ips']:.0f}x)" if r["ips"] == r["ips"] else "n/a"
+                cells.append(f"{r['budget']}, {r['recall@1']:.3f}, {r['qps']:,.0f}, {ips}")
+            mib = f"{b['bytes'] / 2 ** 20:.0f}" if b["bytes"] > 0 else "n/a"
+            lines.append(f"| {idx} | {b['build_s']:.1f} | {mib} | {best:.3f} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+        for t in (0.9, 0.95):
+            f = [cheapest(res["rows"], i, t, "qps") for i in {r["index"] for r in res["rows"]} if i.startswith("fortify")]
+            o = [cheapest(res["rows"], i, t, "qps") for i in {r["index"] for r in res["rows"]} if not i.startswith("fortify")]
+            fb = max((r for r in f if r), key=lambda r: r["qps"], default=None)
+            ob = max((r for r in o if r), key=lambda r: r["qps"], default=None)
+            sel = res.get("selector", {}).get(str(t))
+            sel_txt = f"; selector {sel['qps']:,.0f} q/s at recall {sel['recall']:.3f}" if sel else ""
+            if fb and ob:
+                lines.append(f"- recall@10 >= {t}: fastest fortify {fb['index']}@{fb['budget']} {fb['qps']:,.0f} q/s vs "
+                             f"fastest backend {ob['index']}@{ob['budget']} {ob['qps']:,.0f} q/s "
+                             f"(ratio {fb['qps'] / ob['qps']:.2f}){sel_txt}")
+        g = [r for r in res["rows"] if r["index"].startswith("fortify") and r["recall@10"] >= 0.95
+             and r["ips"] <= n / 50]
+        lines.append(f"- recall@10 >= 0.95 at >= 50x fewer inner products than exact: "
+                     f"{'met by ' + ', '.join(sorted({r['index'] + '@' + str(r['budget']) for r in g})) if g else 'not met'}")
+        for t, sel in res.get("selector", {}).items():
+            lines.append(f"- selector (target {t}, trained on held-out queries): recall {sel['recall']:.3f} at "
+                         f"{sel['ips']:,.0f} ips/query vs best single {sel['best']} {sel['best_recall']:.3f} at "
+                         f"{sel['best_ips']:,.0f} (cost ratio {sel['cost_ratio']:.2f}: > 1 means the selector is cheaper)")
+        for cfg, fh in res.get("fasthead", {}).items():
+            lines.append(f"- FastHead {cfg}: recall@10 {fh['recall@10']:.3f} vs the exact torch head, {fh['ips']:,.0f} "
+                         f"inner products per row of {fh['classes']:,}, {fh['speedup']:.2f}x the exact head's speed")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes (1M, 200k, 200k items)")
@@ -292,7 +352,11 @@ def main() -> None:
     p.add_argument("--sets", default="clustered,gaussian,realhead")
     p.add_argument("--skip", default="", help="fortify indexes to skip, comma separated")
     p.add_argument("--no-backends", action="store_true")
+    p.add_argument("--report", metavar="JSON", help="print the markdown tables of a results file and exit")
     args = p.parse_args()
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return
     args.skip = {s for s in args.skip.split(",") if s}
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -318,6 +382,8 @@ def main() -> None:
         (RESULTS / f"mips_{tag}.json").write_text(json.dumps(out, indent=1, default=float))
     out["machine"]["load_after"] = os.getloadavg()
     (RESULTS / f"mips_{tag}.json").write_text(json.dumps(out, indent=1, default=float))
+    (RESULTS / f"mips_{tag}.md").write_text(markdown(out) + "\n")
+    print(markdown(out))
 
 
 if __name__ == "__main__":

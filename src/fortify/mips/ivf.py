@@ -1,9 +1,12 @@
 """IVF: k-means clusters with norm-aware probing (inverted file, Jegou et al. 2011, adapted to inner product).
 
-Build: k-means (:mod:`fortify.mips._kmeans`) of ``V (n, d)`` into ``nlist`` clusters; ``V`` is stored once,
-permuted so each cluster is contiguous, with each cluster's centroid ``c`` and radius ``r = max ||v - c||``.
+Build: spherical k-means with inner-product assignment (:mod:`fortify.mips._kmeans`, ``clustering="spherical"``:
+unit centroids, each vector to the centroid of its largest inner product, so clusters group directions and a
+query's probe order matches how vectors were assigned; ``"l2"``: Lloyd's k-means) of ``V (n, d)`` into ``nlist``
+clusters; ``V`` is stored once, permuted so each cluster is contiguous, with each cluster's member mean ``c``
+(which carries the members' norms) and radius ``r = max ||v - c||``.
 Search: a query ``u`` ranks the clusters by ``<u, c> + alpha ||u|| r`` (``alpha = 1`` is the Cauchy-Schwarz
-upper bound on any member's inner product, ``alpha = 0`` the plain centroid score: norm-aware probing, default ``alpha = 0.1``, sits in
+upper bound on any member's inner product, ``alpha = 0`` the plain centroid score: norm-aware probing, default ``alpha = 0.05``, sits in
 between and favours wide clusters of long vectors) and scans the ``budget`` best (``nprobe``) clusters exactly.
 Batched cluster-major: each probed cluster's rows meet all the queries that probe it in one matrix product.
 Cost per query: ``nlist + sum of probed cluster sizes`` inner products; ``budget = nlist`` is exact.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from fortify.mips._kmeans import group, kmeans
+from fortify.errors import ConfigError
 from fortify.mips.base import INDEXES, Index, check_option, topk_rows
 
 
@@ -48,15 +52,19 @@ def scan_clusters(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.nd
 @INDEXES.register("ivf", help="k-means clusters, norm-aware probing (budget: clusters probed)")
 class IVFIndex(Index):
     """IVF over ``V (n, d)``. ``nlist``: clusters (default ``round(sqrt(n))``); ``alpha``: weight of
-    ``||u|| * radius`` in the probe score; ``iters``/``train_size``/``seed``: k-means."""
+    ``||u|| * radius`` in the probe score; ``clustering``: ``"spherical"`` (inner-product) or ``"l2"`` k-means;
+    ``iters``/``train_size``/``seed``: k-means."""
 
-    def __init__(self, nlist: int | None = None, alpha: float = 0.1, iters: int = 10, train_size: int = 65536,
-                 seed: int = 0) -> None:
+    def __init__(self, nlist: int | None = None, alpha: float = 0.05, clustering: str = "spherical", iters: int = 10,
+                 train_size: int = 65536, seed: int = 0) -> None:
         super().__init__()
         if nlist is not None:
             check_option(nlist, "nlist")
         check_option(alpha, "alpha", minimum=0.0)
         check_option(iters, "iters", minimum=0)
+        if clustering not in ("spherical", "l2"):
+            raise ConfigError(f"clustering must be 'spherical' or 'l2', got {clustering!r}")
+        self.clustering = clustering
         check_option(train_size, "train_size")
         self.nlist, self.alpha, self.iters, self.train_size, self.seed = nlist, float(alpha), int(iters), \
             int(train_size), int(seed)
@@ -68,10 +76,16 @@ class IVFIndex(Index):
 
     def _fit(self, V: np.ndarray) -> None:
         nl = int(self.nlist or max(1, round(np.sqrt(V.shape[0]))))
-        C, lab = kmeans(V, nl, iters=self.iters, train_size=self.train_size, seed=self.seed)
+        sph = self.clustering == "spherical"
+        C, lab = kmeans(V, nl, iters=self.iters, train_size=self.train_size, seed=self.seed,
+                        metric="ip" if sph else "l2", spherical=sph)
         self.perm, self.offsets = group(lab, C.shape[0])
         self.V = V[self.perm]  # the one copy, cluster-contiguous
-        self.centroids = C
+        sizes = np.diff(self.offsets)
+        means = np.zeros_like(C)
+        full = sizes > 0
+        means[full] = np.add.reduceat(self.V, self.offsets[:-1][full], axis=0) / sizes[full, None]
+        self.centroids = C = means.astype(np.float32)
         diff = np.linalg.norm(self.V - C[lab[self.perm]], axis=1)
         self.radius = np.zeros(C.shape[0], dtype=np.float32)
         np.maximum.at(self.radius, lab[self.perm], diff.astype(np.float32))
