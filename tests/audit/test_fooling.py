@@ -1,6 +1,6 @@
 """Fooling images (Nguyen et al. 2015) on a tiny digits classifier: the gradient method reaches 99%
-confidence on most classes, the evolutionary search (forward passes only) improves on its initial noise
-and never loses fitness (elitist), the reported confidences and rates equal a recomputation from the
+confidence on most classes, the evolutionary search (forward passes only, direct and CPPN encodings)
+improves on its initial population and never loses fitness (elitist), CPPN images are smooth, the reported confidences and rates equal a recomputation from the
 model, results are reproducible per seed, the model is left untouched, bad arguments are typed errors."""
 from __future__ import annotations
 
@@ -69,6 +69,23 @@ def test_evolution_improves_with_forward_passes_only(digits_model: nn.Module) ->
     assert not torch.equal(res.images, other.images)
 
 
+def test_cppn_evolution_draws_smooth_patterns(digits_model: nn.Module) -> None:
+    res = fooling_images(digits_model, 2, method="evolution", encoding="cppn", steps=15, population=8,
+                         confidence=0.999, sample_shape=(1, 8, 8), seed=0)
+    assert res.encoding == "cppn" and res.images.shape == (20, 1, 8, 8)
+    assert bool((res.confidences >= res.initial_confidences - 1e-6).all())
+    assert float(res.confidences.mean()) > float(res.initial_confidences.mean())
+    assert torch.allclose(res.confidences, recomputed(digits_model, res.images, res.labels), atol=1e-5)
+    noise = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def roughness(x: torch.Tensor) -> float:  # mean absolute difference of horizontal neighbours
+        return float((x[..., 1:] - x[..., :-1]).abs().mean())
+
+    assert roughness(res.images) < 0.5 * roughness(noise), "a CPPN draws smooth patterns, not pixel noise"
+    with pytest.raises(ConfigError):
+        fooling_images(digits_model, 1, method="evolution", encoding="cppn", sample_shape=(64,))
+
+
 def test_gradient_method_stops_at_the_confidence(digits_model: nn.Module) -> None:
     low = fooling_images(digits_model, 2, confidence=0.5, steps=200, sample_shape=(1, 8, 8))
     high = fooling_images(digits_model, 2, confidence=0.999, steps=200, sample_shape=(1, 8, 8))
@@ -77,7 +94,7 @@ def test_gradient_method_stops_at_the_confidence(digits_model: nn.Module) -> Non
 
 
 def test_bad_arguments(digits_model: nn.Module) -> None:
-    for kwargs in ({"method": "cppn-magic"}, {"confidence": 1.5}, {"confidence": 0}, {"steps": -1},
+    for kwargs in ({"method": "cppn-magic"}, {"encoding": "indirect"}, {"confidence": 1.5}, {"confidence": 0}, {"steps": -1},
                    {"batch_size": 0}, {"population": 0}, {"seed": -2}, {"sample_shape": (1, 0, 8)}):
         with pytest.raises(ConfigError):
             fooling_images(digits_model, 1, **kwargs)  # type: ignore[arg-type]

@@ -7,11 +7,13 @@ Unrecognisable inputs that the model classifies with high confidence. :func:`foo
   signed steps of size ``step_size`` projected on [0, 1] (Nguyen et al.'s gradient-ascent baseline,
   Simonyan et al. 2014); a sample stops moving once it reaches ``confidence``. Cost: ``steps`` forward and
   backward passes over ``K * n_per_class`` inputs (in chunks of ``batch_size``).
-* ``"evolution"``: a gradient-free evolutionary search with direct encoding (Nguyen et al. sec. 2.2): every
-  individual is a pixel array; per generation each parent makes ``population`` children by mutating
-  each value with probability ``mutation_rate`` (Gaussian step ``mutation_scale``, clipped to [0, 1])
-  and is replaced by its best child if that child is fitter (elitist (1 + lambda) selection), fitness
-  = target log-probability. Forward passes only: ``steps * population * K * n_per_class`` evaluations.
+* ``"evolution"``: a gradient-free evolutionary search (Nguyen et al. sec. 2.2) with a direct encoding
+  (every individual is a pixel array, from uniform noise) or a CPPN encoding (the weights of a small
+  compositional pattern-producing network drawn on the pixel grid: regular, symmetric patterns); per
+  generation each parent makes ``population`` children by mutating each gene with probability
+  ``mutation_rate`` (Gaussian step ``mutation_scale``; pixels clipped to [0, 1]) and is replaced by its
+  best child if that child is fitter (elitist (1 + lambda) selection), fitness = target log-probability.
+  Forward passes only: at most ``(1 + steps * population) * K * n_per_class`` evaluations.
 
 ``FoolingResult.rate_per_class[k]`` is the fraction of class ``k``'s images whose softmax probability of
 ``k`` reaches ``confidence``; ``rate`` the fraction over all classes. The model is run frozen
@@ -20,7 +22,7 @@ Unrecognisable inputs that the model classifies with high confidence. :func:`foo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -29,9 +31,10 @@ from fortify.errors import ConfigError, InputError
 from fortify.models.state import device_of, frozen
 from fortify.validation import expected_input_shape, model_dtype, probe_num_classes
 
-__all__ = ["FoolingResult", "METHODS", "fooling_images"]
+__all__ = ["CPPN", "ENCODINGS", "FoolingResult", "METHODS", "fooling_images"]
 
 METHODS = ("gradient", "evolution")
+ENCODINGS = ("direct", "cppn")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class FoolingResult:
     confidence: float
     steps: int
     evaluations: int
+    #: the evolution's genome: "direct" or "cppn"; "pixels" for the gradient method
+    encoding: str = "direct"
 
 
 def _check(value: object, name: str, lo: float, hi: float, *, integer: bool = False) -> float:
@@ -98,49 +103,90 @@ def _gradient(model: nn.Module, x: torch.Tensor, t: torch.Tensor, log_conf: floa
     return x.detach(), evaluations
 
 
-def _evolution(model: nn.Module, x: torch.Tensor, t: torch.Tensor, log_conf: float, steps: int,
-               population: int, rate: float, scale: float, gen: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Elitist (1 + lambda) evolution of one chunk of individuals, forward passes only."""
-    m = len(x)
+#: a decoder from genomes ``(K, G)`` to images ``(K, *sample_shape)`` in [0, 1]
+Decode = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _evolution(model: nn.Module, genomes: torch.Tensor, decode: Decode, t: torch.Tensor, log_conf: float,
+               steps: int, population: int, mutation: tuple[float, float], clamp: bool,
+               gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Elitist (1 + lambda) evolution of one chunk of genomes ``(m, G)``, forward passes only."""
+    m, size = genomes.shape
+    rate, scale = mutation
     with torch.no_grad():
-        fit = _target_logprob(model, x, t)
+        fit = _target_logprob(model, decode(genomes), t)
     evaluations = m
-    tail = [1] * (x.dim() - 1)
     for _ in range(steps):
         if bool((fit >= log_conf).all()):
             break
-        kids = x.unsqueeze(1).expand(m, population, *x.shape[1:])
-        noise = torch.randn(kids.shape, generator=gen).to(x.device, x.dtype) * scale
-        hit = (torch.rand(kids.shape, generator=gen) < rate).to(x.device)
-        kids = torch.where(hit, (kids + noise).clamp(0.0, 1.0), kids).reshape(m * population, *x.shape[1:])
+        kids = genomes.unsqueeze(1).expand(m, population, size)
+        mutated = kids + torch.randn(kids.shape, generator=gen).to(kids.device, kids.dtype) * scale
+        hit = (torch.rand(kids.shape, generator=gen) < rate).to(kids.device)
+        kids = torch.where(hit, mutated.clamp(0.0, 1.0) if clamp else mutated, kids).reshape(m * population, size)
         with torch.no_grad():
-            kid_fit = _target_logprob(model, kids, t.repeat_interleave(population)).view(m, population)
+            kid_fit = _target_logprob(model, decode(kids), t.repeat_interleave(population)).view(m, population)
         evaluations += m * population
         best_fit, best = kid_fit.max(1)
         better = best_fit > fit
-        chosen = kids.view(m, population, *x.shape[1:])[torch.arange(m, device=x.device), best]
-        x = torch.where(better.view(m, *tail), chosen, x)
+        chosen = kids.view(m, population, size)[torch.arange(m, device=kids.device), best]
+        genomes = torch.where(better.view(m, 1), chosen, genomes)
         fit = torch.where(better, best_fit, fit)
-    return x, evaluations
+    return genomes, evaluations
+
+
+class CPPN:
+    """A batch of compositional pattern-producing networks (Stanley 2007) with one fixed topology, the
+    genome being all weights: ``(x, y, r, 1) -> hidden -> hidden -> C`` with sine, Gaussian and tanh units
+    (unit ``j`` uses the ``j mod 3``-th) and a sigmoid output, drawn on an ``H x W`` grid in [-1, 1]^2.
+    Images of regular, symmetric patterns, as Nguyen et al.'s CPPN encoding. ``decode`` costs
+    ``K * H * W * hidden^2`` multiply-adds for ``K`` genomes."""
+
+    def __init__(self, shape: tuple[int, ...], hidden: int = 8) -> None:
+        if len(shape) != 3:
+            raise ConfigError(f"the CPPN encoding draws images: sample_shape must be (C, H, W), got {shape}")
+        self.c, self.h, self.w = shape
+        self.hidden = hidden
+        rows, cols = torch.meshgrid(torch.linspace(-1, 1, self.h), torch.linspace(-1, 1, self.w), indexing="ij")
+        self.coords = torch.stack([cols, rows, (rows ** 2 + cols ** 2).sqrt(), torch.ones_like(rows)], -1).view(-1, 4)
+        self.sizes = (4 * hidden, hidden * hidden, hidden, hidden * self.c, self.c)
+        self.genome_size = sum(self.sizes)
+
+    def _act(self, z: torch.Tensor) -> torch.Tensor:
+        kind = torch.arange(z.shape[-1], device=z.device) % 3
+        return torch.where(kind == 0, torch.sin(z), torch.where(kind == 1, torch.exp(-z * z), torch.tanh(z)))
+
+    def decode(self, genomes: torch.Tensor) -> torch.Tensor:
+        """Genomes ``(K, G)`` -> images ``(K, C, H, W)`` in (0, 1)."""
+        k, hd = len(genomes), self.hidden
+        w1, w2, b2, w3, b3 = torch.split(genomes, list(self.sizes), dim=1)
+        coords = self.coords.to(genomes.device, genomes.dtype)
+        a = self._act(torch.matmul(coords, w1.view(k, 4, hd)))
+        a = self._act(torch.matmul(a, w2.view(k, hd, hd)) + b2.view(k, 1, hd))
+        out = torch.sigmoid(torch.matmul(a, w3.view(k, hd, self.c)) + b3.view(k, 1, self.c))
+        return out.transpose(1, 2).reshape(k, self.c, self.h, self.w)
 
 
 def fooling_images(model: nn.Module, n_per_class: int, *, method: str = "gradient", confidence: float = 0.99,
                    steps: int | None = None, seed: int = 0, batch_size: int = 256,
                    sample_shape: Sequence[int] | None = None, step_size: float = 0.01, population: int = 16,
-                   mutation_rate: float = 0.02, mutation_scale: float = 0.6) -> FoolingResult:
-    """``n_per_class`` fooling images for each of the model's ``K`` classes, from uniform noise.
+                   encoding: str = "direct", mutation_rate: float | None = None,
+                   mutation_scale: float | None = None) -> FoolingResult:
+    """``n_per_class`` fooling images for each of the model's ``K`` classes.
 
-    ``method`` "gradient" (default ``steps`` 100, ``step_size`` per step) or "evolution" (default ``steps``
-    200 generations of ``population`` children per individual, ``mutation_rate``, ``mutation_scale``; the
-    defaults 0.02 and 0.6 -- few pixels, large steps -- fooled 0.8 of 30 targets of a PGD-AT small-cnn in 200
-    generations where 0.1 and 0.3 fooled 0.47).
-    ``sample_shape`` defaults to the shape the model declares. ``batch_size`` bounds the individuals per
-    chunk (evolution evaluates ``batch_size * population`` inputs at once). Returns a :class:`FoolingResult`.
-    Raises ConfigError (bad method or numbers, undeclared input shape), InputError (the model rejects
-    the shape).
+    ``method`` "gradient" (from uniform noise; default ``steps`` 100 of ``step_size``) or "evolution"
+    (default ``steps`` 200 generations of ``population`` children per individual). ``encoding`` of the
+    evolution: "direct" (pixels, from uniform noise; default ``mutation_rate`` 0.02 and ``mutation_scale``
+    0.6 -- few pixels, large steps -- fooled 0.8 of 30 targets of a PGD-AT small-cnn in 200 generations
+    where 0.1 and 0.3 fooled 0.47) or "cppn" (the weights of a :class:`CPPN`, from N(0, 1.5^2) weights;
+    defaults 0.1 and 0.5). ``sample_shape`` defaults to the shape the model declares. ``batch_size``
+    bounds the individuals per chunk (evolution evaluates ``batch_size * population`` inputs at once).
+    Returns a :class:`FoolingResult`. Raises ConfigError (bad method, encoding or numbers, undeclared input
+    shape), InputError (the model rejects the shape).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown fooling method {method!r}; allowed: {', '.join(METHODS)}")
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"unknown evolution encoding {encoding!r}; allowed: {', '.join(ENCODINGS)}")
     n = int(_check(n_per_class, "n_per_class", 1, 1e6, integer=True))
     conf = _check(confidence, "confidence", 1e-6, 1 - 1e-9)
     default_steps = 100 if method == "gradient" else 200
@@ -149,8 +195,9 @@ def fooling_images(model: nn.Module, n_per_class: int, *, method: str = "gradien
     lam = int(_check(population, "population", 1, 1e5, integer=True))
     _check(seed, "seed", 0, 2**63 - 1, integer=True)
     _check(step_size, "step_size", 0, 1)
-    _check(mutation_rate, "mutation_rate", 0, 1)
-    _check(mutation_scale, "mutation_scale", 0, 1e3)
+    cppn = method == "evolution" and encoding == "cppn"
+    rate = _check((0.1 if cppn else 0.02) if mutation_rate is None else mutation_rate, "mutation_rate", 0, 1)
+    scale = _check((0.5 if cppn else 0.6) if mutation_scale is None else mutation_scale, "mutation_scale", 0, 1e3)
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     shape = _sample_shape(model, sample_shape)
@@ -159,19 +206,29 @@ def fooling_images(model: nn.Module, n_per_class: int, *, method: str = "gradien
     gen = torch.Generator().manual_seed(int(seed))
     classes = probe_num_classes(model, torch.full((1, *shape), 0.5, dtype=dtype, device=device))
     labels = torch.arange(classes).repeat_interleave(n).to(device)
-    start = torch.rand(len(labels), *shape, generator=gen).to(device, dtype)
+    net = CPPN(shape) if cppn else None
+    if net is not None:
+        genomes = (1.5 * torch.randn(len(labels), net.genome_size, generator=gen)).to(device, dtype)
+        decode: Decode = net.decode
+    else:
+        genomes = torch.rand(len(labels), *shape, generator=gen).to(device, dtype).flatten(1)
+        decode = lambda g: g.view(-1, *shape)  # noqa: E731
     log_conf = float(torch.log(torch.tensor(conf, dtype=torch.float64)))
-    images, evaluations = [], 0
+    images, starts, evaluations = [], [], 0
     with frozen(model):
         for i in range(0, len(labels), chunk):
-            xb, tb = start[i:i + chunk], labels[i:i + chunk]
+            gb, tb = genomes[i:i + chunk], labels[i:i + chunk]
+            with torch.no_grad():
+                starts.append(decode(gb))
             if method == "gradient":
-                out, used = _gradient(model, xb, tb, log_conf, n_steps, step_size)
+                out, used = _gradient(model, starts[-1], tb, log_conf, n_steps, step_size)
             else:
-                out, used = _evolution(model, xb, tb, log_conf, n_steps, lam, mutation_rate, mutation_scale, gen)
+                best, used = _evolution(model, gb, decode, tb, log_conf, n_steps, lam, (rate, scale), not cppn, gen)
+                with torch.no_grad():
+                    out = decode(best)
             images.append(out)
             evaluations += used
-        x = torch.cat(images)
+        x, start = torch.cat(images), torch.cat(starts)
         with torch.no_grad():
             conf_end = torch.cat([_target_logprob(model, x[i:i + chunk], labels[i:i + chunk]).exp()
                                   for i in range(0, len(x), chunk)])
@@ -180,4 +237,5 @@ def fooling_images(model: nn.Module, n_per_class: int, *, method: str = "gradien
     reached = (conf_end >= conf).float().view(classes, n)
     return FoolingResult(images=x, labels=labels, confidences=conf_end, initial_confidences=conf_start,
                          rate_per_class=reached.mean(1).cpu(), rate=float(reached.mean()), method=method,
-                         confidence=conf, steps=n_steps, evaluations=evaluations)
+                         confidence=conf, steps=n_steps, evaluations=evaluations,
+                         encoding=encoding if method == "evolution" else "pixels")
