@@ -22,7 +22,8 @@ misclassified, then any; lower score first.
 Figures (:class:`DetectionRow`): detection AUROC / FPR@95TPR of clean inputs (negatives) against the *successful*
 adversarial examples (positives: misclassified), the attack's success rate, and the evasion rate (misclassified
 and scored at or below ``tau``). A detector whose adaptive AUROC falls below :data:`COLLAPSE_AUROC` is reported as
-collapsed. :func:`adversarial_calibration` gives the calibration metrics on adversarial examples (how honest the
+collapsed when it rests on at least :data:`MIN_SUCCESS` successful examples (fewer: the AUROC is reported, not
+judged). :func:`adversarial_calibration` gives the calibration metrics on adversarial examples (how honest the
 confidence of a robust model stays under attack).
 
 Cost: static, one attack run per (attack, eps); adaptive, ``steps`` x (one forward-backward of the model + one of
@@ -48,6 +49,8 @@ from fortify.threat import ThreatModel
 
 #: an adaptive AUROC below this is a collapse (the detector is near chance or worse against an attacker who knows it)
 COLLAPSE_AUROC = 0.6
+#: fewest successful adversarial examples for a collapse verdict (an AUROC over fewer is reported, not judged)
+MIN_SUCCESS = 10
 #: the operating point of the threshold: fraction of clean inputs accepted
 TPR = 0.95
 
@@ -179,7 +182,7 @@ def detection_row(fitted: FittedDetector, s_clean: torch.Tensor, tau: float, x_a
         au, fp = auroc(s_clean, s_adv[wrong]), fpr_at_tpr(s_clean, s_adv[wrong], TPR)
     evasion = float((wrong & (s_adv <= tau)).double().mean())
     return DetectionRow(fitted.name, attack, float(eps), kind, au, fp, k / n, evasion, n, k,
-                        collapsed=kind == "adaptive" and au is not None and au < COLLAPSE_AUROC)
+                        collapsed=kind == "adaptive" and au is not None and au < COLLAPSE_AUROC and k >= MIN_SUCCESS)
 
 
 def _threat(norm: str, eps: float) -> ThreatModel:
@@ -247,5 +250,5 @@ def adversarial_calibration(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return calibration_report(predict_probs(model, res.x_adv), y, n_bins)
 
 
-__all__ = ["COLLAPSE_AUROC", "AdaptiveDetectorAttack", "AdversarialReport", "DetectionRow", "adversarial_calibration",
+__all__ = ["COLLAPSE_AUROC", "MIN_SUCCESS", "AdaptiveDetectorAttack", "AdversarialReport", "DetectionRow", "adversarial_calibration",
            "adversarial_detection", "detection_row"]

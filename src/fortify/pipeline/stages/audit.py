@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fortify.audit.adversarial import MIN_SUCCESS
 from fortify.audit.suite import AuditOptions, ModelAudit
 from fortify.errors import ConfigError
 from fortify.pipeline.base import RunContext, StageResult, register_stage
@@ -175,6 +176,9 @@ def findings(a: ModelAudit) -> list[Finding]:
             best = max(rows, key=lambda r: r.auroc or 0.0)
             collapsed = a.adversarial.collapsed()
             warn = (f"collapses under the adaptive attack (AUROC < 0.6): {', '.join(collapsed)}" if collapsed else "")
+            if best.n_success < MIN_SUCCESS:
+                warn = "; ".join(w for w in (warn, f"only {best.n_success} successful adversarial examples: the AUROC "
+                                                   "is noisy") if w)
             out.append(Finding("adversarial.adaptive_auroc", f"Best detector AUROC under the adaptive attack, "
                                f"{rows[0].eps:g}", round(100 * (best.auroc or 0.0), 2), "%", n=best.n_success,
                                detail=f"{best.detector}; FPR@95TPR {100 * (best.fpr95 or 0):.1f}%", warning=warn,
@@ -300,7 +304,8 @@ class AuditStage:
                 "equal-width bins (torchmetrics' CalibrationError); AUROC treats the anomalous inputs as positives; "
                 "FPR@95TPR is the fraction of anomalous inputs accepted when 95% of test images are. The adaptive "
                 "attack knows the detector (orthogonal PGD on the classifier margin and the detector score); a "
-                "detector whose adaptive AUROC falls below 0.6 is reported as collapsed.")
+                "detector whose adaptive AUROC falls below 0.6 (over at least 10 successful adversarial examples) is "
+                "reported as collapsed.")
         notices = [f"{lab}: {n}" for lab, a in audits.items() for n in a.notices]
         if notices:
             text += " Notices: " + "; ".join(notices)
