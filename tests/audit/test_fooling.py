@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fortify.audit.fooling import fooling_images
+from fortify.audit.fooling import CPPN, fooling_images
 from fortify.data import load
 from fortify.errors import ConfigError
 from fortify.models.state import fingerprint
@@ -76,12 +76,17 @@ def test_cppn_evolution_draws_smooth_patterns(digits_model: nn.Module) -> None:
     assert bool((res.confidences >= res.initial_confidences - 1e-6).all())
     assert float(res.confidences.mean()) > float(res.initial_confidences.mean())
     assert torch.allclose(res.confidences, recomputed(digits_model, res.images, res.labels), atol=1e-5)
-    noise = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    net = CPPN((1, 28, 28))
+    patterns = net.decode(1.5 * torch.randn(30, net.genome_size, generator=g))
+    noise = torch.rand(30, 1, 28, 28, generator=g)
 
     def roughness(x: torch.Tensor) -> float:  # mean absolute difference of horizontal neighbours
         return float((x[..., 1:] - x[..., :-1]).abs().mean())
 
-    assert roughness(res.images) < 0.5 * roughness(noise), "a CPPN draws smooth patterns, not pixel noise"
+    assert roughness(patterns) < 0.3 * roughness(noise), "a CPPN draws smooth patterns, not pixel noise"
+    assert float(patterns.std()) > 0.1 and CPPN((3, 32, 32)).decode(torch.randn(2, CPPN((3, 32, 32)).genome_size,
+                                                                               generator=g)).shape == (2, 3, 32, 32)
     with pytest.raises(ConfigError):
         fooling_images(digits_model, 1, method="evolution", encoding="cppn", sample_shape=(64,))
 
