@@ -10,7 +10,7 @@ Corruptions: the 15 MNIST-C corruptions (Mu & Gilmer 2019) at MNIST-C's fixed se
 ``--n`` mnist-5k test images (seed 0), accuracy per corruption with a Wilson 95% interval, the mean accuracy
 and the mCE (mean error, and normalised by the standard model as baseline: Hendrycks & Dietterich 2019).
 Fooling (Nguyen et al. 2015): ``--per-class`` images per class from uniform noise by gradient ascent and by
-the direct-encoding evolution, fooling rate per class at confidence ``--confidence``.
+the evolution (direct and CPPN encodings), fooling rate per class at confidence ``--confidence``.
 
     nice -n 10 .venv/bin/python benchmarks/corruptions.py --n 1000 --epochs 4 --threads 1
 """
@@ -102,10 +102,13 @@ def main() -> None:
     p.add_argument("--confidence", type=float, default=0.99)
     p.add_argument("--grad-steps", type=int, default=100)
     p.add_argument("--evo-steps", type=int, default=200)
+    p.add_argument("--methods", default="gradient,evolution,cppn",
+                   help="fooling searches: gradient, evolution (direct encoding), cppn (evolution, CPPN encoding)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="write the tables and figures as JSON here")
     a = p.parse_args()
+    a.methods = {m.strip() for m in a.methods.split(",")}
     torch.set_num_threads(a.threads)
     models = {kind: train_model(kind, a) for kind in ("standard", "robust")}
     x, y = fdata.load("mnist-5k", "test", limit=a.n)
@@ -119,10 +122,16 @@ def main() -> None:
     print(corruption_markdown(reports, a.n) + "\n", flush=True)
     fooling: dict[str, dict[str, object]] = {}
     for kind, model in models.items():
-        for method, steps in (("gradient", a.grad_steps), ("evolution", a.evo_steps)):
+        for key, label, method, encoding, steps in (
+                ("gradient", "gradient", "gradient", "direct", a.grad_steps),
+                ("evolution", "evolution (direct)", "evolution", "direct", a.evo_steps),
+                ("cppn", "evolution (CPPN)", "evolution", "cppn", a.evo_steps)):
+            if key not in a.methods:
+                continue
             t1 = time.perf_counter()
-            r = fooling_images(model, a.per_class, method=method, confidence=a.confidence, steps=steps, seed=0)
-            fooling[f"{kind} / {method}"] = {"rate": r.rate, "rate_per_class": r.rate_per_class.tolist(),
+            r = fooling_images(model, a.per_class, method=method, encoding=encoding, confidence=a.confidence,
+                               steps=steps, seed=0)
+            fooling[f"{kind} / {label}"] = {"rate": r.rate, "rate_per_class": r.rate_per_class.tolist(),
                                              "mean_confidence": float(r.confidences.mean()),
                                              "evaluations": r.evaluations, "seconds": time.perf_counter() - t1}
     print(f"fooling images ({a.per_class} per class, confidence >= {a.confidence}, gradient {a.grad_steps} steps, "
