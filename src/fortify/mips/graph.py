@@ -143,13 +143,17 @@ class GraphIndex(Index):
             s = np.full(nb.shape, -np.inf, dtype=np.float32)
             s[r, c] = np.einsum("ij,ij->i", self.V[nb[r, c]], U[active[r]])
             ips[active] += valid.sum(axis=1)
-            all_sc = np.concatenate([pool_sc[active], s], axis=1)
-            all_id = np.concatenate([pool_id[active], nb], axis=1)
-            all_done = np.concatenate([done[active], ~valid], axis=1)
-            keep = np.argpartition(-all_sc, ef - 1, axis=1)[:, :ef]
-            pool_sc[active] = np.take_along_axis(all_sc, keep, axis=1)
-            pool_id[active] = np.take_along_axis(all_id, keep, axis=1)
-            done[active] = np.take_along_axis(all_done, keep, axis=1) | ~np.isfinite(pool_sc[active])
+            worst = pool_sc[active].min(axis=1)
+            gain = (s > worst[:, None]).any(axis=1)  # rows where a new node enters the pool
+            g, sg = active[gain], s[gain]
+            if g.size:
+                all_sc = np.concatenate([pool_sc[g], sg], axis=1)
+                all_id = np.concatenate([pool_id[g], nb[gain]], axis=1)
+                all_done = np.concatenate([done[g], ~valid[gain]], axis=1)
+                keep = np.argpartition(-all_sc, ef - 1, axis=1)[:, :ef]
+                pool_sc[g] = np.take_along_axis(all_sc, keep, axis=1)
+                pool_id[g] = np.take_along_axis(all_id, keep, axis=1)
+                done[g] = np.take_along_axis(all_done, keep, axis=1) | ~np.isfinite(pool_sc[g])
             active = active[~done[active].all(axis=1)]
         pos, sc = topk_rows(pool_sc, k)
         return np.take_along_axis(pool_id, pos, axis=1), sc, ips
