@@ -79,3 +79,20 @@ def test_compare_cli_bad_input(two_runs: tuple[Path, list[str]], capsys: pytest.
     assert main(["runs", "compare", *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fortify: error:") and msg in err[0]
+
+
+def test_runs_without_report_json_compare_from_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fortify.store import RunStore
+
+    store = RunStore(tmp_path / "fortify.db")
+    ids = []
+    for lr, acc in ((0.1, 0.5), (0.2, 0.75)):
+        rid = store.start_run("train", argv=[], config={"train": {"lr": lr}, "data": {"name": "d"}}, seed=0)
+        store.log_metrics(rid, {"clean_accuracy": acc}, stage="accuracy")
+        store.finish_run(rid, "ok")
+        ids.append(rid)
+    assert main(["runs", "compare", *ids, "--store", str(tmp_path / "fortify.db"), "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out)
+    assert [r["report_json"] for r in cmp["runs"]] == [False, False] and cmp["findings"] == []
+    assert cmp["config_diff"] == [{"key": "train.lr", "values": [0.1, 0.2]}]
+    assert cmp["metrics_diff"] == [{"key": "accuracy/clean_accuracy", "values": [0.5, 0.75]}]
