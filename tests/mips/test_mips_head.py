@@ -105,3 +105,19 @@ def test_predict_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         code = main(base + argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and needle in err[0], (argv, err)
+
+
+def test_real_head_is_deterministic_trained_and_cached(tmp_path: Path) -> None:
+    from fortify.mips.realhead import ratings, real_head
+
+    torch.set_num_threads(1)
+    a = real_head(400, 150, dim=8, epochs=3, seed=1, cache=tmp_path / "h.npz")
+    b = real_head(400, 150, dim=8, epochs=3, seed=1)
+    assert torch.equal(a.layer.weight, b.layer.weight) and np.array_equal(a.users, b.users)
+    assert a.final_loss < 0.69, "BPR must beat chance (log 2) on its own training pairs"
+    pairs = ratings(150, 400, seed=1)
+    logits = a.queries @ a.V.T
+    seen = logits[pairs[:, 0], pairs[:, 1]].mean()
+    assert seen > logits.mean(), "consumed items score above the average item"
+    c = real_head(400, 150, dim=8, epochs=3, seed=1, cache=tmp_path / "h.npz")  # from the cache
+    assert torch.equal(c.layer.weight, a.layer.weight) and c.V.shape == (400, 9)
