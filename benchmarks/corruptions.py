@@ -28,7 +28,7 @@ import torch
 from fortify import data as fdata
 from fortify import models as fmodels
 from fortify.audit.corruptions import CorruptionReport, corruption_table
-from fortify.audit.fooling import fooling_images
+from fortify.audit.fooling import FoolingOptions, fooling_images
 from fortify.config import load_config
 from fortify.train import Trainer
 from fortify.train import tasks as ftasks
@@ -129,8 +129,8 @@ def main() -> None:
             if key not in a.methods:
                 continue
             t1 = time.perf_counter()
-            r = fooling_images(model, a.per_class, method=method, encoding=encoding, confidence=a.confidence,
-                               steps=steps, seed=0)
+            r = fooling_images(model, a.per_class, method=method, confidence=a.confidence, steps=steps, seed=0,
+                               options=FoolingOptions(encoding=encoding))
             fooling[f"{kind} / {label}"] = {"rate": r.rate, "rate_per_class": r.rate_per_class.tolist(),
                                              "mean_confidence": float(r.confidences.mean()),
                                              "evaluations": r.evaluations, "seconds": time.perf_counter() - t1}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fortify.audit.fooling import CPPN, fooling_images
+from fortify.audit.fooling import CPPN, FoolingOptions, fooling_images
 from fortify.data import load
 from fortify.errors import ConfigError
 from fortify.models.state import fingerprint
@@ -43,7 +43,8 @@ def recomputed(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
 
 def test_gradient_method_fools_most_classes(digits_model: nn.Module) -> None:
     before = fingerprint(digits_model)
-    res = fooling_images(digits_model, 4, method="gradient", steps=60, step_size=0.02, sample_shape=(1, 8, 8))
+    res = fooling_images(digits_model, 4, method="gradient", steps=60, sample_shape=(1, 8, 8),
+                         options=FoolingOptions(step_size=0.02))
     assert fingerprint(digits_model) == before
     assert res.images.shape == (40, 1, 8, 8) and float(res.images.min()) >= 0 and float(res.images.max()) <= 1
     assert torch.equal(res.labels, torch.arange(10).repeat_interleave(4))
@@ -55,22 +56,22 @@ def test_gradient_method_fools_most_classes(digits_model: nn.Module) -> None:
 
 
 def test_evolution_improves_with_forward_passes_only(digits_model: nn.Module) -> None:
-    res = fooling_images(digits_model, 3, method="evolution", steps=25, population=8, confidence=0.999,
+    res = fooling_images(digits_model, 3, method="evolution", steps=25, options=FoolingOptions(population=8), confidence=0.999,
                          sample_shape=(1, 8, 8), seed=1)
     assert bool((res.confidences >= res.initial_confidences - 1e-6).all()), "elitist selection never loses"
     assert float(res.confidences.mean()) > float(res.initial_confidences.mean()) + 0.2
     assert torch.allclose(res.confidences, recomputed(digits_model, res.images, res.labels), atol=1e-5)
     assert res.evaluations <= 30 * (1 + 25 * 8) and res.method == "evolution"
-    again = fooling_images(digits_model, 3, method="evolution", steps=25, population=8, confidence=0.999,
+    again = fooling_images(digits_model, 3, method="evolution", steps=25, options=FoolingOptions(population=8), confidence=0.999,
                            sample_shape=(1, 8, 8), seed=1)
     assert torch.equal(res.images, again.images)
-    other = fooling_images(digits_model, 3, method="evolution", steps=2, population=8, sample_shape=(1, 8, 8),
+    other = fooling_images(digits_model, 3, method="evolution", steps=2, options=FoolingOptions(population=8), sample_shape=(1, 8, 8),
                            seed=2)
     assert not torch.equal(res.images, other.images)
 
 
 def test_cppn_evolution_draws_smooth_patterns(digits_model: nn.Module) -> None:
-    res = fooling_images(digits_model, 2, method="evolution", encoding="cppn", steps=15, population=8,
+    res = fooling_images(digits_model, 2, method="evolution", steps=15, options=FoolingOptions(population=8, encoding="cppn"),
                          confidence=0.999, sample_shape=(1, 8, 8), seed=0)
     assert res.encoding == "cppn" and res.images.shape == (20, 1, 8, 8)
     assert bool((res.confidences >= res.initial_confidences - 1e-6).all())
@@ -88,7 +89,7 @@ def test_cppn_evolution_draws_smooth_patterns(digits_model: nn.Module) -> None:
     assert float(patterns.std()) > 0.1 and CPPN((3, 32, 32)).decode(torch.randn(2, CPPN((3, 32, 32)).genome_size,
                                                                                generator=g)).shape == (2, 3, 32, 32)
     with pytest.raises(ConfigError):
-        fooling_images(digits_model, 1, method="evolution", encoding="cppn", sample_shape=(64,))
+        fooling_images(digits_model, 1, method="evolution", sample_shape=(64,), options=FoolingOptions(encoding="cppn"))
 
 
 def test_gradient_method_stops_at_the_confidence(digits_model: nn.Module) -> None:
@@ -99,8 +100,10 @@ def test_gradient_method_stops_at_the_confidence(digits_model: nn.Module) -> Non
 
 
 def test_bad_arguments(digits_model: nn.Module) -> None:
-    for kwargs in ({"method": "cppn-magic"}, {"encoding": "indirect"}, {"confidence": 1.5}, {"confidence": 0}, {"steps": -1},
-                   {"batch_size": 0}, {"population": 0}, {"seed": -2}, {"sample_shape": (1, 0, 8)}):
+    bad_options = [FoolingOptions(encoding="indirect"), FoolingOptions(population=0), FoolingOptions(step_size=-1),
+                   FoolingOptions(mutation_rate=2.0), {"population": 4}]
+    for kwargs in ({"method": "cppn-magic"}, {"confidence": 1.5}, {"confidence": 0}, {"steps": -1}, {"batch_size": 0},
+                   {"seed": -2}, {"sample_shape": (1, 0, 8)}, *({"options": o} for o in bad_options)):
         with pytest.raises(ConfigError):
             fooling_images(digits_model, 1, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):

@@ -31,7 +31,7 @@ from fortify.errors import ConfigError, InputError
 from fortify.models.state import device_of, frozen
 from fortify.validation import expected_input_shape, model_dtype, probe_num_classes
 
-__all__ = ["CPPN", "ENCODINGS", "FoolingResult", "METHODS", "fooling_images"]
+__all__ = ["CPPN", "ENCODINGS", "FoolingOptions", "FoolingResult", "METHODS", "fooling_images"]
 
 METHODS = ("gradient", "evolution")
 ENCODINGS = ("direct", "cppn")
@@ -108,11 +108,12 @@ Decode = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _evolution(model: nn.Module, genomes: torch.Tensor, decode: Decode, t: torch.Tensor, log_conf: float,
-               steps: int, population: int, mutation: tuple[float, float], clamp: bool,
+               steps: int, population: int, mutation: tuple[float, float, bool],
                gen: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Elitist (1 + lambda) evolution of one chunk of genomes ``(m, G)``, forward passes only."""
+    """Elitist (1 + lambda) evolution of one chunk of genomes ``(m, G)``, forward passes only; ``mutation`` =
+    (rate, scale, clip genes to [0, 1])."""
     m, size = genomes.shape
-    rate, scale = mutation
+    rate, scale, clamp = mutation
     with torch.no_grad():
         fit = _target_logprob(model, decode(genomes), t)
     evaluations = m
@@ -166,25 +167,43 @@ class CPPN:
         return out.transpose(1, 2).reshape(k, self.c, self.h, self.w)
 
 
+@dataclass(frozen=True)
+class FoolingOptions:
+    """Settings of the two searches beyond the step budget.
+
+    ``step_size``: the gradient method's signed step. ``population``: children per individual and generation.
+    ``encoding`` of the evolution: "direct" (pixels, from uniform noise; ``mutation_rate`` 0.02 and
+    ``mutation_scale`` 0.6 by default -- few pixels, large steps -- fooled 0.8 of 30 targets of a PGD-AT
+    small-cnn in 200 generations where 0.1 and 0.3 fooled 0.47) or "cppn" (the weights of a :class:`CPPN`,
+    from N(0, 1.5^2); defaults 0.1 and 0.5). None = the encoding's default.
+    """
+
+    step_size: float = 0.01
+    population: int = 16
+    encoding: str = "direct"
+    mutation_rate: float | None = None
+    mutation_scale: float | None = None
+
+
 def fooling_images(model: nn.Module, n_per_class: int, *, method: str = "gradient", confidence: float = 0.99,
                    steps: int | None = None, seed: int = 0, batch_size: int = 256,
-                   sample_shape: Sequence[int] | None = None, step_size: float = 0.01, population: int = 16,
-                   encoding: str = "direct", mutation_rate: float | None = None,
-                   mutation_scale: float | None = None) -> FoolingResult:
+                   sample_shape: Sequence[int] | None = None, options: FoolingOptions | None = None) -> FoolingResult:
     """``n_per_class`` fooling images for each of the model's ``K`` classes.
 
-    ``method`` "gradient" (from uniform noise; default ``steps`` 100 of ``step_size``) or "evolution"
-    (default ``steps`` 200 generations of ``population`` children per individual). ``encoding`` of the
-    evolution: "direct" (pixels, from uniform noise; default ``mutation_rate`` 0.02 and ``mutation_scale``
-    0.6 -- few pixels, large steps -- fooled 0.8 of 30 targets of a PGD-AT small-cnn in 200 generations
-    where 0.1 and 0.3 fooled 0.47) or "cppn" (the weights of a :class:`CPPN`, from N(0, 1.5^2) weights;
-    defaults 0.1 and 0.5). ``sample_shape`` defaults to the shape the model declares. ``batch_size``
-    bounds the individuals per chunk (evolution evaluates ``batch_size * population`` inputs at once).
-    Returns a :class:`FoolingResult`. Raises ConfigError (bad method, encoding or numbers, undeclared input
-    shape), InputError (the model rejects the shape).
+    ``method`` "gradient" (from uniform noise; default ``steps`` 100) or "evolution" (default ``steps`` 200
+    generations); ``options`` (:class:`FoolingOptions`) holds the step size, population, encoding and
+    mutation settings. ``sample_shape`` defaults to the shape the model declares. ``batch_size`` bounds the
+    individuals per chunk (evolution evaluates ``batch_size * population`` inputs at once). Returns a
+    :class:`FoolingResult`. Raises ConfigError (bad method, encoding or numbers, undeclared input shape),
+    InputError (the model rejects the shape).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown fooling method {method!r}; allowed: {', '.join(METHODS)}")
+    opt = FoolingOptions() if options is None else options
+    if not isinstance(opt, FoolingOptions):
+        raise ConfigError(f"options must be a FoolingOptions, got {type(opt).__name__}")
+    encoding, mutation_rate, mutation_scale, step_size = opt.encoding, opt.mutation_rate, opt.mutation_scale, \
+        opt.step_size
     if encoding not in ENCODINGS:
         raise ConfigError(f"unknown evolution encoding {encoding!r}; allowed: {', '.join(ENCODINGS)}")
     n = int(_check(n_per_class, "n_per_class", 1, 1e6, integer=True))
@@ -192,7 +211,7 @@ def fooling_images(model: nn.Module, n_per_class: int, *, method: str = "gradien
     default_steps = 100 if method == "gradient" else 200
     n_steps = int(_check(default_steps if steps is None else steps, "steps", 0, 1e6, integer=True))
     chunk = int(_check(batch_size, "batch_size", 1, 1e7, integer=True))
-    lam = int(_check(population, "population", 1, 1e5, integer=True))
+    lam = int(_check(opt.population, "population", 1, 1e5, integer=True))
     _check(seed, "seed", 0, 2**63 - 1, integer=True)
     _check(step_size, "step_size", 0, 1)
     cppn = method == "evolution" and encoding == "cppn"
@@ -223,7 +242,7 @@ def fooling_images(model: nn.Module, n_per_class: int, *, method: str = "gradien
             if method == "gradient":
                 out, used = _gradient(model, starts[-1], tb, log_conf, n_steps, step_size)
             else:
-                best, used = _evolution(model, gb, decode, tb, log_conf, n_steps, lam, (rate, scale), not cppn, gen)
+                best, used = _evolution(model, gb, decode, tb, log_conf, n_steps, lam, (rate, scale, not cppn), gen)
                 with torch.no_grad():
                     out = decode(best)
             images.append(out)
