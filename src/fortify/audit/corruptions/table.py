@@ -112,7 +112,7 @@ class CorruptionReport:
 
     def to_rows(self) -> list[dict[str, object]]:
         """One dict per (corruption, severity): corruption, severity, accuracy, error, and with a baseline
-        baseline_accuracy, baseline_error; then one ``"mean"`` row per corruption set summary (severity None)."""
+        baseline_accuracy, baseline_error (summary figures: :meth:`summary`)."""
         out: list[dict[str, object]] = []
         for r in self.rows:
             row: dict[str, object] = {"corruption": r.corruption, "severity": r.severity, "accuracy": r.accuracy,
