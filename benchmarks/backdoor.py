@@ -5,7 +5,8 @@ Per dataset (mnist-5k; fashion-mnist when its files are installed), ``--models``
 ``--models`` trojaned models per attack (badnets, blended, wanet), each a small-cnn trained on the first
 ``--train`` training images for ``--epochs`` epochs (Adam), with its own seed, target (``seed % 10``) and trigger
 (BadNets: size 3-4, a different corner per seed; blended: a random key pattern per seed, alpha 0.2; WaNet:
-a random warp field per seed, k 4, s 1.0, noise mode), poison rate ``--rate``. Models and their measurements
+a random warp field per seed, k 4, s 4.0 without noise mode: the paper's subtle s 0.5 is not learnt in a few
+CPU seconds), poison rate ``--rate``. Models and their measurements
 are cached in ``benchmarks/results/backdoor/`` (one JSON line per model; rerunning skips what is there).
 
 Reported per detector and attack: detection rate (trojaned models flagged), false-alarm rate (clean controls
@@ -54,7 +55,14 @@ def poison_for(kind: str, seed: int, rate: float) -> Any:
                               position=CORNERS[seed % 4])
     if kind == "blended":
         return POISONS.create("blended", rate=rate, target=target, seed=seed, alpha=0.2)
-    return POISONS.create("wanet", rate=rate, target=target, seed=seed, k=4, s=1.0, noise=True)
+    # s = 4, no noise mode: the paper's s = 0.5 (with noise) is not learnt by a small CNN in a few CPU seconds
+    # (ASR 10-45% measured at s = 0.5-3 with noise, 90% at s = 4 without)
+    return POISONS.create("wanet", rate=rate, target=target, seed=seed, k=4, s=4.0, noise=False)
+
+
+def cache_name(ds: str, kind: str, seed: int, args: argparse.Namespace) -> str:
+    tag = "wanet-s4" if kind == "wanet" else kind
+    return f"{ds}_{tag}_s{seed}_n{args.train}_e{args.epochs}_r{args.rate}.pt"
 
 
 def train_model(kind: str, seed: int, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
@@ -103,10 +111,19 @@ def art_scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rate: f
     return out
 
 
+def strip_far(model: torch.nn.Module, poison: Any, xt: torch.Tensor, yt: torch.Tensor, seed: int) -> dict[str, Any]:
+    """STRIP calibrated on 200 clean test images at FRR 1%; FAR on the triggered first 300 test images."""
+    strip = BACKDOOR_DETECTORS.create("strip", seed=seed)(model, xt[700:900])
+    assert strip.scorer is not None
+    xtr, _ = triggered_test_set(poison, xt[:300], yt[:300], 10)
+    far, _ = far_at_frr(-strip.scorer(xt[300:500]), -strip.scorer(xtr), 0.01)
+    return {"far": far, "seconds": strip.seconds, "superimpose": strip.evidence["superimpose"]}
+
+
 def measure(kind: str, seed: int, ds: str, args: argparse.Namespace, split: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     """Every detector on one zoo member; one JSON-ready row."""
     x, y, xt, yt = split
-    cache = OUT / f"{ds}_{kind}_s{seed}_n{args.train}_e{args.epochs}.pt"
+    cache = OUT / cache_name(ds, kind, seed, args)
     t0 = time.perf_counter()
     model, poison, res = train_model(kind, seed, x, y, args, cache)
     row: dict[str, Any] = {"dataset": ds, "kind": kind, "seed": seed, "target": poison.target,
@@ -129,11 +146,7 @@ def measure(kind: str, seed: int, ds: str, args: argparse.Namespace, split: tupl
         assert f is not None
         row[full] = {"score": r.score, "flagged": r.flagged, "target": r.target, "seconds": r.seconds,
                      "tp": int((f & pois).sum()), "flagged_n": int(f.sum()), "poisoned_n": int(pois.sum())}
-    strip = BACKDOOR_DETECTORS.create("strip", seed=seed)(model, xt[700:900])
-    assert strip.scorer is not None
-    xtr, _ = triggered_test_set(poison, xt[:300], yt[:300], 10)
-    far, _ = far_at_frr(-strip.scorer(xt[300:500]), -strip.scorer(xtr), 0.01)
-    row["strip"] = {"far": far, "seconds": strip.seconds}
+    row["strip"] = strip_far(model, poison, xt, yt, seed)
     if args.art:
         for name, v in art_scores(model, xs_train, ys_train, args.rate).items():
             if isinstance(v, dict) and "flags" in v:
@@ -197,11 +210,12 @@ def tables(rows: list[dict[str, Any]], ds: str) -> str:
             sec = sum(r[d]["seconds"] for r in g) / len(g)
             lines.append(f"| {d} | {a} | {pct(det)} | {pct(fa)} | {'-' if math.isnan(au) else f'{au:.2f}'} | "
                          f"{pct(tid)} | {pct(rec)} | {pct(prec)} | {sec:.1f} |")
-    lines += ["", "| attack | STRIP FAR at FRR 1% (mean) | models with FAR <= 10% |", "|---|---|---|"]
+    lines += ["", "| attack | STRIP FAR at FRR 1% (mean, additive superimposition) | models with FAR <= 10% |",
+              "|---|---|---|"]
     for a in ATTACKS:
-        g = [r["strip"]["far"] for r in rs if r["kind"] == a]
-        if g:
-            lines.append(f"| {a} | {pct(sum(g) / len(g))} | {sum(v <= 0.1 for v in g)}/{len(g)} |")
+        fars: list[float] = [r["strip"]["far"] for r in rs if r["kind"] == a]
+        if fars:
+            lines.append(f"| {a} | {pct(sum(fars) / len(fars))} | {sum(v <= 0.1 for v in fars)}/{len(fars)} |")
     lines += ["", "| attack | mitigation | models | ASR before | ASR after | clean acc before | clean acc after | s |",
               "|---|---|---|---|---|---|---|---|"]
     for a in ATTACKS:
@@ -227,13 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.1)
     p.add_argument("--mitigate", type=int, default=3, help="trojaned models per attack that are also mitigated")
     p.add_argument("--no-art", dest="art", action="store_false")
+    p.add_argument("--report-only", action="store_true", help="only print the tables of the models measured so far")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"zoo_n{args.train}_e{args.epochs}_st{args.steps}_r{args.rate}.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {(r["dataset"], r["kind"], r["seed"]) for r in rows}
-    for ds in args.datasets.split(","):
+    for ds in [] if args.report_only else args.datasets.split(","):
         try:
             x, y = data.load(ds, "train", limit=args.train)
             xt, yt = data.load(ds, "test", limit=1000)
@@ -242,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for seed in range(args.models):
             for kind in ("clean",) + ATTACKS:
+                old = next((r for r in rows if (r["dataset"], r["kind"], r["seed"]) == (ds, kind, seed)), None)
+                if old is not None and old["strip"].get("superimpose") != "add":  # measured before the fix
+                    model, poison, _ = train_model(kind, seed, x, y, args, OUT / cache_name(ds, kind, seed, args))
+                    old["strip"] = strip_far(model, poison, xt, yt, seed)
+                    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
                 if (ds, kind, seed) in done:
                     continue
                 row = measure(kind, seed, ds, args, (x, y, xt, yt))

@@ -59,7 +59,7 @@ def test_strip_separates_triggered_from_clean_inputs(planted: Planted, clean_mod
     clean_ent, trig_ent = -res.scorer(planted.x_test[200:400]), -res.scorer(xs)
     assert float(trig_ent.mean()) < 0.5 * float(clean_ent.mean())
     far, _ = far_at_frr(clean_ent, trig_ent, 0.01)
-    assert far < 0.5
+    assert far < 0.15  # measured 0.04 with the paper's additive superimposition (0.35 with half-half blending)
     # the same inputs on the clean model: the patch changes nothing, STRIP accepts them
     rc = strip(clean_model, planted.x_test[500:700])
     assert rc.scorer is not None
