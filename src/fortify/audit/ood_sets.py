@@ -29,7 +29,8 @@ set                    what / where from                                        
                        :func:`fortify.audit.fooling.fooling_images`; needs ``model=``
 =====================  ===============================================================  ======================
 
-scikit-image's images are read with Pillow straight from the package's bundled ``data/`` folder (the
+The letters use only matplotlib's bundled fonts, not the system's (``fc-list`` differs between machines), so
+the set is the same wherever matplotlib is installed. scikit-image's images are read with Pillow straight from the package's bundled ``data/`` folder (the
 package is located with ``importlib.util.find_spec``, not imported), so nothing can trigger its
 downloader. A missing source raises :class:`fortify.errors.DatasetUnavailableError` whose one-line
 message names what to install. Cost: the image sets decode their source files once per process
