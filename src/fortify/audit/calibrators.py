@@ -10,7 +10,8 @@ Registered in :data:`CALIBRATORS` (each maps logits ``z (N, C)`` to calibrated l
 * ``temperature`` (Guo et al. 2017, "On calibration of modern neural networks"): ``z / T``, one ``T > 0`` fitted
   by minimising the NLL (convex in ``1 / T``: bisection on its derivative). Keeps the argmax (accuracy unchanged).
 * ``vector`` (Guo et al. 2017): ``w * z + b`` with ``w, b in R^C``; ``matrix``: ``W z + b``, ``W in R^{CxC}``
-  with an L2 penalty on the off-diagonal entries of ``W`` and on ``b`` (ODIR, Kull et al. 2019).
+  with an L2 penalty on the off-diagonal entries of ``W`` and on ``b`` (ODIR, Kull et al. 2019); the strength is
+  chosen by 3-fold cross-validation on the held-out split unless given.
 * ``dirichlet`` (Kull et al. 2019, "Beyond temperature scaling: obtaining well-calibrated multiclass
   probabilities with Dirichlet calibration"): ``W log softmax(z) + b`` with the ODIR regulariser
   ``lambda / (C (C - 1)) sum_{i != j} W_ij^2 + mu / C sum_j b_j^2``.
@@ -152,17 +153,29 @@ class TemperatureScaling(Calibrator):
         return z / self.log_t.exp()
 
 
+#: ODIR strengths tried by ``reg="cv"`` (Kull et al. 2019 select lambda by cross-validation over a log grid)
+CV_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
 class _Affine(Calibrator):
-    """Shared affine calibrators: ``W f(z) + b`` with the ODIR penalty (``reg`` on off-diagonals, ``reg_bias`` on b)."""
+    """Shared affine calibrators: ``W f(z) + b`` with the ODIR penalty (``reg`` on off-diagonals, ``reg_bias`` on b).
+
+    ``reg="cv"`` (default): the strength (the same for ``W`` and ``b``) is chosen from :data:`CV_GRID` by 3-fold
+    cross-validated NLL on the held-out split, then refitted on all of it; with few samples per parameter the
+    unregularised fit overfits badly (NLL several times worse on new data)."""
 
     full: ClassVar[bool] = True
     weight: torch.Tensor
     bias: torch.Tensor
 
-    def __init__(self, reg: float = 1e-2, reg_bias: float = 1e-2, max_iter: int = 200) -> None:
+    def __init__(self, reg: float | str = "cv", reg_bias: float | None = None, max_iter: int = 200) -> None:
         super().__init__()
-        self.reg, self.reg_bias = _check_nonneg(reg, "reg"), _check_nonneg(reg_bias, "reg_bias")
+        if reg != "cv":
+            _check_nonneg(reg, "reg")
+        self.reg = reg
+        self.reg_bias = None if reg_bias is None else _check_nonneg(reg_bias, "reg_bias")
         self.max_iter = max_iter
+        self.chosen_reg: float | None = None
         self.register_buffer("weight", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
 
@@ -172,20 +185,38 @@ class _Affine(Calibrator):
     def _affine(self, f: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return f @ w.T + b if self.full else f * w + b
 
-    def _fit(self, z: torch.Tensor, y: torch.Tensor) -> None:
-        c = z.shape[1]
-        f = self._features(z)
+    def _solve(self, f: torch.Tensor, y: torch.Tensor, reg: float, reg_bias: float) -> tuple[torch.Tensor, torch.Tensor]:
+        c = f.shape[1]
         w = (torch.eye(c, dtype=torch.float64) if self.full else torch.ones(c, dtype=torch.float64)).requires_grad_()
         b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
         off = 1 - torch.eye(c, dtype=torch.float64)
 
         def loss() -> torch.Tensor:
-            pen = self.reg * ((w * off) ** 2).sum() / (c * (c - 1)) if self.full else 0.0
-            return _ce(self._affine(f, w, b), y) + pen + self.reg_bias * (b ** 2).sum() / c
+            pen = reg * ((w * off) ** 2).sum() / (c * (c - 1)) if self.full else 0.0
+            return _ce(self._affine(f, w, b), y) + pen + reg_bias * (b ** 2).sum() / c
 
         _minimise([w, b], loss, self.max_iter)
-        self.weight = w.detach().clone()
-        self.bias = b.detach().clone()
+        return w.detach().clone(), b.detach().clone()
+
+    def _cv(self, f: torch.Tensor, y: torch.Tensor) -> float:
+        """The strength of :data:`CV_GRID` with the lowest 3-fold held-out NLL (folds by index modulo 3)."""
+        folds = torch.arange(f.shape[0]) % 3
+        best, best_nll = CV_GRID[0], float("inf")
+        for reg in CV_GRID:
+            nll = 0.0
+            for k in range(3):
+                tr, te = folds != k, folds == k
+                w, b = self._solve(f[tr], y[tr], reg, reg if self.reg_bias is None else self.reg_bias)
+                nll += float(_ce(self._affine(f[te], w, b), y[te])) * int(te.sum())
+            if nll < best_nll:
+                best, best_nll = reg, nll
+        return best
+
+    def _fit(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        f = self._features(z)
+        reg = self._cv(f, y) if self.reg == "cv" and f.shape[0] >= 6 else (1.0 if self.reg == "cv" else float(self.reg))
+        self.chosen_reg = reg
+        self.weight, self.bias = self._solve(f, y, reg, reg if self.reg_bias is None else self.reg_bias)
 
     def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
         return self._affine(self._features(z), self.weight, self.bias)
@@ -193,7 +224,7 @@ class _Affine(Calibrator):
 
 @CALIBRATORS.register("vector", help="vector scaling w * z + b (Guo et al. 2017)")
 class VectorScaling(_Affine):
-    """``w * z + b``, ``w, b (C,)`` fitted by NLL with ``reg_bias`` L2 on ``b`` (Guo et al. 2017)."""
+    """``w * z + b``, ``w, b (C,)`` fitted by NLL with an L2 penalty on ``b`` (Guo et al. 2017)."""
 
     full = False
 
@@ -283,13 +314,15 @@ def interp(q: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
 
 @CALIBRATORS.register("isotonic", help="one-vs-rest isotonic regression (Zadrozny & Elkan 2002)")
 class IsotonicCalibration(Calibrator):
-    """Per class ``k``: PAV fit of ``1[y = k]`` on ``p_k``, linear interpolation between fitted points."""
+    """Per class ``k``: PAV fit of ``1[y = k]`` on ``p_k``, linear interpolation between fitted points, floored at
+    ``floor`` before renormalising (a fitted 0 would make the NLL infinite on a sample of that class)."""
 
     knots_x: torch.Tensor
     knots_y: torch.Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, floor: float = 1e-3) -> None:
         super().__init__()
+        self.floor = _check_nonneg(floor, "floor")
         self.register_buffer("knots_x", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("knots_y", torch.zeros(0, dtype=torch.float64))
 
@@ -308,7 +341,7 @@ class IsotonicCalibration(Calibrator):
         p = z.softmax(dim=1)
         xs, ys = self.knots_x.to(z.device), self.knots_y.to(z.device)
         cols = [interp(p[:, k], xs[k], ys[k]) for k in range(p.shape[1])]
-        return _probs_to_logits(torch.stack(cols, dim=1))
+        return _probs_to_logits(torch.stack(cols, dim=1).clamp(min=self.floor))
 
 
 class CalibratedModel(nn.Module):
