@@ -87,3 +87,22 @@ def test_compare_model_is_audited_side_by_side(tmp_path: Path) -> None:
 def test_config_errors_are_typed(tmp_path: Path, section: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         resolve({"stages": ["audit"], "output": {"dir": str(tmp_path)}, "audit": section}, check_names=False)
+
+
+def test_compressed_model_of_the_run_is_audited(tmp_path: Path) -> None:
+    from fortify.pipeline.results import CompressResult
+
+    small = _net()
+    with torch.no_grad():
+        small[-1].weight.mul_(0.5)
+    cfg = resolve({"stages": ["audit"], "output": {"dir": str(tmp_path)},
+                   "audit": {**CHEAP, "sections": ["calibration", "ood"]}}, check_names=False)
+    ctx = RunContext(config=cfg, run_dir=tmp_path, run_id="r", model=_net(), quiet=True, stage="audit")
+    ctx.set_data("test", *_data(40, 1))
+    ctx.set_data("train", *_data(60, 2))
+    ctx.results["compress"] = CompressResult(rows=[], model=small, float_twin=None, artefact=tmp_path / "m.onnx",
+                                             reports=[], config=None, pareto=None, n_test=0)  # type: ignore[arg-type]
+    res = AuditStage().run(ctx)
+    assert set(res.audits) == {"model", "compressed"}
+    assert "compressed/uncalibrated/ece" in ctx.metrics["audit"]
+    assert (tmp_path / "audit" / "reliability_compressed.png").is_file()
