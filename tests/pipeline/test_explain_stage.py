@@ -104,6 +104,10 @@ def test_verdicts_follow_the_paired_comparison_with_random() -> None:
     assert fails.endswith("fails the randomisation check (mean rank correlation 0.85 with the randomised models)")
     assert "passes the randomisation check" in verdict({"randomisation": _summary([0.1, 0.0], False)}, {})
     assert verdict({"sparseness": _summary([0.1, 0.2], True)}, {}).startswith("no verdict")
+    logit = verdict({"random-logit": _summary([0.9, 0.95], False)}, {})
+    assert logit == "fails the random-logit check (mean similarity 0.92 with the map of a random other class)"
+    road = {"road-morf": _summary([0.1, 0.12, 0.11, 0.1], False)}
+    assert verdict(road, {"road-morf": _summary([0.5, 0.6, 0.55, 0.5], False)}).startswith("faithful: better")
 
 
 def test_a_faithful_method_beats_random_on_a_linear_model(tmp_path: Path) -> None:

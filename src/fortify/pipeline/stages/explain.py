@@ -11,9 +11,10 @@ metrics score a uniform random attribution of the same shape (drawn from a ``tor
 seeded with the stage's seed, never the global RNG) as the baseline a method must beat; the one-line
 verdict per method compares them image by image (paired t interval of the difference): "faithful"
 when the method beats the random attribution on every faithfulness metric computed (deletion,
-insertion, infidelity), "no better than a random attribution" when it does not, and "fails the
-randomisation check" when its map barely changes as the model's weights are destroyed. Those are
-findings about the model and method, not errors.
+insertion, ROAD MoRF / LeRF, infidelity), "no better than a random attribution" when it does not,
+"fails the randomisation check" when its map barely changes as the model's weights are destroyed and
+"fails the random-logit check" when the map of another class is nearly the same. Those are findings
+about the model and method, not errors.
 
 Writes ``explain/explain.json`` and ``explain/attributions.png`` (rows: up to 6 images; columns:
 the input and each method's ``|attribution|`` summed over channels), logs ``explain/<method>/<metric>``
@@ -62,7 +63,7 @@ from fortify.pipeline.stages._explain_parts import (ExplainStageResult, Scored, 
 from fortify.report.sections import Section, Table
 
 #: the metrics a verdict compares with the random attribution (faithfulness to the model's output)
-FAITHFULNESS = ("deletion", "insertion", "infidelity")
+FAITHFULNESS = ("deletion", "insertion", "road-morf", "road-lerf", "infidelity")
 #: mean rank correlation with the randomised models at or above which a method fails Adebayo's check
 RANDOMISATION_THRESHOLD = 0.5
 #: images drawn in the figure
@@ -216,7 +217,11 @@ def verdict(row: dict[str, MetricSummary], baseline: dict[str, MetricSummary]) -
         rho = row["randomisation"].mean
         word = "fails" if rho >= RANDOMISATION_THRESHOLD else "passes"
         parts.append(f"{word} the randomisation check (mean rank correlation {rho:.2f} with the randomised models)")
-    return "; ".join(parts) or ("no verdict: none of " + ", ".join([*FAITHFULNESS, "randomisation"])
+    if "random-logit" in row:
+        rho = row["random-logit"].mean
+        word = "fails" if rho >= RANDOMISATION_THRESHOLD else "passes"
+        parts.append(f"{word} the random-logit check (mean similarity {rho:.2f} with the map of a random other class)")
+    return "; ".join(parts) or ("no verdict: none of " + ", ".join([*FAITHFULNESS, "randomisation", "random-logit"])
                                 + " was computed")
 
 
