@@ -101,9 +101,12 @@ def interval_text(interval: Sequence[Any] | None, unit: str) -> str:
     if not interval or len(interval) != 2 or not all(is_num(v) for v in interval):
         return "\u2013"
     lo, hi = float(interval[0]), float(interval[1])
-    digits = 1 if unit == "%" else 3
     u = unit if unit in ("%", "x") else f" {unit}" if unit else ""
-    return f"{lo:.{digits}f}\u2013{hi:.{digits}f}{u}" if unit == "%" else f"{fmt(lo)}\u2013{fmt(hi)}{u}"
+    if unit == "%":
+        return f"{lo:.1f}\u2013{hi:.1f}{u}"
+    if unit == "x" or unit.startswith("x ") or not unit:
+        return f"{lo:.2f}\u2013{hi:.2f}{u}"
+    return f"{fmt(lo)}\u2013{fmt(hi)}{u}"
 
 
 def badge(text: str, kind: str = "warn", title: str = "") -> str:
@@ -138,7 +141,7 @@ def _percent_columns(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> s
     out = set()
     for j, h in enumerate(headers):
         name = str(h).lower()
-        if ("accuracy" in name or name.endswith(" rate") or name == "agreement") and "%" not in name:
+        if ("accuracy" in name or name == "agreement") and "%" not in name:
             vals = [r[j] for r in rows if j < len(r) and is_num(r[j])]
             if vals and all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in vals):
                 out.add(j)
