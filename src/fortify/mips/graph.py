@@ -104,21 +104,28 @@ class GraphIndex(Index):
                 ent.append(mem[np.argmax(norms[mem])])
         self.entries = np.asarray(ent, dtype=np.int64)
 
-    def _beam(self, U: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Batched beam search of ``U (q, d)`` with pool size ``ef``; returns ids, scores and inner products."""
+    def _beam(self, U: np.ndarray, k: int, ef: int,
+              seeds: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batched beam search of ``U (q, d)`` with pool size ``ef``; returns ids, scores and inner products.
+        ``seeds``: ``(ids (q, s), exact scores (q, s))`` to start from (-1 pads) instead of the entry points."""
         q = U.shape[0]
-        es = U @ self.V[self.entries].T
-        e = min(ef, self.entries.size)
-        pos, sc0 = topk_rows(es, e)
+        if seeds is None:
+            cand_id = np.broadcast_to(self.entries, (q, self.entries.size))
+            cand_sc = U @ self.V[self.entries].T
+            ips = np.full(q, float(self.entries.size))
+        else:
+            cand_id, cand_sc = seeds
+            ips = np.zeros(q)
+        e = min(ef, cand_id.shape[1])
+        pos, sc0 = topk_rows(np.where(cand_id >= 0, cand_sc, -np.inf).astype(np.float32), e)
         pool_id = np.full((q, ef), -1, dtype=np.int64)
         pool_sc = np.full((q, ef), -np.inf, dtype=np.float32)
-        pool_id[:, :e], pool_sc[:, :e] = self.entries[pos], sc0
-        done = np.zeros((q, ef), dtype=bool)
-        done[:, e:] = True
+        pool_id[:, :e] = np.where(np.isfinite(sc0), np.take_along_axis(cand_id, pos, axis=1), -1)
+        pool_sc[:, :e] = sc0
+        done = ~np.isfinite(pool_sc)
         vis = np.zeros((q, (self.n + 7) // 8), dtype=np.uint8)
-        rows = np.repeat(np.arange(q), e)
-        np.bitwise_or.at(vis, (rows, pool_id[:, :e].ravel() >> 3), (1 << (pool_id[:, :e].ravel() & 7)).astype(np.uint8))
-        ips = np.full(q, float(self.entries.size))
+        r0, c0 = np.nonzero(pool_id >= 0)
+        np.bitwise_or.at(vis, (r0, pool_id[r0, c0] >> 3), (1 << (pool_id[r0, c0] & 7)).astype(np.uint8))
         active = np.arange(q)
         while active.size:
             pick_sc = np.where(done[active], -np.inf, pool_sc[active])
@@ -157,6 +164,12 @@ class GraphIndex(Index):
             active = active[~done[active].all(axis=1)]
         pos, sc = topk_rows(pool_sc, k)
         return np.take_along_axis(pool_id, pos, axis=1), sc, ips
+
+    def search_from(self, U: np.ndarray, k: int, budget: int,
+                    seeds: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Beam search of validated ``U (q, d)`` started from ``seeds`` (ids, exact scores; e.g. an IVF probe's
+        top-k, reused by the selector); returns ids, scores and the inner products spent here per query."""
+        return self._beam(U, k, max(budget, k), seeds)
 
     def _search(self, U: np.ndarray, k: int, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         if budget >= self.n:

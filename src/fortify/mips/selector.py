@@ -7,8 +7,10 @@ adaptive early termination (Li, Zhang, Andersen, He 2020): the gap between the k
 the best cluster and the 2nd cluster's probe score. For every configuration ``(index, budget)`` a logistic model
 of the per-query recall@k (soft targets, L2-regularised, fitted by Newton steps in numpy) is trained on held-out
 queries; a query goes to the cheapest configuration (mean inner products measured on the training queries) whose
-predicted recall is at least ``target + margin``, ``margin`` the smallest that keeps the training mean recall
-at the target. The selector's cost counts its features (``nlist`` + one cluster) on top of the search.
+predicted recall is at least ``target + margin``, ``margin`` the smallest that keeps the out-of-fold training mean
+recall at the target. The selector's cost counts its features (``nlist`` + one cluster) on top of the search;
+the work is reused, not repeated: an IVF configuration continues from the features' probe order and first
+cluster, the graph starts its beam from that cluster's top-k (no entry points), other indexes run as they are.
 Reported by :meth:`Selector.evaluate` as recall and cost against the best single configuration at the target.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from fortify.errors import ConfigError, InputError
 from fortify.mips.base import Index, SearchCost, SearchResult, as_matrix, recall_at_k, topk_rows
 from fortify.mips.exact import exact_topk
+from fortify.mips.graph import GraphIndex
 from fortify.mips.ivf import IVFIndex, scan_clusters
 
 Config = tuple[str, int]
@@ -85,9 +88,9 @@ class Selector:
     def features(self, U: np.ndarray) -> tuple[np.ndarray, float]:
         """``(features (q, 7), inner products per query)`` of queries ``U (q, d)``."""
         F, cost, _ = self._features(U)
-        return F, cost
+        return F, float(cost.mean())
 
-    def _features(self, U: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _features(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Features, their cost, and what an IVF search can reuse: ``(probe order (q, p), early ids, scores)``."""
         norm = np.maximum(np.linalg.norm(U, axis=1), 1e-30)
         s = self.ivf.probe_scores(U)
@@ -107,20 +110,54 @@ class Selector:
                                                                           second * norm)) / norm
         F = np.stack([np.log(norm), v[:, 0], v[:, 0] - second, v[:, 0] - v[:, -1], ent, kth - second,
                       kth - v[:, 0]], axis=1)
-        return F, float(m + rows.mean()), (order, early, found)
+        return F, m + rows, (order, early, found)
 
     def _design(self, F: np.ndarray) -> np.ndarray:
         return np.hstack([(F - self.mean) / self.std, np.ones((F.shape[0], 1))])
 
-    def _measure(self, U: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per configuration and query: recall@k ``(c, q)`` and inner products ``(c, q)``."""
+    def _measure(self, U: np.ndarray, truth: np.ndarray, *, standalone: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Per configuration and query: recall@k ``(c, q)`` and inner products ``(c, q)``; as the selector runs
+        them (marginal cost after the features, whose probe they reuse) or ``standalone`` (each index alone)."""
         R = np.empty((len(self.configs), U.shape[0]))
         C = np.empty_like(R)
+        reuse = None if standalone else self._features(U)[2]
         for i, (name, b) in enumerate(self.configs):
-            res = self.indexes[name].search(U, self.k, b)
-            R[i] = recall_at_k(res.ids, truth)
-            C[i] = res.cost.per_query
+            if reuse is None:
+                res = self.indexes[name].search(U, self.k, b)
+                ids, ips = res.ids, res.cost.per_query
+            else:
+                ids, _, ips = self._run(i, U, np.arange(U.shape[0]), reuse)
+            R[i] = recall_at_k(ids, truth)
+            C[i] = ips
         return R, C
+
+    def _run(self, i: int, Q: np.ndarray, rows: np.ndarray,
+             reuse: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Configuration ``i`` on queries ``Q[rows]``: ``(ids, scores, inner products beyond the features)``. The
+        IVF reuses the features' probe order and first cluster; the graph starts from the first cluster's top-k."""
+        order, early, found = reuse
+        name, b = self.configs[i]
+        index = self.indexes[name]
+        if index is self.ivf:
+            sizes = np.diff(self.ivf.offsets)[order[rows]]
+            need = np.argmax(np.cumsum(sizes, axis=1) >= self.k, axis=1) + 1  # as IVFIndex: >= k rows
+            per_q = np.maximum(b, need)
+            width = int(per_q.max())
+            if width > 1:
+                probes = np.where(np.arange(1, width)[None, :] < per_q[:, None], order[rows, 1:width], -1)
+                more_i, more_s, more_rows = scan_clusters(self.ivf.V, self.ivf.perm, self.ivf.offsets, Q[rows],
+                                                          probes, self.k)
+            else:
+                more_i = np.full((rows.size, self.k), -1, dtype=np.int64)
+                more_s = np.full((rows.size, self.k), -np.inf, dtype=np.float32)
+                more_rows = np.zeros(rows.size)
+            all_i = np.concatenate([early[rows], more_i], axis=1)
+            pos, vals = topk_rows(np.concatenate([found[rows], more_s], axis=1), self.k)
+            return np.take_along_axis(all_i, pos, axis=1), vals, more_rows
+        if isinstance(index, GraphIndex) and b < index.n:
+            return index.search_from(Q[rows], self.k, b, (early[rows], found[rows]))
+        res = index.search(Q[rows], self.k, b)
+        return res.ids, res.scores, res.cost.per_query
 
     def fit(self, U: object, truth: np.ndarray | None = None) -> "Selector":
         """Train on held-out queries ``U (q, d)`` (``truth (q, k)``: their exact top-k, computed if omitted)."""
@@ -129,10 +166,10 @@ class Selector:
             raise InputError(f"the selector needs at least 10 training queries, got {Q.shape[0]}")
         truth = self._truth(Q) if truth is None else truth
         R, C = self._measure(Q, truth)
-        F, fcost = self.features(Q)
+        F, _ = self.features(Q)
         self.mean, self.std = F.mean(axis=0), np.maximum(F.std(axis=0), 1e-9)
         X = self._design(F)
-        self.cost = C.mean(axis=1) - np.array([fcost if self.indexes[n] is self.ivf else 0.0 for n, _ in self.configs])
+        self.cost = C.mean(axis=1)  # marginal: the features are paid by every query
         # out-of-fold predictions (2 folds) calibrate the margin; the final models use every training query
         fold = np.arange(Q.shape[0]) % 2
         pred = np.empty((Q.shape[0], len(self.configs)))
@@ -173,9 +210,9 @@ class Selector:
         if self.weights.size == 0:
             raise ConfigError("the selector is not trained: call fit(U_heldout) first")
         pick, fcost, _ = self._choose(as_matrix(U, "U"))
-        return pick, fcost
+        return pick, float(fcost.mean())
 
-    def _choose(self, Q: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _choose(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         F, fcost, reuse = self._features(Q)
         return self._pick(self._predict(self._design(F)), self.margin), fcost, reuse
 
@@ -188,31 +225,12 @@ class Selector:
         pick, fcost, (order, early, found) = self._choose(Q)
         ids = np.empty((Q.shape[0], self.k), dtype=np.int64)
         sc = np.empty((Q.shape[0], self.k), dtype=np.float32)
-        ips = np.full(Q.shape[0], fcost)
+        ips = fcost.astype(np.float64)
+        reuse = (order, early, found)
         for c in np.unique(pick):
             rows = np.flatnonzero(pick == c)
-            name, b = self.configs[int(c)]
-            if self.indexes[name] is self.ivf:  # reuse the probe order and the early probe's cluster
-                sizes = np.diff(self.ivf.offsets)[order[rows]]
-                need = np.argmax(np.cumsum(sizes, axis=1) >= self.k, axis=1) + 1  # as IVFIndex: >= k rows
-                per_q = np.maximum(b, need)
-                width = int(per_q.max())
-                if width > 1:
-                    probes = np.where(np.arange(1, width)[None, :] < per_q[:, None], order[rows, 1:width], -1)
-                    more_i, more_s, more_rows = scan_clusters(self.ivf.V, self.ivf.perm, self.ivf.offsets, Q[rows],
-                                                              probes, self.k)
-                else:
-                    more_i = np.full((rows.size, self.k), -1, dtype=np.int64)
-                    more_s = np.full((rows.size, self.k), -np.inf, dtype=np.float32)
-                    more_rows = np.zeros(rows.size)
-                all_i = np.concatenate([early[rows], more_i], axis=1)
-                pos, vals = topk_rows(np.concatenate([found[rows], more_s], axis=1), self.k)
-                ids[rows], sc[rows] = np.take_along_axis(all_i, pos, axis=1), vals
-                ips[rows] += more_rows
-            else:
-                res = self.indexes[name].search(Q[rows], self.k, b)
-                ids[rows], sc[rows] = res.ids, res.scores
-                ips[rows] += res.cost.per_query
+            ids[rows], sc[rows], more = self._run(int(c), Q, rows, reuse)
+            ips[rows] += more
         sec = time.perf_counter() - t0
         return SearchResult(ids, sc, SearchCost(float(ips.mean()), ips, float(2 * Q.shape[1] * ips.sum()), sec))
 
@@ -224,9 +242,9 @@ class Selector:
         truth = self._truth(Q) if truth is None else truth
         res = self.search(Q)
         rec = float(recall_at_k(res.ids, truth).mean())
-        R, C = self._measure(Q, truth)
+        R, C = self._measure(Q, truth, standalone=True)
         if train is not None:
-            Rt, Ct = self._measure(as_matrix(train[0], "U"), train[1])
+            Rt, Ct = self._measure(as_matrix(train[0], "U"), train[1], standalone=True)
         else:
             Rt, Ct = R, C
         ok = [i for i in range(len(self.configs)) if Rt[i].mean() >= self.target]
