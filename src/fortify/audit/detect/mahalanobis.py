@@ -2,7 +2,8 @@
 samples and adversarial attacks").
 
 Per feature layer ``l`` (the penultimate feature, the input of the logits layer, plus the ``layers`` activation
-layers before it, conv maps averaged over space): class means ``mu_c`` and one *tied* covariance ``S`` of the
+layers before it, conv maps averaged over space; default 2: on MNIST vs Fashion-MNIST a small-cnn's AUROC is 0.65
+from the penultimate layer alone, 0.97 with one earlier layer, 0.9998 with two, benchmarks/README.md): class means ``mu_c`` and one *tied* covariance ``S`` of the
 class-centred training features, shrunk towards ``(tr S / d) I`` (Ledoit & Wolf 2004's closed-form coefficient, or
 a fixed ``shrinkage`` in [0, 1]). Layer score ``M_l(x) = min_c (f_l(x) - mu_c)^T S^-1 (f_l(x) - mu_c)``.
 Layer ensemble: ``sum_l (M_l(x) - m_l) / s_l`` with ``m_l, s_l`` the mean and standard deviation of ``M_l`` on the
@@ -63,7 +64,7 @@ def min_distance(f: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) 
 class Mahalanobis(Detector):
     """Minimum Mahalanobis distance to a class mean, summed over ``layers + 1`` standardised layers."""
 
-    def __init__(self, layers: int = 1, shrinkage: float | str = "ledoit-wolf", noise: float = 0.0,
+    def __init__(self, layers: int = 2, shrinkage: float | str = "ledoit-wolf", noise: float = 0.0,
                  batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         super().__init__(batch_size)
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
