@@ -32,9 +32,12 @@ def test_two_proportion_test_edges() -> None:
 
 
 def test_config_diff_only_differing_keys() -> None:
-    a = {"train": {"epochs": 1, "lr": 0.1}, "output": {"dir": "x"}, "stages": ["a", "b"]}
-    b = {"train": {"epochs": 2, "lr": 0.1}, "output": {"dir": "y"}, "stages": ["a", "b"], "new": {"k": 1}}
-    assert config_diff([{"config": a}, {"config": b}]) == [{"key": "train.epochs", "values": [1, 2]}, {"key": "new.k", "values": [None, 1]}]
+    a = {"train": {"epochs": 1, "lr": 0.1}, "output": {"dir": "x"}, "stages": ["train", "b"], "c": {"n": 1}}
+    b = {"train": {"epochs": 2, "lr": 0.1}, "output": {"dir": "y"}, "stages": ["train", "b", "new"],
+         "new": {"k": 1, "j": 2}, "unused": {"z": 0}, "c": {"n": 1}}
+    assert config_diff([{"config": a}, {"config": b}]) == [
+        {"key": "train.epochs", "values": [1, 2]}, {"key": "stages", "values": [["train", "b"], ["train", "b", "new"]]},
+        {"key": "new.*", "values": [None, "set, 2 keys"]}]
 
 
 def test_compare_cli_json_and_html(two_runs: tuple[Path, list[str]], tmp_path: Path,

@@ -51,11 +51,30 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_diff(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The config keys whose values differ between the reports: ``{key, values: [per run]}`` (a key absent
-    from a run is ``None``); ``output.*`` is where files went, not how the run was made, and is skipped."""
-    flat = [flatten(r.get("config") or {}) for r in reports]
+    from a run is ``None``). ``output.*`` is where files went, not how the run was made: skipped. A top-level
+    section missing from some runs' configs is one row ``section.*`` (``"set, N keys"`` / None) when its
+    stage ran where it is set, and skipped when it did not run anywhere (defaults of an unused stage)."""
+    configs = [r.get("config") or {} for r in reports]
+    flat = [flatten(c) for c in configs]
     keys = list(dict.fromkeys(k for f in flat for k in f))
-    return [{"key": k, "values": [f.get(k) for f in flat]} for k in keys
-            if not k.startswith("output.") and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+    rows: list[dict[str, Any]] = []
+    collapsed: set[str] = set()
+    for k in keys:
+        top = k.split(".", 1)[0]
+        if top == "output" or top in collapsed:
+            continue
+        present = [isinstance(c, Mapping) and top in c for c in configs]
+        if "." in k and not all(present):
+            collapsed.add(top)
+            ran = [top in (c.get("stages") or []) for c, p in zip(configs, present) if p]
+            if any(ran):
+                n = [sum(1 for x in f if x.split(".", 1)[0] == top) for f in flat]
+                rows.append({"key": f"{top}.*", "values": [f"set, {m} keys" if p else None
+                                                           for m, p in zip(n, present)]})
+            continue
+        if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1:
+            rows.append({"key": k, "values": [f.get(k) for f in flat]})
+    return rows
 
 
 def _test(base: Mapping[str, Any] | None, other: Mapping[str, Any] | None) -> dict[str, Any]:
