@@ -156,6 +156,16 @@ def scann_index(V: np.ndarray) -> dict[str, Any]:
 SLOW = {"greedy", "wedge", "alsh"}  # python per-query loops: fewer budgets on big sets
 
 
+class _Ladders:
+    """Largest budgets swept (set from the command line): graph ef and the IVF's fraction of clusters probed."""
+
+    graph_max = 256
+    ivf_frac = 0.25
+
+
+args_wide = _Ladders()
+
+
 def fortify_indexes(V: np.ndarray, names: list[str]) -> dict[str, Any]:
     out = {}
     for name in names:
@@ -166,9 +176,9 @@ def fortify_indexes(V: np.ndarray, names: list[str]) -> dict[str, Any]:
         if name in SLOW:
             ladder = [ladder[len(ladder) // 3], ladder[-2]] if len(ladder) > 2 else ladder
         elif name == "graph":
-            ladder = [b for b in ladder if b <= 256]
+            ladder = [b for b in ladder if b <= args_wide.graph_max]
         elif name == "ivf":
-            ladder = [b for b in ladder if b <= max(1, idx.full_budget // 4)]
+            ladder = [b for b in ladder if b <= max(1, int(idx.full_budget * args_wide.ivf_frac))]
 
         def make(b: int, idx: Any = idx) -> Searcher:
             def run(U: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -227,9 +237,10 @@ def selector_result(idx: dict[str, Any], Utrain: np.ndarray, U: np.ndarray, trut
     chosen = {k.removeprefix("fortify-"): v[0] for k, v in idx.items() if k in ("fortify-ivf", "fortify-graph")}
     if "ivf" not in chosen:
         return {}
-    budgets = {"ivf": [b for b in chosen["ivf"].budgets() if b <= max(1, chosen["ivf"].full_budget // 4)]}
+    top = max(1, int(chosen["ivf"].full_budget * args_wide.ivf_frac))
+    budgets = {"ivf": [b for b in chosen["ivf"].budgets() if b <= top]}
     if "graph" in chosen:
-        budgets["graph"] = [b for b in chosen["graph"].budgets() if b <= 128]
+        budgets["graph"] = [b for b in chosen["graph"].budgets() if b <= args_wide.graph_max // 2]
     out = {}
     for target in (0.9, 0.95):
         t_truth = exact_topk(V, Utrain, 10)[0]
@@ -352,16 +363,22 @@ def main() -> None:
     p.add_argument("--sets", default="clustered,gaussian,realhead")
     p.add_argument("--skip", default="", help="fortify indexes to skip, comma separated")
     p.add_argument("--no-backends", action="store_true")
-    p.add_argument("--report", metavar="JSON", help="print the markdown tables of a results file and exit")
+    p.add_argument("--graph-max", type=int, default=256, help="largest graph ef swept (default 256)")
+    p.add_argument("--ivf-frac", type=float, default=0.25, help="largest IVF probe count, fraction of nlist")
+    p.add_argument("--report", metavar="JSON", nargs="+", help="print the markdown tables of results files and exit")
     args = p.parse_args()
     if args.report:
-        print(markdown(json.loads(Path(args.report).read_text())))
+        merged: dict[str, Any] = {}
+        for f in args.report:
+            merged.update(json.loads(Path(f).read_text()))
+        print(markdown(merged))
         return
     args.skip = {s for s in args.skip.split(",") if s}
+    args_wide.graph_max, args_wide.ivf_frac = args.graph_max, args.ivf_frac
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     q, qt = args.queries, args.train_queries
-    tag = f"s{args.scale:g}"
+    tag = f"s{args.scale:g}" + ("" if args.sets == "clustered,gaussian,realhead" else "_" + args.sets.replace(",", "_"))
     out: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                                        "numpy": np.__version__, "load_before": os.getloadavg()}, "scale": args.scale}
     for name in args.sets.split(","):
