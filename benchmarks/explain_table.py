@@ -229,7 +229,8 @@ def main() -> None:
         res[f"{kind}_accuracy"] = {"clean": clean_all, "robust": rob}
     text = "\n".join(header) + "\n" + ("" if a.skip_table else render(res, methods, metrics, a.boot))
     if a.roar:
-        text += "\n" + render_roar(res)
+        text += (f"\nROAR: accuracy on the first {a.roar_n} test images, {a.roar_epochs}-epoch retraining on the 4,000 "
+                 "training images\n" + render_roar(res))
     print(text)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
