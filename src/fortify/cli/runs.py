@@ -43,7 +43,7 @@ class RunsVerb:
         cmp = sub.add_parser("compare", help="compare runs: config diff, findings with significance, overlaid curves",
                              description="Compare two or more runs: the config keys that differ, the report cards' "
                              "figures side by side, each run tested against the first (two-proportion z-test for "
-                             "accuracies with n, disjoint 95%% intervals otherwise), and with --html a page with "
+                             "accuracies with n, disjoint 95% intervals otherwise), and with --html a page with "
                              "overlaid training, robustness, certified and Pareto curves.")
         cmp.add_argument("run_ids", metavar="ID", nargs="+", help="two or more run ids (or unique prefixes); the "
                          "first is the baseline")
