@@ -76,3 +76,16 @@ def test_compress_stage_reports_drift_next_to_robust_accuracy(tmp_path: Path) ->
         CompressConfig(drift_methods=["nope"])
     with pytest.raises(ConfigError):
         CompressConfig(n_drift=0)
+
+
+def test_stage_helpers_mark_the_float_twin_and_run_occlusion_on_the_model_itself() -> None:
+    from fortify.pipeline.stages.explain import compress_drift, drift_columns
+
+    model, x = relu_cnn(), images(4)
+    frozen_copy = NoGrad(model)  # forward-only, like an int8 ONNX Runtime model
+    m = compress_drift(model, frozen_copy, model, x, ["saliency", "occlusion"], 4)
+    assert m["explain_drift[saliency]_float_twin"] == 1 and "explain_drift[occlusion]_float_twin" not in m
+    assert m["explain_drift[occlusion]"] == pytest.approx(1.0) and m["n_drift"] == 4
+    head, (orig, comp) = drift_columns(m, ["saliency", "occlusion"])
+    assert head[1] == "occlusion drift (rank corr. with the original, 4 images)" and orig[0] == "1 (reference)"
+    assert comp[0].endswith("(float twin)") and not comp[1].endswith("(float twin)")

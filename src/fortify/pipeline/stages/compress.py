@@ -31,7 +31,8 @@ Recipe section ``compress`` (:class:`CompressConfig`)::
       pgd_steps: 40
       square_queries: 1000
       seed: null                 # null: train.seed
-      drift_methods: [saliency]  # explanation drift: rank correlation of each method's maps, compressed vs original
+      drift_methods: [saliency, occlusion]  # explanation drift: rank correlation of the maps, compressed vs original
+                                 # (occlusion is forward-only: it explains an int8 ONNX model itself)
       n_drift: 64                # first N test images explained by both models ([]: no drift column)
 """
 from __future__ import annotations
@@ -103,7 +104,7 @@ class CompressConfig:
     pgd_steps: int = 40
     square_queries: int = 1000
     seed: int | None = None
-    drift_methods: list[str] = field(default_factory=lambda: ["saliency"])
+    drift_methods: list[str] = field(default_factory=lambda: ["saliency", "occlusion"])
     n_drift: int = 64
 
     def __post_init__(self) -> None:

@@ -275,8 +275,11 @@ def compress_drift(original: nn.Module, compressed: nn.Module, twin: nn.Module |
     """Explanation drift of a compressed model (:func:`fortify.explain.drift.explanation_drift` on the
     first ``n`` images, the original's predicted class) as run-store metrics:
     ``explain_drift[<method>]`` (mean rank correlation) with ``_ci_low`` / ``_ci_high`` and ``n_drift``.
-    A method that cannot explain the compressed model (no gradient and no float twin) is left out
-    with one printed line; nothing is computed for an empty ``methods``."""
+    A gradient method on a model without gradients (int8 ONNX Runtime) explains its float twin
+    (``explain_drift[<method>]_float_twin`` = 1, "(float twin)" in the table: quantisation itself is
+    not reflected; a forward-only method such as occlusion runs on the int8 model itself); a method
+    that cannot explain the compressed model at all is left out with one printed line; nothing is
+    computed for an empty ``methods``."""
     if not methods:
         return {}
     from fortify.errors import FortifyError
@@ -290,6 +293,8 @@ def compress_drift(original: nn.Module, compressed: nn.Module, twin: nn.Module |
             progress.echo(f"compress: no {m} explanation drift ({str(e).splitlines()[0]})")
             continue
         out[f"explain_drift[{m}]"] = res.mean
+        if res.model == "float twin":  # no gradient through the int8 model: its float twin was explained
+            out[f"explain_drift[{m}]_float_twin"] = 1
         if res.interval is not None:
             out[f"explain_drift[{m}]_ci_low"], out[f"explain_drift[{m}]_ci_high"] = res.interval
     return out
@@ -304,7 +309,8 @@ def drift_columns(metrics: dict[str, Any], methods: list[str]) -> tuple[list[str
     for m in methods:
         v = metrics.get(f"explain_drift[{m}]")
         lo, hi = metrics.get(f"explain_drift[{m}]_ci_low"), metrics.get(f"explain_drift[{m}]_ci_high")
-        cells.append("-" if v is None else f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""))
+        cells.append("-" if v is None else f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+                     + (" (float twin)" if metrics.get(f"explain_drift[{m}]_float_twin") else ""))
     return head, [["1 (reference)"] * len(methods), cells]
 
 
