@@ -37,7 +37,8 @@ from fortify.train import Trainer, tasks
 
 #: base learning rate at ``--base-batch`` and the scaling rule of every optimiser
 OPTIMISERS: dict[str, tuple[float, str]] = {"sgd": (0.05, "linear"), "adam": (1e-3, "sqrt"),
-                                            "lars": (5.0, "sqrt"), "lamb": (5e-3, "sqrt")}
+                                            "lars": (5.0, "sqrt"), "lamb": (5e-3, "sqrt"),
+                                            "lars-const": (5.0, "none")}  # LARS, rate not scaled with the batch
 
 
 def robust_and_clean(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[float, float]:
@@ -56,6 +57,7 @@ def robust_and_clean(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, e
 def run_cell(opt: str, batch: int, args: argparse.Namespace, train: Any, test: Any) -> dict[str, Any]:
     """Train one model with ``opt`` at global batch ``batch``; return the row."""
     lr, rule = OPTIMISERS[opt]
+    name = opt.split("-")[0]
     torch.manual_seed(args.seed)
     spec = fdata.info(args.dataset)
     net = models.Normalized(models.create(args.model, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes),
@@ -69,9 +71,9 @@ def run_cell(opt: str, batch: int, args: argparse.Namespace, train: Any, test: A
     else:
         task_args["co_guard"] = False
     task = tasks.create(args.task, **task_args)
-    cfg = dict(epochs=args.epochs, batch_size=batch, optimizer=opt, lr=lr, lr_scaling=rule,
+    cfg = dict(epochs=args.epochs, batch_size=batch, optimizer=name, lr=lr, lr_scaling=rule,
                base_batch_size=args.base_batch, warmup=args.warmup, schedule="cosine", seed=args.seed,
-               weight_decay=5e-4 if opt in ("sgd", "lars") else 0.0, momentum=0.9, grad_clip=None)
+               weight_decay=5e-4 if name in ("sgd", "lars") else 0.0, momentum=0.9, grad_clip=None)
     trainer = Trainer(net, task, cfg, progress=False)
     t0, c0 = time.perf_counter(), time.process_time()
     diverged = None
