@@ -13,7 +13,7 @@ from scipy import ndimage
 from torch import nn
 
 from fortify.audit.corruptions import CORRUPTIONS, MNIST_C, corrupt, corruption_table
-from fortify.audit.corruptions.base import rotation_matrices
+from fortify.audit.corruptions.base import gaussian_blur, rotation_matrices
 from fortify.data import load
 from fortify.models.state import fingerprint
 
@@ -123,6 +123,27 @@ def test_blurs_keep_constant_images() -> None:
     for name in ("glass_blur", "motion_blur"):
         for severity in (1, 5):
             assert torch.allclose(corrupt(x, name, severity), x, atol=1e-5), name
+
+
+@pytest.mark.parametrize("severity", [1, 4])
+def test_glass_blur_equals_a_sequential_swap_loop(severity: int, mnist: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The batched sweep equals MNIST-C's loop run image by image, pixel by pixel, on the same random draws."""
+    x = mnist[0][:3]
+    sigma, delta, iterations = CORRUPTIONS.get("glass_blur").level(severity)
+    rng = np.random.default_rng(9)
+    img = gaussian_blur(x, sigma).double().numpy().copy()
+    n, _, h, w = img.shape
+    positions = [(r, c) for r in range(h - delta, delta, -1) for c in range(w - delta, delta, -1)]
+    for _ in range(iterations):
+        swaps = rng.random((len(positions), n)) < 0.5
+        offsets = rng.integers(-delta, delta, size=(len(positions), n, 2))
+        for p, (r, c) in enumerate(positions):
+            for i in range(n):
+                if swaps[p, i]:
+                    rr, cc = r + offsets[p, i, 0], c + offsets[p, i, 1]
+                    img[i, 0, r, c], img[i, 0, rr, cc] = img[i, 0, rr, cc], img[i, 0, r, c]
+    ref = gaussian_blur(torch.from_numpy(img).float(), sigma).clamp(0, 1)
+    assert torch.allclose(corrupt(x, "glass_blur", severity, seed=9), ref, atol=1e-6)
 
 
 def test_lines_only_add_and_dots_skip_columns(mnist: tuple[torch.Tensor, torch.Tensor]) -> None:
