@@ -146,6 +146,25 @@ def test_glass_blur_equals_a_sequential_swap_loop(severity: int, mnist: tuple[to
     assert torch.allclose(corrupt(x, "glass_blur", severity, seed=9), ref, atol=1e-6)
 
 
+def test_motion_blur_moves_a_point_along_its_angle() -> None:
+    """A point's blur has mass 1 and its centroid at p0 + (sum_i w_i i) u(angle), u drawn from the seed."""
+    x = torch.zeros(6, 1, 29, 29)
+    x[:, :, 14, 14] = 1.0
+    radius, sigma = CORRUPTIONS.get("motion_blur").level(1)
+    angles = np.deg2rad(np.random.default_rng(4).uniform(-45.0, 45.0, size=6))
+    taps = np.arange(radius)
+    weights = np.exp(-0.5 * (taps / sigma) ** 2)
+    reach = float((weights / weights.sum() * taps).sum())
+    out = corrupt(x, "motion_blur", 1, seed=4)[:, 0].double()
+    rows, cols = torch.meshgrid(torch.arange(29.0), torch.arange(29.0), indexing="ij")
+    mass = out.sum(dim=(1, 2))
+    assert torch.allclose(mass, torch.ones(6, dtype=torch.float64), atol=1e-5)
+    centroid_c = (out * cols).sum(dim=(1, 2)) / mass
+    centroid_r = (out * rows).sum(dim=(1, 2)) / mass
+    assert np.allclose(centroid_c.numpy(), 14 + reach * np.cos(angles), atol=1e-4)
+    assert np.allclose(centroid_r.numpy(), 14 + reach * np.sin(angles), atol=1e-4)
+
+
 def test_lines_only_add_and_dots_skip_columns(mnist: tuple[torch.Tensor, torch.Tensor]) -> None:
     x = mnist[0][:8]
     for name in ("dotted_line", "zigzag"):
