@@ -1,7 +1,8 @@
 """Fooling images (Nguyen, Yosinski & Clune 2015, "Deep neural networks are easily fooled", CVPR).
 
 Unrecognisable inputs that the model classifies with high confidence. :func:`fooling_images` makes
-``n_per_class`` of them for every class at once, from uniform noise, by one of two searches:
+``n_per_class`` of them for every class at once, from random starting points (uniform noise, or random
+CPPNs), by one of two searches:
 
 * ``"gradient"``: gradient ascent on the target log-probability ``log softmax(f(x))_t`` in pixel space,
   signed steps of size ``step_size`` projected on [0, 1] (Nguyen et al.'s gradient-ascent baseline,
@@ -43,7 +44,7 @@ class FoolingResult:
 
     ``images`` ``(K * n, *sample_shape)`` in [0, 1], ``labels`` ``(K * n,)`` the target classes (class-major:
     ``n`` images of class 0, then class 1, ...), ``confidences`` ``(K * n,)`` the softmax probability of the
-    target, ``initial_confidences`` the same for the starting noise, ``rate_per_class`` ``(K,)`` and ``rate``
+    target, ``initial_confidences`` the same for the starting points, ``rate_per_class`` ``(K,)`` and ``rate``
     the fraction reaching ``confidence``; ``evaluations`` counts model inputs evaluated (forward passes).
     """
 
