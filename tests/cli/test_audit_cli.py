@@ -49,6 +49,7 @@ def test_audit_end_to_end(model_file: Path, tmp_path: Path, capsys: pytest.Captu
     (["--eps", "a,b"], "--eps"),
     (["--detectors", ","], "--detectors"),
     (["--n", "2"], "audit.n"),
+    (["--ood-sets", "nope"], "nope"),
 ])
 def test_bad_input_is_one_line(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                argv: list[str], needle: str) -> None:

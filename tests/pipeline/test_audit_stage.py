@@ -83,7 +83,8 @@ def test_compare_model_is_audited_side_by_side(tmp_path: Path) -> None:
 @pytest.mark.parametrize("section,error", [({"sections": ["calibration", "vibes"]}, ConfigError),
                                            ({"detectors": ["nope"]}, UnknownNameError),
                                            ({"calibrators": ["platt"]}, UnknownNameError),
-                                           ({"n": 2}, ConfigError), ({"eps": [-0.1]}, ConfigError)])
+                                           ({"n": 2}, ConfigError), ({"eps": [-0.1]}, ConfigError),
+                                           ({"ood_sets": ["nope"]}, UnknownNameError)])
 def test_config_errors_are_typed(tmp_path: Path, section: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         resolve({"stages": ["audit"], "output": {"dir": str(tmp_path)}, "audit": section}, check_names=False)

@@ -71,6 +71,13 @@ class AuditOptions:
             CALIBRATORS.get(c)
         for d in self.detectors:
             DETECTORS.get(d)
+        import importlib.util
+
+        if importlib.util.find_spec("fortify.audit.ood_sets") is not None:
+            from fortify.audit.ood_sets import OOD_SETS
+
+            for o in self.ood_sets:
+                OOD_SETS.get(o)
         if self.norm not in ("linf", "l2"):
             raise ConfigError(f"audit.norm must be linf or l2, got {self.norm!r}")
         for name in ("n_bins", "n_ood", "n_adv", "adaptive_steps", "pgd_steps", "n_corrupt", "fooling_steps",
@@ -169,7 +176,8 @@ def _ood(model: nn.Module, audit: ModelAudit, fitted: dict[str, Any], xb: torch.
         load_ood = None  # type: ignore[assignment]
     for name in opt.ood_sets if load_ood is not None else []:
         try:
-            sets[name] = load_ood(name, opt.n_ood, tuple(xb.shape[1:]), seed=opt.seed).to(xb.dtype)
+            sets[name] = load_ood(name, opt.n_ood, tuple(xb.shape[1:]), seed=opt.seed,
+                                  model=model if name == "fooling" else None).to(xb.dtype)
         except DatasetUnavailableError as e:
             audit.notices.append(f"OOD set {name} skipped: {str(e).splitlines()[0]}")
     for det, fd in fitted.items():
