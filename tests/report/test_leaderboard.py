@@ -62,7 +62,8 @@ def test_leaderboard_cli(two_runs: tuple[Path, list[str]], tmp_path: Path, capsy
     robust = [r["robust"] for r in rows]
     assert robust == sorted(robust, reverse=True) and all(r["preset"] == "fast" for r in rows)
     assert [r["run_id"] for r in boards[("mnist-5k", "linf:0.1")]] == [b]
-    assert a in page.read_text() and "below the bar" in page.read_text()
+    text = page.read_text()
+    assert f"/report.html'>{a}</a>" in text and "below the bar" in text  # each run links to its report
     assert main(["leaderboard", "--out", str(out), "--threat", "l2"]) == 0
     assert "no finished run" in capsys.readouterr().out
     assert main(["leaderboard", "--out", str(out), "--dataset", "mnist-5k"]) == 0

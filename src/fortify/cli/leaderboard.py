@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import ClassVar
 
 from fortify.cli.base import add_store_option, register_verb, store_path
@@ -48,7 +49,8 @@ class LeaderboardVerb:
         store = RunStore(path, readonly=True)
         runs = [load_run(store, r.id) for r in store.list_runs() if r.status == "ok"]
         lb = build_leaderboard(runs, dataset=args.dataset, threat=args.threat, reliable_only=args.reliable_only)
-        page = write_atomic(args.html, render_leaderboard_html(lb, f"run store {path}")) if args.html else None
+        page = write_atomic(args.html, render_leaderboard_html(lb, f"run store {path}", Path(args.html).parent)) \
+            if args.html else None
         if args.json:
             print(json.dumps({**lb, "html": str(page) if page else None}, indent=2, default=str))
             return 0

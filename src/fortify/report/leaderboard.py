@@ -9,6 +9,7 @@ a strong one. Within each group the order is robust accuracy, then clean accurac
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,6 +53,8 @@ def entries(run: RunReport) -> list[dict[str, Any]]:
             if cert else None, "bytes": _model_bytes(run), "compressed": _value(comp),
             "preset": ev.get("preset"), "attacks": ev.get("attacks"), "flags": list(ev.get("flags_fired") or []),
             "warnings": warnings, "reliable": bool(ev.get("meets_bar")), "why_not": list(ev.get("why_not") or []),
+            "report_html": str(run.run_dir / "report.html") if run.run_dir and (run.run_dir / "report.html").is_file()
+            else None,
         })
     return out
 
@@ -156,10 +159,22 @@ def terminal_tables(lb: Mapping[str, Any]) -> list[Any]:
     return out
 
 
-def render_leaderboard_html(lb: Mapping[str, Any], source: str = "") -> str:
-    """The leaderboard page: one table per (dataset, threat model), unreliable rows unranked and shaded."""
+def _run_link(e: Mapping[str, Any], page_dir: Path | None) -> str:
+    from fortify.report.html_parts import esc
+
+    if not e.get("report_html") or page_dir is None:
+        return esc(e["run_id"])
+    href = Path(os.path.relpath(e["report_html"], page_dir)).as_posix()
+    return f"<a href='{esc(href)}'>{esc(e['run_id'])}</a>"
+
+
+def render_leaderboard_html(lb: Mapping[str, Any], source: str = "", page_dir: str | Path | None = None) -> str:
+    """The leaderboard page: one table per (dataset, threat model), unreliable rows unranked and shaded; with
+    ``page_dir`` (the page's folder) each run links to its report.html by a relative path."""
     from fortify.report.card import BAR_TEXT
     from fortify.report.html_parts import esc, page, table
+
+    where = Path(page_dir) if page_dir is not None else None
 
     f = lb["filters"]
     body = ["<h1>fortify leaderboard</h1>",
@@ -171,8 +186,9 @@ def render_leaderboard_html(lb: Mapping[str, Any], source: str = "") -> str:
         body.append("<p>No run with a robust accuracy matches.</p>")
     for b in lb["boards"]:
         body.append(f"<h2>{esc(b['dataset'])} \u00b7 {esc(b['threat'])}</h2>")
-        body.append(table([*HEADERS, "why not ranked"], [[*r, "; ".join(e["why_not"])] for r, e in
-                                                          zip(rows_text(b), b["rows"])], percent=False,
+        cells = [[*(esc(c) for c in r[:2]), _run_link(e, where), *(esc(c) for c in r[3:]), esc("; ".join(e["why_not"]))]
+                 for r, e in zip(rows_text(b), b["rows"])]
+        body.append(table([*HEADERS, "why not ranked"], cells, percent=False, raw=True,
                           row_classes=["" if e["reliable"] else "warn" for e in b["rows"]], nowrap=(0, 3)))
     if lb["skipped"]:
         body.append("<details><summary>Runs not on the board</summary>"
