@@ -8,6 +8,9 @@ A built-in section's ``data`` (filled by the ``report`` stage from the stages' t
 * ``certify``: ``curves`` (``{method, norm, eps, accuracy, n}``), ``threat``, ``norm``, ``eps``,
   ``certified_accuracy``, ``n``, ``method``.
 * ``compress``: ``points`` (``{label, bytes, robust, clean, n_robust}``, fractions), ``threat``.
+
+and ``report_figures`` (``{path, replaces}``): the report's figure shown on the page instead of the
+stage's own one (the stage's ``figures`` list and files are left as the stage wrote them).
 """
 from __future__ import annotations
 
