@@ -120,7 +120,7 @@ class ModelAudit:
         return None if best is None else best[1:]
 
 
-def _timed(audit: ModelAudit, name: str, fn: Callable[[], Any]) -> Any:
+def _timed(audit: ModelAudit, name: str, fn: Callable[[], Any], on_section: Callable[[str], None] | None = None) -> Any:
     import time
 
     t0 = time.perf_counter()
@@ -128,6 +128,8 @@ def _timed(audit: ModelAudit, name: str, fn: Callable[[], Any]) -> Any:
         return fn()
     finally:
         audit.seconds[name] = audit.seconds.get(name, 0.0) + time.perf_counter() - t0
+        if on_section is not None:
+            on_section(name)
 
 
 def _calibration(model: nn.Module, audit: ModelAudit, xa: torch.Tensor, ya: torch.Tensor, xb: torch.Tensor,
@@ -191,9 +193,11 @@ def _ood(model: nn.Module, audit: ModelAudit, fitted: dict[str, Any], xb: torch.
 
 
 def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-                options: AuditOptions | None = None, *, label: str = "model") -> ModelAudit:
+                options: AuditOptions | None = None, *, label: str = "model",
+                on_section: Callable[[str], None] | None = None) -> ModelAudit:
     """Run the sections of ``options`` on ``model`` (module docstring). ``train``/``test``: ``(x (N, *sample) in
-    [0, 1], y (N,))``; the test set needs at least 4 rows (two per half)."""
+    [0, 1], y (N,))``; the test set needs at least 4 rows (two per half). ``on_section(name)`` is called as each
+    step ends (a progress bar)."""
     opt = options or AuditOptions()
     xt, yt = test
     if xt.shape[0] < 4:
@@ -202,7 +206,7 @@ def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test
     xa, ya, xb, yb = xt[:half], yt[:half], xt[half:], yt[half:]
     audit = ModelAudit(label=label, n_eval=int(xb.shape[0]), eval_labels=yb)
     if "calibration" in opt.sections:
-        _timed(audit, "calibration", lambda: _calibration(model, audit, xa, ya, xb, yb, opt))
+        _timed(audit, "calibration", lambda: _calibration(model, audit, xa, ya, xb, yb, opt), on_section)
     extra: dict[str, torch.Tensor] = {}
     if "fooling" in opt.sections:
         from fortify.audit.fooling import fooling_images
@@ -210,15 +214,16 @@ def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test
         try:
             audit.fooling = _timed(audit, "fooling", lambda: fooling_images(
                 model, opt.fooling_per_class, steps=opt.fooling_steps, seed=opt.seed, batch_size=opt.batch_size,
-                sample_shape=tuple(xt.shape[1:])))
+                sample_shape=tuple(xt.shape[1:])), on_section)
             extra["fooling"] = audit.fooling.images.to(xt.dtype)
         except FortifyError as e:
             audit.notices.append(f"fooling images: {e}")
     fitted: dict[str, Any] = {}
     if "ood" in opt.sections or "adversarial" in opt.sections:
-        fitted = _timed(audit, "fit detectors", lambda: _fit_detectors(model, audit, train[0], train[1], opt))
+        fitted = _timed(audit, "fit detectors", lambda: _fit_detectors(model, audit, train[0], train[1], opt),
+                        on_section)
     if "ood" in opt.sections:
-        _timed(audit, "ood", lambda: _ood(model, audit, fitted, xb, opt, extra))
+        _timed(audit, "ood", lambda: _ood(model, audit, fitted, xb, opt, extra), on_section)
     if "adversarial" in opt.sections and fitted:
         from fortify.audit.adversarial import adversarial_detection
 
@@ -227,7 +232,7 @@ def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test
         try:
             audit.adversarial = _timed(audit, "adversarial", lambda: adversarial_detection(
                 model, fitted, xb[:opt.n_adv], yb[:opt.n_adv], attacks=attacks, eps=tuple(opt.eps), norm=opt.norm,
-                adaptive=adaptive, seed=opt.seed, x_clean=xb))
+                adaptive=adaptive, seed=opt.seed, x_clean=xb), on_section)
         except FortifyError as e:
             audit.notices.append(f"adversarial detection: {e}")
     if "corruptions" in opt.sections:
@@ -236,7 +241,7 @@ def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test
         try:
             audit.corruptions = _timed(audit, "corruptions", lambda: corruption_table(
                 model, xb[:opt.n_corrupt], yb[:opt.n_corrupt], opt.corruptions, opt.severities, seed=opt.seed,
-                batch_size=opt.batch_size))
+                batch_size=opt.batch_size), on_section)
         except FortifyError as e:
             audit.notices.append(f"corruptions: {e}")
     return audit

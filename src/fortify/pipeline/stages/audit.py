@@ -32,8 +32,9 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
+from fortify import progress
 from fortify.audit.adversarial import MIN_SUCCESS
 from fortify.audit.suite import AuditOptions, ModelAudit
 from fortify.errors import ConfigError
@@ -275,9 +276,15 @@ class AuditStage:
         train = (xtr[: sec.n_fit], ytr[: sec.n_fit])
         out = ctx.out_dir("audit")
         t0 = time.perf_counter()
-        audits = {"model": audit_model(model, train, test, sec, label="model")}
-        for label, other in other_models(ctx, sec).items():
-            audits[label] = audit_model(other, train, test, sec, label=label)
+        others = other_models(ctx, sec)
+        steps = (1 + len(others)) * (len(sec.sections) + int("ood" in sec.sections or "adversarial" in sec.sections))
+        with progress.task("audit", total=steps, unit="steps") as steps_bar:
+            def advance(label: str) -> Callable[[str], None]:
+                return lambda step: steps_bar.advance(info=f"{label}: {step}")
+
+            audits = {"model": audit_model(model, train, test, sec, label="model", on_section=advance("model"))}
+            for label, other in others.items():
+                audits[label] = audit_model(other, train, test, sec, label=label, on_section=advance(label))
         seconds = time.perf_counter() - t0
         figures: list[Path] = []
         for label, a in audits.items():
