@@ -15,15 +15,15 @@ class RunVerb:
     name: ClassVar[str] = "run"
     help: ClassVar[str] = ("run a recipe's whole pipeline (default: robust-train small-cnn on mnist-5k, evaluate, "
                            "attack, certify, compress, save, report)")
-    description = ("Under torchrun (torchrun --nproc_per_node=N -m fortify run ...) the train stage is data-parallel "
-                   "over the ranks and rank 0 runs the other stages and writes everything. "
-                   "Run every stage listed in the recipe's 'stages' in order and record the run. With no arguments: "
+    description = ("Run every stage listed in the recipe's 'stages' in order and record the run. With no arguments: "
                    "train small-cnn (normalised) on mnist-5k with fortify's efficient robust recipe (PGD adversarial "
                    "training at linf 0.3 with eps and attack-steps ramps), measure clean test accuracy, robust "
                    "accuracy under linf 0.3 (fast attack cascade + sanity checks + curves), CROWN-certified accuracy "
                    "at linf 0.1, compress it (channel pruning, fine-tuning, int8 ONNX) with measured size and "
                    "latency, and save model, report.json and report.html in fortify-runs/<run-id>/. "
-                   "`--recipe standard-mnist-5k` trains without adversarial examples.")
+                   "`--recipe standard-mnist-5k` trains without adversarial examples. Under torchrun "
+                   "(torchrun --nproc_per_node=N -m fortify run ...) the train stage is data-parallel over the "
+                   "ranks and rank 0 runs the other stages and writes everything.")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The common run options plus ``--resume``."""
