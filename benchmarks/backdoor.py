@@ -131,8 +131,8 @@ def measure(kind: str, seed: int, ds: str, args: argparse.Namespace, split: tupl
     m = evaluate_backdoor(model, poison, xt[:500], yt[:500])
     row.update(clean_acc=m.clean_accuracy, asr=m.asr)
     ref = xt[500:700]
-    for name in MODEL_LEVEL:
-        det = BACKDOOR_DETECTORS.create(name, steps=args.steps, batch=16, seed=seed)
+    for name in args.model_level.split(","):
+        det = BACKDOOR_DETECTORS.create(name, steps=args.steps, batch=args.batch, seed=seed)
         r = det(model, ref)
         row[name] = {"score": r.score, "flagged": r.flagged, "target": r.target, "seconds": r.seconds}
     xs_train, ys_train = (res.x, res.y) if res is not None else (x, y)
@@ -241,11 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.1)
     p.add_argument("--mitigate", type=int, default=3, help="trojaned models per attack that are also mitigated")
     p.add_argument("--no-art", dest="art", action="store_false")
+    p.add_argument("--kinds", default="clean," + ",".join(ATTACKS), help="which zoo members to measure")
+    p.add_argument("--model-level", default=",".join(MODEL_LEVEL), help="model-level detectors to run")
+    p.add_argument("--batch", type=int, default=16, help="trigger-search rows per class and step")
     p.add_argument("--report-only", action="store_true", help="only print the tables of the models measured so far")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
-    log = OUT / f"zoo_n{args.train}_e{args.epochs}_st{args.steps}_r{args.rate}.jsonl"
+    log = OUT / f"zoo_n{args.train}_e{args.epochs}_st{args.steps}_b{args.batch}_r{args.rate}.jsonl"
+    if args.batch == 16 and not log.exists():  # the first zoo's name (batch 16 was fixed then)
+        log = OUT / f"zoo_n{args.train}_e{args.epochs}_st{args.steps}_r{args.rate}.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {(r["dataset"], r["kind"], r["seed"]) for r in rows}
     for ds in [] if args.report_only else args.datasets.split(","):
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{ds}: skipped ({e})", file=sys.stderr)
             continue
         for seed in range(args.models):
-            for kind in ("clean",) + ATTACKS:
+            for kind in args.kinds.split(","):
                 old = next((r for r in rows if (r["dataset"], r["kind"], r["seed"]) == (ds, kind, seed)), None)
                 if old is not None and old["strip"].get("superimpose") != "add":  # measured before the fix
                     model, poison, _ = train_model(kind, seed, x, y, args, OUT / cache_name(ds, kind, seed, args))
@@ -268,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 with log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                print(f"{ds} {kind} s{seed}: acc {row['clean_acc']:.2f} asr {row['asr']:.2f} "
-                      f"NC {row['neural-cleanse']['score']:.2f} DF {row['data-free']['score']:.2f} "
+                scores = " ".join(f"{d} {row[d]['score']:.2f}" for d in args.model_level.split(","))
+                print(f"{ds} {kind} s{seed}: acc {row['clean_acc']:.2f} asr {row['asr']:.2f} {scores} "
                       f"STRIP FAR {row['strip']['far']:.2f}", flush=True)
     header = (f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread; "
               f"{args.train} training images, {args.epochs} epochs, rate {args.rate}, {args.steps} search steps")
     report = header + "\n\n" + "\n\n".join(tables(rows, ds) for ds in sorted({r["dataset"] for r in rows}))
-    (OUT / "zoo.md").write_text(report + "\n")
+    (OUT / log.with_suffix(".md").name).write_text(report + "\n")
     print(report)
     return 0
 
