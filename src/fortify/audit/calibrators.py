@@ -69,6 +69,10 @@ class Calibrator(nn.Module, abc.ABC):
         self.classes = int(z.shape[1])
         with torch.enable_grad():
             self._fit(z, y)
+        # stored in float32: a wrapped model's dtype (the first floating tensor, looked up by the input checks) must
+        # stay the model's own, also for a model without parameters (ONNX Runtime); applied in float64
+        for name, buf in list(self.named_buffers()):
+            setattr(self, name, buf.float())
         self.fitted = True
         return self
 
@@ -150,7 +154,7 @@ class TemperatureScaling(Calibrator):
         self.log_t.fill_(-(lo + hi) / 2)
 
     def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
-        return z / self.log_t.exp()
+        return z / self.log_t.double().exp()
 
 
 #: ODIR strengths tried by ``reg="cv"`` (Kull et al. 2019 select lambda by cross-validation over a log grid)
@@ -219,7 +223,7 @@ class _Affine(Calibrator):
         self.weight, self.bias = self._solve(f, y, reg, reg if self.reg_bias is None else self.reg_bias)
 
     def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
-        return self._affine(self._features(z), self.weight, self.bias)
+        return self._affine(self._features(z), self.weight.double(), self.bias.double())
 
 
 @CALIBRATORS.register("vector", help="vector scaling w * z + b (Guo et al. 2017)")
@@ -280,7 +284,7 @@ class HistogramBinning(Calibrator):
 
     def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
         idx = self._bin(z.softmax(dim=1))
-        return _probs_to_logits(self.table.to(z.device).gather(1, idx.T).T)
+        return _probs_to_logits(self.table.to(z.device).double().gather(1, idx.T).T)
 
 
 def pool_adjacent_violators(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -339,7 +343,7 @@ class IsotonicCalibration(Calibrator):
 
     def _calibrate(self, z: torch.Tensor) -> torch.Tensor:
         p = z.softmax(dim=1)
-        xs, ys = self.knots_x.to(z.device), self.knots_y.to(z.device)
+        xs, ys = self.knots_x.to(z.device).double(), self.knots_y.to(z.device).double()
         cols = [interp(p[:, k], xs[k], ys[k]) for k in range(p.shape[1])]
         return _probs_to_logits(torch.stack(cols, dim=1).clamp(min=self.floor))
 

@@ -16,7 +16,8 @@ the second is where every figure is measured):
   :func:`fortify.audit.fooling.fooling_images` (the fooling rate; the images join the OOD sets when ``ood`` runs).
 
 Nothing here prints or writes files; the model is never mutated (every callee freezes it). A detector or OOD set
-that cannot run on this model (e.g. a feature detector on an ONNX model) is recorded as a notice, not an error.
+that cannot run on this model (e.g. a feature detector on an ONNX model) is recorded as a notice, not an error; on a
+gradient-free (ONNX Runtime) model the adversarial section is skipped and fooling images use the evolutionary search.
 """
 from __future__ import annotations
 
@@ -153,14 +154,24 @@ def _calibration(model: nn.Module, audit: ModelAudit, xa: torch.Tensor, ya: torc
         audit.risk[f"{name} MSP"] = risk_coverage(p.max(1).values.double(), p.argmax(1) == yb)
 
 
+def gradient_free(model: nn.Module) -> bool:
+    """Whether ``model`` has no input gradients (an ONNX Runtime model, e.g. the int8 model of ``compress``)."""
+    return bool(getattr(model, "gradient_free", False)) or type(model).__name__ == "OnnxModule"
+
+
 def _fit_detectors(model: nn.Module, audit: ModelAudit, x: torch.Tensor, y: torch.Tensor,
                    opt: AuditOptions) -> dict[str, Any]:
     from fortify.audit.detect import DETECTORS
 
     fitted = {}
     for name in opt.detectors:
+        det = DETECTORS.create(name, batch_size=opt.batch_size)
+        if gradient_free(model) and float(getattr(det, "noise", 0.0)) > 0:
+            audit.notices.append(f"detector {name} skipped: its input preprocessing needs gradients, which this "
+                                 "ONNX Runtime model does not have")
+            continue
         try:
-            fitted[name] = DETECTORS.create(name, batch_size=opt.batch_size).fit(model, x, y)
+            fitted[name] = det.fit(model, x, y)
         except FortifyError as e:
             audit.notices.append(f"detector {name} cannot run on this model: {e}")
     return fitted
@@ -212,9 +223,10 @@ def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test
         from fortify.audit.fooling import fooling_images
 
         try:
+            method = "evolution" if gradient_free(model) else "gradient"  # no gradients: the gradient-free search
             audit.fooling = _timed(audit, "fooling", lambda: fooling_images(
-                model, opt.fooling_per_class, steps=opt.fooling_steps, seed=opt.seed, batch_size=opt.batch_size,
-                sample_shape=tuple(xt.shape[1:])), on_section)
+                model, opt.fooling_per_class, method=method, steps=opt.fooling_steps, seed=opt.seed,
+                batch_size=opt.batch_size, sample_shape=tuple(xt.shape[1:])), on_section)
             extra["fooling"] = audit.fooling.images.to(xt.dtype)
         except FortifyError as e:
             audit.notices.append(f"fooling images: {e}")
@@ -224,7 +236,9 @@ def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test
                         on_section)
     if "ood" in opt.sections:
         _timed(audit, "ood", lambda: _ood(model, audit, fitted, xb, opt, extra), on_section)
-    if "adversarial" in opt.sections and fitted:
+    if "adversarial" in opt.sections and fitted and gradient_free(model):
+        audit.notices.append("adversarial detection skipped: white-box attacks need a PyTorch model with gradients")
+    elif "adversarial" in opt.sections and fitted:
         from fortify.audit.adversarial import adversarial_detection
 
         attacks = {a: ({"steps": opt.pgd_steps} if a == "pgd" else {}) for a in opt.attacks}
@@ -247,4 +261,4 @@ def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test
     return audit
 
 
-__all__ = ["AuditOptions", "ModelAudit", "SECTIONS", "audit_model"]
+__all__ = ["AuditOptions", "ModelAudit", "SECTIONS", "audit_model", "gradient_free"]
