@@ -188,7 +188,7 @@ def findings(a: ModelAudit) -> list[Finding]:
         out.append(Finding("corruptions.mean_accuracy", "Mean accuracy under MNIST-C corruptions",
                            round(100 * a.corruptions.mean_accuracy, 2), "%", n=a.corruptions.n,
                            detail=f"clean {100 * a.corruptions.clean_accuracy:.1f}%", higher_is_better=True))
-    elif a.fooling is not None:
+    if a.fooling is not None:
         out.append(Finding("fooling.rate", "Fooling images at >= 99% confidence", round(100 * a.fooling.rate, 2), "%",
                            n=int(a.fooling.labels.numel()), higher_is_better=False))
     return out[:5]
