@@ -192,6 +192,7 @@ class ScanStage:
     def run(self, ctx: RunContext) -> ScanResult:
         """Scan the model; log, write the JSON, trigger figure, section and findings."""
         from fortify.audit.backdoor import BACKDOOR_DETECTORS, evaluate_backdoor
+        from fortify.audit.backdoor._ops import predict_logits
         from fortify.audit.backdoor.measures import triggered_test_set
         from fortify.audit.backdoor.strip import far_at_frr
 
@@ -230,7 +231,8 @@ class ScanStage:
             result.detections["strip"] = strip.summary()
             rows.append(["strip", f"threshold {strip.threshold:.3f}", "input-level", "-", f"{strip.seconds:.1f}"])
             if poison is not None and strip.scorer is not None:
-                xs, _ = triggered_test_set(poison, x[half:], y[half:], int(model(x[:1]).shape[1]))
+                classes = int(predict_logits(model, x[:1]).shape[1])  # eval mode, no grad, flags restored
+                xs, _ = triggered_test_set(poison, x[half:], y[half:], classes)
                 far, _ = far_at_frr(-strip.scorer(x[half:]), -strip.scorer(xs), sec.frr)
                 result.strip_far = far
                 findings.append(Finding("scan.strip.far", f"STRIP FAR at FRR {100 * sec.frr:g}%", round(100 * far, 2),
