@@ -318,6 +318,13 @@ CASES = [
     case("explain {model} --bogus", "--bogus"),
     case("explain {model} --methods gradcam --target-layer nolayer", "'nolayer'"),
     case("explain {model} --threads 100000", "--threads", "100000"),
+    case("audit", "MODEL"),
+    case("audit {W}/missing.safetensors", "missing.safetensors", "not found"),
+    case("audit {model} --sections calibration,vibes", "'vibes'"),
+    case("audit {model} --detectors nope", "'nope'", "mahalanobis"),
+    case("audit {model} --ood-sets nope", "'nope'"),
+    case("audit {model} --eps a", "--eps"),
+    case("audit {model} --n 2", "audit.n"),
     # -- certify ----------------------------------------------------------------------------------
     case("certify", "MODEL"),
     case("certify {W}/missing.safetensors", "missing.safetensors", "not found"),

@@ -43,7 +43,7 @@ CONTRACTS: dict[str, tuple[str, str]] = {
 #: pillar packages that must find their methods with :func:`fortify.registry.discover`
 PILLARS = ("fortify.attacks", "fortify.train.tasks", "fortify.certify", "fortify.compress", "fortify.models",
            "fortify.data", "fortify.explain", "fortify.mips", "fortify.audit.detect",
-           "fortify.audit.backdoor")
+           "fortify.audit.backdoor", "fortify.audit")
 
 
 #: modules a registry's package does not import today, with the reason (exact names: a new file
