@@ -139,7 +139,7 @@ def _evolution(model: nn.Module, genomes: torch.Tensor, decode: Decode, t: torch
 class CPPN:
     """A batch of compositional pattern-producing networks (Stanley 2007) with one fixed topology, the
     genome being all weights: ``(x, y, r, 1) -> hidden -> hidden -> C`` with sine, Gaussian and tanh units
-    (unit ``j`` uses the ``j mod 3``-th) and a sigmoid output, drawn on an ``H x W`` grid in [-1, 1]^2.
+    (a third of each) and a sigmoid output, drawn on an ``H x W`` grid in [-1, 1]^2.
     Images of regular, symmetric patterns, as Nguyen et al.'s CPPN encoding. ``decode`` costs
     ``K * H * W * hidden^2`` multiply-adds for ``K`` genomes."""
 
@@ -154,8 +154,9 @@ class CPPN:
         self.genome_size = sum(self.sizes)
 
     def _act(self, z: torch.Tensor) -> torch.Tensor:
-        kind = torch.arange(z.shape[-1], device=z.device) % 3
-        return torch.where(kind == 0, torch.sin(z), torch.where(kind == 1, torch.exp(-z * z), torch.tanh(z)))
+        """Sine on the first third of the units, Gaussian on the second, tanh on the rest (each unit once)."""
+        a, b = (z.shape[-1] + 2) // 3, 2 * ((z.shape[-1] + 2) // 3)
+        return torch.cat([torch.sin(z[..., :a]), torch.exp(-z[..., a:b].square()), torch.tanh(z[..., b:])], -1)
 
     def decode(self, genomes: torch.Tensor) -> torch.Tensor:
         """Genomes ``(K, G)`` -> images ``(K, C, H, W)`` in (0, 1)."""
