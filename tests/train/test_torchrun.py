@@ -78,6 +78,40 @@ def test_torchrun_cli_two_ranks_equal_one_process_and_only_rank0_writes(tmp_path
     assert diff < 1e-5
 
 
+def _own_group(rank: int, port: int, out: str) -> None:
+    """A user's script: it initialises the group itself, then calls fit twice (both distributed)."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        net = mlp()
+        for _ in range(2):
+            t = Trainer(net, "standard", dict(epochs=1, batch_size=32, **CFG), progress=False)
+            t.fit(blobs(64))
+            assert t.dist_stats["world_size"] == 2 and dist.is_initialized()  # the caller's group is kept
+        if rank == 0:
+            torch.save(net.state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_group_the_caller_initialised_is_used_by_every_fit(tmp_path: Path) -> None:
+    import torch.multiprocessing as tmp
+
+    ctx = tmp.get_context("forkserver")
+    port, out = free_port(), str(tmp_path / "rank0.pt")
+    procs = [ctx.Process(target=_own_group, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    ref = mlp()
+    for _ in range(2):
+        train(ref, blobs(64), epochs=1, batch_size=32, progress=False, **CFG)
+    assert max_diff(torch.load(out, weights_only=True), ref.state_dict()) < 1e-5
+
+
 def test_batchnorm_model_uses_synchronised_statistics_and_equals_one_process() -> None:
     x, y = blobs(64)
     res = fit(mlp(bn=True), (x, y), world_size=2, mode="sync", epochs=2, batch_size=32, **CFG)
