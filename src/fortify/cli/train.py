@@ -38,7 +38,9 @@ class TrainVerb:
         add_device_option(parser)
         parser.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="worker processes on torch.distributed (gloo, CPU, 127.0.0.1), same as "
-                                 "train.nproc=N; the global batch stays train.batch_size")
+                                 "train.nproc=N; the global batch stays train.batch_size. Multi-node or GPU: run "
+                                 "this command under torchrun instead (torchrun --nproc_per_node=N -m fortify "
+                                 "train ...), which takes precedence over --nproc")
         parser.add_argument("--mode", choices=("sync", "async", "producers"), default=None,
                             help="sync: data-parallel, all-reduced gradients (default); async: parameter "
                                  "server applying each worker's gradient as it arrives; producers: N processes "

@@ -6,6 +6,10 @@ accuracy on a fixed held-out batch - the first points of the test split -, train
 when the task asks for it, the catastrophic-overfitting guard. Their metrics are merged into every
 epoch record, so they reach the run store (``stage="train"``, ``step=epoch``), the report table and
 the progress bar. Standard tasks get no callbacks and train exactly as before.
+
+Device: ``train.device`` (CLI ``--device``; default cuda when available, else cpu). A model the stage
+builds is created there, trained there and handed to the later stages on the CPU (they load CPU data);
+a model given to the pipeline must already be on that device (ConfigError naming both) and is never moved.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ class TrainStage:
 
         cfg = ctx.config
         device = fdevice.resolve(cfg.train.device)  # null / auto: cuda when available, else cpu
+        built = ctx.model is None
         if ctx.model is None:
             ctx.model = build_model(ctx).to(device)  # fortify's own model: created on the device
         else:
@@ -71,6 +76,10 @@ class TrainStage:
         trainer = Trainer(ctx.model, task, cfg.train.replace(device=str(device)), checkpoint_dir=ctx.path("checkpoints"),
                           progress=not ctx.quiet, callbacks=callbacks)
         history = [dict(h) for h in trainer.fit(train=train, val=test, resume=ctx.resume)]
+        if built and device.type != "cpu":
+            # the later stages take CPU data (attacks and certifiers refuse a device mismatch): the model
+            # fortify built goes back to the CPU; a model the caller gave stays where it was
+            ctx.model = ctx.model.to("cpu")
         guard = next((cb for cb in callbacks if hasattr(cb, "events")), None)
         result = TrainResult(history=history, train_examples=int(train[0].shape[0]),
                              co_events=[dict(e) for e in getattr(guard, "events", ())])
