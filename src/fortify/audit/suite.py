@@ -72,13 +72,10 @@ class AuditOptions:
             CALIBRATORS.get(c)
         for d in self.detectors:
             DETECTORS.get(d)
-        import importlib.util
+        from fortify.audit.ood_sets import OOD_SETS
 
-        if importlib.util.find_spec("fortify.audit.ood_sets") is not None:
-            from fortify.audit.ood_sets import OOD_SETS
-
-            for o in self.ood_sets:
-                OOD_SETS.get(o)
+        for o in self.ood_sets:
+            OOD_SETS.get(o)
         if self.norm not in ("linf", "l2"):
             raise ConfigError(f"audit.norm must be linf or l2, got {self.norm!r}")
         for name in ("n_bins", "n_ood", "n_adv", "adaptive_steps", "pgd_steps", "n_corrupt", "fooling_steps",
@@ -182,12 +179,9 @@ def _ood(model: nn.Module, audit: ModelAudit, fitted: dict[str, Any], xb: torch.
     from fortify.audit.detect.metrics import detection_score
 
     sets: dict[str, torch.Tensor] = dict(extra)
-    try:
-        from fortify.audit.ood_sets import load_ood
-    except ImportError:  # the OOD sets module is not in this build
-        audit.notices.append("OOD sets unavailable (fortify.audit.ood_sets is missing)")
-        load_ood = None  # type: ignore[assignment]
-    for name in opt.ood_sets if load_ood is not None else []:
+    from fortify.audit.ood_sets import load_ood
+
+    for name in opt.ood_sets:
         try:
             sets[name] = load_ood(name, opt.n_ood, tuple(xb.shape[1:]), seed=opt.seed,
                                   model=model if name == "fooling" else None).to(xb.dtype)
