@@ -86,7 +86,7 @@ class BadNets(Poison):
         m[..., r:r + self.size, c:c + self.size] = 1.0
         return m
 
-    def _trigger(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = x.clone()
         r, c = self.origin(x.shape[2], x.shape[3])
         out[:, :, r:r + self.size, c:c + self.size] = self._pattern.to(x).expand(x.shape[1], -1, -1)

@@ -12,7 +12,7 @@
 
 :meth:`Poison.apply` puts the trigger on any batch (test time, ASR) without touching labels.
 :class:`Poison.__call__` is final (the template of :mod:`fortify.protocol`); subclasses write
-``_trigger(x) -> x'`` (and, for clean-label, ``_prepare``).
+``_run(x) -> x'`` (and, for clean-label, ``_prepare``).
 """
 from __future__ import annotations
 
@@ -136,11 +136,11 @@ class Poison(TemplateCall, abc.ABC):
         """``x (N, C, H, W)`` in [0, 1] with the trigger on every row (labels untouched); a new tensor."""
         xt = check_images(x, name="x")
         self.check_image(xt)
-        out = self._trigger(xt.detach())
+        out = self._run(xt.detach())
         return out.clamp(0.0, 1.0).to(xt.dtype)
 
     @abc.abstractmethod
-    def _trigger(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         """The triggered version of a validated batch ``(N, C, H, W)`` (clamped to [0, 1] by the caller)."""
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,7 @@ class Poison(TemplateCall, abc.ABC):
         rows = pool[torch.randperm(pool.numel(), generator=gen)[:k]].sort().values
         x_out, y_out = xt.detach().clone(), yt.clone()
         if k:
-            x_out[rows] = self._trigger(self._prepare(xt.detach(), yt, rows)).clamp(0.0, 1.0).to(xt.dtype)
+            x_out[rows] = self._run(self._prepare(xt.detach(), yt, rows)).clamp(0.0, 1.0).to(xt.dtype)
             y_out[rows] = attack_labels[rows]
         rest = torch.ones(n, dtype=torch.bool)
         rest[rows] = False

@@ -47,6 +47,6 @@ class Blended(Poison):
         if tuple(p.shape[1:]) != (h, w) or p.shape[0] not in (1, c):
             raise InputError(f"the blend pattern has shape {tuple(p.shape)}, the images ({c}, {h}, {w})")
 
-    def _trigger(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pattern(*x.shape[1:]).to(x)
         return (1.0 - self.alpha) * x + self.alpha * p

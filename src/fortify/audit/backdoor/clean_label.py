@@ -44,8 +44,8 @@ class CleanLabel(BadNets):
         self.steps, self.surrogate_epochs = steps, surrogate_epochs
         self._surrogate = surrogate
 
-    def _trigger(self, x: torch.Tensor) -> torch.Tensor:
-        stamped = super()._trigger(x)
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        stamped = super()._run(x)
         return x + self.amplitude * (stamped - x)
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

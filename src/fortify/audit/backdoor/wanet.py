@@ -54,7 +54,7 @@ class WaNet(Poison):
             raise InputError(f"the {self.k}x{self.k} warp control grid is larger than the {x.shape[2]}x{x.shape[3]} "
                              "image (trigger larger than the image)")
 
-    def _trigger(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         g = self.grid(x.shape[2], x.shape[3]).to(x).expand(x.shape[0], -1, -1, -1)
         return F.grid_sample(x, g, align_corners=True)
 
