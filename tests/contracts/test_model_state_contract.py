@@ -31,6 +31,9 @@ from torch import nn
 
 from fortify import registry
 from fortify.attacks import ATTACKS
+from fortify.audit.backdoor import BACKDOOR_DETECTORS, BACKDOOR_MITIGATIONS
+from fortify.audit.calibrators import CALIBRATORS, calibrate
+from fortify.audit.detect import DETECTORS
 from fortify.certify import CERTIFIERS
 from fortify.compress import TRANSFORMS
 from fortify.explain import ATTRIBUTION_METRICS, ATTRIBUTIONS
@@ -50,6 +53,7 @@ TINY: dict[str, Any] = {
     "threats": ("linf:0.05", "l2:0.5"), "candidates": 2, "score_epochs": 1, "finetune_epochs": 1,
     "prune_epochs": 1, "share_epochs": 1, "calibration_size": 8, "threads": 1, "rounds": 1,
     "cycles": 1,
+    "per_class": 2, "inversion_steps": 1, "overlays": 2, "batch": 4,
 }
 #: per-name constructor arguments TINY does not satisfy
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -57,6 +61,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "distill": {"student": "mlp", "student_args": {"hidden": (8,)}},
     "hydra": {"task_args": {"threat": "linf:0.05", "steps": 1}, "finetune_epochs": 1},
     "importance": {"steps": 2},  # K > 1: the hard set is ranked (an eval-mode pass)
+    "roar": {"train": (torch.rand(8, C, H, W, generator=torch.Generator().manual_seed(5)), torch.arange(8) % K),
+             "fractions": (0.5,)},
 }
 #: registries whose entries never receive a user's model, with the reason
 NOT_RUN_ON_A_USER_MODEL: dict[str, str] = {
@@ -66,8 +72,13 @@ NOT_RUN_ON_A_USER_MODEL: dict[str, str] = {
     "compression recipe": "lists of transform steps, each a registered transform run here",
     "stage": "pipeline stages own the run's model (built or loaded by the pipeline); they call the pillars run here",
     "verb": "CLI verbs: thin wrappers over the pillars run here",
+    "corruption": "image transforms; no model involved (corruption_table runs the model: covered here)",
+    "poison": "training-set transforms; no model involved (clean-label's surrogate is its own model)",
+    "mips index": "vector indexes over a weight matrix copy; FastHead reads an nn.Linear without changing it",
+    "ood set": "data sources; the fooling set calls fooling_images, covered here",
 }
-COVERED = {"attack", "certifier", "transform", "task", "attribution", "attribution metric"}
+COVERED = {"attack", "certifier", "transform", "task", "attribution", "attribution metric", "detector", "calibrator",
+           "backdoor detector", "backdoor mitigation"}
 
 
 def _mix(model: nn.Module, frozen_module: nn.Module, trained: nn.Module, frozen_weight: torch.Tensor,
@@ -178,6 +189,56 @@ def test_attribution_metric_leaves_a_mixed_model_unchanged(name: str) -> None:
     res = ATTRIBUTION_METRICS.create(name, **tiny_kwargs(ATTRIBUTION_METRICS.get(name), name))(model, x, attr, y)
     assert res.values.shape == (N,)
     assert_untouched(model, before, f"attribution metric {name!r}")
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_detector_fit_and_score_leave_a_mixed_model_unchanged(name: str) -> None:
+    model, (x, y) = mixed_model(), inputs()
+    before = fingerprint(model)
+    fitted = DETECTORS.create(name, **tiny_kwargs(DETECTORS.get(name), name)).fit(model, torch.cat([x, x.flip(0)]),
+                                                                                   torch.cat([y, y]))
+    assert fitted.score(x).shape == (N,)
+    assert_untouched(model, before, f"detector {name!r}")
+
+
+@pytest.mark.parametrize("name", CALIBRATORS.names())
+def test_calibrated_wrapper_leaves_a_mixed_model_unchanged(name: str) -> None:
+    model, (x, y) = mixed_model(), inputs()
+    before = fingerprint(model)
+    wrapped = calibrate(model, torch.cat([x] * 4), torch.cat([y] * 4), name)
+    with torch.no_grad():
+        assert wrapped(x).shape == (N, K)
+    assert_untouched(model, before, f"calibrator {name!r}")
+
+
+@pytest.mark.parametrize("name", BACKDOOR_DETECTORS.names())
+def test_backdoor_detector_leaves_a_mixed_model_unchanged(name: str) -> None:
+    model, (x, y) = mixed_model(), inputs()
+    before = fingerprint(model)
+    BACKDOOR_DETECTORS.create(name, **tiny_kwargs(BACKDOOR_DETECTORS.get(name), name))(model, x, y)
+    assert_untouched(model, before, f"backdoor detector {name!r}")
+
+
+@pytest.mark.parametrize("name", BACKDOOR_MITIGATIONS.names())
+def test_backdoor_mitigation_leaves_a_mixed_model_unchanged_and_returns_a_new_one(name: str) -> None:
+    model, (x, y) = mixed_model(), inputs()
+    before = fingerprint(model)
+    res = BACKDOOR_MITIGATIONS.create(name, **tiny_kwargs(BACKDOOR_MITIGATIONS.get(name), name))(model, x, y)
+    assert res.model is not model
+    assert_untouched(model, before, f"backdoor mitigation {name!r}")
+
+
+def test_audit_helpers_leave_a_mixed_model_unchanged() -> None:
+    """Entry points of the audit pillar that are not registry entries: corruption table, fooling images."""
+    from fortify.audit.corruptions import corruption_table
+    from fortify.audit.fooling import fooling_images
+
+    model, (x, y) = mixed_model(), inputs()
+    before = fingerprint(model)
+    assert corruption_table(model, x, y, names=["rotate", "shot_noise"]).n == N
+    for method in ("gradient", "evolution"):
+        assert fooling_images(model, 1, method=method, steps=2, sample_shape=(C, H, W)).images.shape[0] == K
+    assert_untouched(model, before, "audit helpers")
 
 
 @pytest.mark.parametrize("name", TRANSFORMS.names())
