@@ -19,8 +19,8 @@ def test_default_recipe_resolves_to_its_file_values() -> None:
     assert "default" in list_recipes() and find_recipe("default").name == "default.yaml"
     assert cfg.data.name == raw["data"]["name"] == "mnist-5k"
     assert cfg.model.name == "small-cnn" and cfg.model.normalize is True
-    assert cfg.stages == raw["stages"] == ["train", "accuracy", "robustness", "certify", "compress", "explain", "save",
-                                           "report"]
+    assert cfg.stages == raw["stages"] == ["train", "accuracy", "robustness", "certify", "compress", "explain", "audit",
+                                           "save", "report"]
     assert cfg.task.name == "pgd_at"  # the main job trains robustly by default (fortify's efficient recipe)
     assert cfg.train.epochs == raw["train"]["epochs"] and cfg.seed == raw["train"]["seed"]
     d = cfg.to_dict()

@@ -15,7 +15,9 @@ from fortify.store import RunStore
 
 TINY = ["data.train_limit=400", "data.test_limit=100", "train.epochs=2", "train.batch_size=100",
         "robustness.n=30", "robustness.curve_points=0", "certify.n=30", "certify.curve_points=0",
-        "compress.n_robust=30", "compress.n_test=100", "compress.repeats=1", "certify.threat=linf:0.3"]
+        "compress.n_robust=30", "compress.n_test=100", "compress.repeats=1", "certify.threat=linf:0.3",
+        "audit.n=40", "audit.n_fit=200", "audit.n_ood=50", "audit.n_adv=20", "audit.n_corrupt=40",
+        "audit.adaptive_steps=5", "compress.n_drift=16"]
 
 
 def test_default_main_job_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,6 +42,6 @@ def test_default_main_job_runs_every_stage(tmp_path: Path, capsys: pytest.Captur
     report = json.loads((run_dir / "report.json").read_text())
     titles = [s["title"] for s in report["sections"]]
     assert titles == ["Training", "Clean accuracy", "Robustness (attacks)", "Certification", "Compression",
-                      "Explanations"]
+                      "Explanations", "Audit: calibration, detection, corruptions"]
     html = (run_dir / "report.html").read_text()
     assert all(t in html for t in titles)

@@ -95,7 +95,8 @@ def test_stage_metrics_and_main_job_summary_show_ratio_only_with_interval(speedu
 def test_stage_section_text_uses_the_interval() -> None:
     from pathlib import Path
 
-    sec = SimpleNamespace(describe=lambda: "int8", threads=2, threat="linf:0.3")
+    sec = SimpleNamespace(describe=lambda: "int8", threads=2, threat="linf:0.3", drift_methods=[], n_drift=0,
+                          robust="pgd", n_robust=100)
     rows = _rows_with(SpeedUp(25e-3, 24e-3, 1.04, 0.91, 1.18, 100, 0.05, False))
     metrics = CompressStage.metrics(rows, 1.0, 2.0)
     section = CompressStage.section(sec, rows, [], metrics, Path("/tmp/x/model.onnx"), None, Path("/tmp/x"))
