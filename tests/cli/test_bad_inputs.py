@@ -325,6 +325,12 @@ CASES = [
     case("audit {model} --ood-sets nope", "'nope'"),
     case("audit {model} --eps a", "--eps"),
     case("audit {model} --n 2", "audit.n"),
+    case("scan", "MODEL"),
+    case("scan {W}/missing.safetensors", "missing.safetensors", "not found"),
+    case("scan {model} --detectors nope", "'nope'", "neural-cleanse"),
+    case("scan {model} --n 2", "scan.n"),
+    case("scan {model} --steps 0", "scan.steps"),
+    case("scan {model} --threshold -1", "scan.threshold"),
     # -- certify ----------------------------------------------------------------------------------
     case("certify", "MODEL"),
     case("certify {W}/missing.safetensors", "missing.safetensors", "not found"),
