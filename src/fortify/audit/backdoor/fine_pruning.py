@@ -6,11 +6,17 @@ ReLU activation of every channel of the LAST convolution is measured on the defe
 ``x (N, C, H, W)``; channels are pruned (weights and bias set to zero, kept at zero afterwards) from the
 least to the most active until the clean accuracy on ``x`` falls more than ``max_drop`` below the
 unpruned accuracy or ``max_ratio`` of the channels are gone (the last pruning within budget is kept);
-then the pruned copy is fine-tuned for ``epochs`` on ``(x, y)`` (cross-entropy, Adam, ``lr``).
-Cost: one forward pass per pruned channel plus ``epochs * N`` training rows.
+then the pruned copy is fine-tuned for ``epochs`` on ``(x, y)`` (cross-entropy, Adam, ``lr``). Finally the
+pruned channels are removed for real (the convolution and every layer reading its channels are rebuilt
+smaller by the compress pillar's channel plan, :mod:`fortify.compress.prune.graph_groups`) when that leaves
+the logits unchanged on ``x`` (to 1e-5 relative): exact when the zeroed channels reach the next layer as zeros
+(conv -> ReLU/pool -> conv/linear). A layer in between that maps zero to a constant (a BatchNorm shift) keeps
+the zeroed copy, and the evidence says why (``structural``, ``structural_note``).
+Cost: one forward pass per pruned channel plus ``epochs * N`` training rows, plus one trace.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -44,6 +50,34 @@ def zero_channels(conv: nn.Conv2d, channels: torch.Tensor) -> None:
         conv.weight[channels] = 0.0
         if conv.bias is not None:
             conv.bias[channels] = 0.0
+
+
+def remove_channels(model: nn.Module, conv_name: str, channels: torch.Tensor,
+                    x: torch.Tensor) -> tuple[nn.Module | None, str]:
+    """A copy of ``model`` with the (zeroed) output ``channels`` of ``conv_name`` removed from the convolution and
+    every layer coupled to them, or ``(None, reason)`` when the graph cannot be pruned there or the removal would
+    change the logits on ``x`` (module docstring)."""
+    from fortify.compress.prune.graph_groups import channel_plan
+    from fortify.compress.prune.graph_prune import rebuild
+    from fortify.errors import FortifyError
+    from fortify.models.graph import trace
+
+    if channels.numel() == 0:
+        return None, "no channel pruned"
+    cand = copy.deepcopy(model)
+    try:
+        plan = channel_plan(trace(cand, tuple(x.shape[1:]), ref=x[:2]))
+    except FortifyError as e:
+        return None, f"kept zeroed: the graph cannot be channel-pruned ({str(e).splitlines()[0]})"
+    want = {(conv_name, 0, int(c)) for c in channels}
+    roots = {ch.root for g in plan.groups for ch in g.channels if not ch.fixed and any(s in want for s in ch.slices)}
+    if len(roots) != channels.numel():
+        return None, "kept zeroed: some pruned channels are coupled to channels that must stay"
+    rebuild(cand, plan, roots)
+    ref, got = predict_logits(model, x), predict_logits(cand, x)
+    if not torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max().clamp_min(1.0))):
+        return None, "kept zeroed: a layer after the convolution maps zero to a nonzero value (e.g. BatchNorm)"
+    return cand, f"removed {channels.numel()} channels of {conv_name} and the weights reading them"
 
 
 @BACKDOOR_MITIGATIONS.register("fine-pruning", help="fine-pruning (Liu et al. 2018): prune dormant last-conv channels, fine-tune")
@@ -88,6 +122,8 @@ class FinePruning(Mitigation):
         if self.epochs:
             fit(new, x, y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
                 after_step=lambda _m: zero_channels(conv, channels))
-        return new, {"layer": name, "pruned": int(pruned), "channels": int(order.numel()),
-                     "pruned_channels": channels.tolist(), "clean_acc_unpruned": base,
-                     "clean_acc_pruned": acc_pruned}
+        smaller, note = remove_channels(new, name, channels, x)
+        return smaller if smaller is not None else new, {
+            "layer": name, "pruned": int(pruned), "channels": int(order.numel()), "pruned_channels": channels.tolist(),
+            "clean_acc_unpruned": base, "clean_acc_pruned": acc_pruned, "structural": smaller is not None,
+            "structural_note": note}
