@@ -331,6 +331,10 @@ CASES = [
     case("scan {model} --n 2", "scan.n"),
     case("scan {model} --steps 0", "scan.steps"),
     case("scan {model} --threshold -1", "scan.threshold"),
+    case("predict", "MODEL"),
+    case("predict {W}/missing.safetensors --data x", "not found"),
+    case("predict {model} --data {W}/missing.npy", "missing.npy", "does not exist"),
+    case("predict {model} --data {W}/missing.npy --mips nope", "'nope'", "ivf"),
     # -- certify ----------------------------------------------------------------------------------
     case("certify", "MODEL"),
     case("certify {W}/missing.safetensors", "missing.safetensors", "not found"),
