@@ -96,6 +96,7 @@ def test_predict_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
                  "--k", "3", "--budget", "1000"])
     out = capsys.readouterr().out
     assert code == 0 and "recall@3 1.0000" in out
+    assert "95% CI" in out and "interleaved rounds" in out  # a speed figure only with its interval
     with torch.no_grad():
         top = torch.topk(model(torch.from_numpy(x)), 3, dim=1).indices[0].tolist()
     assert out.splitlines()[0].startswith(f"row 0: {top[0]}:")
