@@ -248,6 +248,12 @@ class ScanStage:
                     res.sample_flags).flatten().tolist() if res.sample_flags is not None else []}
                 rows.append([name, f"{res.score:.2f}", "poisoned data" if res.flagged else "clean",
                              "-" if res.target is None else res.target, f"{res.seconds:.1f}"])
+        data_flags = [n for n in ("activation-clustering", "spectral-signatures")
+                      if result.detections.get(n, {}).get("flagged")]
+        if not result.verdict:  # no model-level detector ran: say what was (and was not) looked at
+            result.verdict = "no model-level scan (STRIP only calibrates an input-level threshold)"
+        if data_flags:
+            result.verdict += f"; training data flagged as poisoned by {', '.join(data_flags)}"
         clean_verdict = bool(result.verdict) and not result.verdict.startswith("trojaned")
         findings.insert(0, Finding("scan.verdict", "Backdoor scan verdict", result.verdict or "not run",
                                    detail="model-level trigger search (Neural Cleanse MAD test)",
