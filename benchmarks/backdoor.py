@@ -120,6 +120,49 @@ def strip_far(model: torch.nn.Module, poison: Any, xt: torch.Tensor, yt: torch.T
     return {"far": far, "seconds": strip.seconds, "superimpose": strip.evidence["superimpose"]}
 
 
+def model_level(model: torch.nn.Module, ref: torch.Tensor, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen model-level detectors on one zoo member, with the per-class mask norms and trigger success
+    (so another statistic or threshold can be scored offline)."""
+    out: dict[str, Any] = {}
+    opts = json.loads(args.detector_options) if args.detector_options else {}
+    for name in args.model_level.split(","):
+        det = BACKDOOR_DETECTORS.create(name, steps=args.steps, batch=args.batch, seed=seed, **opts)
+        r = det(model, ref)
+        out[name] = {"score": r.score, "flagged": r.flagged, "target": r.target, "seconds": r.seconds,
+                     "norms": [round(float(v), 3) for v in r.evidence["norms"]],
+                     "success": [round(float(v), 3) for v in r.evidence["success"]]}
+    return out
+
+
+def detect_only(args: argparse.Namespace, rows: list[dict[str, Any]], log: Path) -> list[dict[str, Any]]:
+    """Rerun only the model-level detectors on the cached zoo members of ``rows`` (no training: a member
+    whose cached weights are missing is skipped); the other measurements are copied. Rows go to ``log``."""
+    done = {(r["dataset"], r["kind"], r["seed"]) for r in (
+        [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else [])}
+    out = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for ds in args.datasets.split(","):
+        xt, _ = data.load(ds, "test", limit=1000)
+        x, y = data.load(ds, "train", limit=args.train)
+        for old in rows:
+            key = (old["dataset"], old["kind"], old["seed"])
+            if old["dataset"] != ds or old["kind"] not in args.kinds.split(",") or old["seed"] >= args.models \
+                    or key in done:
+                continue
+            cache = OUT / cache_name(ds, old["kind"], old["seed"], args)
+            if not cache.exists():
+                print(f"{key}: no cached model, skipped", file=sys.stderr)
+                continue
+            model, _, _ = train_model(old["kind"], old["seed"], x, y, args, cache)
+            row = {k: v for k, v in old.items() if k not in MODEL_LEVEL}
+            row.update(model_level(model, xt[500:700], old["seed"], args))
+            out.append(row)
+            with log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(ds, old["kind"], old["seed"], " ".join(
+                f"{d} {row[d]['score']:.2f}/{row[d]['target']}" for d in args.model_level.split(",")), flush=True)
+    return out
+
+
 def measure(kind: str, seed: int, ds: str, args: argparse.Namespace, split: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     """Every detector on one zoo member; one JSON-ready row."""
     x, y, xt, yt = split
@@ -131,10 +174,7 @@ def measure(kind: str, seed: int, ds: str, args: argparse.Namespace, split: tupl
     m = evaluate_backdoor(model, poison, xt[:500], yt[:500])
     row.update(clean_acc=m.clean_accuracy, asr=m.asr)
     ref = xt[500:700]
-    for name in args.model_level.split(","):
-        det = BACKDOOR_DETECTORS.create(name, steps=args.steps, batch=args.batch, seed=seed)
-        r = det(model, ref)
-        row[name] = {"score": r.score, "flagged": r.flagged, "target": r.target, "seconds": r.seconds}
+    row.update(model_level(model, ref, seed, args))
     xs_train, ys_train = (res.x, res.y) if res is not None else (x, y)
     pois = torch.zeros(x.shape[0], dtype=torch.bool)
     if res is not None:
@@ -245,13 +285,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-level", default=",".join(MODEL_LEVEL), help="model-level detectors to run")
     p.add_argument("--batch", type=int, default=16, help="trigger-search rows per class and step")
     p.add_argument("--report-only", action="store_true", help="only print the tables of the models measured so far")
+    p.add_argument("--detect-only", metavar="TAG", default=None,
+                   help="reuse the cached zoo models of the first zoo's log and rerun only the --model-level "
+                        "detectors (no training); rows go to a log named with TAG")
+    p.add_argument("--detector-options", default="", help="JSON options for the model-level detectors")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"zoo_n{args.train}_e{args.epochs}_st{args.steps}_b{args.batch}_r{args.rate}.jsonl"
     if args.batch == 16 and not log.exists():  # the first zoo's name (batch 16 was fixed then)
         log = OUT / f"zoo_n{args.train}_e{args.epochs}_st{args.steps}_r{args.rate}.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if args.detect_only:
+        base = OUT / f"zoo_n{args.train}_e{args.epochs}_st100_r{args.rate}.jsonl"
+        log = OUT / f"zoo_n{args.train}_e{args.epochs}_st{args.steps}_b{args.batch}_r{args.rate}_{args.detect_only}.jsonl"
+        rows = detect_only(args, [json.loads(line) for line in base.read_text().splitlines()], log)
+        args.report_only = True
+    else:
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {(r["dataset"], r["kind"], r["seed"]) for r in rows}
     for ds in [] if args.report_only else args.datasets.split(","):
         try:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fortify.audit.backdoor.detect import BACKDOOR_DETECTORS, BackdoorDetection, BackdoorDetector, check_positive
-from fortify.audit.backdoor.neural_cleanse import model_level
+from fortify.audit.backdoor.neural_cleanse import Scale, check_statistic, model_level
 from fortify.audit.backdoor.reverse import ReverseOptions, reverse_triggers
 
 
@@ -55,8 +55,8 @@ class DataFreeScan(BackdoorDetector):
     min_classes = 3  # the MAD outlier test across classes
 
     def __init__(self, per_class: int = 8, inversion_steps: int = 50, tv: float = 0.5, steps: int = 300,
-                 batch: int = 32, lr: float = 0.1, init_cost: float = 1e-3, threshold: float = 2.0,
-                 seed: int = 0, batch_size: int = 256) -> None:
+                 batch: int = 32, lr: float = 0.1, init_cost: float = 1e-3, threshold: float | None = None,
+                 seed: int = 0, batch_size: int = 256, scale: Scale = "log", fwer: float = 0.1) -> None:
         super().__init__(seed, batch_size)
         self.per_class = int(check_positive(per_class, "per_class", integer=True))
         self.inversion_steps = int(check_positive(inversion_steps, "inversion_steps", integer=True))
@@ -69,7 +69,7 @@ class DataFreeScan(BackdoorDetector):
                                       batch=int(check_positive(batch, "batch", integer=True)),
                                       lr=float(check_positive(lr, "lr")),
                                       init_cost=float(check_positive(init_cost, "init_cost")))
-        self.threshold = float(check_positive(threshold, "threshold"))
+        self.threshold, self.scale, self.fwer = check_statistic(threshold, scale, fwer)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, classes: int) -> BackdoorDetection:
         gen = torch.Generator().manual_seed(self.seed)
@@ -78,7 +78,7 @@ class DataFreeScan(BackdoorDetector):
         with torch.no_grad():
             conf = float(F.softmax(model(synth), 1).max(1).values.mean())
         rev = reverse_triggers(model, synth, classes, self.options, gen)
-        res = model_level(self.name, rev, self.threshold)
+        res = model_level(self.name, rev, self.threshold, self.scale, self.fwer)
         res.evidence["synthetic_confidence"] = conf
         res.evidence["synthetic"] = synth
         return res

@@ -37,12 +37,15 @@ class ReverseOptions:
 @dataclass
 class ReversedTriggers:
     """Per class ``k``: ``masks (K, 1, H, W)``, ``patterns (K, C, H, W)``, ``norms (K,)`` (``|m_k|_1``) and
-    ``success (K,)``: the fraction of reference inputs the reversed trigger sends to ``k``."""
+    ``success (K,)``: the fraction of reference inputs the reversed trigger sends to ``k``; ``reached (K,)``
+    (bool): whether class ``k``'s trigger reached ``asr_threshold`` during the search (otherwise its mask is the
+    last iterate, not a minimal trigger, and its norm is no evidence either way)."""
 
     masks: torch.Tensor
     patterns: torch.Tensor
     norms: torch.Tensor
     success: torch.Tensor
+    reached: torch.Tensor
 
     def stamp(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """``x (N, C, H, W)`` with class ``k``'s reversed trigger applied."""
@@ -117,7 +120,7 @@ def reverse_triggers(model: nn.Module, x: torch.Tensor, classes: int, opts: Reve
         for k in range(classes):
             xk = (1 - best_m[k]) * ref + best_m[k] * best_p[k]
             success[k] = (model(xk).argmax(1) == k).float().mean()
-    return ReversedTriggers(best_m.detach(), best_p.detach(), norms.detach(), success.detach())
+    return ReversedTriggers(best_m.detach(), best_p.detach(), norms.detach(), success.detach(), ~never)
 
 
 __all__ = ["ReverseOptions", "ReversedTriggers", "reverse_triggers"]

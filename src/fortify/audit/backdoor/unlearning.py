@@ -26,7 +26,7 @@ class NeuralCleanseUnlearning(Mitigation):
     """Reverse-engineer the trigger, then unlearn it (module docstring)."""
 
     def __init__(self, steps: int = 300, fraction: float = 0.2, epochs: int = 3, lr: float = 1e-3,
-                 batch_size: int = 64, threshold: float = 2.0, seed: int = 0) -> None:
+                 batch_size: int = 64, threshold: float | None = None, seed: int = 0) -> None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -35,7 +35,7 @@ class NeuralCleanseUnlearning(Mitigation):
         self.fraction, self.epochs = float(fraction), epochs
         self.lr = float(check_positive(lr, "lr"))
         self.batch_size = int(check_positive(batch_size, "batch_size", integer=True))
-        self.threshold = float(check_positive(threshold, "threshold"))
+        self.threshold = None if threshold is None else float(check_positive(threshold, "threshold"))
         self.seed = seed
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
@@ -45,7 +45,7 @@ class NeuralCleanseUnlearning(Mitigation):
             classes = max(classes, int(model(x[:1]).shape[1]))
         ref = x[torch.randperm(x.shape[0], generator=gen)[:256]]
         rev = reverse_triggers(model, ref, classes, ReverseOptions(steps=self.steps), gen)
-        score, flagged, target, _ = verdict(rev, self.threshold)
+        score, flagged, target, _, _ = verdict(rev, self.threshold)
         m, p = rev.masks[target], rev.patterns[target]
 
         def stamp(xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
