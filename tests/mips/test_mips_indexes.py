@@ -104,3 +104,20 @@ def test_v_is_held_once(data: tuple[np.ndarray, np.ndarray]) -> None:
         copies = [k for k, a in arrays.items() if a.dtype == np.float32 and a.shape[0] == V.shape[0]
                   and a.ndim == 2 and a.shape[1] in (V.shape[1], V.shape[1] + 1)]
         assert len(copies) == 1, f"{name} holds {copies}"
+
+
+def test_graph_navigable_on_separated_clusters() -> None:
+    """20k x 32 vectors in 100 tight, well-separated clusters: the kNN graph falls apart into one component per
+    cluster, so fixed entry points strand the queries of every cluster without one (the old graph: recall@10
+    0.91 at any ef). Per-query entry points and the cluster links reach >= 0.95 at a small budget, each query
+    costing < 2% of an exhaustive scan."""
+    rng = np.random.default_rng(0)
+    n, d, q = 20_000, 32, 200
+    C = rng.standard_normal((100, d))
+    V = ((C[rng.integers(0, 100, n)] + 0.1 * rng.standard_normal((n, d))) * rng.lognormal(0, 0.3, (n, 1)))
+    U = C[rng.integers(0, 100, q)] + 0.1 * rng.standard_normal((q, d))
+    V, U = V.astype(np.float32), U.astype(np.float32)
+    truth, _ = brute(V, U, 10)
+    res = build("graph", V).search(U, 10, 32)
+    assert float(recall_at_k(res.ids, truth).mean()) >= 0.95
+    assert res.cost.inner_products < 0.02 * n
