@@ -75,9 +75,23 @@ def test_selector_reaches_target_and_reports_against_best_single(data: tuple[np.
     assert rep.best is not None and rep.table[rep.best][0] >= 0.9
     res = sel.search(U[250:])
     assert float(recall_at_k(res.ids, truth).mean()) == pytest.approx(rep.recall)
-    assert (res.cost.per_query >= indexes["ivf"].full_budget).all(), "the features' inner products are counted"
+    g = indexes["graph"]
+    assert isinstance(sel.probe, type(g)) and ("graph", 0) in sel.configs, "graph features by default"
+    assert (res.cost.per_query >= g.entry_points(U[250:])[3]).all(), "the features' inner products are counted"
+    # reuse is exact: a graph configuration continued from the features equals the graph searched alone, and its
+    # marginal cost plus the features' cost is the graph's own cost
+    R, C = sel._measure(U[250:], truth)
+    Rs, Cs = sel._measure(U[250:], truth, standalone=True)
+    F = sel._features(U[250:])[1]
+    for i, (name, b) in enumerate(sel.configs):
+        if name == "graph" and b < g.n:  # (the full budget is an exact scan, paid in full)
+            assert np.array_equal(R[i], Rs[i]) and np.allclose(C[i] + F, Cs[i]), (name, b)
+    ivf_sel = Selector(indexes, target=0.9, k=10, features=indexes["ivf"]).fit(U[:250])
+    res = ivf_sel.search(U[250:])
+    assert (res.cost.per_query >= indexes["ivf"].full_budget).all(), "the IVF features' inner products are counted"
+    assert float(recall_at_k(res.ids, truth).mean()) >= 0.85
     with pytest.raises(ConfigError):
-        Selector({"graph": indexes["graph"]})
+        Selector({"exact": build("exact", V)})
     with pytest.raises(ConfigError):
         Selector(indexes, target=1.5)
 

@@ -1,16 +1,21 @@
 """Per-query choice of index and budget: the cheapest configuration predicted to reach a target recall.
 
-Features of a query ``u`` (from an IVF index's coarse clusters, ``nlist`` inner products, plus an early probe of
-its best cluster): ``log ||u||``; the best centroid score, the gaps best - 2nd and best - 10th and the softmax
-entropy of the centroid scores (all scale-free, divided by ``||u||``); the early-probe statistic of learned
-adaptive early termination (Li, Zhang, Andersen, He 2020): the gap between the k-th best inner product found in
-the best cluster and the 2nd cluster's probe score. For every configuration ``(index, budget)`` a logistic model
-of the per-query recall@k (soft targets, L2-regularised, fitted by Newton steps in numpy) is trained on held-out
-queries; a query goes to the cheapest configuration (mean inner products measured on the training queries) whose
+Features of a query ``u`` come from the first step of a search that the chosen configuration continues, so they
+cost (almost) nothing extra. With a graph index in the pool (the default when one is): its router, the scores of
+the ``sqrt(n)`` cluster keys (each cluster's longest member) and of the seeds (:meth:`GraphIndex.entry_points`),
+which every graph configuration needs anyway; the pool gains ``(graph, 0)``, "stop at the entry points" (the seeds'
+top-k, no beam). Without one: an IVF index's coarse clusters (``nlist`` inner products) plus an early probe of its
+best cluster, which an IVF configuration continues. The features (7): ``log ||u||``; the best key/centroid score,
+the gaps best - 2nd and best - 10th and the softmax entropy of the scores (all scale-free, divided by ``||u||``);
+the early-probe statistic of learned adaptive early termination (Li, Zhang, Andersen, He 2020): the gap between
+the k-th best inner product found so far (seeds, or the best cluster's members) and the 2nd best score, and the
+same against the best. For every configuration ``(index, budget)`` a logistic model of the per-query recall@k
+(soft targets, L2-regularised, fitted by Newton steps in numpy) is trained on held-out queries; a query goes to
+the cheapest configuration (mean inner products measured on the training queries, as the selector runs it) whose
 predicted recall is at least ``target + margin``, ``margin`` the smallest that keeps the out-of-fold training mean
-recall at the target. The selector's cost counts its features (``nlist`` + one cluster) on top of the search;
-the work is reused, not repeated: an IVF configuration continues from the features' probe order and first
-cluster, the graph starts its beam from that cluster's top-k (no entry points), other indexes run as they are.
+recall at the target. The selector's cost counts its features on top of the search; the work is reused, not
+repeated: the graph's beam starts from the features' seeds, an IVF fed by its own features continues from their
+probe order and first cluster; any other configuration runs as it is (its full cost on top of the features).
 Reported by :meth:`Selector.evaluate` as recall and cost against the best single configuration at the target.
 """
 from __future__ import annotations
@@ -64,21 +69,28 @@ class SelectorReport:
 
 class Selector:
     """Choose ``(index, budget)`` per query among ``indexes`` (name -> built index, same ``V``) for ``target``
-    recall@``k``. ``budgets``: the budgets tried per index (default: each index's ladder); ``ivf``: the index
-    whose clusters give the features (default ``indexes["ivf"]``)."""
+    recall@``k``. ``budgets``: the budgets tried per index (default: each index's ladder); ``features``: the
+    index whose first search step gives the features (a :class:`GraphIndex` or an :class:`IVFIndex`; default the
+    pool's ``"graph"``, else its ``"ivf"``); ``ivf``: kept for the IVF features (same as ``features=``)."""
 
     def __init__(self, indexes: Mapping[str, Index], *, target: float = 0.95, k: int = 10,
-                 budgets: Mapping[str, list[int]] | None = None, ivf: IVFIndex | None = None) -> None:
+                 budgets: Mapping[str, list[int]] | None = None, ivf: IVFIndex | None = None,
+                 features: Index | None = None) -> None:
         if not 0 < target <= 1:
             raise ConfigError(f"target recall must be in (0, 1], got {target!r}")
         if not indexes:
             raise ConfigError("the selector needs at least one index")
-        probe = ivf if ivf is not None else indexes.get("ivf")
-        if not isinstance(probe, IVFIndex):
-            raise ConfigError("the selector's features need an IVF index: pass ivf= or include 'ivf' in indexes")
-        self.indexes, self.target, self.k, self.ivf = dict(indexes), float(target), int(k), probe
+        probe = features if features is not None else ivf if ivf is not None else \
+            indexes.get("graph") if isinstance(indexes.get("graph"), GraphIndex) else indexes.get("ivf")
+        if not isinstance(probe, (IVFIndex, GraphIndex)):
+            raise ConfigError("the selector's features need a graph or IVF index: pass features= or include "
+                              "'graph' or 'ivf' in indexes")
+        self.indexes, self.target, self.k, self.probe = dict(indexes), float(target), int(k), probe
+        self.ivf = probe if isinstance(probe, IVFIndex) else None
         self.configs: list[Config] = [(name, int(b)) for name, idx in self.indexes.items()
                                       for b in (budgets or {}).get(name, idx.budgets())]
+        if isinstance(probe, GraphIndex):  # "stop at the entry points": the seeds' top-k, nothing more
+            self.configs += [(name, 0) for name, idx in self.indexes.items() if idx is probe]
         self.weights = np.empty((0, 0))
         self.cost = np.empty(0)
         self.margin = 0.0
@@ -91,26 +103,38 @@ class Selector:
         return F, float(cost.mean())
 
     def _features(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Features, their cost, and what an IVF search can reuse: ``(probe order (q, p), early ids, scores)``."""
+        """Features, their cost, and what a search can reuse: IVF ``(probe order (q, p), early ids, scores)``;
+        graph ``(router scores, seed ids, seed scores)``."""
         norm = np.maximum(np.linalg.norm(U, axis=1), 1e-30)
-        s = self.ivf.probe_scores(U)
-        m = s.shape[1]
-        order, _ = topk_rows(s, m)
-        top, vals = order[:, :10], np.take_along_axis(s, order[:, :10], axis=1)
+        if isinstance(self.probe, GraphIndex):
+            seeds, ss, srt, cost = self.probe.entry_points(U)
+            m = min(10, srt.shape[1])
+            vals = np.where(np.isfinite(srt[:, :m]), srt[:, :m], np.nan)
+            vals = np.where(np.isnan(vals), np.nanmin(vals, axis=1, keepdims=True), vals)
+            s = np.where(np.isfinite(srt), srt, vals[:, -1:])
+            found, _ = topk_rows(ss, min(self.k, ss.shape[1]))
+            found = np.take_along_axis(ss, found, axis=1)
+            reuse: tuple[np.ndarray, np.ndarray, np.ndarray] = (srt, seeds, ss)
+        else:
+            s = self.probe.probe_scores(U)
+            order, _ = topk_rows(s, s.shape[1])
+            vals = np.take_along_axis(s, order[:, :10], axis=1)
+            early, found, rows = scan_clusters(self.probe.V, self.probe.perm, self.probe.offsets, U,
+                                               order[:, :1], min(self.k, self.probe.n))
+            cost = s.shape[1] + rows
+            reuse = (order, early, found)
         v = vals / norm[:, None]
         z = (s - s.max(axis=1, keepdims=True)) / np.maximum(s.std(axis=1, keepdims=True), 1e-12)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
         ent = -(p * np.log(np.maximum(p, 1e-30))).sum(axis=1)
-        early, found, rows = scan_clusters(self.ivf.V, self.ivf.perm, self.ivf.offsets, U, top[:, :1],
-                                       min(self.k, self.ivf.n))
         second = v[:, 1] if v.shape[1] > 1 else v[:, 0]
         best_found = np.max(np.where(np.isfinite(found), found, -np.inf), axis=1)
         kth = np.where(np.isfinite(found[:, -1]), found[:, -1], np.where(np.isfinite(best_found), best_found,
                                                                           second * norm)) / norm
         F = np.stack([np.log(norm), v[:, 0], v[:, 0] - second, v[:, 0] - v[:, -1], ent, kth - second,
                       kth - v[:, 0]], axis=1)
-        return F, m + rows, (order, early, found)
+        return F, np.asarray(cost, dtype=np.float64), reuse
 
     def _design(self, F: np.ndarray) -> np.ndarray:
         return np.hstack([(F - self.mean) / self.std, np.ones((F.shape[0], 1))])
@@ -122,7 +146,11 @@ class Selector:
         C = np.empty_like(R)
         reuse = None if standalone else self._features(U)[2]
         for i, (name, b) in enumerate(self.configs):
-            if reuse is None:
+            if reuse is None and b == 0:  # the entry points alone, paid in full
+                F = self._features(U)
+                ids, _, ips = self._run(i, U, np.arange(U.shape[0]), F[2])
+                ips = ips + F[1]
+            elif reuse is None:
                 res = self.indexes[name].search(U, self.k, b)
                 ids, ips = res.ids, res.cost.per_query
             else:
@@ -134,11 +162,20 @@ class Selector:
     def _run(self, i: int, Q: np.ndarray, rows: np.ndarray,
              reuse: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Configuration ``i`` on queries ``Q[rows]``: ``(ids, scores, inner products beyond the features)``. The
-        IVF reuses the features' probe order and first cluster; the graph starts from the first cluster's top-k."""
+        graph that gave the features starts its beam from their seeds (budget 0: returns the seeds' top-k); an IVF
+        that gave them continues from their probe order and first cluster; the graph fed by IVF features starts
+        from that cluster's top-k."""
         order, early, found = reuse
         name, b = self.configs[i]
         index = self.indexes[name]
-        if index is self.ivf:
+        if index is self.probe and isinstance(index, GraphIndex):
+            if b == 0:
+                pos, sc = topk_rows(found[rows], self.k)
+                ids = np.take_along_axis(early[rows], pos, axis=1)
+                return np.where(np.isfinite(sc), ids, -1), sc, np.zeros(rows.size)
+            if b < index.n:
+                return index.search_from(Q[rows], self.k, b, (early[rows], found[rows]))
+        if self.ivf is not None and index is self.ivf:
             sizes = np.diff(self.ivf.offsets)[order[rows]]
             need = np.argmax(np.cumsum(sizes, axis=1) >= self.k, axis=1) + 1  # as IVFIndex: >= k rows
             per_q = np.maximum(b, need)
@@ -154,7 +191,7 @@ class Selector:
             all_i = np.concatenate([early[rows], more_i], axis=1)
             pos, vals = topk_rows(np.concatenate([found[rows], more_s], axis=1), self.k)
             return np.take_along_axis(all_i, pos, axis=1), vals, more_rows
-        if isinstance(index, GraphIndex) and b < index.n:
+        if self.ivf is not None and isinstance(index, GraphIndex) and b < index.n:
             return index.search_from(Q[rows], self.k, b, (early[rows], found[rows]))
         res = index.search(Q[rows], self.k, b)
         return res.ids, res.scores, res.cost.per_query
