@@ -365,6 +365,7 @@ def main() -> None:
     p.add_argument("--no-backends", action="store_true")
     p.add_argument("--graph-max", type=int, default=256, help="largest graph ef swept (default 256)")
     p.add_argument("--ivf-frac", type=float, default=0.25, help="largest IVF probe count, fraction of nlist")
+    p.add_argument("--tag", default="", help="suffix of the results files (a partial re-run beside the full one)")
     p.add_argument("--report", metavar="JSON", nargs="+", help="print the markdown tables of results files and exit")
     args = p.parse_args()
     if args.report:
@@ -378,7 +379,8 @@ def main() -> None:
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     q, qt = args.queries, args.train_queries
-    tag = f"s{args.scale:g}" + ("" if args.sets == "clustered,gaussian,realhead" else "_" + args.sets.replace(",", "_"))
+    tag = f"s{args.scale:g}" + ("" if args.sets == "clustered,gaussian,realhead" else "_" + args.sets.replace(",", "_")) \
+        + (f"_{args.tag}" if args.tag else "")
     out: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                                        "numpy": np.__version__, "load_before": os.getloadavg()}, "scale": args.scale}
     for name in args.sets.split(","):

@@ -12,14 +12,17 @@ cluster's representatives and one representative of each of its ``build_probe - 
 that join the components), deduplicated, plus up to ``reverse`` in-edges.
 Build (IVF-assisted kNN graph, no quadratic pass): k-means of the unit directions into ``sqrt(n)`` clusters;
 each cluster's members are compared with the members of its ``build_probe`` angularly nearest clusters (two
-matrix products per cluster). Each cluster keeps ``reps`` representatives, spread by farthest-point sampling of
-the directions (so a cluster that merges two groups of points has one in each). The centroids are clustered again
-into ``sqrt(nlist)`` super-centroids (the router). Cost ``~ n * build_probe * sqrt(n) * d`` multiply-adds.
-Search: per query, score the super-centroids, the centroids of the ``route`` best super-centroids (``route = 0``:
-all centroids), and seed the beam with the representatives of the ``entry`` best centroids (per-query entry points,
-~``3 n^(1/4) + route n^(1/4) + entry * reps`` inner products instead of ``sqrt(n)`` fixed ones); then for all queries
-at once a beam search (``ef = budget``) expanding ``width`` best unexpanded pool members per step, visited sets as
-per-query bitmaps, until every pool member is expanded.
+matrix products per cluster). Each cluster keeps ``reps`` representatives: its longest member (the cluster's router key, as ip-NSW's entry
+points are long vectors) and then farthest-point samples of the directions (so a cluster that merges two groups of
+points has one in each). The unit centroids are clustered again into ``sqrt(nlist)`` super-centroids; ``route``
+is calibrated at build (the smallest number of super-centroids whose clusters hold the best key of 99% of 2,000
+sampled rows, or 0 = score every key when none under half of them does: unstructured centroids, the common case).
+Cost ``~ n * build_probe * sqrt(n) * d`` multiply-adds.
+Search (per-query entry points instead of fixed ones): score the keys (all ``sqrt(n)`` of them, or those of the
+``route`` best super-centroids); seeds = the keys of the ``entry`` best clusters (already scored) plus every
+representative of the best quarter of them (``entry / 4 * (reps - 1)`` more inner products); then, for all queries
+at once, a beam search (``ef = budget``) from the seeds expanding ``max(width, ef / 32)`` best unexpanded pool
+members per step, visited sets as per-query bitmaps, until every pool member is expanded.
 Cost per query: the inner products of the router, the seeds and every visited node (measured). ``budget >= n`` is
 an exact scan (the guarantee of recall 1.0; beam searches have none).
 """
@@ -87,8 +90,9 @@ def _padded(perm: np.ndarray, off: np.ndarray) -> np.ndarray:
 class GraphIndex(Index):
     """Proximity graph over ``V (n, d)``: ``angular`` + ``ip`` edges per node, ``reps`` representatives per
     cluster (linked from every member and from the nearest clusters), up to ``reverse`` in-edges, ``build_probe``
-    clusters compared per cluster at build; search seeds from the ``entry`` best centroids among the ``route``
-    best super-centroids' (0: all; None: the smallest that finds 99% of sampled rows' best centroid), ``max(width, ef / 32)`` expansions per step; ``seed`` of the k-means."""
+    clusters compared per cluster at build; search seeds from the ``entry`` best clusters among the ``route``
+    best super-centroids' (0: all; None: calibrated at build), ``max(width, ef / 32)`` expansions per step;
+    ``seed`` of the k-means."""
 
     def __init__(self, angular: int = 8, ip: int = 32, reverse: int = 24, build_probe: int = 4, width: int = 2,
                  reps: int = 4, entry: int = 16, route: int | None = None, seed: int = 0) -> None:

@@ -12,10 +12,11 @@ the k-th best inner product found so far (seeds, or the best cluster's members) 
 same against the best. For every configuration ``(index, budget)`` a logistic model of the per-query recall@k
 (soft targets, L2-regularised, fitted by Newton steps in numpy) is trained on held-out queries; a query goes to
 the cheapest configuration (mean inner products measured on the training queries, as the selector runs it) whose
-predicted recall is at least ``target + margin``, ``margin`` the smallest that keeps the out-of-fold training mean
-recall at the target. The selector's cost counts its features on top of the search; the work is reused, not
-repeated: the graph's beam starts from the features' seeds, an IVF fed by its own features continues from their
-probe order and first cluster; any other configuration runs as it is (its full cost on top of the features).
+predicted recall is at least ``target + margin``, ``margin`` the smallest that keeps the out-of-fold mean recall
+of each of two folds of the training queries at the target (the two fold models, averaged, then predict). The
+selector's cost counts its features on top of the search; the work is reused, not repeated: the graph's beam
+starts from the features' seeds, an IVF fed by its own features continues from their probe order and first
+cluster; any other configuration runs as it is (its full cost on top of the features).
 Reported by :meth:`Selector.evaluate` as recall and cost against the best single configuration at the target.
 """
 from __future__ import annotations
@@ -207,18 +208,21 @@ class Selector:
         self.mean, self.std = F.mean(axis=0), np.maximum(F.std(axis=0), 1e-9)
         X = self._design(F)
         self.cost = C.mean(axis=1)  # marginal: the features are paid by every query
-        # out-of-fold predictions (2 folds) calibrate the margin; the final models use every training query
+        # out-of-fold predictions (2 folds) calibrate the margin, and the same two fold models (averaged) predict
+        # at search time, so the calibration holds for the models used (a refit on every query would not be)
         fold = np.arange(Q.shape[0]) % 2
         pred = np.empty((Q.shape[0], len(self.configs)))
+        ws = []
         for f in (0, 1):
             w = np.stack([_logistic(X[fold != f], R[i, fold != f]) for i in range(len(self.configs))])
             pred[fold == f] = 1.0 / (1.0 + np.exp(-np.clip(X[fold == f] @ w.T, -30, 30)))
-        self.weights = np.stack([_logistic(X, R[i]) for i in range(len(self.configs))])
+            ws.append(w)
+        self.weights = np.stack(ws)  # (2, configs, features + 1)
         lo, hi = -1.0, 1.0
-        for _ in range(30):  # smallest margin whose choices reach the target on the training queries
+        for _ in range(30):  # smallest margin whose choices reach the target on each fold's held-out queries
             mid = 0.5 * (lo + hi)
-            pick = self._pick(pred, mid)
-            ok = R[pick, np.arange(Q.shape[0])].mean() >= self.target
+            got = R[self._pick(pred, mid), np.arange(Q.shape[0])]
+            ok = min(got[fold == 0].mean(), got[fold == 1].mean()) >= self.target
             lo, hi = (lo, mid) if ok else (mid, hi)
         self.margin = hi
         return self
@@ -232,7 +236,8 @@ class Selector:
         return exact_topk(_vectors_of(next(iter(self.indexes.values()))), Q, self.k)[0]
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-np.clip(X @ self.weights.T, -30, 30)))  # (q, c)
+        z = np.einsum("qf,mcf->mqc", X, self.weights)
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).mean(axis=0)  # (q, c): the fold models' mean
 
     def _pick(self, pred: np.ndarray, margin: float) -> np.ndarray:
         """Per query the cheapest configuration with predicted recall >= target + margin (else the best)."""
