@@ -95,7 +95,7 @@ class GraphIndex(Index):
     ``seed`` of the k-means."""
 
     def __init__(self, angular: int = 8, ip: int = 32, reverse: int = 24, build_probe: int = 4, width: int = 2,
-                 reps: int = 4, entry: int = 16, route: int | None = None, seed: int = 0) -> None:
+                 reps: int = 4, entry: int = 8, route: int | None = None, seed: int = 0) -> None:
         super().__init__()
         for name, v in (("angular", angular), ("build_probe", build_probe), ("width", width), ("reps", reps),
                         ("entry", entry)):
@@ -111,6 +111,7 @@ class GraphIndex(Index):
         self.V = np.empty((0, 0), dtype=np.float32)
         self.edges = np.empty((0, 0), dtype=np.int32)
         self.members = np.empty((0, 0), dtype=np.int64)  # (nlist, reps) representatives, -1 pads
+        self.keys = np.empty((0, 0), dtype=np.float32)  # (nlist, d) router keys
         self.supers = np.empty((0, 0), dtype=np.float32)  # (nsuper, d) unit directions
         self.lists = np.empty((0, 0), dtype=np.int64)  # (nsuper, largest) centroid ids, -1 pads
 
@@ -155,6 +156,7 @@ class GraphIndex(Index):
         edges[edges == np.arange(n)[:, None]] = -1
         self.edges = _row_unique(np.hstack([edges, _reverse(edges, self.reverse)])).astype(np.int32)
         self.members = reps
+        self.keys = (Cu * np.linalg.norm(V[reps[:, 0]], axis=1)[:, None]).astype(np.float32)
         ns = max(1, int(round(np.sqrt(nl))))
         S, slab = kmeans(Cu, ns, iters=10, seed=self.seed, metric="ip", spherical=True)
         sperm, soff = group(slab, S.shape[0])
@@ -176,10 +178,10 @@ class GraphIndex(Index):
         return 0
 
     def _keys(self) -> np.ndarray:
-        """The router's keys ``(nlist, d)``: every cluster's longest member (its first representative; a gather
-        of ``V``, not a stored copy). Scoring a key is scoring that member: the score seeds the beam for free."""
-        return self.V[self.members[:, 0]]
-
+        """The router's keys ``(nlist, d)``: every cluster's unit centroid direction times its longest member's
+        norm (norm-aware, as the IVF's probing; a merged cluster's direction lies between its groups, so a query
+        of either finds it, which the longest member alone would not)."""
+        return self.keys
     def entry_points(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per-query entry points of validated ``U (q, d)``: ``(seed ids (q, s), their exact scores (q, s),
         router scores (q, m) of the keys scored (-inf pads, best first), inner products per query (q,))``.
@@ -201,11 +203,10 @@ class GraphIndex(Index):
         pos, csort = topk_rows(cs.astype(np.float32), cs.shape[1])
         best = np.where(np.isfinite(csort[:, :e]), np.take_along_axis(cid, pos[:, :e], axis=1), -1)
         rep = np.where(best[:, :, None] >= 0, self.members[np.maximum(best, 0)], -1)
-        wide = rep[:, :max(1, e // 4), 1:].reshape(q, -1)
-        ok = wide >= 0
-        ws = np.where(ok, np.einsum("qmd,qd->qm", self.V[np.maximum(wide, 0)], U), -np.inf).astype(np.float32)
-        seeds = np.concatenate([rep[:, :, 0], wide], axis=1)
-        return seeds, np.concatenate([csort[:, :e], ws], axis=1), csort, ips + ok.sum(axis=1)
+        seeds = np.concatenate([rep[:, :, 0], rep[:, :max(1, e // 4), 1:].reshape(q, -1)], axis=1)
+        ok = seeds >= 0
+        ss = np.where(ok, np.einsum("qmd,qd->qm", self.V[np.maximum(seeds, 0)], U), -np.inf).astype(np.float32)
+        return seeds, ss, csort, ips + ok.sum(axis=1)
 
     def _beam(self, U: np.ndarray, k: int, ef: int,
               seeds: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -301,15 +302,15 @@ class GraphIndex(Index):
         return [int(b) for b in np.unique(np.minimum(ladder, self.n))] + ([self.n] if self.n > ladder.max() else [])
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"V": self.V, "edges": self.edges, "members": self.members, "supers": self.supers,
+        return {"V": self.V, "edges": self.edges, "members": self.members, "keys": self.keys, "supers": self.supers,
                 "lists": self.lists}
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        V, E, M, S, L = (arrays[k] for k in ("V", "edges", "members", "supers", "lists"))
+        V, E, M, K, S, L = (arrays[k] for k in ("V", "edges", "members", "keys", "supers", "lists"))
         n, d = V.shape
         if E.ndim != 2 or E.shape[0] != n or (E.size and E.max() >= n) or M.ndim != 2 or M.size == 0 \
                 or M[:, 0].min() < 0 or M.max() >= n or S.ndim != 2 or S.shape[1] != d or L.shape[0] != S.shape[0] \
-                or L.max() >= M.shape[0]:
+                or L.max() >= M.shape[0] or K.shape != (M.shape[0], d):
             raise ValueError("inconsistent graph arrays")
-        self.V, self.edges, self.members, self.supers, self.lists = V, E, M, S, L
+        self.V, self.edges, self.members, self.keys, self.supers, self.lists = V, E, M, K, S, L
         self.n, self.d = n, d
