@@ -21,7 +21,7 @@ Recipe section ``scan`` (:class:`ScanConfig`)::
       detectors: [neural-cleanse, strip]   # model/input level: neural-cleanse, data-free, strip
       n: 200            # test images (reference set; STRIP calibrates on half)
       steps: 100        # trigger-search steps (cheap; the library default is 300)
-      threshold: 2.0    # MAD anomaly index above which a model is flagged
+      threshold: null   # anomaly index above which a model is flagged (null: family-wise, 3.16 for 10 classes)
       frr: 0.01
       data_level: false # screen the run's train split (activation clustering, spectral signatures)
       data: null        # or screen this data set instead: a registered dataset name or a path (fortify.data.files)
@@ -95,7 +95,7 @@ class ScanConfig:
     detectors: list[str] = field(default_factory=lambda: ["neural-cleanse", "strip"])
     n: int = 200
     steps: int = 100
-    threshold: float = 2.0
+    threshold: float | None = None
     frr: float = 0.01
     data_level: bool = False
     data: str | None = None
@@ -109,7 +109,7 @@ class ScanConfig:
             raise ConfigError(f"scan.n must be an integer >= 4, got {self.n!r}")
         if self.steps < 1:
             raise ConfigError(f"scan.steps must be an integer >= 1, got {self.steps!r}")
-        if not self.threshold > 0:
+        if self.threshold is not None and not self.threshold > 0:
             raise ConfigError(f"scan.threshold must be > 0, got {self.threshold!r}")
         if not 0 < self.frr < 1:
             raise ConfigError(f"scan.frr must be in (0, 1), got {self.frr!r}")
@@ -165,7 +165,8 @@ def _model_level(ctx: RunContext, name: str, sec: ScanConfig, x: torch.Tensor, s
     ev = res.evidence
     fig = trigger_grid(ev["masks"], ev["patterns"], ev["norms"], ev["anomaly"], res.target,
                        out / f"triggers_{name}.png",
-                       f"{name}: reversed trigger per class (mask L1, anomaly index); threshold {sec.threshold}")
+                       f"{name}: reversed trigger per class (mask L1, anomaly index); threshold "
+                       f"{ev['threshold']:.2f}")
     ctx.add_artefact(f"triggers_{name}", fig, "png")
     return res, [str(fig.relative_to(ctx.run_dir)) if fig.is_relative_to(ctx.run_dir) else str(fig)]
 
@@ -211,8 +212,10 @@ class ScanStage:
                          "-" if res.target is None else res.target, f"{res.seconds:.1f}"])
             findings.append(Finding(f"scan.{name}.anomaly_index", f"{name} anomaly index", round(res.score, 3),
                                     n=int(len(res.evidence["norms"])), higher_is_better=False,
-                                    detail=f"MAD anomaly index of the smallest reversed trigger; > {sec.threshold} "
-                                           "flags the model"))
+                                    detail=f"MAD anomaly index (log mask norms) of the smallest reversed trigger; "
+                                           f"> {res.evidence['threshold']:.2f} flags the model"
+                                           + (" (family-wise: 10% false alarms on clean models)"
+                                              if sec.threshold is None else "")))
             result.verdict = result.verdict or (f"trojaned: target {res.target} ({name})" if res.flagged
                                                 else f"no backdoor found ({name})")
             if res.flagged:
