@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fortify.errors import ConfigError
 from fortify.mips._kmeans import group, kmeans
 from fortify.mips.base import INDEXES, Index, check_option, topk_rows
 from fortify.mips.exact import exact_topk
@@ -95,7 +96,8 @@ class GraphIndex(Index):
     ``seed`` of the k-means."""
 
     def __init__(self, angular: int = 8, ip: int = 32, reverse: int = 24, build_probe: int = 4, width: int = 2,
-                 reps: int = 4, entry: int = 8, route: int | None = None, seed: int = 0) -> None:
+                 reps: int = 4, entry: int = 8, route: int | None = None, keys: str | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         for name, v in (("angular", angular), ("build_probe", build_probe), ("width", width), ("reps", reps),
                         ("entry", entry)):
@@ -108,6 +110,9 @@ class GraphIndex(Index):
             int(reverse), int(build_probe), int(width), int(seed)
         self.reps, self.entry = int(reps), int(entry)
         self.route: int | None = None if route is None else int(route)
+        if keys not in (None, "member", "centroid"):
+            raise ConfigError(f"keys must be 'member', 'centroid' or None (chosen at build), got {keys!r}")
+        self.keys_kind: str | None = keys
         self.V = np.empty((0, 0), dtype=np.float32)
         self.edges = np.empty((0, 0), dtype=np.int32)
         self.members = np.empty((0, 0), dtype=np.int64)  # (nlist, reps) representatives, -1 pads
@@ -156,13 +161,29 @@ class GraphIndex(Index):
         edges[edges == np.arange(n)[:, None]] = -1
         self.edges = _row_unique(np.hstack([edges, _reverse(edges, self.reverse)])).astype(np.int32)
         self.members = reps
-        self.keys = (Cu * np.linalg.norm(V[reps[:, 0]], axis=1)[:, None]).astype(np.float32)
+        sample = np.random.default_rng(self.seed).choice(n, min(n, 2000), replace=False)
+        if self.keys_kind is None:  # the member keys when they route as well as the centroid keys (they are free)
+            hits = {kind: self._hit(self._make_keys(kind, Cu), X[sample], lab[sample]) for kind in ("member", "centroid")}
+            self.keys_kind = "member" if hits["member"] >= hits["centroid"] - 0.01 else "centroid"
+        self.keys = self._make_keys(self.keys_kind, Cu)
         ns = max(1, int(round(np.sqrt(nl))))
         S, slab = kmeans(Cu, ns, iters=10, seed=self.seed, metric="ip", spherical=True)
         sperm, soff = group(slab, S.shape[0])
         self.supers, self.lists = S.astype(np.float32), _padded(sperm, soff)
         if self.route is None:
-            self.route = self._calibrate(X[np.random.default_rng(self.seed).choice(n, min(n, 2000), replace=False)])
+            self.route = self._calibrate(X[sample])
+
+    def _make_keys(self, kind: str, Cu: np.ndarray) -> np.ndarray:
+        """Router keys ``(nlist, d)``: ``"member"``, each cluster's longest member (scoring it is scoring a seed,
+        as ip-NSW's entry points); ``"centroid"``, its unit centroid direction times that member's norm (a cluster
+        that merges two separated groups lies between them and stays findable from both)."""
+        lead = self.V[self.members[:, 0]]
+        return lead.copy() if kind == "member" else (Cu * np.linalg.norm(lead, axis=1)[:, None]).astype(np.float32)
+
+    def _hit(self, keys: np.ndarray, Q: np.ndarray, own: np.ndarray) -> float:
+        """Fraction of sample rows ``Q (m, d)`` whose own cluster ``own (m,)`` is among the ``entry`` best keys."""
+        top, _ = topk_rows(Q @ keys.T, min(self.entry, keys.shape[0]))
+        return float((top == own[:, None]).any(axis=1).mean())
 
     def _calibrate(self, Q: np.ndarray, hit: float = 0.99) -> int:
         """The smallest ``route`` whose routed centroids contain the flat scan's best centroid for ``hit`` of the
@@ -178,10 +199,9 @@ class GraphIndex(Index):
         return 0
 
     def _keys(self) -> np.ndarray:
-        """The router's keys ``(nlist, d)``: every cluster's unit centroid direction times its longest member's
-        norm (norm-aware, as the IVF's probing; a merged cluster's direction lies between its groups, so a query
-        of either finds it, which the longest member alone would not)."""
+        """The router's keys ``(nlist, d)`` (see :meth:`_make_keys`; ``keys``, chosen at build by :meth:`_hit`)."""
         return self.keys
+
     def entry_points(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per-query entry points of validated ``U (q, d)``: ``(seed ids (q, s), their exact scores (q, s),
         router scores (q, m) of the keys scored (-inf pads, best first), inner products per query (q,))``.
@@ -206,7 +226,8 @@ class GraphIndex(Index):
         seeds = np.concatenate([rep[:, :, 0], rep[:, :max(1, e // 4), 1:].reshape(q, -1)], axis=1)
         ok = seeds >= 0
         ss = np.where(ok, np.einsum("qmd,qd->qm", self.V[np.maximum(seeds, 0)], U), -np.inf).astype(np.float32)
-        return seeds, ss, csort, ips + ok.sum(axis=1)
+        free = ok[:, :e].sum(axis=1) if self.keys_kind == "member" else 0  # the keys' scores are the seeds'
+        return seeds, ss, csort, ips + ok.sum(axis=1) - free
 
     def _beam(self, U: np.ndarray, k: int, ef: int,
               seeds: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
