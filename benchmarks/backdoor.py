@@ -41,7 +41,7 @@ from fortify.audit.backdoor.strip import far_at_frr
 from fortify.errors import FortifyError
 
 OUT = Path(__file__).resolve().parent / "results" / "backdoor"
-ATTACKS = ("badnets", "blended", "wanet")
+ATTACKS = ("badnets", "blended", "wanet", "clean-label")
 MODEL_LEVEL = ("neural-cleanse", "data-free")
 DATA_LEVEL = ("activation-clustering", "spectral-signatures", "activation-clustering@features",
               "spectral-signatures@features")
@@ -55,6 +55,10 @@ def poison_for(kind: str, seed: int, rate: float) -> Any:
                               position=CORNERS[seed % 4])
     if kind == "blended":
         return POISONS.create("blended", rate=rate, target=target, seed=seed, alpha=0.2)
+    if kind == "clean-label":  # Turner et al.: only target-class images, made hard by PGD (linf 0.3) before the patch;
+        # 0.8 x rate: most of the target class (~10% of the set) carries the trigger, labels untouched
+        return POISONS.create("clean-label", rate=0.8 * rate, target=target, seed=seed, size=3 + seed % 2,
+                              position=CORNERS[seed % 4], eps=0.3)
     # s = 4, no noise mode: the paper's s = 0.5 (with noise) is not learnt by a small CNN in a few CPU seconds
     # (ASR 10-45% measured at s = 0.5-3 with noise, 90% at s = 4 without)
     return POISONS.create("wanet", rate=rate, target=target, seed=seed, k=4, s=4.0, noise=False)
