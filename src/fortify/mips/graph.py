@@ -12,17 +12,20 @@ cluster's representatives and one representative of each of its ``build_probe - 
 that join the components), deduplicated, plus up to ``reverse`` in-edges.
 Build (IVF-assisted kNN graph, no quadratic pass): k-means of the unit directions into ``sqrt(n)`` clusters;
 each cluster's members are compared with the members of its ``build_probe`` angularly nearest clusters (two
-matrix products per cluster). Each cluster keeps ``reps`` representatives: its longest member (the cluster's router key, as ip-NSW's entry
+matrix products per cluster). Each cluster keeps ``reps`` representatives: its longest member (ip-NSW's entry
 points are long vectors) and then farthest-point samples of the directions (so a cluster that merges two groups of
-points has one in each). The unit centroids are clustered again into ``sqrt(nlist)`` super-centroids; ``route``
-is calibrated at build (the smallest number of super-centroids whose clusters hold the best key of 99% of 2,000
-sampled rows, or 0 = score every key when none under half of them does: unstructured centroids, the common case).
-Cost ``~ n * build_probe * sqrt(n) * d`` multiply-adds.
+points has one in each). Each cluster has a router key (``router``): ``"centroid"``, its unit centroid direction
+times its longest member's norm (a merged cluster stays findable from both groups), or ``"member"``, the longest
+member itself (its score is a seed's, free); ``None`` picks at build whichever puts sampled rows' own clusters among
+the ``entry`` best keys (within 0.01: member); both benchmark sets pick centroid. The unit centroids are clustered
+again into ``sqrt(nlist)`` super-centroids; ``route`` is calibrated at build (the smallest number of
+super-centroids whose clusters hold the best key of 99% of 2,000 sampled rows, or 0 = score every key when none
+under half of them does: unstructured centroids, the common case). Cost ``~ n * build_probe * sqrt(n) * d``.
 Search (per-query entry points instead of fixed ones): score the keys (all ``sqrt(n)`` of them, or those of the
-``route`` best super-centroids); seeds = the keys of the ``entry`` best clusters (already scored) plus every
-representative of the best quarter of them (``entry / 4 * (reps - 1)`` more inner products); then, for all queries
-at once, a beam search (``ef = budget``) from the seeds expanding ``max(width, ef / 32)`` best unexpanded pool
-members per step, visited sets as per-query bitmaps, until every pool member is expanded.
+``route`` best super-centroids); seeds = the longest members of the ``entry`` best clusters plus every other
+representative of the best quarter of them (``entry * (1 + (reps - 1) / 4)`` inner products); then, for all
+queries at once, a beam search (``ef = budget``) from the seeds expanding ``max(width, ef / 32)`` best unexpanded
+pool members per step, visited sets as per-query bitmaps, until every pool member is expanded.
 Cost per query: the inner products of the router, the seeds and every visited node (measured). ``budget >= n`` is
 an exact scan (the guarantee of recall 1.0; beam searches have none).
 """
@@ -96,7 +99,7 @@ class GraphIndex(Index):
     ``seed`` of the k-means."""
 
     def __init__(self, angular: int = 8, ip: int = 32, reverse: int = 24, build_probe: int = 4, width: int = 2,
-                 reps: int = 4, entry: int = 8, route: int | None = None, keys: str | None = None,
+                 reps: int = 4, entry: int = 8, route: int | None = None, router: str | None = None,
                  seed: int = 0) -> None:
         super().__init__()
         for name, v in (("angular", angular), ("build_probe", build_probe), ("width", width), ("reps", reps),
@@ -110,9 +113,9 @@ class GraphIndex(Index):
             int(reverse), int(build_probe), int(width), int(seed)
         self.reps, self.entry = int(reps), int(entry)
         self.route: int | None = None if route is None else int(route)
-        if keys not in (None, "member", "centroid"):
-            raise ConfigError(f"keys must be 'member', 'centroid' or None (chosen at build), got {keys!r}")
-        self.keys_kind: str | None = keys
+        if router not in (None, "member", "centroid"):
+            raise ConfigError(f"router must be 'member', 'centroid' or None (chosen at build), got {router!r}")
+        self.router: str | None = router
         self.V = np.empty((0, 0), dtype=np.float32)
         self.edges = np.empty((0, 0), dtype=np.int32)
         self.members = np.empty((0, 0), dtype=np.int64)  # (nlist, reps) representatives, -1 pads
@@ -162,10 +165,11 @@ class GraphIndex(Index):
         self.edges = _row_unique(np.hstack([edges, _reverse(edges, self.reverse)])).astype(np.int32)
         self.members = reps
         sample = np.random.default_rng(self.seed).choice(n, min(n, 2000), replace=False)
-        if self.keys_kind is None:  # the member keys when they route as well as the centroid keys (they are free)
-            hits = {kind: self._hit(self._make_keys(kind, Cu), X[sample], lab[sample]) for kind in ("member", "centroid")}
-            self.keys_kind = "member" if hits["member"] >= hits["centroid"] - 0.01 else "centroid"
-        self.keys = self._make_keys(self.keys_kind, Cu)
+        if self.router is None:  # the member keys when they route as well as the centroid keys (they are free)
+            hits = {kind: self._hit(self._make_keys(kind, Cu), X[sample], lab[sample])
+                    for kind in ("member", "centroid")}
+            self.router = "member" if hits["member"] >= hits["centroid"] - 0.01 else "centroid"
+        self.keys = self._make_keys(self.router, Cu)
         ns = max(1, int(round(np.sqrt(nl))))
         S, slab = kmeans(Cu, ns, iters=10, seed=self.seed, metric="ip", spherical=True)
         sperm, soff = group(slab, S.shape[0])
@@ -226,7 +230,7 @@ class GraphIndex(Index):
         seeds = np.concatenate([rep[:, :, 0], rep[:, :max(1, e // 4), 1:].reshape(q, -1)], axis=1)
         ok = seeds >= 0
         ss = np.where(ok, np.einsum("qmd,qd->qm", self.V[np.maximum(seeds, 0)], U), -np.inf).astype(np.float32)
-        free = ok[:, :e].sum(axis=1) if self.keys_kind == "member" else 0  # the keys' scores are the seeds'
+        free = ok[:, :e].sum(axis=1) if self.router == "member" else 0  # the keys' scores are the seeds'
         return seeds, ss, csort, ips + ok.sum(axis=1) - free
 
     def _beam(self, U: np.ndarray, k: int, ef: int,
