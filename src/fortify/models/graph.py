@@ -292,4 +292,21 @@ def trace(model: nn.Module, in_shape: tuple[int, ...], ref: torch.Tensor | None 
     return g
 
 
-__all__ = ["FUNCTIONS", "GraphNode", "ModelGraph", "Ref", "call_function", "evaluate", "trace"]
+def execution_order(model: nn.Module, x: torch.Tensor, modules: list[tuple[str, nn.Module]]) -> list[str]:
+    """Names of ``modules`` in the order one forward pass of ``x[:1]`` runs them (a module run twice appears
+    twice): forward order, not registration order (a residual block's shortcut is registered after the convs it
+    skips). The hooks are always removed. Cost: one forward of one row, without gradients."""
+    from fortify.validation import forward_checked
+
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in modules]
+    try:
+        with torch.no_grad():
+            forward_checked(model, x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+__all__ = ["FUNCTIONS", "GraphNode", "ModelGraph", "Ref", "call_function", "evaluate", "execution_order", "trace"]

@@ -18,31 +18,23 @@ import torch
 from torch import nn
 
 from fortify.errors import ConfigError, UnsupportedLayerError
+from fortify.models.graph import execution_order
 from fortify.validation import forward_checked
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
 
 
-def execution_order(model: nn.Module, x: torch.Tensor, kinds: tuple[type, ...]) -> list[tuple[str, nn.Module]]:
+def executed(model: nn.Module, x: torch.Tensor, kinds: tuple[type, ...]) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of the modules of ``kinds`` in the order one forward pass of ``x[:1]`` runs them
-    (each once, at its first run). Cost: one forward of one row without gradients."""
-    seen: list[str] = []
-    mods: dict[str, nn.Module] = {n: m for n, m in model.named_modules() if n and isinstance(m, nn.Module)
-                                  and isinstance(m, kinds)}
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: seen.append(n)) for n, m in mods.items()]
-    try:
-        with torch.no_grad():
-            forward_checked(model, x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    order = list(dict.fromkeys(seen))
-    return [(n, mods[n]) for n in order]
+    (each once, at its first run; :func:`fortify.models.graph.execution_order`). Cost: one forward of one row."""
+    mods: dict[str, nn.Module] = {n: m for n, m in model.named_modules()
+                                  if n and isinstance(m, kinds) and isinstance(m, nn.Module)}
+    return [(n, mods[n]) for n in dict.fromkeys(execution_order(model, x, list(mods.items())))]
 
 
 def head(model: nn.Module, x: torch.Tensor) -> nn.Linear:
     """The last executed ``nn.Linear`` whose output is the model's logits (checked on ``x[:1]``)."""
-    linears = execution_order(model, x, (nn.Linear,))
+    linears = executed(model, x, (nn.Linear,))
     if not linears:
         raise UnsupportedLayerError(f"{type(model).__name__} has no nn.Linear head: this detector needs the "
                                     "penultimate features (the input of the last linear layer)")
@@ -100,8 +92,8 @@ def feature_layers(model: nn.Module, x: torch.Tensor, count: int) -> dict[str, n
     penultimate feature is taken separately from :func:`head`. ``count = 0`` gives none."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ConfigError(f"layers must be an integer >= 0 (earlier activation layers in the ensemble), got {count!r}")
-    acts = execution_order(model, x, ACTIVATIONS)
+    acts = executed(model, x, ACTIVATIONS)
     return dict(acts[-count - 1:-1]) if count and len(acts) > 1 else {}
 
 
-__all__ = ["capture", "execution_order", "feature_layers", "head", "pooled", "replaced_input"]
+__all__ = ["capture", "executed", "feature_layers", "head", "pooled", "replaced_input"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fortify.errors import ConfigError, UnsupportedLayerError
-from fortify.validation import forward_checked
+from fortify.models.graph import execution_order
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -24,20 +24,6 @@ def named_layer(model: nn.Module, name: str) -> nn.Module:
         raise ConfigError(f"layer {name!r} does not exist in {type(model).__name__}{hint}; layers: "
                           f"{', '.join(names[:30])}{' ...' if len(names) > 30 else ''}")
     return modules[name]
-
-
-def execution_order(model: nn.Module, x: torch.Tensor, modules: list[tuple[str, nn.Module]]) -> list[str]:
-    """Names of ``modules`` in the order one forward pass of ``x[:1]`` runs them (a module run
-    twice appears twice). Cost: one forward of one row, without gradients."""
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in modules]
-    try:
-        with torch.no_grad():
-            forward_checked(model, x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return order
 
 
 def last_conv(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fortify.errors import ConfigError
-from fortify.explain.attributions._layers import execution_order
+from fortify.models.graph import execution_order
 from fortify.explain.base import DEFAULT_BATCH_SIZE, Attribution
 from fortify.explain.metrics.base import ATTRIBUTION_METRICS, AttributionMetric
 from fortify.explain.metrics.sensitivity import build_method
