@@ -32,11 +32,8 @@ from typing import Any
 import torch
 
 from fortify import data as fdata
-from fortify import models as fmodels
-from fortify.config import load_config
 from fortify.explain import ATTRIBUTION_METRICS, ATTRIBUTIONS
-from fortify.train import Trainer
-from fortify.train import tasks as ftasks
+from recipe_models import recipe_model  # benchmarks/recipe_models.py (scripts run with benchmarks/ on sys.path)
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache" / "explain"
@@ -56,24 +53,7 @@ OPTIONS: dict[str, dict[str, Any]] = {"integrated-gradients": {"steps": 16}, "sm
 def train_model(kind: str, a: argparse.Namespace) -> torch.nn.Module:
     """small-cnn from fortify's recipe (``standard``: standard-mnist-5k; ``robust``: PGD-AT of
     robust-mnist-5k at ``--eps``), trained for ``--epochs``; cached."""
-    path = CACHE / f"{kind}-e{a.epochs}-eps{a.eps}.safetensors"
-    if path.is_file() and not a.retrain:
-        return fmodels.load(path).eval()
-    if kind == "standard":
-        cfg = load_config("standard-mnist-5k", [f"train.epochs={a.epochs}"])
-    else:
-        cfg = load_config("robust-mnist-5k", [f"train.epochs={a.epochs}", f"task.args.threat=linf:{a.eps}"])
-    model = fmodels.from_config(cfg)
-    task = ftasks.create(cfg.task.name, **cfg.task.args)
-    train, test = fdata.load("mnist-5k", "train"), fdata.load("mnist-5k", "test")
-    t0 = time.perf_counter()
-    from fortify.train.adversarial import callbacks_for
-
-    Trainer(model, task, cfg.train, progress=False, callbacks=callbacks_for(task, test)).fit(train=train, val=test)
-    print(f"trained {kind} ({cfg.task.name}) in {time.perf_counter() - t0:.0f} s", flush=True)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    fmodels.save(model, path)
-    return model.eval()
+    return recipe_model(kind, a.epochs, a.eps, CACHE, retrain=a.retrain)
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[float, float]:
