@@ -5,22 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any, ClassVar
 
-from fortify.cli.base import UsageError, _quote, build_raw, register_verb
+from fortify.cli.base import UsageError, _quote, build_raw, comma_names, names_override, register_verb
 from fortify.cli.evaluate import add_model_options, model_overrides, run_model_verb
 
 AUDIT_STAGES = ("load", "audit", "report")
 
 
-def _names(text: str, flag: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise UsageError(f"{flag} needs at least one name, e.g. {flag} a,b")
-    return names
-
-
 def _eps(text: str) -> list[float]:
     try:
-        return [float(t) for t in _names(text, "--eps")]
+        return [float(t) for t in comma_names(text, "--eps")]
     except ValueError:
         raise UsageError(f"--eps must be comma-separated numbers, e.g. --eps 0.05,0.1; got {text!r}") from None
 
@@ -110,8 +103,7 @@ class AuditVerb:
                           ("ood_sets", "ood_sets")):
             value = getattr(args, flag)
             if value is not None:
-                names = _names(value, "--" + flag.replace("_", "-"))
-                extra.append(f"audit.{key}=[{', '.join(_quote(n) for n in names)}]")
+                extra.append(names_override(f"audit.{key}", comma_names(value, "--" + flag.replace("_", "-"))))
         if args.eps is not None:
             extra.append(f"audit.eps=[{', '.join(repr(e) for e in _eps(args.eps))}]")
         for flag in ("n", "n_fit"):

@@ -148,6 +148,19 @@ def _quote(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
+def comma_names(text: str, flag: str, *, allow_empty: bool = False) -> list[str]:
+    """The names of ``--flag a,b`` (stripped, empty items dropped); UsageError when none is left."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names and not allow_empty:
+        raise UsageError(f"{flag} needs at least one name, e.g. {flag} a,b")
+    return names
+
+
+def names_override(key: str, names: Sequence[str]) -> str:
+    """The ``KEY=['a', 'b']`` override of a list of names (each quoted as a YAML string)."""
+    return f"{key}=[{', '.join(_quote(n) for n in names)}]"
+
+
 def build_raw(args: argparse.Namespace, extra: Sequence[str] = ()) -> dict[str, Any]:
     """Recipe (``--recipe``) + ``KEY=VALUE`` overrides + ``extra`` + flag overrides, unvalidated."""
     from fortify.config import apply_overrides, read_recipe

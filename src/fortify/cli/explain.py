@@ -5,17 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, ClassVar
 
-from fortify.cli.base import UsageError, _quote, build_raw, register_verb
+from fortify.cli.base import _quote, build_raw, comma_names, names_override, register_verb
 from fortify.cli.evaluate import add_model_options, model_overrides, run_model_verb
 
 EXPLAIN_STAGES = ("load", "explain", "report")
-
-
-def _names(text: str, flag: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if flag == "--methods" and not names:
-        raise UsageError("--methods needs at least one attribution method name, e.g. --methods saliency,gradcam")
-    return names
 
 
 def _cell(s: Any) -> str:
@@ -109,9 +102,9 @@ class ExplainVerb:
         args.verb = self.name
         extra: list[str] = []
         if args.methods is not None:
-            extra.append(f"explain.methods=[{', '.join(_quote(m) for m in _names(args.methods, '--methods'))}]")
+            extra.append(names_override("explain.methods", comma_names(args.methods, "--methods")))
         if args.metrics is not None:
-            extra.append(f"explain.metrics=[{', '.join(_quote(m) for m in _names(args.metrics, '--metrics'))}]")
+            extra.append(names_override("explain.metrics", comma_names(args.metrics, "--metrics", allow_empty=True)))
         if args.n is not None:
             extra.append(f"explain.n={args.n}")
         if args.target is not None:

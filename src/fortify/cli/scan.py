@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, ClassVar
 
-from fortify.cli.base import UsageError, _quote, build_raw, register_verb
+from fortify.cli.base import UsageError, build_raw, comma_names, names_override, register_verb
 from fortify.cli.evaluate import add_model_options, model_overrides, run_model_verb
 
 SCAN_STAGES = ("load", "scan", "report")
@@ -83,11 +83,10 @@ class ScanVerb:
             return run_model_verb(args, self.name, {}, SCAN_STAGES, show_scan)
         extra: list[str] = []
         if args.detectors is not None:
-            names = [t.strip() for t in args.detectors.split(",") if t.strip()]
-            bad = [n for n in names if n not in CHOICES]
-            if not names or bad:
+            names = comma_names(args.detectors, "--detectors", allow_empty=True)
+            if not names or any(n not in CHOICES for n in names):
                 raise UsageError(f"scan: --detectors takes names of: {', '.join(CHOICES)}; got {args.detectors!r}")
-            extra.append(f"scan.detectors=[{', '.join(_quote(n) for n in names)}]")
+            extra.append(names_override("scan.detectors", names))
         if args.data is not None or args.data_level:  # --data PATH (a run option: data.path) is screened too
             extra.append("scan.data_level=true")
         for flag in ("n", "steps", "threshold"):
