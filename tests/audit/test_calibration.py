@@ -127,3 +127,17 @@ def test_reliability_diagram_writes_png(tmp_path) -> None:  # type: ignore[no-un
     p, y = random_probs()
     out = cal.reliability_diagram(p, y, tmp_path / "rel.png", n_bins=10, others={"sharper": (p * 2).softmax(1)})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ece_bootstrap_interval_contains_the_ece_and_narrows_with_n() -> None:
+    from fortify.audit.calibration import calibration_report
+
+    g = torch.Generator().manual_seed(0)
+    widths = []
+    for n in (100, 1600):
+        probs = torch.softmax(3 * torch.randn(n, 4, generator=g), dim=1)
+        labels = torch.multinomial(probs, 1, generator=g).squeeze(1)  # calibrated in expectation
+        r = calibration_report(probs, labels)
+        assert r.ece_interval is not None and r.ece_interval[0] <= r.ece <= r.ece_interval[1] + 1e-12
+        widths.append(r.ece_interval[1] - r.ece_interval[0])
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(n)

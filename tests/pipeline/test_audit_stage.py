@@ -62,6 +62,8 @@ def test_stage_matches_the_library_and_leaves_the_model(tmp_path: Path) -> None:
     assert "audit/corruptions.png" in sec.figures
     keys = [f.key for f in sec.findings]
     assert keys[:2] == ["calibration.ece", "ood.best_auroc"] and 1 <= len(keys) <= 5
+    for f in sec.findings:  # every headline figure carries its n and a 95% interval that contains it
+        assert f.n and f.interval is not None and f.interval[0] <= f.value <= f.interval[1], f
     doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert doc["models"]["model"]["calibration"]["uncalibrated"]["ece"] == pytest.approx(ref.ece, abs=1e-6)
     assert ctx.metrics["audit"]["model/uncalibrated/ece"] == pytest.approx(ref.ece, abs=1e-6)

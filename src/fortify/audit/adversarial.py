@@ -43,7 +43,7 @@ from fortify.attacks.losses import margin_loss
 from fortify.attacks.steps import steepest_ascent
 from fortify.audit.calibration import CalibrationReport, calibration_report, check_inputs, predict_probs
 from fortify.audit.detect.base import FittedDetector, check_count, check_nonnegative
-from fortify.audit.detect.metrics import auroc, fpr_at_tpr
+from fortify.audit.detect.metrics import detection_score
 from fortify.errors import ConfigError, InputError
 from fortify.threat import ThreatModel
 
@@ -151,6 +151,8 @@ class DetectionRow:
     n: int
     n_success: int
     collapsed: bool = False
+    #: percentile-bootstrap 95% interval of ``auroc`` (clean and successful adversarial rows resampled)
+    auroc_interval: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -177,12 +179,14 @@ def detection_row(fitted: FittedDetector, s_clean: torch.Tensor, tau: float, x_a
     """Score ``x_adv`` and compare its successful rows (``wrong``) with the clean scores."""
     s_adv = fitted.score(x_adv)
     n, k = int(x_adv.shape[0]), int(wrong.sum())
-    au = fp = None
+    au = fp = band = None
     if k >= 1:
-        au, fp = auroc(s_clean, s_adv[wrong]), fpr_at_tpr(s_clean, s_adv[wrong], TPR)
+        score = detection_score(s_clean, s_adv[wrong])
+        au, fp, band = score.auroc, score.fpr95, score.intervals["auroc"]
     evasion = float((wrong & (s_adv <= tau)).double().mean())
     return DetectionRow(fitted.name, attack, float(eps), kind, au, fp, k / n, evasion, n, k,
-                        collapsed=kind == "adaptive" and au is not None and au < COLLAPSE_AUROC and k >= MIN_SUCCESS)
+                        collapsed=kind == "adaptive" and au is not None and au < COLLAPSE_AUROC and k >= MIN_SUCCESS,
+                        auroc_interval=band)
 
 
 def _threat(norm: str, eps: float) -> ThreatModel:

@@ -168,9 +168,23 @@ class CalibrationReport:
     mean_confidence: float
     n: int
     n_bins: int
+    #: percentile-bootstrap 95% interval of ``ece`` over the N predictions (None: not computed)
+    ece_interval: tuple[float, float] | None = None
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def ece_interval(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = DEFAULT_BINS, *, resamples: int = 200,
+                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap ``level`` interval of the top-label ECE, rows resampled with a seeded generator.
+    Cost: ``resamples`` ECE evaluations, O(N) each."""
+    g = torch.Generator().manual_seed(seed)
+    n = probs.shape[0]
+    draws = torch.tensor([top_label_ece(probs[idx], labels[idx], n_bins) for idx in
+                          (torch.randint(0, n, (n,), generator=g) for _ in range(resamples))], dtype=torch.float64)
+    lo, hi = torch.quantile(draws, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return float(lo), float(hi)
 
 
 def calibration_report(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = DEFAULT_BINS) -> CalibrationReport:
@@ -182,7 +196,8 @@ def calibration_report(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 
         ece=top_label_ece(p, y, n_bins), mce=top_label_ece(p, y, n_bins, "max"),
         rms_ece=top_label_ece(p, y, n_bins, "l2"), classwise_ece=classwise_ece(p, y, n_bins),
         adaptive_ece=adaptive_ece(p, y, n_bins), brier=brier_score(p, y), nll=nll(p, y),
-        accuracy=float(hit.mean()), mean_confidence=float(conf.mean()), n=int(p.shape[0]), n_bins=n_bins)
+        accuracy=float(hit.mean()), mean_confidence=float(conf.mean()), n=int(p.shape[0]), n_bins=n_bins,
+        ece_interval=ece_interval(p, y, n_bins))
 
 
 def check_inputs(model: object, x: object, *, name: str = "x") -> torch.Tensor:
@@ -261,5 +276,5 @@ def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | P
 
 
 __all__ = ["CalibrationReport", "DEFAULT_BINS", "adaptive_ece", "binned", "brier_score", "calibration_report",
-           "check_inputs", "check_probs", "classwise_ece", "max_calibration_error", "nll", "predict_logits", "predict_probs",
+           "check_inputs", "check_probs", "classwise_ece", "ece_interval", "max_calibration_error", "nll", "predict_logits", "predict_probs",
            "reliability_diagram", "top_label_ece"]

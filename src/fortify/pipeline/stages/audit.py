@@ -155,15 +155,30 @@ def tables(audits: dict[str, ModelAudit]) -> list[Table]:
     return out
 
 
+def _pct(band: tuple[float, float] | None) -> tuple[float, float] | None:
+    return None if band is None else (round(100 * band[0], 2), round(100 * band[1], 2))
+
+
+def _mean_accuracy_band(accuracies: list[float], n: int) -> tuple[float, float]:
+    """A conservative 95% interval of the mean of accuracies measured on the same ``n`` images: the standard
+    error of each is ``sqrt(p (1 - p) / n)`` and, the images being shared, the mean's is at most their mean."""
+    mean = sum(accuracies) / len(accuracies)
+    se = sum(math.sqrt(p * (1 - p) / n) for p in accuracies) / len(accuracies)
+    return max(0.0, mean - 1.96 * se), min(1.0, mean + 1.96 * se)
+
+
 def findings(a: ModelAudit) -> list[Finding]:
-    """The headline figures of the main model (see the module docstring)."""
+    """The headline figures of the main model (see the module docstring), each with its n and 95% interval."""
+    from fortify.stats import proportion_interval
+
     out = []
     if "uncalibrated" in a.calibration:
         r = a.calibration["uncalibrated"]
         best = min(a.calibration.items(), key=lambda kv: kv[1].ece)
         out.append(Finding("calibration.ece", "Expected calibration error (top-label, 15 bins)", round(100 * r.ece, 2),
-                           "%", n=r.n, detail=f"best post-hoc: {best[0]} {100 * best[1].ece:.2f}%; NLL {r.nll:.3f}",
-                           higher_is_better=False))
+                           "%", n=r.n, interval=_pct(r.ece_interval),
+                           detail=f"bootstrap interval; best post-hoc: {best[0]} {100 * best[1].ece:.2f}%; NLL "
+                                  f"{r.nll:.3f}", higher_is_better=False))
     best_ood = a.best_ood()
     if best_ood is not None:
         det, s, v = best_ood
@@ -182,15 +197,20 @@ def findings(a: ModelAudit) -> list[Finding]:
                                                    "is noisy") if w)
             out.append(Finding("adversarial.adaptive_auroc", f"Best detector AUROC under the adaptive attack, "
                                f"{rows[0].eps:g}", round(100 * (best.auroc or 0.0), 2), "%", n=best.n_success,
-                               detail=f"{best.detector}; FPR@95TPR {100 * (best.fpr95 or 0):.1f}%", warning=warn,
+                               interval=_pct(best.auroc_interval), detail=f"{best.detector}; FPR@95TPR {100 * (best.fpr95 or 0):.1f}%", warning=warn,
                                higher_is_better=True))
     if a.corruptions is not None:
         out.append(Finding("corruptions.mean_accuracy", "Mean accuracy under MNIST-C corruptions",
                            round(100 * a.corruptions.mean_accuracy, 2), "%", n=a.corruptions.n,
-                           detail=f"clean {100 * a.corruptions.clean_accuracy:.1f}%", higher_is_better=True))
+                           interval=_pct(_mean_accuracy_band([a.corruptions.accuracy(c) for c in a.corruptions.names],
+                                                             a.corruptions.n)),
+                           detail=f"clean {100 * a.corruptions.clean_accuracy:.1f}%; interval conservative (the "
+                                  "corruptions share the images)", higher_is_better=True))
     if a.fooling is not None:
+        n_fool = int(a.fooling.labels.numel())
         out.append(Finding("fooling.rate", "Fooling images at >= 99% confidence", round(100 * a.fooling.rate, 2), "%",
-                           n=int(a.fooling.labels.numel()), higher_is_better=False))
+                           n=n_fool, interval=_pct(proportion_interval(round(a.fooling.rate * n_fool), n_fool)),
+                           detail="exact binomial interval", higher_is_better=False))
     return out[:5]
 
 
