@@ -41,11 +41,12 @@ OPTIMISERS: dict[str, tuple[float, str]] = {"sgd": (0.05, "linear"), "adam": (1e
                                             "lars-const": (5.0, "none")}  # LARS, rate not scaled with the batch
 
 
-def robust_and_clean(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[float, float]:
-    """``(clean accuracy, PGD-20 robust accuracy)`` of ``model`` on ``x (N, 1, 28, 28)``, ``y (N,)``."""
+def robust_and_clean(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                     steps: int = 20) -> tuple[float, float]:
+    """``(clean accuracy, PGD-steps robust accuracy)`` of ``model`` on ``x (N, 1, 28, 28)``, ``y (N,)``."""
     from fortify.models.state import eval_mode
 
-    attack = create_attack("pgd", steps=20)
+    attack = create_attack("pgd", steps=steps)
     with eval_mode(model), torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
     res = attack(model, x, y, ThreatModel.parse(f"linf:{eps}"), generator=torch.Generator().manual_seed(0))
@@ -54,20 +55,42 @@ def robust_and_clean(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, e
     return clean, robust
 
 
-def run_cell(opt: str, batch: int, args: argparse.Namespace, train: Any, test: Any) -> dict[str, Any]:
-    """Train one model with ``opt`` at global batch ``batch``; return the row."""
-    lr, rule = OPTIMISERS[opt]
+def cell_lr(opt: str, batch: int, args: argparse.Namespace) -> tuple[float, str]:
+    """``(lr, scaling rule)`` of a cell: ``--peak-lr`` (unscaled) when given, else the table's base and rule."""
+    if args.peak_lr is not None:
+        return float(args.peak_lr), "none"
+    return OPTIMISERS[opt]
+
+
+def cell_key(opt: str, batch: int, args: argparse.Namespace, n_train: int) -> tuple[Any, ...]:
+    """What makes a row the same measurement (used to skip rows already in ``--out`` on a rerun)."""
+    lr, rule = cell_lr(opt, batch, args)
+    return (opt, batch, round(lr, 12), rule, args.warmup, args.epochs, args.task, args.dataset, n_train,
+            args.eps_ramp, args.tag)
+
+
+def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """:func:`cell_key` of a stored row (older rows lack some fields: their defaults are filled in)."""
+    return (r["optimizer"], r["batch"], round(r.get("lr", r["peak_lr"]), 12), r.get("lr_scaling", "?"),
+            r.get("warmup", 0.1), r["epochs"], r["task"], r["dataset"], r["n_train"], r.get("eps_ramp", 0.4),
+            r.get("tag", ""))
+
+
+def run_cell(opt: str, batch: int, args: argparse.Namespace, train: Any, test: Any,
+             val: Any = None) -> dict[str, Any]:
+    """Train one model with ``opt`` at global batch ``batch``; return the row (``val`` scored too if given)."""
+    lr, rule = cell_lr(opt, batch, args)
     name = opt.split("-")[0]
     torch.manual_seed(args.seed)
     spec = fdata.info(args.dataset)
     net = models.Normalized(models.create(args.model, in_shape=tuple(spec.input_shape), num_classes=spec.num_classes),
                             spec.mean, spec.std)
     # fortify's robust recipe: eps ramps 0 -> eps over 40% of training, PGD steps 1 -> K by 60%
-    schedule: list[dict[str, Any]] = [{"name": "eps-ramp", "warmup": 0.4}]
+    schedule: list[dict[str, Any]] = [{"name": "eps-ramp", "warmup": args.eps_ramp}]
     task_args: dict[str, Any] = {"threat": f"linf:{args.eps}", "monitor": False, "schedule": schedule}
     if args.task == "pgd_at":
         task_args["steps"] = args.steps
-        schedule.append({"name": "steps-ramp", "min_steps": 1, "until": 0.6})
+        schedule.append({"name": "steps-ramp", "min_steps": 1, "until": min(0.99, args.eps_ramp + 0.2)})
     else:
         task_args["co_guard"] = False
     task = tasks.create(args.task, **task_args)
@@ -84,11 +107,22 @@ def run_cell(opt: str, batch: int, args: argparse.Namespace, train: Any, test: A
             raise
         diverged = str(e).split(";")[0]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    clean, robust = robust_and_clean(net, test[0], test[1], args.eps) if diverged is None else (0.0, 0.0)
-    return {"optimizer": opt, "batch": batch, "peak_lr": trainer.config.peak_lr, "epochs": args.epochs,
-            "steps": trainer.global_step, "clean": clean, "robust": robust, "train_wall_s": wall,
-            "train_cpu_s": cpu, "diverged": diverged, "task": args.task, "dataset": args.dataset, "n_train": int(train[0].shape[0]),
-            "n_test": int(test[0].shape[0]), "eps": args.eps, "model": args.model}
+    load = os.getloadavg()[0]
+    ev = args.eval_steps
+    clean, robust = robust_and_clean(net, test[0], test[1], args.eps, ev) if diverged is None else (0.0, 0.0)
+    row = {"optimizer": opt, "batch": batch, "lr": lr, "lr_scaling": rule, "peak_lr": trainer.config.peak_lr,
+           "warmup": args.warmup, "eps_ramp": args.eps_ramp, "weight_decay": cfg["weight_decay"],
+           "epochs": args.epochs, "steps": trainer.global_step, "clean": clean, "robust": robust,
+           "eval": f"pgd-{ev}", "train_wall_s": wall, "train_cpu_s": cpu,
+           "cpu_ms_per_example": 1e3 * cpu / (args.epochs * int(train[0].shape[0])), "load1": load,
+           "diverged": diverged, "task": args.task, "pgd_steps": args.steps if args.task == "pgd_at" else 1,
+           "dataset": args.dataset, "n_train": int(train[0].shape[0]), "n_test": int(test[0].shape[0]),
+           "eps": args.eps, "model": args.model, "seed": args.seed, "tag": args.tag}
+    if val is not None:
+        row["val_clean"], row["val_robust"] = (robust_and_clean(net, val[0], val[1], args.eps, ev)
+                                               if diverged is None else (0.0, 0.0))
+        row["n_val"] = int(val[0].shape[0])
+    return row
 
 
 def main() -> None:
@@ -105,7 +139,14 @@ def main() -> None:
     p.add_argument("--batches", default="64,1024,4096,8192")
     p.add_argument("--optimizers", default="sgd,adam,lars,lamb")
     p.add_argument("--base-batch", type=int, default=64)
-    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps of linear lr warm-up")
+    p.add_argument("--peak-lr", type=float, default=None,
+                   help="peak lr of every cell of this call, not scaled (overrides the table's base and rule)")
+    p.add_argument("--eps-ramp", type=float, default=0.4, help="fraction of the steps over which eps ramps up")
+    p.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the robust accuracy")
+    p.add_argument("--val-limit", type=int, default=0,
+                   help="also score the first N images of the dataset's val split (for tuning; 0: off)")
+    p.add_argument("--tag", default="", help="label stored in every row (part of the resume key)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/large_batch.jsonl")
@@ -113,24 +154,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     train = fdata.load(args.dataset, "train", limit=args.train_limit)
     test = fdata.load(args.dataset, "test", limit=args.test_limit)
+    val = fdata.load(args.dataset, "val", limit=args.val_limit) if args.val_limit else None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
     if out.is_file():
         for line in out.read_text().splitlines():
-            r = json.loads(line)
-            if r.get("epochs") == args.epochs and r.get("task") == args.task and r.get("dataset") == args.dataset:
-                done.add((r["optimizer"], r["batch"]))
+            try:
+                done.add(row_key(json.loads(line)))
+            except (json.JSONDecodeError, KeyError):  # a row cut short by a killed run: measured again
+                continue
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, load {os.getloadavg()}")
     for batch in [int(b) for b in args.batches.split(",")]:
         for opt in args.optimizers.split(","):
-            if (opt, batch) in done:
+            if cell_key(opt, batch, args, int(train[0].shape[0])) in done:
                 continue
-            row = run_cell(opt, batch, args, train, test)
-            with out.open("a") as f:
+            row = run_cell(opt, batch, args, train, test, val)
+            with out.open("a") as f:  # one whole line per write, flushed to disk: a killed run loses only its cell
                 f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
             print(f"| {opt} | {batch} | {row['steps']} | {row['peak_lr']:.3g} | {100 * row['clean']:.1f}% | "
-                  f"{100 * row['robust']:.1f}% | {row['train_wall_s']:.0f} s |" + (" diverged" if row["diverged"] else ""),
+                  f"{100 * row['robust']:.1f}% | {row['train_wall_s']:.0f} s | {row['train_cpu_s']:.0f} cpu-s |"
+                  + (f" val {100 * row['val_clean']:.1f}/{100 * row['val_robust']:.1f} |" if val is not None else "") + (" diverged" if row["diverged"] else ""),
                   flush=True)
 
 
