@@ -292,11 +292,29 @@ def check_batch(model: object, x: object, y: object, bounds: Bounds, *, x_name: 
 
 
 def check_device(model: nn.Module, x: torch.Tensor, *, name: str = "x") -> None:
-    """InputError if ``x`` is not on the model's device (fortify never moves the model)."""
+    """InputError if ``x`` is not on the model's device; ConfigError naming both devices if the model's
+    parameters and buffers are split over several devices (fortify never moves the model)."""
+    first: torch.device | None = None
     for t in list(model.parameters()) + list(model.buffers()):
-        if t.device != x.device:
-            raise InputError(f"{name} is on {x.device} but the model is on {t.device}; fortify never moves the model")
-        return
+        if first is None:
+            first = t.device
+            if t.device != x.device:
+                raise InputError(f"{name} is on {x.device} but the model is on {t.device}; fortify never moves the "
+                                 "model")
+        elif t.device != first:
+            raise ConfigError(f"the model has parameters or buffers on {first} and on {t.device}; put the whole "
+                              "model on one device (model.to(...)) before handing it to fortify")
+
+
+def generator_for(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """``generator`` when it draws on ``device`` (or is None); else a new generator on ``device`` seeded by one
+    draw from ``generator`` (deterministic: the same generator state gives the same stream). Lets a caller
+    pass one CPU ``torch.Generator().manual_seed(s)`` whatever the device of the data (torch refuses a CPU
+    generator for a CUDA draw)."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def check_pair(data: object, *, name: str = "data", bounds: Bounds = (0.0, 1.0),
@@ -429,5 +447,5 @@ def check_finite_number(value: object, name: str, *, error: type[ConfigError] = 
 __all__ = [
     "MAX_THREADS", "Bounds", "broadcasts_to", "build", "check_batch", "check_device", "check_finite_number", "check_images", "check_kwargs",
     "check_labels", "check_logits", "check_model_input", "check_pair", "check_threads", "expected_input_shape",
-    "forward_checked", "model_dtype", "probe_num_classes", "resource_guard", "strict_keywords", "thread_limit",
+    "forward_checked", "generator_for", "model_dtype", "probe_num_classes", "resource_guard", "strict_keywords", "thread_limit",
 ]

@@ -31,7 +31,7 @@ from fortify.models.state import frozen
 from fortify.protocol import TemplateCall, template
 from fortify.threat import ThreatModel
 from fortify.validation import (
-    check_device, check_images, check_labels, check_logits, check_model_input, forward_checked,
+    check_device, check_images, check_labels, check_logits, check_model_input, forward_checked, generator_for,
 )
 
 
@@ -154,6 +154,7 @@ class Attack(TemplateCall, abc.ABC):
         refuse_gradient_free_model(self, model)
         check_device(model, x)
         check_model_input(model, x)
+        generator = generator_for(generator, x.device)  # a CPU generator with CUDA data: one derived on the device
         n = x.shape[0]
         x = x.detach()
         with frozen(model):

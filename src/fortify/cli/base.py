@@ -83,7 +83,39 @@ def add_run_options(p: argparse.ArgumentParser, *, recipe: bool = True) -> None:
     p.add_argument("--trust-factory", action="store_true",
                    help="allow loading a model file saved from a --model-factory model: rebuilding it imports and "
                         "runs the factory the file names, so only for files you trust (same as load.trust_factory=true)")
+    add_device_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary table")
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda|cuda:N|mps``: the one device of the run (``train.device``; docs/devices.md)."""
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu): the device every stage "
+                        "runs on; the model is built or loaded there and the data moved there (int8/ONNX export, "
+                        "CPU latency and ONNX Runtime use a CPU copy); same as train.device=DEV")
+
+
+def check_device_flag(args: argparse.Namespace) -> Any:
+    """The ``torch.device`` of ``--device`` (None when not given); UsageError for a malformed or
+    unavailable device (one line, exit 2, before anything is written)."""
+    name = getattr(args, "device", None)
+    if name is None:
+        return None
+    from fortify.train.device import resolve
+
+    try:
+        return resolve(name)
+    except ConfigError as e:
+        raise UsageError(f"--device: {e}") from None
+
+
+def device_overrides(args: argparse.Namespace) -> list[str]:
+    """``train.device=DEV`` from ``--device`` (checked by :func:`check_device_flag`)."""
+    if check_device_flag(args) is None:
+        return []
+    if getattr(args, "resume", None) is not None:
+        raise UsageError("--resume continues a run with its recorded config: drop --device")
+    return [f"train.device={_quote(args.device)}"]
 
 
 def add_resume_option(p: argparse.ArgumentParser) -> None:
@@ -140,7 +172,7 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"model.factory={_quote(args.model_factory)}")
     if getattr(args, "trust_factory", False):
         out.append("load.trust_factory=true")
-    return out
+    return out + device_overrides(args)
 
 
 def _quote(s: str) -> str:
@@ -269,6 +301,7 @@ def _reopen(args: argparse.Namespace, verb: str, resume: str) -> tuple[Any, Any,
         raise UsageError("--resume continues a run with its recorded config: drop MODEL, options and KEY=VALUE")
     if getattr(args, "recipe", None) or getattr(args, "overrides", None):
         raise UsageError("--resume continues a run with its recorded config: drop --recipe and KEY=VALUE")
+    device_overrides(args)  # a bad --device is a usage error; a good one with --resume too (recorded config)
     set_threads(args)
     path = store_path(args, getattr(args, "out", None))
     if not path.is_file():

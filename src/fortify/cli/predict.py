@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from fortify.cli.base import UsageError, register_verb
+from fortify.cli.base import UsageError, add_device_option, check_device_flag, register_verb
 from fortify.errors import DataFileError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,12 +41,13 @@ def read_inputs(path: str) -> Any:
 
 
 def head_features(model: Any, x: Any) -> tuple[Any, Any]:
-    """``(last nn.Linear, its inputs (N, in))`` for ``x`` through ``model`` (a forward hook; model frozen)."""
+    """``(last nn.Linear, its inputs (N, in) as a CPU numpy array)`` for ``x (N, ...)`` through ``model`` (a forward
+    hook; model frozen, never moved: ``x`` goes to the model's device, the features come back to the CPU)."""
     import torch
     from torch import nn
 
     from fortify.errors import InputError, UnsupportedLayerError
-    from fortify.models.state import frozen
+    from fortify.models.state import device_of, frozen
 
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -55,7 +56,7 @@ def head_features(model: Any, x: Any) -> tuple[Any, Any]:
     got: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _m, inp, _out: got.append(inp[0].detach().reshape(inp[0].shape[0], -1)))
     try:
-        xt = torch.as_tensor(x, dtype=torch.float32)
+        xt = torch.as_tensor(x, dtype=torch.float32, device=device_of(model))
         with frozen(model), torch.no_grad():
             try:
                 model(xt)
@@ -66,7 +67,7 @@ def head_features(model: Any, x: Any) -> tuple[Any, Any]:
         handle.remove()
     if not got:
         raise UnsupportedLayerError("the model's last nn.Linear was not called in its forward pass")
-    return head, torch.cat(got).numpy()
+    return head, torch.cat(got).cpu().numpy()
 
 
 @register_verb
@@ -81,7 +82,8 @@ class PredictVerb:
         "predict the top --k classes with the MIPS index --mips built over that layer's weights and bias (the bias "
         "as an extra dimension). Prints the top-k of the first rows and the measured recall@k against the exact "
         "head, inner products per row and the speed-up. Example: fortify predict model.safetensors --data x.npy "
-        "--mips ivf --k 5 --budget 4")
+        "--mips ivf --k 5 --budget 4. The model runs on --device; the index, the exact head it is compared with "
+        "and the timings run on the CPU (the index is numpy code; both sides of the speed-up on the same device).")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from fortify.mips import INDEXES
@@ -92,21 +94,27 @@ class PredictVerb:
         parser.add_argument("--k", type=int, default=5, help="classes per row (default 5)")
         parser.add_argument("--budget", type=int, default=None, help="the index's budget (default: its own)")
         parser.add_argument("--show", type=int, default=5, help="rows whose top-k is printed (default 5)")
+        add_device_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from rich.console import Console
 
+        import copy
+
         from fortify.mips import INDEXES
         from fortify.mips.head import FastHead
         from fortify.models.io import load
+        from fortify.train.device import default_device
 
         if args.k < 1:
             raise UsageError(f"predict: --k must be a positive integer, got {args.k}")
         if args.budget is not None and args.budget < 1:
             raise UsageError(f"predict: --budget must be a positive integer, got {args.budget}")
+        device = check_device_flag(args) or default_device()
         INDEXES.get(args.mips)
-        model = load(args.model)
+        model = load(args.model, device=device)  # fortify's own copy of the file, built on the device
         layer, feats = head_features(model, read_inputs(args.data))
+        layer = copy.deepcopy(layer).cpu()  # the index is CPU (numpy) code: a CPU copy of the head, fortify's own
         fast = FastHead(layer, args.mips)
         cmp = fast.compare(feats, args.k, args.budget, exact_head=layer, repeats=1)
         ids, logits = fast(feats, args.k, args.budget)

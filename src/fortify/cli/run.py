@@ -6,7 +6,7 @@ import argparse
 from typing import ClassVar
 
 from fortify.cli.base import add_resume_option, add_run_options, build_raw, register_verb
-from fortify.cli.train import add_device_option, device_overrides, run_ranked
+from fortify.cli.train import run_ranked
 
 
 @register_verb
@@ -26,12 +26,10 @@ class RunVerb:
                    "ranks and rank 0 runs the other stages and writes everything.")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The common run options plus ``--resume``."""
+        """The common run options (``--device`` among them) plus ``--resume``."""
         add_run_options(parser)
         add_resume_option(parser)
-        add_device_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         """Run the recipe's pipeline (or resume a recorded run)."""
-        extra = device_overrides(args)
-        return run_ranked(args, self.name, build_raw(args, extra) if args.resume is None else {}, None)
+        return run_ranked(args, self.name, build_raw(args) if args.resume is None else {}, None)

@@ -12,11 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from fortify.cli.base import (UsageError, add_resume_option, add_run_options, build_raw, register_verb, run_with_config,
-                              set_threads, store_path)
+from fortify.cli.base import (UsageError, add_device_option, add_resume_option, add_run_options, build_raw,
+                              device_overrides, register_verb, run_with_config, set_threads, store_path)
 from fortify.errors import FortifyError, WorkerError
 
 TRAIN_STAGES = ("train", "accuracy", "save", "report")
+__all__ = ["TrainVerb", "TRAIN_STAGES", "run_ranked", "add_device_option", "device_overrides"]  # the latter two moved
+# to fortify.cli.base (every verb that runs a model takes --device); re-exported for existing imports
 
 
 @register_verb
@@ -35,7 +37,6 @@ class TrainVerb:
                             help="architecture (same as model.name=NAME)")
         parser.add_argument("--dataset", metavar="NAME", default=None, help="dataset (same as data.name=NAME)")
         parser.add_argument("--epochs", type=int, default=None, help="epochs (same as train.epochs=N)")
-        add_device_option(parser)
         parser.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="worker processes on torch.distributed (gloo, CPU, 127.0.0.1), same as "
                                  "train.nproc=N; the global batch stays train.batch_size. Multi-node or GPU: run "
@@ -51,7 +52,7 @@ class TrainVerb:
 
     def run(self, args: argparse.Namespace) -> int:
         """Train, evaluate, save and report (or resume a recorded train run)."""
-        extra = self._distributed_overrides(args) + device_overrides(args)
+        extra = self._distributed_overrides(args)  # --device: a run option (cli.base.device_overrides)
         if args.model_name is not None:
             extra.append(f"model.name={args.model_name}")
         if args.dataset is not None:
@@ -89,29 +90,6 @@ class TrainVerb:
         if args.max_staleness is not None:
             out.append(f"train.max_staleness={args.max_staleness}")
         return out
-
-
-def add_device_option(parser: argparse.ArgumentParser) -> None:
-    """``--device cpu|cuda|cuda:N|mps`` (same as ``train.device``)."""
-    parser.add_argument("--device", default=None, metavar="DEV",
-                        help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu); the model is "
-                             "built there; same as train.device=DEV")
-
-
-def device_overrides(args: argparse.Namespace) -> list[str]:
-    """``train.device=DEV`` from ``--device`` (checked: UsageError for a bad or unavailable device)."""
-    if getattr(args, "device", None) is None:
-        return []
-    if args.resume is not None:
-        raise UsageError("--resume continues a run with its recorded config: drop --device")
-    from fortify.errors import ConfigError
-    from fortify.train.device import resolve
-
-    try:
-        resolve(args.device)
-    except ConfigError as e:
-        raise UsageError(f"--device: {e}") from None
-    return [f"train.device={args.device}"]
 
 
 def _follow(args: argparse.Namespace, verb: str, raw: dict[str, Any], rank: int) -> int:

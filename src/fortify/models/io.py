@@ -351,8 +351,8 @@ def _load_torch_state_dict(path: Path, architecture_arg: str | Mapping[str, Any]
 
 
 def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] | None = None,
-         trust_factory: bool = False) -> nn.Module:
-    """Load a model file and return the rebuilt module in eval mode.
+         trust_factory: bool = False, device: str | torch.device | None = None) -> nn.Module:
+    """Load a model file and return the rebuilt module in eval mode, on ``device`` (default CPU).
 
     Args:
         path: a ``.safetensors`` file written by :func:`save`, or a ``.pt``/``.pth`` plain state
@@ -363,6 +363,9 @@ def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] 
         trust_factory: a file saved from :func:`fortify.models.factory_model` names a user factory
             (``package.module:function``); rebuilding it imports and runs that code, so such a file
             is refused (ModelFileError) unless this is True.
+        device: where the rebuilt module lives (``cpu``, ``cuda``, ``cuda:N``, ``mps``; the tensors are read
+            on the CPU, checked, then copied there, like ``torch.load(map_location=...)``). The module is
+            fortify's own, so placing it is not moving a user's model. ConfigError when torch cannot use it.
     Returns:
         ``nn.Module`` mapping ``(N, *in_shape)`` to ``(N, num_classes)``; ``Normalized`` if the file
         records a normalisation.
@@ -373,7 +376,7 @@ def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] 
     """
     p = Path(path)
     if p.suffix.lower() in _TORCH_SUFFIXES:
-        return _load_torch_state_dict(p, architecture)
+        return _place(_load_torch_state_dict(p, architecture), device, p)
     blob = _read_file(p)
     meta = _meta_from_header(_parse_header(blob, p), p)
     from safetensors.torch import load as st_load
@@ -387,7 +390,18 @@ def load(path: str | os.PathLike[str], *, architecture: str | Mapping[str, Any] 
         meta.get("architecture"), meta.get("in_shape"), meta.get("num_classes"), meta.get("normalization"), state, p,
         trust_factory,
     )
-    return _load_state(model, state, p)
+    return _place(_load_state(model, state, p), device, p)
+
+
+def _place(model: nn.Module, device: str | torch.device | None, path: Path) -> nn.Module:
+    """``model`` (just rebuilt from ``path``, fortify's own) on ``device``; ConfigError when torch cannot use it."""
+    if device is None:
+        return model
+    try:
+        return model.to(torch.device(device))
+    except (RuntimeError, AssertionError, TypeError) as exc:  # torch built without CUDA raises AssertionError
+        raise ConfigError(f"{path}: cannot load the model onto device {str(device)!r}: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "check_finite_weights", "load", "read_meta", "save", "shape_mismatch"]

@@ -6,6 +6,12 @@ recipe section of the same name) and ``run(ctx) -> StageResult``. Stages are reg
 :mod:`fortify.config`; they all live in ``fortify/pipeline/stages/`` (imported by
 :mod:`fortify.pipeline`): the application imports the pillars, a pillar never imports the pipeline.
 
+Device (docs/devices.md): a run has one device, ``ctx.device`` (:func:`run_device`: ``train.device``, CLI
+``--device``; default the given model's device, else cuda when available, else cpu). ``ctx.data`` and
+``ctx.test_inputs`` return tensors on it, the train and load stages build the model on it, and a model
+handed to the pipeline is checked against it, never moved. Stages that are CPU-only by nature (int8 /
+ONNX export, ONNX Runtime, CPU latency) work on a CPU copy they own.
+
 Stages communicate only through the context: ``ctx.model``, ``ctx.data(split)``,
 ``ctx.test_inputs(n)``, ``ctx.log_metrics``, ``ctx.add_artefact``, ``ctx.add_section``,
 ``ctx.write_json`` and the typed results of the stages before them, ``ctx.result(name, Type)``
@@ -40,6 +46,29 @@ class StageResult:
 
 
 R = TypeVar("R", bound=StageResult)
+
+
+def run_device(config: "Config", model: "nn.Module | None" = None) -> torch.device:
+    """The one device of a run: ``train.device`` when set (``auto``: cuda when available, else cpu; a given
+    ``model`` must already be there), else the given model's device, else cuda when available, else cpu.
+
+    Raises ConfigError naming both devices when the given model is elsewhere or split over several
+    devices (it is never moved), and for a device that is malformed or not available here."""
+    from fortify.train import device as fdevice
+
+    train = config.train
+    name = train.get("device") if isinstance(train, Mapping) else getattr(train, "device", None)
+    if name is not None:
+        dev = fdevice.resolve(name)
+        if model is not None:
+            fdevice.model_device(model, "given model")
+            fdevice.check_model_device(model, dev, "given model")
+        return dev
+    here = fdevice.model_device(model, "given model") if model is not None else None
+    if here is not None:
+        fdevice.resolve(str(here))  # e.g. a model on the meta device: ConfigError, unsupported device
+        return here
+    return fdevice.default_device()
 
 
 class StageResultError(ConfigError):
@@ -103,6 +132,24 @@ class RunContext:
     resume: bool = False
     stage: str = ""
     _data: dict[str, Any] = field(default_factory=dict, repr=False)
+    _device: "torch.device | None" = field(default=None, repr=False)
+
+    # -- device ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The run's device (:func:`run_device`, computed once): data and fortify's models live there."""
+        if self._device is None:
+            self._device = run_device(self.config, self.model)
+        return self._device
+
+    def use_device(self, device: torch.device) -> None:
+        """Switch the run to ``device`` (the load stage for an ONNX Runtime model: CPU); cached data follows."""
+        from fortify.train.device import describe
+
+        self._device = device
+        self._data = {k: (x.to(device), y.to(device)) for k, (x, y) in self._data.items()}
+        if "device" in self.versions:
+            self.versions["device"] = describe(device)
 
     # -- results -----------------------------------------------------------------------------
     def result(self, name: str, kind: type[R]) -> R:
@@ -133,10 +180,12 @@ class RunContext:
 
     # -- data --------------------------------------------------------------------------------
     def data(self, split: str) -> "tuple[torch.Tensor, torch.Tensor]":
-        """The configured dataset's ``split`` as ``x (N, C, H, W)`` float32 in [0, 1], ``y (N,)`` int64.
+        """The configured dataset's ``split`` as ``x (N, C, H, W)`` float32 in [0, 1], ``y (N,)`` int64,
+        on the run's device (:attr:`device`).
 
         Loaded once per run through :func:`fortify.data.load` with ``data.data_dir`` and the
-        ``data.train_limit`` / ``data.test_limit`` of the config.
+        ``data.train_limit`` / ``data.test_limit`` of the config (a planted backdoor is applied on the
+        CPU first), then moved to the device once.
         """
         if split not in self._data:
             from fortify import data as fdata
@@ -148,10 +197,18 @@ class RunContext:
                 from fortify.pipeline.stages.scan import poison_train_split
 
                 self._data[split] = poison_train_split(self, *self._data[split])
+        x, y = self._data[split]
+        dev = self.device
+        if x.device != dev or y.device != dev:
+            from fortify.train.device import same
+
+            if not (same(x.device, dev) and same(y.device, dev)):
+                self._data[split] = (x.to(dev), y.to(dev))
         return self._data[split]
 
     def set_data(self, split: str, x: "torch.Tensor", y: "torch.Tensor") -> None:
-        """Provide a split directly (library use, tests) instead of loading it."""
+        """Provide a split directly (library use, tests) instead of loading it (moved to :attr:`device`
+        when read: the data is copied, never the model)."""
         self._data[split] = (x, y)
 
     def require_model(self) -> "nn.Module":

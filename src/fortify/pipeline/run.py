@@ -10,7 +10,7 @@ from rich.console import Console
 
 from fortify import progress
 from fortify.errors import ConfigError, OutputError
-from fortify.pipeline.base import STAGES, RunContext, StageResult
+from fortify.pipeline.base import STAGES, RunContext, StageResult, run_device
 from fortify.store import new_run_id, package_versions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +73,12 @@ def run_pipeline(
     ``model`` (optional) is used instead of building one from ``config.model``. ``resume`` (a run
     id in ``store``) continues that run in its folder: the run is marked ``running`` again and the
     train stage continues from the last epoch checkpoint.
+
+    Device: every stage runs on :func:`fortify.pipeline.base.run_device` (``train.device``; default the
+    given model's device, else cuda when available, else cpu), checked before anything is written: a
+    given ``model`` elsewhere (or split over devices) is a ConfigError naming both, never moved. The
+    device is recorded with the run (``versions["device"]`` in the run store and report, next to torch's
+    version).
     """
     if not config.complete:  # parsed before the stages registered their sections: validate it all now
         from fortify.config import resolve
@@ -82,8 +88,11 @@ def run_pipeline(
     if not names:
         raise ConfigError("the pipeline needs at least one stage")
     classes = [STAGES.get(n) for n in names]
+    device = run_device(config, model)
     out = prepare_out_dir(config.output.dir)
-    versions = package_versions()
+    from fortify.train.device import describe
+
+    versions = {**package_versions(), "device": describe(device)}
     cfg_dict = config.to_dict()
     cfg_dict["stages"] = names
     if resume is not None:
@@ -99,6 +108,7 @@ def run_pipeline(
     ctx = RunContext(config=config, run_dir=run_dir, run_id=run_id, verb=verb, store=store,
                      console=console or progress.log_console(), quiet=quiet, model=model, versions=versions,
                      stages=names, resume=resume is not None)
+    ctx._device = device
     t_start = time.perf_counter()
     beat = store.keep_alive(run_id) if store is not None else None  # liveness for `runs ls` (interrupted)
     try:

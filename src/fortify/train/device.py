@@ -78,6 +78,28 @@ def check_model_device(model: nn.Module, device: torch.device, what: str = "mode
                               f"yourself (model.to('{device}')) or pass --device {t.device.type}")
 
 
+def model_device(model: nn.Module, what: str = "model") -> torch.device | None:
+    """The one device of ``model``'s parameters and buffers (``None`` for a stateless model);
+    ConfigError naming both devices when they are split over several (fortify runs a model on one
+    device and never moves it)."""
+    first: torch.device | None = None
+    for t in list(model.parameters()) + list(model.buffers()):
+        if first is None:
+            first = t.device
+        elif not same(t.device, first):
+            raise ConfigError(f"the {what} has parameters or buffers on {first} and on {t.device}; put the whole "
+                              f"model on one device (model.to(...)) before handing it to fortify")
+    return first
+
+
+def describe(device: torch.device) -> str:
+    """``cpu``, ``cuda:0 (NVIDIA H100 80GB HBM3)``, ``mps``: the device as recorded with a run."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
+
+
 def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[object]:
     """Mixed-precision context for the training forward (CUDA only; a no-op elsewhere)."""
     if not enabled or device.type != "cuda" or not torch.cuda.is_bf16_supported():
@@ -93,5 +115,5 @@ def deterministic(on: bool = True) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
-__all__ = ["available", "default_device", "resolve", "same", "check_model_device", "autocast", "deterministic",
-           "DEVICE_KINDS"]
+__all__ = ["available", "default_device", "resolve", "same", "check_model_device", "model_device", "describe",
+           "autocast", "deterministic", "DEVICE_KINDS"]

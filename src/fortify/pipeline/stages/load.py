@@ -1,4 +1,8 @@
-"""``load`` stage: read a saved model (``fortify.models.load``) instead of training one."""
+"""``load`` stage: read a saved model (``fortify.models.load``) instead of training one.
+
+Device: the model fortify rebuilds from the file is placed on the run's device (``ctx.device``, like
+``torch.load(map_location=...)``). An ONNX file runs on ONNX Runtime's CPU provider, so the whole run
+uses the CPU (a note; an explicit non-CPU ``train.device`` / ``--device`` is a ConfigError instead)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,15 +49,31 @@ class LoadStage:
 
             onnx = OnnxModule.load(sec.path)
             object.__setattr__(onnx, "source", str(sec.path))  # named by the attacks' refusal of white-box attacks
+            self._cpu_for_onnx(ctx, sec.path)
             ctx.model = onnx
             meta = {}
         elif Path(sec.path).suffix.lower() in (".pt", ".pth"):
-            ctx.model = models.load(sec.path, architecture=sec.architecture)
+            ctx.model = models.load(sec.path, architecture=sec.architecture, device=ctx.device)
             meta = dict(models.architecture(ctx.model) or {})
         else:
             meta = dict(models.read_meta(sec.path))
-            ctx.model = models.load(sec.path, trust_factory=sec.trust_factory)
+            ctx.model = models.load(sec.path, trust_factory=sec.trust_factory, device=ctx.device)
         kept: dict[str, Any] = {k: meta[k] for k in ("in_shape", "num_classes", "dataset", "training", "architecture",
                                      "normalization") if k in meta}
         ctx.model_meta.update(kept)
         return LoadResult(path=ctx.add_artefact("input_model", sec.path, kind="input"), meta=kept)
+
+    @staticmethod
+    def _cpu_for_onnx(ctx: RunContext, path: str) -> None:
+        """An ONNX Runtime model computes on the CPU: the run's device becomes the CPU (ConfigError when
+        another device was asked for explicitly)."""
+        import torch
+
+        if ctx.device.type == "cpu":
+            return
+        asked = getattr(ctx.config.train, "device", None)
+        if asked not in (None, "auto"):
+            raise ConfigError(f"{path} is an ONNX model, which runs on ONNX Runtime's CPU provider, but the requested "
+                              f"device is {ctx.device}; pass --device cpu (train.device=cpu)")
+        ctx.print(f"note: {path} is an ONNX model (ONNX Runtime, CPU): this run uses the CPU, not {ctx.device}")
+        ctx.use_device(torch.device("cpu"))

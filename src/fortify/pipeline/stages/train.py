@@ -7,9 +7,11 @@ when the task asks for it, the catastrophic-overfitting guard. Their metrics are
 epoch record, so they reach the run store (``stage="train"``, ``step=epoch``), the report table and
 the progress bar. Standard tasks get no callbacks and train exactly as before.
 
-Device: ``train.device`` (CLI ``--device``; default cuda when available, else cpu). A model the stage
-builds is created there, trained there and handed to the later stages on the CPU (they load CPU data);
-a model given to the pipeline must already be on that device (ConfigError naming both) and is never moved.
+Device: the run's device ``ctx.device`` (``train.device``, CLI ``--device``; default cuda when available,
+else cpu; docs/devices.md). A model the stage builds is created there (initialised on the CPU with the
+run's seed, then placed: the same weights on every device), trained there and handed to the later stages
+there (their data is on the same device); a model given to the pipeline must already be on that device
+(ConfigError naming both, checked by the runner) and is never moved.
 """
 from __future__ import annotations
 
@@ -61,10 +63,9 @@ class TrainStage:
         from fortify.train import device as fdevice
 
         cfg = ctx.config
-        device = fdevice.resolve(cfg.train.device)  # null / auto: cuda when available, else cpu
-        built = ctx.model is None
+        device = ctx.device  # train.device; null / auto: cuda when available, else cpu
         if ctx.model is None:
-            ctx.model = build_model(ctx).to(device)  # fortify's own model: created on the device
+            ctx.model = build_model(ctx).to(device)  # fortify's own model: placed on the run's device
         else:
             fdevice.check_model_device(ctx.model, device, "given model")  # a user's model is never moved
         try:
@@ -76,10 +77,6 @@ class TrainStage:
         trainer = Trainer(ctx.model, task, cfg.train.replace(device=str(device)), checkpoint_dir=ctx.path("checkpoints"),
                           progress=not ctx.quiet, callbacks=callbacks)
         history = [dict(h) for h in trainer.fit(train=train, val=test, resume=ctx.resume)]
-        if built and device.type != "cpu":
-            # the later stages take CPU data (attacks and certifiers refuse a device mismatch): the model
-            # fortify built goes back to the CPU; a model the caller gave stays where it was
-            ctx.model = ctx.model.to("cpu")
         guard = next((cb for cb in callbacks if hasattr(cb, "events")), None)
         result = TrainResult(history=history, train_examples=int(train[0].shape[0]),
                              co_events=[dict(e) for e in getattr(guard, "events", ())])
