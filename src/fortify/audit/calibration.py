@@ -240,6 +240,7 @@ def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | P
 
     p, y = check_probs(probs, labels)
     assert y is not None
+    p, y = p.detach().cpu(), y.cpu()  # drawn with numpy: the figures' numbers on the CPU
     m = _check_bins(n_bins)
     conf, hit = _top(p, y)
     acc, cf, prop = (t.numpy() for t in binned(conf, hit, m))
@@ -250,7 +251,7 @@ def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | P
     ax1.bar(centres, (cf[:m] - acc[:m]), bottom=acc[:m], width=1 / m, color="#dd8452", alpha=0.5, label="gap")
     ax1.plot([0, 1], [0, 1], "k--", lw=1)
     for name, other in (others or {}).items():
-        po, _ = check_probs(other, y, name=name)
+        po, _ = check_probs(other.detach().cpu(), y, name=name)
         a2, c2, w2 = binned(*_top(po, y), m)
         keep = w2[:m] > 0
         ax1.plot(c2[:m][keep].numpy(), a2[:m][keep].numpy(), marker="o", ms=3, label=name)

@@ -365,10 +365,15 @@ def calibrate(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, method
               batch_size: int = 256, **options: object) -> CalibratedModel:
     """Fit the calibrator ``method`` (a :data:`CALIBRATORS` name, with its ``options``) on the held-out
     ``x_val (N, *sample)``, ``y_val (N,)`` and wrap ``model`` with it. The model runs frozen (never mutated).
-    UnknownNameError for an unknown method; InputError for bad data."""
+    UnknownNameError for an unknown method; InputError for bad data. Device: the calibrator (``N x C``
+    logits, cheap) is fitted on the CPU, then placed on the model's device (it is fortify's own module; the
+    model is never moved), so the wrapped model lives on one device."""
+    from fortify.models.state import device_of
+
     cal = CALIBRATORS.create(method, **options)
     z = predict_logits(model, x_val, batch_size)
-    return CalibratedModel(model, cal.fit(z, y_val))
+    fitted = cal.fit(z.detach().cpu(), y_val.cpu())
+    return CalibratedModel(model, fitted.to(device_of(model) or z.device))
 
 
 __all__ = ["CALIBRATORS", "CalibratedModel", "Calibrator", "DirichletCalibration", "HistogramBinning",

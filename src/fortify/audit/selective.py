@@ -135,7 +135,7 @@ def risk_coverage_figure(curves: dict[str, RiskCoverage], path: str | Path, *, t
     fig = Figure(figsize=(4.8, 3.6))
     ax = fig.subplots()
     for name, rc in curves.items():
-        ax.plot(rc.coverage.numpy(), rc.risk.numpy(), lw=1.5,
+        ax.plot(rc.coverage.cpu().numpy(), rc.risk.cpu().numpy(), lw=1.5,
                 label=f"{name} (AURC {rc.aurc:.4f}, E-AURC {rc.e_aurc:.4f})")
     ax.set_xlabel("coverage")
     ax.set_ylabel("selective risk (error rate of kept)")

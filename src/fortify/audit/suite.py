@@ -184,7 +184,7 @@ def _ood(model: nn.Module, audit: ModelAudit, fitted: dict[str, Any], xb: torch.
     for name in opt.ood_sets:
         try:
             sets[name] = load_ood(name, opt.n_ood, tuple(xb.shape[1:]), seed=opt.seed,
-                                  model=model if name == "fooling" else None).to(xb.dtype)
+                                  model=model if name == "fooling" else None).to(xb)  # CPU set -> the data's device
         except DatasetUnavailableError as e:
             audit.notices.append(f"OOD set {name} skipped: {str(e).splitlines()[0]}")
     for det, fd in fitted.items():
@@ -221,7 +221,7 @@ def audit_model(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test
             audit.fooling = _timed(audit, "fooling", lambda: fooling_images(
                 model, opt.fooling_per_class, method=method, steps=opt.fooling_steps, seed=opt.seed,
                 batch_size=opt.batch_size, sample_shape=tuple(xt.shape[1:])), on_section)
-            extra["fooling"] = audit.fooling.images.to(xt.dtype)
+            extra["fooling"] = audit.fooling.images.to(xt)
         except FortifyError as e:
             audit.notices.append(f"fooling images: {e}")
     fitted: dict[str, Any] = {}

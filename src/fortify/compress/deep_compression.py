@@ -47,7 +47,7 @@ def kmeans_1d(values: torch.Tensor, k: int, iters: int = 30) -> tuple[torch.Tens
     Empty clusters are dropped, so ``k' <= k``.
     """
     v = values.double()
-    c = torch.linspace(float(v.min()), float(v.max()), k, dtype=torch.float64)
+    c = torch.linspace(float(v.min()), float(v.max()), k, dtype=torch.float64, device=v.device)
     for _ in range(iters):
         labels = (v[:, None] - c[None, :]).abs().argmin(1)
         sums = torch.zeros_like(c).index_add_(0, labels, v)
@@ -58,8 +58,8 @@ def kmeans_1d(values: torch.Tensor, k: int, iters: int = 30) -> tuple[torch.Tens
         c = new
     labels = (v[:, None] - c[None, :]).abs().argmin(1)
     used = torch.unique(labels)
-    remap = torch.full((k,), -1, dtype=torch.long)
-    remap[used] = torch.arange(used.numel())
+    remap = torch.full((k,), -1, dtype=torch.long, device=v.device)
+    remap[used] = torch.arange(used.numel(), device=v.device)
     return c[used].float(), remap[labels]
 
 

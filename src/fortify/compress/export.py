@@ -4,6 +4,9 @@
 needed), input ``x`` ``(N, C, H, W)`` in [0, 1] with a dynamic batch axis and output ``logits``
 ``(N, K)``; the ``Normalized`` standardisation is part of the graph. The exported graph is checked
 with ``onnx.checker`` and, optionally, against the PyTorch outputs on ``example_inputs``.
+
+Device: ONNX export and ONNX Runtime are CPU work. A model on another device is exported from a CPU
+deep copy that fortify makes and owns (:func:`cpu_copy`); the caller's model is never moved.
 """
 from __future__ import annotations
 
@@ -21,15 +24,30 @@ from fortify.models.state import eval_mode
 OPSET = 17
 
 
+def cpu_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself when it lives on the CPU (or has no tensors), else a deep copy on the CPU (fortify's own:
+    the caller's model is never moved). For the CPU-only steps: ONNX export, ONNX Runtime, CPU latency."""
+    from fortify.models.state import device_of
+
+    dev = device_of(model)
+    if dev is None or dev.type == "cpu":
+        return model
+    import copy
+
+    return copy.deepcopy(model).to("cpu")
+
+
 def onnx_bytes(model: nn.Module, example_inputs: torch.Tensor, *, opset: int = OPSET) -> bytes:
     """Serialise ``model`` (eval mode for the call, every module's flag restored) to ONNX bytes.
 
-    ``example_inputs`` ``(B, C, H, W)`` fixes the sample shape (batch axis dynamic).
+    ``example_inputs`` ``(B, C, H, W)`` fixes the sample shape (batch axis dynamic). A model on another
+    device than the CPU is exported from a CPU copy (:func:`cpu_copy`).
     """
     import onnx
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"export needs an nn.Module, got {type(model).__name__}")
+    model, example_inputs = cpu_copy(model), example_inputs.detach().cpu()
     buf = io.BytesIO()
     with eval_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")

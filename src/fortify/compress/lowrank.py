@@ -32,7 +32,7 @@ def rank_for(s: torch.Tensor, *, energy: float | None, budget: float | None, ful
     """Rank from singular values ``s`` (descending) by ``energy`` fraction or parameter ``budget`` fraction."""
     if energy is not None:
         e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp_min(1e-30)
-        return int(torch.searchsorted(e, torch.tensor(energy, dtype=torch.float64)).item()) + 1
+        return int(torch.searchsorted(e, torch.tensor([energy], dtype=torch.float64, device=e.device)).item()) + 1
     assert budget is not None
     return max(1, int(math.floor(budget * full_params / per_rank)))
 

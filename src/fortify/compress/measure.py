@@ -146,11 +146,16 @@ def latency_runs(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, 
     """Interleaved forward-pass timings ``{batch: Interleaved}`` of ``models`` (see :mod:`fortify.timing`).
 
     Inputs are ``example_inputs[:1]`` repeated to each batch size; the first model is the baseline
-    of the stopping rule. PyTorch uses ``threads`` intra-op threads during the timing (restored after).
+    of the stopping rule. Timed on the CPU: a model on another device is timed as a CPU copy fortify makes
+    (:func:`fortify.compress.export.cpu_copy`; the model itself is never moved). PyTorch uses ``threads`` intra-op threads during the timing (restored after).
     The models run in eval mode; every module's flag is restored afterwards.
     """
     if not models:
         raise ConfigError("latency: no models to time")
+    from fortify.compress.export import cpu_copy
+
+    models = {n: cpu_copy(m) for n, m in models.items()}  # CPU latency: CPU copies of models on another device
+    example_inputs = example_inputs.cpu()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -49,7 +49,7 @@ class NeuralCleanseUnlearning(Mitigation):
         m, p = rev.masks[target], rev.patterns[target]
 
         def stamp(xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-            sel = torch.rand(xb.shape[0], generator=g) < self.fraction
+            sel = (torch.rand(xb.shape[0], generator=g) < self.fraction).to(xb.device)
             out = xb.clone()
             out[sel] = (1 - m) * xb[sel] + m * p
             return out, yb

@@ -34,11 +34,11 @@ def ledoit_wolf(xc: torch.Tensor) -> tuple[torch.Tensor, float]:
     n, d = xc.shape
     s = xc.T @ xc / n
     mu = float(torch.trace(s)) / d
-    delta = float(((s - mu * torch.eye(d, dtype=s.dtype)) ** 2).sum())
+    delta = float(((s - mu * torch.eye(d, dtype=s.dtype, device=s.device)) ** 2).sum())
     sq = (xc ** 2).sum(dim=1)
     beta = float((sq ** 2 - 2 * ((xc @ s) * xc).sum(dim=1)).sum() / n ** 2 + (s ** 2).sum() / n)
     a = 0.0 if delta <= 0 else min(max(beta, 0.0), delta) / delta
-    return (1 - a) * s + a * mu * torch.eye(d, dtype=s.dtype), a
+    return (1 - a) * s + a * mu * torch.eye(d, dtype=s.dtype, device=s.device), a
 
 
 def shrunk_precision(xc: torch.Tensor, shrinkage: float | str) -> torch.Tensor:
@@ -49,7 +49,7 @@ def shrunk_precision(xc: torch.Tensor, shrinkage: float | str) -> torch.Tensor:
     else:
         s = xc.T @ xc / xc.shape[0]
         a = float(shrinkage)
-        cov = (1 - a) * s + a * float(torch.trace(s)) / s.shape[0] * torch.eye(s.shape[0], dtype=s.dtype)
+        cov = (1 - a) * s + a * float(torch.trace(s)) / s.shape[0] * torch.eye(s.shape[0], dtype=s.dtype, device=s.device)
     return torch.linalg.pinv(cov, hermitian=True)
 
 

@@ -44,7 +44,7 @@ class ViM(Detector):
         h, z = h.double(), z.double()
         d = h.shape[1]
         w = lin.weight.detach().double()
-        b = lin.bias.detach().double() if lin.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        b = lin.bias.detach().double() if lin.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
         origin = -torch.linalg.pinv(w) @ b
         c = h - origin
         vals, vecs = torch.linalg.eigh(c.T @ c / c.shape[0])  # ascending eigenvalues

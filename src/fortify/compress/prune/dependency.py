@@ -40,7 +40,7 @@ class Group:
         """Consumer input indices (dim 1 of its weight) owned by producer ``units`` (1-D long)."""
         if self.spatial == 0:
             return units
-        hw = torch.arange(self.spatial)
+        hw = torch.arange(self.spatial, device=units.device)
         return (units[:, None] * self.spatial + hw[None, :]).reshape(-1)
 
 

@@ -74,9 +74,10 @@ def kept_indices(plan: ChannelPlan, pruned: set[int]) -> dict[str, tuple[list[in
 
 def _sliced(m: nn.Module, keep_in: list[int], keep_out: list[int]) -> nn.Module:
     """A new module like ``m`` with only channels ``keep_in`` in and ``keep_out`` out (weights copied)."""
-    ki, ko = torch.tensor(keep_in, dtype=torch.long), torch.tensor(keep_out, dtype=torch.long)
     w = m.weight if isinstance(m.weight, torch.Tensor) else m.running_mean
     assert isinstance(w, torch.Tensor)  # Conv/Linear weight, or a non-affine BatchNorm's running mean
+    ki = torch.tensor(keep_in, dtype=torch.long, device=w.device)
+    ko = torch.tensor(keep_out, dtype=torch.long, device=w.device)
     dd = {"device": w.device, "dtype": w.dtype}
     new: nn.Module
     if isinstance(m, nn.Linear):

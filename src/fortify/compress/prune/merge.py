@@ -33,19 +33,20 @@ def merge_group(seq: nn.Sequential, group: Group, n_remove: int) -> list[float]:
         w_in = torch.cat([w_in, prod.bias.detach()[:, None]], dim=1)
     dist2 = torch.cdist(w_in.double(), w_in.double()).pow(2)
     dist2.fill_diagonal_(float("inf"))
-    alive = torch.ones(units, dtype=torch.bool)
+    dev = cons.weight.device
+    alive = torch.ones(units, dtype=torch.bool, device=dev)
     saliencies: list[float] = []
     with torch.no_grad():
         for _ in range(min(n_remove, units - 1)):
             out_norm2 = torch.stack([
-                cons.weight[:, group.consumer_index(torch.tensor([u]))].double().pow(2).sum() for u in range(units)
+                cons.weight[:, group.consumer_index(torch.tensor([u], device=dev))].double().pow(2).sum() for u in range(units)
             ])
             nearest_d, nearest = dist2.min(dim=1)
             sal = out_norm2 * nearest_d
             sal[~alive] = float("inf")
             j = int(torch.argmin(sal))
             i = int(nearest[j])
-            cj, ci = group.consumer_index(torch.tensor([j])), group.consumer_index(torch.tensor([i]))
+            cj, ci = group.consumer_index(torch.tensor([j], device=dev)), group.consumer_index(torch.tensor([i], device=dev))
             cons.weight[:, ci] += cons.weight[:, cj]
             cons.weight[:, cj] = 0.0
             alive[j] = False

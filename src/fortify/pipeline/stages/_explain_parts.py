@@ -37,11 +37,12 @@ def check_compare(path: object) -> None:
         raise ConfigError(f"explain.compare must be the path of a fortify model file, got {path!r} (no such file)")
 
 
-def load_compare(path: str) -> nn.Module:
-    """The comparison model (:func:`fortify.models.load`: safetensors, never unpickled), eval mode."""
+def load_compare(path: str, device: torch.device | None = None) -> nn.Module:
+    """The comparison model (:func:`fortify.models.load`: safetensors, never unpickled), eval mode, built on
+    ``device`` (the run's: fortify's own model, placed like the main one)."""
     from fortify.models import load
 
-    return load(path)
+    return load(path, device=device)
 
 
 def score(model: nn.Module, x: torch.Tensor, target: Any, sec: ExplainConfig, seed: int, random: torch.Tensor,

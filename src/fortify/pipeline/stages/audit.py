@@ -267,7 +267,7 @@ def other_models(ctx: RunContext, sec: AuditConfig) -> dict[str, Any]:
     if sec.compare_model:
         from fortify import models
 
-        out["compare"] = models.load(sec.compare_model)
+        out["compare"] = models.load(sec.compare_model, device=ctx.device)  # fortify's own, on the run's device
     return out
 
 

@@ -334,7 +334,7 @@ class ExplainStage:
         seed = ctx.config.seed if sec.seed is None else sec.seed
         x, y = ctx.test_inputs(sec.n)
         model = ctx.require_model()
-        other = load_compare(sec.compare) if sec.compare is not None else None
+        other = load_compare(sec.compare, ctx.device) if sec.compare is not None else None
         out = ctx.out_dir("explain")
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(seed)

@@ -180,7 +180,8 @@ def _screened(ctx: RunContext, sec: ScanConfig) -> tuple[torch.Tensor, torch.Ten
     if sec.data is None:
         return ctx.data("train")
     name = sec.data if sec.data in fdata.DATASETS else from_path(sec.data).name
-    return fdata.load(name, "train")
+    xs, ys = fdata.load(name, "train")
+    return xs.to(ctx.device), ys.to(ctx.device)  # on the run's device, like ctx.data
 
 
 @register_stage
