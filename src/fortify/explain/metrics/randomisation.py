@@ -26,6 +26,7 @@ from torch import nn
 from fortify.errors import ConfigError
 from fortify.models.graph import execution_order
 from fortify.explain.base import DEFAULT_BATCH_SIZE, Attribution
+from fortify.explain.metrics._rank import centred_ranks, spearman_with
 from fortify.explain.metrics.base import ATTRIBUTION_METRICS, AttributionMetric
 from fortify.explain.metrics.sensitivity import build_method
 from fortify.explain.similarity import SIMILARITIES, similarity, spearman
@@ -75,11 +76,14 @@ class CascadingRandomisation(AttributionMetric):
         clone = copy.deepcopy(model)  # the user's model is frozen here; the copy keeps its eval flags
         layers = list(reversed(layers_by_execution(clone, x)))
         ref = attributions.abs() if self.absolute else attributions
+        ranked = centred_ranks(ref) if self.similarity == "spearman" else None  # the reference, ranked once
         rows = []
         for k, (_, module) in enumerate(layers):
             randomise(module, self.seed + k)
             out = self.method(clone, x, target)
-            rows.append(similarity(ref, out.abs() if self.absolute else out, self.similarity))
+            out = out.abs() if self.absolute else out
+            rows.append(spearman_with(ranked, out).to(ref.dtype) if ranked is not None
+                        else similarity(ref, out, self.similarity))
         per_layer = torch.stack(rows, dim=1) if rows else torch.zeros(x.shape[0], 0, dtype=x.dtype)
         values = per_layer.mean(dim=1) if rows else torch.zeros(x.shape[0], dtype=x.dtype)
         return values, {"per_layer": per_layer, "layers": [n for n, _ in layers]}
