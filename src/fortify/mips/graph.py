@@ -32,6 +32,7 @@ an exact scan (the guarantee of recall 1.0; beam searches have none).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from fortify.errors import ConfigError
 from fortify.mips._kmeans import group, kmeans
@@ -291,7 +292,7 @@ class GraphIndex(Index):
                 all_sc = np.concatenate([pool_sc[g], sg], axis=1)
                 all_id = np.concatenate([pool_id[g], nb[gain]], axis=1)
                 all_done = np.concatenate([done[g], ~valid[gain]], axis=1)
-                keep = np.argpartition(-all_sc, ef - 1, axis=1)[:, :ef]
+                keep = torch.topk(torch.from_numpy(all_sc), ef, dim=1, sorted=False).indices.numpy()
                 pool_sc[g] = np.take_along_axis(all_sc, keep, axis=1)
                 pool_id[g] = np.take_along_axis(all_id, keep, axis=1)
                 done[g] = np.take_along_axis(all_done, keep, axis=1) | ~np.isfinite(pool_sc[g])

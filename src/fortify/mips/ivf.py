@@ -8,7 +8,8 @@ clusters; ``V`` is stored once, permuted so each cluster is contiguous, with eac
 Search: a query ``u`` ranks the clusters by ``<u, c> + alpha ||u|| r`` (``alpha = 1`` is the Cauchy-Schwarz
 upper bound on any member's inner product, ``alpha = 0`` the plain centroid score: norm-aware probing, default ``alpha = 0.05``, sits in
 between and favours wide clusters of long vectors) and scans the ``budget`` best (``nprobe``) clusters exactly.
-Batched cluster-major: each probed cluster's rows meet all the queries that probe it in one matrix product.
+Batched cluster-major (:func:`scan_clusters`): each probed cluster's rows meet all the queries that probe it in one
+matrix product, the scores land in one per-query buffer and one top-k selection ends the search.
 Cost per query: ``nlist + sum of probed cluster sizes`` inner products; ``budget = nlist`` is exact.
 Probe sets are nested in the budget, so recall is monotone in it.
 """
@@ -22,31 +23,84 @@ from fortify.mips.base import INDEXES, Index, check_option, topk_rows
 
 
 def scan_clusters(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.ndarray, probes: np.ndarray,
-                  k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  k: int, max_cells: int = 1 << 23) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-``k`` of each query ``U (q, d)`` over the rows of its probed clusters ``probes (q, p)``
     (``V`` cluster-contiguous, ``perm`` its original ids; ``-1`` = no cluster). Returns ``(ids, scores, rows
-    scanned per query)``; ids ``-1`` / scores ``-inf`` pad a row whose clusters hold fewer than ``k`` vectors."""
-    q, p = probes.shape
-    sc = np.full((q, p, k), -np.inf, dtype=np.float32)
-    ids = np.full((q, p, k), -1, dtype=np.int64)
+    scanned per query)``; ids ``-1`` / scores ``-inf`` pad a row whose clusters hold fewer than ``k`` vectors.
+
+    Batched, cluster-major: each probed cluster's rows meet all the queries that probe it in one matrix product
+    (a matrix-vector product for one query), whose scores are written into a per-query buffer (each query's probed
+    rows side by side, ``(q, rows)``), and one top-k selection per block of queries ends the search (no
+    per-cluster selection). Queries go in blocks whose buffers hold at most ``max_cells`` floats."""
+    q = probes.shape[0]
+    sizes = np.diff(offsets)
+    psz = np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0)
+    tot = psz.sum(axis=1)
+    ids = np.full((q, k), -1, dtype=np.int64)
+    sc = np.full((q, k), -np.inf, dtype=np.float32)
+    start = 0
+    while start < q:
+        stop, width = start + 1, max(k, int(tot[start]))
+        while stop < q and (stop + 1 - start) * max(width, int(tot[stop])) <= max_cells:
+            width, stop = max(width, int(tot[stop])), stop + 1
+        blk = slice(start, stop)
+        ids[blk], sc[blk] = _scan_block(V, perm, offsets, U[blk], probes[blk], psz[blk], k, width)
+        start = stop
+    return ids, sc, tot.astype(np.float64)
+
+
+def _scan_block(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.ndarray, probes: np.ndarray,
+                psz: np.ndarray, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One block of :func:`scan_clusters`: queries ``U (b, d)``, their probes and probed sizes ``(b, p)``, a
+    ``(b, width)`` score buffer; returns ``(ids (b, k), scores (b, k))``."""
+    b, p = probes.shape
+    base = ((np.cumsum(psz, axis=1) - psz) + (np.arange(b) * width)[:, None]).ravel()  # flat start per probe
+    buf = np.full(b * width, -np.inf, dtype=np.float32)
     flat = probes.ravel()
     order = np.argsort(flat, kind="stable")
     clusters, starts = np.unique(flat[order], return_index=True)
     ends = np.append(starts[1:], flat.size)
-    for c, a, b in zip(clusters.tolist(), starts.tolist(), ends.tolist()):
+    for c, a, e in zip(clusters.tolist(), starts.tolist(), ends.tolist()):
         lo, hi = (int(offsets[c]), int(offsets[c + 1])) if c >= 0 else (0, 0)
         if hi == lo:
             continue
-        who = order[a:b]
-        qs, slot = who // p, who % p
-        s = U[qs] @ V[lo:hi].T
-        kk = min(k, hi - lo)
-        pos, vals = topk_rows(s, kk)
-        sc[qs, slot, :kk] = vals
-        ids[qs, slot, :kk] = perm[lo + pos]
-    sizes = np.where(probes >= 0, np.diff(offsets)[np.maximum(probes, 0)], 0).sum(axis=1)
-    pos, vals = topk_rows(sc.reshape(q, p * k), k)
-    return np.take_along_axis(ids.reshape(q, p * k), pos, axis=1), vals, sizes.astype(np.float64)
+        who = order[a:e]
+        if who.size == 1:
+            w0 = int(who[0])
+            o = int(base[w0])
+            buf[o:o + hi - lo] = V[lo:hi] @ U[w0 // p]
+        else:
+            buf[base[who][:, None] + np.arange(hi - lo)] = U[who // p] @ V[lo:hi].T
+    kk = min(k, width)
+    pos, vals = topk_rows(buf.reshape(b, width), kk)
+    g = (pos + (np.arange(b) * width)[:, None]).ravel()
+    slot = np.searchsorted(base, g, side="right") - 1  # the probe a buffer position belongs to
+    row = offsets[np.maximum(flat[slot], 0)] + (g - base[slot])
+    ok = np.isfinite(vals)
+    ids = np.full((b, k), -1, dtype=np.int64)
+    sc = np.full((b, k), -np.inf, dtype=np.float32)
+    ids[:, :kk] = np.where(ok, perm[np.clip(row, 0, perm.size - 1)].reshape(b, kk), -1)
+    sc[:, :kk] = vals
+    return ids, sc
+
+
+def probe_order(scores: np.ndarray, sizes: np.ndarray, budget: int, k: int) -> np.ndarray:
+    """The ``budget`` best clusters of each query by ``scores (q, nlist)``, best first, ``(q, p)``; a query whose
+    probed clusters hold fewer than ``k`` rows probes on in order until they do (``-1`` pads the others).
+    Selects ``budget`` per query (a full sort only for the rare short rows)."""
+    q, nl = scores.shape
+    w = min(budget, nl)
+    order, _ = topk_rows(scores, w)
+    short = np.flatnonzero(sizes[order].sum(axis=1) < k)
+    if short.size == 0:
+        return order
+    full, _ = topk_rows(scores[short], nl)
+    need = np.maximum(np.argmax(np.cumsum(sizes[full], axis=1) >= k, axis=1) + 1, w)
+    width = int(need.max())
+    out = np.full((q, width), -1, dtype=np.int64)
+    out[:, :w] = order
+    out[short] = np.where(np.arange(width)[None, :] < need[:, None], full[:, :width], -1)
+    return out
 
 
 @INDEXES.register("ivf", help="k-means clusters, norm-aware probing (budget: clusters probed)")
@@ -99,12 +153,7 @@ class IVFIndex(Index):
         return s
 
     def _search(self, U: np.ndarray, k: int, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        order, _ = topk_rows(self.probe_scores(U), self.full_budget)
-        # at least k vectors per query: probe on past the budget until the clusters hold k rows
-        need = np.argmax(np.cumsum(np.diff(self.offsets)[order], axis=1) >= k, axis=1) + 1
-        per_q = np.maximum(min(budget, self.full_budget), need)
-        width = int(per_q.max())
-        probes = np.where(np.arange(width)[None, :] < per_q[:, None], order[:, :width], -1)
+        probes = probe_order(self.probe_scores(U), np.diff(self.offsets), budget, k)
         ids, sc, rows = scan_clusters(self.V, self.perm, self.offsets, U, probes, k)
         return ids, sc, rows + self.full_budget, 0.0
 
