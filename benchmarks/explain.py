@@ -25,12 +25,14 @@ on training), float32, eval mode; images: the first ``n`` mnist-5k test images, 
 
     .venv/bin/python benchmarks/explain.py --n 64 --rounds 5 --threads 1
     .venv/bin/python benchmarks/explain.py --models small-cnn --methods saliency,occlusion
+    nice -n 10 .venv/bin/python benchmarks/explain.py --n 64 --rounds 5 --threads 1 --captum 0 --quantus-steps 28,1
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import warnings
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -121,54 +123,68 @@ def pairs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
     for only in ("fullgrad", "vargrad", "smoothgrad-sq"):
         kw: dict[str, Any] = {} if only == "fullgrad" else {"samples": a.sg_samples, "noise": a.sg_noise}
         m = ATTRIBUTIONS.create(only, batch_size=bs, **kw)
-        out[only] = ((lambda m=m: m(model, x, t)), None, None)
+        out[only] = (partial(m, model, x, t), None, None)
     return out
 
 
 def quantus_pairs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
-                  a: argparse.Namespace) -> dict[str, tuple[Fn, Fn, bool]]:
-    """``{metric: (fortify, Quantus, equal values expected)}`` on |saliency| maps: pixel flipping
-    (Quantus ``PixelFlipping``, ``features_in_step`` 28, black = 0 baseline, softmax; fortify's
-    ``deletion`` with ``steps = d / 28``, its curve without the unperturbed point) and MPRT (Quantus
-    ``MPRT`` top-down with Captum saliency, per-layer Spearman averaged over the randomised layers;
-    fortify's ``randomisation`` with saliency: the same cascade with other random re-initialisations,
-    so equal in distribution only)."""
+                  a: argparse.Namespace) -> dict[str, tuple[Fn, Fn, bool, str]]:
+    """``{metric: (fortify, Quantus, equal values expected, note)}`` on |saliency| maps: pixel flipping
+    (Quantus ``PixelFlipping`` with each ``features_in_step`` of ``--quantus-steps`` -- 1 is its
+    default, 784 steps per image -- black = 0 baseline, softmax, its default batch of 64 images per
+    step (``--quantus-batch``); fortify's ``deletion`` with ``steps = d / features_in_step``, its curve
+    without the unperturbed point) and MPRT (Quantus ``MPRT`` with its defaults: top-down, Spearman,
+    Captum saliency, batch 64; per-layer scores averaged over the randomised layers here; fortify's
+    ``randomisation`` with saliency: the same cascade with other random re-initialisations, so equal in
+    distribution only)."""
     import numpy as np
     import quantus
 
+    from fortify.explain.metrics._flipping import flip_plan
+
     d = int(x[0].numel())
-    step = 28
+    qbs = a.quantus_batch
     sal = ATTRIBUTIONS.create("saliency")
     attr = sal(model, x, t)
     xn, tn, an = x.numpy(), t.numpy(), attr.numpy()
-    dele = ATTRIBUTION_METRICS.create("deletion", steps=d // step, baseline=0.0, batch_size=a.batch_size)
-    pf = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", disable_warnings=True)
+    out: dict[str, tuple[Fn, Fn, bool, str]] = {}
+    for step in (int(v) for v in a.quantus_steps.split(",")):
+        dele = ATTRIBUTION_METRICS.create("deletion", steps=d // step, baseline=0.0, batch_size=a.batch_size)
+        pf = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", disable_warnings=True)
+        _, _, source, blank = flip_plan(x, attr, steps=d // step, baseline=0.0, insert=False)
+        todo = (source == torch.arange(d // step + 1)) & ~blank
+        note = f"fortify runs {int(todo.sum()) + int(blank.any())} of {len(x) * (d // step + 1)} rows"
+
+        def q_pf(pf: Any = pf) -> torch.Tensor:
+            return torch.tensor(np.array(pf(model, xn, tn, a_batch=an, device="cpu", batch_size=qbs)))
+
+        def f_pf(dele: Any = dele) -> torch.Tensor:
+            return dele(model, x, attr, t).extra["curve"][:, 1:]
+
+        out[f"pixel flipping, {step} feature(s)/step"] = (f_pf, q_pf, True, note)
     rnd = ATTRIBUTION_METRICS.create("randomisation", attribution="saliency", batch_size=a.batch_size)
     mprt = quantus.MPRT(disable_warnings=True)
 
-    def q_pf() -> torch.Tensor:
-        return torch.tensor(np.array(pf(model, xn, tn, a_batch=an, device="cpu", batch_size=len(x))))
-
     def q_mprt() -> torch.Tensor:
-        out = mprt(model, xn, tn, a_batch=an, device="cpu", batch_size=len(x),
+        res: Any = mprt(model, xn, tn, a_batch=an, device="cpu", batch_size=qbs,
                    explain_func=quantus.explain, explain_func_kwargs={"method": "Saliency"})
         # per-layer scores averaged here: Quantus 0.6's return_average_correlation also averages in the
         # "original" entry (it skips a key "orig" that does not exist), which pulls the mean towards 1
-        layers = [np.asarray(v, dtype=np.float64) for k, v in out.items() if k != "original"]
+        layers = [np.asarray(v, dtype=np.float64) for k, v in res.items() if k != "original"]
         return torch.tensor(np.mean(layers, axis=0))
 
-    return {"pixel flipping (deletion)": (lambda: dele(model, x, attr, t).extra["curve"][:, 1:], q_pf, True),
-            "MPRT (randomisation)": (lambda: rnd(model, x, attr, t).values, q_mprt, False)}
+    out["MPRT (randomisation)"] = (lambda: rnd(model, x, attr, t).values, q_mprt, False, "")
+    return out
 
 
 def bench_quantus(label: str, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, a: argparse.Namespace) -> str:
     n = len(x)
     policy = fixed_rounds(TimingPolicy(warmup=1, min_sample_s=0.0, min_rounds=3), a.rounds)
     rows = ["| metric | fortify ms/image | Quantus ms/image | Quantus / fortify (95% CI) | values |", "|---|---|---|---|---|"]
-    for name, (ours, theirs, equal) in quantus_pairs(model, x, t, a).items():
+    for name, (ours, theirs, equal, note) in quantus_pairs(model, x, t, a).items():
         o, q = ours().detach().double(), theirs().detach().double()
         vals = (f"max abs diff {float((o - q.reshape(o.shape)).abs().max()):.2g}" if equal
-                else f"mean {float(o.mean()):.3f} vs {float(q.mean()):.3f}")
+                else f"mean {float(o.mean()):.3f} vs {float(q.mean()):.3f}") + (f"; {note}" if note else "")
         run = interleave({"quantus": theirs, "fortify": ours}, policy)
         sp = run.speedup("quantus", "fortify", CPU)
         rows.append(f"| {name} | {ms(run.median('fortify', CPU) / n * 1e3)} | {ms(run.median('quantus', CPU) / n * 1e3)}"
@@ -219,6 +235,10 @@ def main() -> None:
     p.add_argument("--occ-stride", type=int, default=2)
     p.add_argument("--metric-samples", type=int, default=10)
     p.add_argument("--quantus", type=int, default=1, help="1: also time pixel flipping and MPRT vs Quantus")
+    p.add_argument("--quantus-steps", default="28,1",
+                   help="pixel flipping features per step, comma-separated (1: Quantus's default, 784 steps)")
+    p.add_argument("--quantus-batch", type=int, default=64, help="Quantus batch_size (images; its default 64)")
+    p.add_argument("--captum", type=int, default=1, help="0: skip the Captum table (Quantus only)")
     a = p.parse_args()
     a.methods = set(a.methods.split(","))
     torch.set_num_threads(a.threads)
@@ -232,18 +252,19 @@ def main() -> None:
     print(f"settings: batch {a.batch_size} rows, IG gausslegendre {a.ig_steps} steps, SmoothGrad {a.sg_samples} "
           f"samples std {a.sg_noise}, occlusion window {a.occ_window} stride {a.occ_stride} baseline 0, "
           f"DeepLIFT baseline 0, infidelity/max-sensitivity {a.metric_samples} perturbations")
+    quantus: Any = None
     try:
         import quantus
 
         print(f"Quantus {quantus.__version__} (GPL; benchmark-only, installed with --no-deps)")
     except ImportError:
-        quantus = None
         print("Quantus: not installed, skipped")
     for name in a.models.split(","):
         torch.manual_seed(0)
         model = fmodels.create(name, in_shape=(1, 28, 28), num_classes=10).eval()  # random weights, seed 0
         print(f"\n### {name} (random weights, seed 0)\n", flush=True)
-        print(bench(name, model, x, y, a), flush=True)
+        if a.captum:
+            print(bench(name, model, x, y, a), flush=True)
         if quantus is not None and a.quantus:
             print(f"\n#### {name} vs Quantus\n", flush=True)
             print(bench_quantus(name, model, x, y, a), flush=True)
