@@ -32,12 +32,14 @@ def argv(verb: str, model: Path, inputs: Path, out: Path) -> list[str]:
         "audit": ["audit", m, "--sections", "calibration", "--n", "40", *run, *small, "data.train_limit=64"],
         "scan": ["scan", m, "--detectors", "strip", "--n", "20", *run, *small],
         "predict": ["predict", m, "--data", str(inputs), "--mips", "exact", "--k", "3", "--show", "1"],
+        "export": ["export", m, "--onnx", "--out", str(out / "onnx"), "--runs", str(out), "-q", *small,
+                   "export.n_check=8"],
         "run": ["run", *run, *TRAINING, "stages=[train,accuracy]"],
         "train": ["train", *run, *TRAINING],
     }[verb]
 
 
-VERBS = ("evaluate", "certify", "compress", "explain", "audit", "scan", "predict", "run", "train")
+VERBS = ("evaluate", "certify", "compress", "explain", "audit", "scan", "predict", "export", "run", "train")
 #: the verbs whose work is a recorded pipeline run (predict prints and records nothing)
 RECORDED = tuple(v for v in VERBS if v != "predict")
 

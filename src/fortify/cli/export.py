@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fortify.cli.base import UsageError, _quote, add_store_option, build_raw, register_verb
+from fortify.cli.base import UsageError, _quote, add_device_option, add_store_option, build_raw, register_verb
 from fortify.cli.evaluate import model_overrides, run_model_verb
 from fortify.errors import OutputError
 
@@ -64,6 +64,7 @@ class ExportVerb:
         add_store_option(parser)
         parser.add_argument("--data-dir", metavar="DIR", default=None, help="folder with dataset files")
         parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
+        add_device_option(parser)  # the model is loaded there; the ONNX export itself uses a CPU copy
         parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary table")
 
     def run(self, args: argparse.Namespace) -> int:
