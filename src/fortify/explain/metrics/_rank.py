@@ -6,14 +6,24 @@ share the mean of their places, 1-based), so the correlation equals
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def _argsort_rows(a: torch.Tensor) -> torch.Tensor:
+    """Row-wise argsort (ascending, ties in any order) of ``(N, d)``: numpy's on CPU (its SIMD
+    quicksort is ~3x torch's sort on AVX-512 machines), torch's elsewhere."""
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.argsort(a.detach().numpy(), axis=1)).long()
+    return torch.sort(a, dim=1).indices
 
 
 def average_ranks(a: torch.Tensor) -> torch.Tensor:
     """1-based ranks of each row of ``(N, d)``, ties sharing their mean rank: ``(N, d)`` float64.
     Cost: one sort of ``N d`` values and a few passes over them."""
     n, d = a.shape
-    s, order = torch.sort(a, dim=1)  # any order within a tie: tied places all get the group's mean
+    order = _argsort_rows(a)  # any order within a tie: tied places all get the group's mean
+    s = a.gather(1, order)
     pos = torch.arange(d, device=a.device).expand(n, d)
     first = torch.ones_like(s, dtype=torch.bool)  # a tie group starts here
     first[:, 1:] = s[:, 1:] != s[:, :-1]
