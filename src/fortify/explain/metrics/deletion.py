@@ -4,7 +4,8 @@ neural network has learned"; Petsiuk et al. 2018, RISE).
 The most relevant features first (by attribution value, each element of ``x``) are set to
 ``baseline`` in ``steps`` equal stages; the value is the area under the target-probability curve
 over the removed fraction [0, 1]. **Lower is better** (a faithful attribution removes the evidence
-first). ``extra["curve"]``: ``(N, steps + 1)``. Cost: ``N (steps + 1)`` forward passes (chunked).
+first). ``extra["curve"]``: ``(N, steps + 1)``. Cost: at most ``N (steps + 1)`` forward
+passes (chunked): one per distinct perturbed input (see :mod:`fortify.explain.metrics._flipping`).
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Starting from an all-``baseline`` input, the most relevant features first are put back in ``steps``
 equal stages; the value is the area under the target-probability curve over the inserted fraction
-[0, 1]. **Higher is better**. ``extra["curve"]``: ``(N, steps + 1)``. Cost: ``N (steps + 1)``
-forward passes (chunked).
+[0, 1]. **Higher is better**. ``extra["curve"]``: ``(N, steps + 1)``. Cost: at most ``N (steps + 1)``
+forward passes (chunked): one per distinct perturbed input (see :mod:`fortify.explain.metrics._flipping`).
 """
 from __future__ import annotations
 
