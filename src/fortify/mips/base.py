@@ -94,8 +94,9 @@ def as_matrix(x: object, name: str) -> np.ndarray:
 
 def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``k`` largest entries of ``scores (q, m)`` (``k <= m``): ``(positions, values)`` sorted
-    descending (ties: lower position first among the selected). Cost ``O(q m)`` selection (``torch.topk``, 5-10x
-    numpy's ``argpartition`` on one thread; numpy for dtypes torch lacks) plus ``O(q k log k)``."""
+    descending, ties broken by the lower position (as a stable argsort). Cost ``O(q m)`` selection
+    (``torch.topk``, 5-10x numpy's ``argpartition`` on one thread; numpy for dtypes torch lacks; a stable sort of
+    the rare rows tied at the k-th value) plus ``O(q k log k)``."""
     m = scores.shape[1]
     k = min(k, m)
     if scores.dtype in (np.float32, np.float64) and scores.size:
@@ -114,6 +115,11 @@ def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:
         part = np.broadcast_to(np.arange(m), scores.shape).copy()
+    if k < m:
+        kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+        tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)  # ties at the k-th value: lower first
+        if tied.size:
+            part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
     vals = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -vals), axis=1)
     pos = np.take_along_axis(part, order, axis=1)
