@@ -15,7 +15,7 @@ from fortify.mips.ivf import IVFIndex, probe_order, scan_clusters
 @pytest.mark.parametrize("k", [1, 5, 30])
 def test_topk_rows_equals_stable_argsort_with_ties(dtype: type, k: int) -> None:
     rng = np.random.default_rng(1)
-    S = rng.integers(-4, 5, size=(50, 30)).astype(dtype)  # many ties
+    S: np.ndarray = rng.integers(-4, 5, size=(50, 30)).astype(dtype)  # many ties
     S[0] = 0  # one row all tied
     if dtype is not np.int64:
         S[1, ::3] = -np.inf
