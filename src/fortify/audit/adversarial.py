@@ -101,7 +101,8 @@ class AdaptiveDetectorAttack(Attack):
         g = torch.zeros_like(x)
         h = self.sigma_nes * eps
         for _ in range(self.samples):
-            u = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            u = torch.randn(x.shape, generator=generator, dtype=x.dtype,  # on the generator's device
+                            device=generator.device if generator is not None else x.device).to(x.device)
             g += (self.fitted.score(x + h * u) - self.fitted.score(x - h * u)).view(-1, *[1] * (x.dim() - 1)) * u
         oracle.queries += x.shape[0] * (1 + 2 * self.samples)
         return s, g / (2 * h * self.samples)

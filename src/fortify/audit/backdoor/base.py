@@ -175,7 +175,7 @@ class Poison(TemplateCall, abc.ABC):
         if k:
             x_out[rows] = self._run(self._prepare(xt.detach(), yt, rows)).clamp(0.0, 1.0).to(xt.dtype)
             y_out[rows] = attack_labels[rows]
-        rest = torch.ones(n, dtype=torch.bool)
+        rest = torch.ones(n, dtype=torch.bool, device=rows.device)
         rest[rows] = False
         noise_rows, noisy = self._noise(xt.detach(), yt, torch.nonzero(rest).flatten(), gen)
         if noise_rows.numel():
