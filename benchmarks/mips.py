@@ -166,12 +166,33 @@ class _Ladders:
 args_wide = _Ladders()
 
 
-def fortify_indexes(V: np.ndarray, names: list[str]) -> dict[str, Any]:
+def _built(name: str, V: np.ndarray, cache: str) -> tuple[Any, float]:
+    """``(index, build seconds)``: built here, or read from ``cache`` (a folder of saved indexes with their build
+    times, keyed by name and a digest of ``V``; a later run of the same set skips the build)."""
+    from fortify.mips import Index
+
+    import hashlib
+
+    digest = hashlib.sha1(V[:: max(1, V.shape[0] // 997)].tobytes()).hexdigest()[:10]
+    key = f"{name}_{V.shape[0]}x{V.shape[1]}_{digest}"
+    path = Path(cache) / f"{key}.npz" if cache else None
+    if path is not None and path.is_file():
+        return Index.load(path), float(json.loads(path.with_suffix(".json").read_text())["build_s"])
+    t0 = time.perf_counter()
+    idx = INDEXES.get(name).build(V)
+    bt = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        idx.save(path)
+        path.with_suffix(".json").write_text(json.dumps({"build_s": bt}))
+    return idx, bt
+
+
+def fortify_indexes(V: np.ndarray, names: list[str], cache: str = "") -> dict[str, Any]:
     out = {}
     for name in names:
-        t0 = time.perf_counter()
-        idx = INDEXES.get(name).build(V)
-        bt = time.perf_counter() - t0
+        idx, bt = _built(name, V, cache)
+        print(f"  built fortify-{name}: {bt:.1f} s", flush=True)
         ladder = idx.budgets()
         if name in SLOW:
             ladder = [ladder[len(ladder) // 3], ladder[-2]] if len(ladder) > 2 else ladder
@@ -218,7 +239,7 @@ def run_set(name: str, V: np.ndarray, U: np.ndarray, Utrain: np.ndarray, args: a
     t0 = time.perf_counter()
     truth = exact_topk(V, U, 10)[0]
     exact_s = time.perf_counter() - t0
-    idx: dict[str, Any] = fortify_indexes(V, [n for n in INDEXES.names() if n not in args.skip])
+    idx: dict[str, Any] = fortify_indexes(V, [n for n in INDEXES.names() if n not in args.skip], args.index_cache)
     if not args.no_backends:
         idx.update(faiss_indexes(V))
         idx.update(hnswlib_index(V))
@@ -365,6 +386,7 @@ def main() -> None:
     p.add_argument("--no-backends", action="store_true")
     p.add_argument("--graph-max", type=int, default=256, help="largest graph ef swept (default 256)")
     p.add_argument("--ivf-frac", type=float, default=0.25, help="largest IVF probe count, fraction of nlist")
+    p.add_argument("--index-cache", default="", help="folder of saved fortify indexes (reused by a later run)")
     p.add_argument("--tag", default="", help="suffix of the results files (a partial re-run beside the full one)")
     p.add_argument("--report", metavar="JSON", nargs="+", help="print the markdown tables of results files and exit")
     args = p.parse_args()
