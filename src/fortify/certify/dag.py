@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from fortify.certify.bounds import InputSet
+from fortify.certify.dag_cells import cell_bytes, cells_refine_lower, plan_cells
 from fortify.certify.dag_win import windowed_refine_lower
 from fortify.certify.ops import Interval, LinearOp, MergeOp, Op, RelaxCache, ReLUOp, numel, relu_relax
 
@@ -43,6 +44,9 @@ _CHUNK_BYTES = 16 << 20
 _TEMP_FACTOR = 6
 #: bytes of backward temporaries per chunk of windowed rows (:mod:`fortify.certify.dag_win`)
 _WIN_CHUNK_BYTES = 64 << 20
+#: cell-grouped rows (:mod:`fortify.certify.dag_cells`) when at least this fraction of the refined
+#: cells' neurons needs refining (all channels of a cell are computed)
+CELL_FILL = 0.5
 
 
 @dataclass
@@ -167,6 +171,8 @@ def _refine(dag: Dag, v: int, lo: torch.Tensor, hi: torch.Tensor, bounds: list[I
     per = _chunk_rows(memory_budget, b, dag.row_bytes())
     producer, src = dag.ops[v - 1], dag.inputs[v - 1]
     cache = RelaxCache()
+    if len(dag.shape(v)) == 3 and _refine_cells(dag, v, need, new_l, new_h, bounds, inp, cache, memory_budget):
+        return new_l.reshape(lo.shape), new_h.reshape(hi.shape)
     if len(dag.shape(v)) == 3:  # feature maps: rows as receptive-field windows (dag_win)
         s, per = 0, 4  # a first small chunk measures the widest window, then chunks fill the budget
         while s < rows.numel():
@@ -193,6 +199,33 @@ def _refine(dag: Dag, v: int, lo: torch.Tensor, hi: torch.Tensor, bounds: list[I
         new_l[:, r] = torch.maximum(new_l[:, r], low[:, :k])
         new_h[:, r] = torch.minimum(new_h[:, r], -low[:, k:])
     return new_l.reshape(lo.shape), new_h.reshape(hi.shape)
+
+
+def _refine_cells(dag: Dag, v: int, need: torch.Tensor, new_l: torch.Tensor, new_h: torch.Tensor,
+                  bounds: list[Interval], inp: InputSet, cache: RelaxCache, memory_budget: int) -> bool:
+    """Refine the needed neurons ``need (B, N)`` of the ``(C, H, W)`` value ``v`` in place by
+    cell-grouped windows (:mod:`fortify.certify.dag_cells`: every channel of each pixel holding a
+    needed neuron, the needed ones written); ``False`` (nothing done) when the graph below ``v``
+    has an operator that module does not step through, or too few channels per cell are needed."""
+    plan = plan_cells(dag, v)
+    if plan is None:
+        return False
+    cv, hh, ww = dag.shape(v)
+    need_u = need.any(dim=0).reshape(cv, hh * ww)
+    cells = need_u.any(dim=0).nonzero().squeeze(1)
+    if cells.numel() == 0 or int(need_u.sum()) < CELL_FILL * cv * cells.numel():
+        return False
+    b = new_l.shape[0]
+    per = max(1, min(memory_budget, _WIN_CHUNK_BYTES) // (cell_bytes(dag, plan, b) * _TEMP_FACTOR))
+    chan = torch.arange(cv, device=cells.device) * (hh * ww)
+    for s in range(0, cells.numel(), per):
+        cc = cells[s:s + per]
+        low = cells_refine_lower(dag, plan, cc, bounds, inp, cache)  # (B, P, 2 cv)
+        sel = need_u[:, cc].t()  # (P, cv): the needed neurons of these cells
+        idx = (cc[:, None] + chan[None, :])[sel]
+        new_l[:, idx] = torch.maximum(new_l[:, idx], low[:, :, :cv][:, sel])
+        new_h[:, idx] = torch.minimum(new_h[:, idx], -low[:, :, cv:][:, sel])
+    return True
 
 
 def layer_bounds(dag: Dag, inp: InputSet, *, intermediate: str = "crown",

@@ -1,0 +1,292 @@
+"""Cell-grouped windows: the intermediate bounds of a whole feature map of a DAG, channels-last.
+
+:mod:`fortify.certify.dag_win` starts one receptive-field window per refined neuron and cuts the
+relaxation windows per row. When (nearly) every channel of a pixel is refined -- the last blocks of
+a ResNet, where almost every neuron is unstable -- the rows can be grouped by pixel ("cell"): the
+``2 C`` rows ``+e_(c,i,j)``, ``-e_(c,i,j)`` of cell ``(i, j)`` share their window everywhere below,
+so a coefficient is one tensor ``a (B', P, R, h, w, C)`` (``P`` cells, ``R = 2 C_v`` rows each,
+channels last) and the relaxation windows ``(B, P, 1, h, w, C)`` are cut once per cell and
+broadcast over the rows (no per-row gather). The steps are those of
+:func:`fortify.certify.dag.backward` (CROWN, Zhang et al. 2018, on a DAG as in auto_LiRPA, Xu et
+al. 2020), written for this layout:
+
+* Conv2d: a transposed convolution of each window without padding on channels-last views (no
+  layout copies), the window grows by the kernel and is cropped to the positions that lie inside
+  the map for at least one cell of the chunk (exact: the others only meet zero padding);
+* a BatchNorm / scale-shift read only by a ReLU is fused into that ReLU's step (slopes scaled,
+  its shift folded into the constant);
+* ReLU (CROWN-Ada): ``a sl + min(a, 0) (su - sl)``, ``const += min(a, 0) . bu``; the relaxation
+  windows are zero outside the map, which also clears the coefficients there;
+* ``add`` / ``sub`` hand the window to every input, a channel ``cat`` slices it; coefficients that
+  reach a value from several users are summed in their bounding window.
+
+Positions of a window outside the map are zeroed (masked) before a step that moves or sums them
+(conv, scale-shift, the input's dual norm). Cost per (sample, row): ``C h w`` floats per value,
+with ``h x w`` at most the map; every step is one or two passes over ``a``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fortify.certify.bounds import InputSet
+from fortify.certify.ops import CatOp, ConvOp, Interval, ReLUOp, ScaleShiftOp, SumOp
+from fortify.certify.ops.affine import conv_transpose
+from fortify.certify.ops.cache import memo
+from fortify.certify.ops.relu import relu_relax
+from fortify.certify.ops.window import Grid, gather
+
+#: operator types this module steps through
+CELL_OPS = (ConvOp, ScaleShiftOp, ReLUOp, SumOp, CatOp)
+
+
+@dataclass
+class Plan:
+    """What a refinement of value ``v`` needs: per value its stride scale below ``v``, the ReLUs
+    whose BatchNorm is fused (ReLU op index -> the BatchNorm's op index)."""
+
+    v: int
+    scale: dict[int, tuple[int, int]]
+    fuse: dict[int, int]
+
+
+@dataclass
+class _Win:
+    """A coefficient ``a (B', P, R, h, w, C)``; cell ``p``'s window corner is
+    ``(gi_p sy + oy, gj_p sx + ox)``. ``owned``: ``a`` is not shared (may be added to in place);
+    ``clean``: positions outside the map are known to be zero."""
+
+    a: torch.Tensor
+    oy: int
+    ox: int
+    sy: int
+    sx: int
+    owned: bool
+    clean: bool
+
+
+def plan_cells(dag: object, v: int) -> Plan | None:
+    """The plan for value ``v`` of ``dag`` (a :class:`fortify.certify.dag.Dag`), or ``None`` when an
+    ancestor is not a supported operator, a value is not a ``(C, H, W)`` map, or two paths reach a
+    value at different strides."""
+    ops, inputs, shape = dag.ops, dag.inputs, dag.shape  # type: ignore[attr-defined]
+    users = dag.users()  # type: ignore[attr-defined]
+    scale: dict[int, tuple[int, int]] = {v: (1, 1)}
+    fuse: dict[int, int] = {}
+    for t in range(v - 1, -1, -1):
+        if t + 1 not in scale:
+            continue
+        op, ins = ops[t], inputs[t]
+        if type(op) not in CELL_OPS or len(shape(t + 1)) != 3 or any(len(shape(u)) != 3 for u in ins):
+            return None
+        if isinstance(op, CatOp) and op.dim != 0:
+            return None
+        sy, sx = scale[t + 1]
+        if isinstance(op, ConvOp):
+            sy, sx = sy * op.stride[0], sx * op.stride[1]
+        for u in ins:
+            if scale.setdefault(u, (sy, sx)) != (sy, sx):
+                return None
+        u = ins[0]
+        if type(op) is ReLUOp and u >= 1 and type(ops[u - 1]) is ScaleShiftOp and users[u] == [t]:
+            fuse[t] = u - 1
+    return Plan(v, scale, fuse)
+
+
+def _mask(w: _Win, cells: tuple[torch.Tensor, torch.Tensor], hw: tuple[int, ...]) -> _Win:
+    """Zero the window positions outside the ``hw`` map."""
+    if w.clean:
+        return w
+    h, wd = w.a.shape[-3:-1]
+    ys = cells[0][:, None] * w.sy + w.oy + torch.arange(h, device=w.a.device)
+    xs = cells[1][:, None] * w.sx + w.ox + torch.arange(wd, device=w.a.device)
+    my, mx = (ys >= 0) & (ys < hw[0]), (xs >= 0) & (xs < hw[1])
+    if bool(my.all()) and bool(mx.all()):
+        return _Win(w.a, w.oy, w.ox, w.sy, w.sx, w.owned, True)
+    m = (my[:, :, None] & mx[:, None, :]).to(w.a.dtype)  # (P, h, w)
+    return _Win(w.a * m[:, None, :, :, None], w.oy, w.ox, w.sy, w.sx, True, True)
+
+
+def _crop(w: _Win, cells: tuple[torch.Tensor, torch.Tensor], hw: tuple[int, ...]) -> _Win:
+    """Drop window rows / columns outside the map for every cell of the chunk (exact)."""
+    h, wd = w.a.shape[-3:-1]
+    lo_y, hi_y = int(cells[0].min()) * w.sy + w.oy, int(cells[0].max()) * w.sy + w.oy
+    lo_x, hi_x = int(cells[1].min()) * w.sx + w.ox, int(cells[1].max()) * w.sx + w.ox
+    y0, y1 = max(0, -hi_y), min(h, hw[0] - lo_y)
+    x0, x1 = max(0, -hi_x), min(wd, hw[1] - lo_x)
+    clean = lo_y + y0 >= 0 and hi_y + y1 <= hw[0] and lo_x + x0 >= 0 and hi_x + x1 <= hw[1]
+    if (y0, y1, x0, x1) == (0, h, 0, wd):
+        return _Win(w.a, w.oy, w.ox, w.sy, w.sx, w.owned, clean)
+    return _Win(w.a[:, :, :, y0:y1, x0:x1], w.oy + y0, w.ox + x0, w.sy, w.sx, w.owned, clean)
+
+
+def _windows(maps: torch.Tensor, w: _Win, cells: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Windows of ``maps (K, B, C, H, W)`` at the cells' corners, zero outside the map:
+    ``(K, B, P, 1, h, w, C)``."""
+    h, wd = w.a.shape[-3:-1]
+    g = Grid(cells[0], cells[1], w.sy, w.oy, w.sx, w.ox)
+    out = gather(maps, g, h, wd)  # (K, B, P, C, h, w)
+    return out.permute(0, 1, 2, 4, 5, 3).unsqueeze(3).contiguous()
+
+
+def _dot(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``sum over (h, w, C)`` of ``a (B', P, R, h, w, C) * m (B, P, 1, h, w, C)``: ``(B, P, R)``."""
+    af = a.reshape(a.shape[:3] + (-1,))
+    return af.matmul(m.reshape(m.shape[:2] + (-1, 1))).squeeze(-1)
+
+
+def _relu_step(w: _Win, maps: torch.Tensor, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor],
+               fused: bool) -> tuple[_Win, torch.Tensor]:
+    """CROWN-Ada step (a BatchNorm below fused when ``fused``): ``maps`` stacks ``(sl, gap, bu[, p])``
+    with ``sl, gap`` already scaled by the BatchNorm and ``p = sl * shift``, ``bu += gap * shift``."""
+    win = _windows(maps, w, cells)
+    a = w.a
+    neg = a.clamp(max=0)
+    const = const + _dot(neg, win[2])
+    if fused:
+        const = const + _dot(a, win[3])
+    new = torch.addcmul(a * win[0], neg, win[1])
+    return _Win(new, w.oy, w.ox, w.sy, w.sx, True, True), const
+
+
+def _relu_maps(op_bn: ScaleShiftOp | None, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``(K, B, C, H, W)``: ``sl, su - sl, bu`` of the ReLU (CROWN-Ada), composed with ``op_bn``."""
+    sl, su, bu = relu_relax(lo, hi)
+    gap = su - sl
+    if op_bn is None:
+        return torch.stack([sl, gap, bu])
+    sc, sh = op_bn.scale.reshape(-1, 1, 1), op_bn.shift.reshape(-1, 1, 1)
+    return torch.stack([sl * sc, gap * sc, bu + gap * sh, sl * sh])
+
+
+def _conv_step(op: ConvOp, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor]
+               ) -> tuple[_Win, torch.Tensor]:
+    """Transposed convolution of every window (no padding), corner one layer down, cropped."""
+    w = _mask(w, cells, op.out_shape[1:])
+    a = w.a
+    if op.b is not None:
+        const = const + a.sum(dim=(3, 4)).matmul(op.b)
+    bp, p, r, h, wd, c = a.shape
+    kh, kw = op.w.shape[2:]
+    (s0, s1), (d0, d1) = op.stride, op.dilation
+    out_hw = ((h - 1) * s0 + (kh - 1) * d0 + 1, (wd - 1) * s1 + (kw - 1) * d1 + 1)
+    x = a.reshape(-1, h, wd, c).permute(0, 3, 1, 2)  # channels-last view of (N, C, h, w)
+    out = conv_transpose(x, op.w, op.stride, (0, 0), op.dilation, op.groups, out_hw)
+    out = out.permute(0, 2, 3, 1).reshape(bp, p, r, out_hw[0], out_hw[1], -1)
+    nw = _Win(out, w.oy * s0 - op.padding[0], w.ox * s1 - op.padding[1], w.sy * s0, w.sx * s1, True, False)
+    return _crop(nw, cells, op.in_shape[1:]), const
+
+
+def _scale_step(op: ScaleShiftOp, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[_Win, torch.Tensor]:
+    w = _mask(w, cells, op.out_shape[1:])
+    const = const + w.a.sum(dim=(3, 4)).matmul(op.shift.expand(w.a.shape[-1]))
+    return _Win(w.a * op.scale, w.oy, w.ox, w.sy, w.sx, True, True), const
+
+
+def _add(x: _Win, y: _Win) -> _Win:
+    """Sum of two coefficients of one value (same strides): in place when one window holds the
+    other and is not shared, else in a new bounding window."""
+    (hx, wx), (hy, wy) = x.a.shape[-3:-1], y.a.shape[-3:-1]
+    oy, ox = min(x.oy, y.oy), min(x.ox, y.ox)
+    ey, ex = max(x.oy + hx, y.oy + hy), max(x.ox + wx, y.ox + wy)
+    bp = max(x.a.shape[0], y.a.shape[0])
+    clean = x.clean and y.clean
+    for big, small in ((x, y), (y, x)):
+        if big.owned and (big.oy, big.ox) == (oy, ox) and big.a.shape[-3:-1] == (ey - oy, ex - ox) \
+                and big.a.shape[0] == bp:
+            hs, ws = small.a.shape[-3:-1]
+            big.a[:, :, :, small.oy - oy:small.oy - oy + hs, small.ox - ox:small.ox - ox + ws] += small.a
+            return _Win(big.a, oy, ox, x.sy, x.sx, True, clean)
+    out = x.a.new_zeros(bp, *x.a.shape[1:3], ey - oy, ex - ox, x.a.shape[-1])
+    for z in (x, y):
+        hz, wz = z.a.shape[-3:-1]
+        out[:, :, :, z.oy - oy:z.oy - oy + hz, z.ox - ox:z.ox - ox + wz] += z.a
+    return _Win(out, oy, ox, x.sy, x.sx, True, clean)
+
+
+def _concretize(inp: InputSet, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor]
+                ) -> torch.Tensor:
+    """Lower bound ``(B, P, R)`` of the windows over the input set (as :meth:`InputSet.concretize`)."""
+    mid_rad = torch.stack([(inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2])
+    mid, rad = _windows(mid_rad, w, cells)  # zero outside the map
+    box = _dot(w.a, mid) - _dot(w.a.abs(), rad)
+    if inp.norm == "linf":
+        return box + const
+    w = _mask(w, cells, tuple(inp.x.shape[-2:]))
+    a = w.a
+    q = 2.0 if inp.norm == "l2" else float("inf")
+    x0 = _windows(inp.x.unsqueeze(0), w, cells)[0]
+    dual = _dot(a, x0) - inp.eps * a.reshape(a.shape[:3] + (-1,)).norm(p=q, dim=-1)
+    return torch.maximum(box, dual) + const
+
+
+def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: list[Interval], inp: InputSet,
+                       cache: dict | None = None) -> torch.Tensor:
+    """Lower bounds ``(B, P, 2 C)`` of ``+z_(c, p)`` (first ``C``) and ``-z_(c, p)`` (last ``C``) for
+    every channel ``c`` of the flat pixels ``cells (P,)`` of value ``plan.v`` (a ``(C, H, W)`` map)."""
+    ops, inputs = dag.ops, dag.inputs  # type: ignore[attr-defined]
+    cv, hv, wv = dag.shape(plan.v)  # type: ignore[attr-defined]
+    ij = (cells // wv, cells % wv)
+    b = inp.x.shape[0]
+    eye = torch.eye(cv, dtype=inp.lo.dtype, device=inp.lo.device)
+    a0 = torch.cat([eye, -eye]).reshape(1, 1, 2 * cv, 1, 1, cv).expand(1, cells.numel(), -1, -1, -1, -1)
+    coef: dict[int, _Win] = {plan.v: _Win(a0, 0, 0, 1, 1, False, True)}
+    const = inp.lo.new_zeros(b, cells.numel(), 2 * cv)
+    for t in range(plan.v - 1, -1, -1):
+        w = coef.pop(t + 1, None)
+        if w is None:
+            continue
+        op, ins = ops[t], inputs[t]
+        targets = list(ins)
+        if isinstance(op, ReLUOp):
+            bn = plan.fuse.get(t)
+            op_bn = ops[bn] if bn is not None else None
+            maps = memo(cache, ("cells-relu", t, id(bounds[ins[0]][0])),
+                        lambda: _relu_maps(op_bn, *bounds[ins[0]]))  # type: ignore[arg-type]
+            w, const = _relu_step(w, maps, const, ij, op_bn is not None)
+            if bn is not None:
+                targets = list(inputs[bn])
+            parts = [w]
+        elif isinstance(op, ConvOp):
+            w, const = _conv_step(op, w, const, ij)
+            parts = [w]
+        elif isinstance(op, ScaleShiftOp):
+            w, const = _scale_step(op, w, const, ij)
+            parts = [w]
+        elif isinstance(op, SumOp):
+            parts = [_Win(w.a if k == 1.0 else w.a * k, w.oy, w.ox, w.sy, w.sx, k != 1.0, w.clean)
+                     for k in op.weights]
+        else:
+            assert isinstance(op, CatOp)
+            splits = torch.split(w.a, [s[0] for s in op.in_shapes], dim=-1)
+            parts = [_Win(s, w.oy, w.ox, w.sy, w.sx, False, w.clean) for s in splits]
+        for u, part in zip(targets, parts):
+            coef[u] = _add(coef[u], part) if u in coef else part
+    return _concretize(inp, coef.pop(0), const, ij)
+
+
+def cell_bytes(dag: object, plan: Plan, batch: int) -> int:
+    """Bytes of one cell's widest coefficient (all ``2 C_v`` rows, ``batch`` samples): an upper
+    estimate from the uncropped windows."""
+    ops, inputs, shape = dag.ops, dag.inputs, dag.shape  # type: ignore[attr-defined]
+    size: dict[int, tuple[int, int]] = {plan.v: (1, 1)}
+    widest = shape(plan.v)[0]
+    for t in range(plan.v - 1, -1, -1):
+        if t + 1 not in size:
+            continue
+        h, w = size[t + 1]
+        op = ops[t]
+        if isinstance(op, ConvOp):
+            (kh, kw), (s0, s1), (d0, d1) = op.w.shape[2:], op.stride, op.dilation
+            h, w = (h - 1) * s0 + (kh - 1) * d0 + 1, (w - 1) * s1 + (kw - 1) * d1 + 1
+        for u in inputs[t]:
+            old = size.get(u, (0, 0))
+            size[u] = (max(old[0], h), max(old[1], w))
+            c = shape(u)[0]
+            widest = max(widest, c * size[u][0] * size[u][1])
+    return widest * 4 * 2 * shape(plan.v)[0] * batch
+
+
+__all__ = ["CELL_OPS", "Plan", "cell_bytes", "cells_refine_lower", "plan_cells"]
