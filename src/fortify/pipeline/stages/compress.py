@@ -13,6 +13,10 @@ in the run store (``bytes[original]``, ``bytes[compressed]``, ``size_ratio``, ``
 ``speedup_b256_ci_low`` / ``_ci_high`` / ``_noisy`` / ``_rounds`` and ``speedup_b256_wall*``, ...)
 and adds a report section.
 
+Device (docs/devices.md): the steps and the accuracy measurements run on the run's device (``ctx.device``);
+the int8 / ONNX export, the int8 model itself (ONNX Runtime) and the CPU latency timings work on CPU copies
+fortify makes (:func:`fortify.compress.export.cpu_copy`), never on the run's model.
+
 Recipe section ``compress`` (:class:`CompressConfig`)::
 
     compress:
