@@ -10,6 +10,10 @@ MPS train in float32 (autocast there is slower or numerically less safe for the 
 Determinism: the Trainer seeds every generator it uses; on CUDA, bit-reproducible runs additionally need
 ``torch.use_deterministic_algorithms(True)`` and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` set by the caller
 (:func:`deterministic` does both; it costs speed and some ops then raise), and AMP off.
+
+The CLI's ``--device`` (every verb that runs a model), the pipeline's one run device and the CPU-only steps
+are described in docs/devices.md. :func:`model_device` refuses a model split over several devices;
+:func:`describe` is the device as recorded with a run.
 """
 from __future__ import annotations
 
