@@ -71,6 +71,16 @@ def test_a_device_this_machine_lacks_is_one_line_and_exit_2(verb: str, model_fil
     assert not out.exists()  # checked before the runs folder or the store is created
 
 
+def test_an_unavailable_device_in_the_recipe_is_caught_before_writing(model_file: Path, inputs_file: Path,
+                                                                      tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs"
+    bad = unavailable_device()
+    line = error_line(capsys, [*argv("certify", model_file, inputs_file, out), f"train.device={bad}"])
+    assert line.startswith("fortify: error: train.device: device ") and bad in line
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("bad", ["gpu0", "tpu", "cuda:x"])
 def test_a_malformed_device_names_the_allowed_ones(bad: str, model_file: Path, inputs_file: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

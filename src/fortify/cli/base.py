@@ -288,8 +288,20 @@ def _prepare(args: argparse.Namespace, raw: dict[str, Any], stages: Sequence[str
         raw = {**raw, "stages": list(stages)}
     cfg = resolve(raw)
     set_threads(args)
+    _check_run_device(cfg)
     prepare_out_dir(cfg.output.dir)
     return cfg, RunStore(store_path(args, cfg.output.dir, cfg.output.store))
+
+
+def _check_run_device(cfg: Any) -> None:
+    """``train.device`` given as KEY=VALUE or in a recipe (``--device`` is checked earlier): a device this
+    machine lacks is the same one-line UsageError, before the runs folder or the store is created."""
+    from fortify.pipeline.base import run_device
+
+    try:
+        run_device(cfg)
+    except ConfigError as e:
+        raise UsageError(f"train.device: {e}") from None
 
 
 def _reopen(args: argparse.Namespace, verb: str, resume: str) -> tuple[Any, Any, str]:
