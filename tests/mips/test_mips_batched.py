@@ -73,3 +73,35 @@ def test_ivf_search_equals_per_query_path(data: tuple[np.ndarray, np.ndarray]) -
         assert np.array_equal(res.cost.per_query, rrows + idx.full_budget)
     exact = np.argsort(-(U.astype(np.float64) @ V.T.astype(np.float64)), axis=1)[:, :10]
     assert recall_at_k(idx.search(U, 10, idx.full_budget).ids, exact).mean() == 1.0
+
+
+def test_cheapest_mix_is_the_lower_hull_at_the_target() -> None:
+    from fortify.mips.selector import _cheapest_mix
+
+    rec, cost = np.array([0.5, 0.8, 1.0]), np.array([1.0, 2.0, 10.0])
+    i, j, f = _cheapest_mix(rec, cost, 0.9)  # type: ignore[misc]
+    assert (i, j) == (1, 2) and f == pytest.approx(0.5)  # 0.5 * 0.8 + 0.5 * 1.0 = 0.9 at cost 6 (< 8.2, 10)
+    one = _cheapest_mix(rec, cost, 0.8)
+    assert one is not None and one[1] == 1 and one[2] == 0.0  # configuration 1 alone reaches 0.8 at cost 2
+    assert _cheapest_mix(rec, cost, 1.01) is None
+
+
+def test_budget_rule_trades_recall_for_cost_on_average(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """The Lagrangian rule: price 0 picks each query's best predicted configuration, a huge price the cheapest;
+    the calibrated price keeps the out-of-fold mean recall at the target; a bad rule name is a ConfigError."""
+    from fortify.errors import ConfigError
+    from fortify.mips import build
+    from fortify.mips.selector import Selector
+
+    V, _ = data
+    rng = np.random.default_rng(7)
+    U = (V[rng.integers(0, V.shape[0], 300)] + 0.5 * rng.standard_normal((300, V.shape[1]))).astype(np.float32)
+    with pytest.raises(ConfigError, match="rule"):
+        Selector({"ivf": build("ivf", V)}, rule="cheapest")
+    sel = Selector({"ivf": build("ivf", V), "graph": build("graph", V)}, target=0.9, k=10).fit(U[:200])
+    pred = sel._predict(sel._design(sel.features(U[200:])[0]))
+    assert np.array_equal(sel._pick(pred, 0.0), np.argmax(pred - 1e-12 * sel.cost[None, :], axis=1))
+    assert (sel._pick(pred, 1e9) == np.argmin(sel.cost)).all()
+    truth = build("exact", V).search(U[200:], 10).ids
+    rep = sel.evaluate(U[200:], truth, train=(U[:200], build("exact", V).search(U[:200], 10).ids))
+    assert rep.recall >= 0.85 and rep.mix is not None and rep.mix_recall >= 0.85

@@ -11,9 +11,14 @@ the early-probe statistic of learned adaptive early termination (Li, Zhang, Ande
 the k-th best inner product found so far (seeds, or the best cluster's members) and the 2nd best score, and the
 same against the best. For every configuration ``(index, budget)`` a logistic model of the per-query recall@k
 (soft targets, L2-regularised, fitted by Newton steps in numpy) is trained on held-out queries; a query goes to
-the cheapest configuration (mean inner products measured on the training queries, as the selector runs it) whose
-predicted recall is at least ``target + margin``, ``margin`` the smallest that keeps the out-of-fold mean recall
-of each of two folds of the training queries at the target (the two fold models, averaged, then predict). The
+a rule then picks per query (costs: mean inner products measured on the training queries, as the selector runs
+them). ``rule="budget"`` (default): the target is a mean recall, so the choice is the Lagrangian relaxation of
+"least mean cost subject to mean recall >= target": each query goes to the configuration maximising its predicted
+recall minus a price times its cost, and queries that gain little from more work get less of it (a single fixed
+configuration that overshoots the target leaves that slack unused). ``rule="threshold"``: the cheapest
+configuration whose predicted recall is at least ``target + margin``. The knob (price or margin) is calibrated
+out of fold: the cheapest setting whose choices keep the mean recall of each of two folds of the training queries,
+less ``confidence`` standard errors, at the target (the two fold models, averaged, then predict). The
 selector's cost counts its features on top of the search; the work is reused, not repeated: the graph's beam
 starts from the features' seeds, an IVF fed by its own features continues from their probe order and first
 cluster; any other configuration runs as it is (its full cost on top of the features).
@@ -23,12 +28,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from fortify.errors import ConfigError, InputError
-from fortify.mips.base import Index, SearchCost, SearchResult, as_matrix, recall_at_k, topk_rows
+from fortify.mips.base import Index, SearchCost, SearchResult, as_matrix, check_option, recall_at_k, topk_rows
 from fortify.mips.exact import exact_topk
 from fortify.mips.graph import GraphIndex
 from fortify.mips.ivf import IVFIndex, scan_clusters
@@ -61,6 +66,12 @@ class SelectorReport:
     best_inner_products: float
     table: dict[Config, tuple[float, float]] = field(default_factory=dict)
     choices: dict[Config, int] = field(default_factory=dict)
+    #: the cheapest random mix of two fixed configurations whose training recall is the target (no per-query
+    #: choice: query i goes to ``mix[0]`` with probability ``mix_weight``): its recall and cost on these queries
+    mix: tuple[Config, Config] | None = None
+    mix_weight: float = float("nan")
+    mix_recall: float = float("nan")
+    mix_inner_products: float = float("nan")
 
     @property
     def cost_ratio(self) -> float:
@@ -76,7 +87,11 @@ class Selector:
 
     def __init__(self, indexes: Mapping[str, Index], *, target: float = 0.95, k: int = 10,
                  budgets: Mapping[str, list[int]] | None = None, ivf: IVFIndex | None = None,
-                 features: Index | None = None) -> None:
+                 features: Index | None = None, rule: str = "budget", confidence: float = 1.0) -> None:
+        if rule not in ("budget", "threshold"):
+            raise ConfigError(f"rule must be 'budget' or 'threshold', got {rule!r}")
+        check_option(confidence, "confidence", minimum=0.0)
+        self.rule, self.confidence = rule, float(confidence)
         if not 0 < target <= 1:
             raise ConfigError(f"target recall must be in (0, 1], got {target!r}")
         if not indexes:
@@ -218,14 +233,33 @@ class Selector:
             pred[fold == f] = 1.0 / (1.0 + np.exp(-np.clip(X[fold == f] @ w.T, -30, 30)))
             ws.append(w)
         self.weights = np.stack(ws)  # (2, configs, features + 1)
-        lo, hi = -1.0, 1.0
-        for _ in range(30):  # smallest margin whose choices reach the target on each fold's held-out queries
-            mid = 0.5 * (lo + hi)
-            got = R[self._pick(pred, mid), np.arange(Q.shape[0])]
-            ok = min(got[fold == 0].mean(), got[fold == 1].mean()) >= self.target
-            lo, hi = (lo, mid) if ok else (mid, hi)
-        self.margin = hi
+        self.margin = self._calibrate(pred, R, fold)
         return self
+
+    def _calibrate(self, pred: np.ndarray, R: np.ndarray, fold: np.ndarray) -> float:
+        """The rule's knob from out-of-fold predictions ``pred (q, c)`` and measured recalls ``R (c, q)``: the
+        cheapest setting whose choices keep each fold's mean recall, less ``confidence`` standard errors, at
+        the target. ``"threshold"``: the smallest margin over the target a query's predicted recall must clear;
+        ``"budget"``: the largest price per inner product (bisection on a log scale)."""
+        def ok(knob: float) -> bool:
+            got = R[self._pick(pred, knob), np.arange(pred.shape[0])]
+            lows = [got[fold == f].mean() - self.confidence * got[fold == f].std() / np.sqrt((fold == f).sum())
+                    for f in (0, 1)]
+            return min(lows) >= self.target
+
+        if self.rule == "threshold":
+            lo, hi = -1.0, 1.0
+            for _ in range(30):  # smallest margin whose choices reach the target on each fold's held-out queries
+                mid = 0.5 * (lo + hi)
+                lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+            return hi
+        if not ok(0.0):
+            return 0.0
+        lo, hi = -8.0, 4.0  # log10 of the price, inner products normalised by the dearest configuration
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if ok(10.0 ** mid) else (lo, mid)
+        return float(10.0 ** lo)
 
     def _truth(self, Q: np.ndarray) -> np.ndarray:
         exact = next((i for i in self.indexes.values() if i.exact), None)
@@ -239,10 +273,16 @@ class Selector:
         z = np.einsum("qf,mcf->mqc", X, self.weights)
         return (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).mean(axis=0)  # (q, c): the fold models' mean
 
-    def _pick(self, pred: np.ndarray, margin: float) -> np.ndarray:
-        """Per query the cheapest configuration with predicted recall >= target + margin (else the best)."""
+    def _pick(self, pred: np.ndarray, knob: float) -> np.ndarray:
+        """Per query a configuration. ``"threshold"``: the cheapest with predicted recall >= target + ``knob``
+        (else the best predicted). ``"budget"`` (Lagrangian relaxation of "least mean cost with mean recall >=
+        target"): the one maximising predicted recall - ``knob`` * cost / the dearest cost, so queries whose
+        recall gains little from more work get less of it, and the mean, not each query, meets the target."""
+        if self.rule == "budget":
+            gain = pred - knob * (self.cost / max(float(self.cost.max()), 1e-12))[None, :]
+            return np.argmax(gain - 1e-12 * self.cost[None, :], axis=1)
         order = np.argsort(self.cost, kind="stable")
-        ok = pred[:, order] >= self.target + margin
+        ok = pred[:, order] >= self.target + knob
         first = np.where(ok.any(axis=1), ok.argmax(axis=1), -1)
         best = order[np.argmax(pred[:, order] - 1e-9 * np.arange(len(order)), axis=1)]
         return np.where(first >= 0, order[np.maximum(first, 0)], best)
@@ -292,10 +332,31 @@ class Selector:
         ok = [i for i in range(len(self.configs)) if Rt[i].mean() >= self.target]
         best = min(ok, key=lambda i: Ct[i].mean()) if ok else None
         picks = self.choose(Q)[0]
+        mix = _cheapest_mix(Rt.mean(axis=1), Ct.mean(axis=1), self.target)
+        mixed: dict[str, Any] = {}
+        if mix is not None:
+            i, j, f = mix
+            mixed = dict(mix=(self.configs[i], self.configs[j]), mix_weight=f,
+                         mix_recall=float(f * R[i].mean() + (1 - f) * R[j].mean()),
+                         mix_inner_products=float(f * C[i].mean() + (1 - f) * C[j].mean()))
         return SelectorReport(
             target=self.target, k=self.k, recall=rec, inner_products=res.cost.inner_products,
             best=self.configs[best] if best is not None else None,
             best_recall=float(R[best].mean()) if best is not None else float("nan"),
             best_inner_products=float(C[best].mean()) if best is not None else float("nan"),
             table={c: (float(R[i].mean()), float(C[i].mean())) for i, c in enumerate(self.configs)},
-            choices={self.configs[int(c)]: int((picks == c).sum()) for c in np.unique(picks)})
+            choices={self.configs[int(c)]: int((picks == c).sum()) for c in np.unique(picks)}, **mixed)
+
+
+def _cheapest_mix(rec: np.ndarray, cost: np.ndarray, target: float) -> tuple[int, int, float] | None:
+    """The cheapest mix ``(i, j, f)`` of configurations ``i`` (weight ``f``) and ``j`` whose mean recall ``f
+    rec_i + (1 - f) rec_j`` is ``target`` (``rec, cost (c,)``; a single configuration when ``f = 0``): the lower
+    convex hull of the fixed configurations at the target, what a choice without features achieves."""
+    best: tuple[float, int, int, float] | None = None
+    for j in np.flatnonzero(rec >= target):
+        for i in range(rec.size):
+            f = 0.0 if rec[i] >= rec[j] else min(1.0, (rec[j] - target) / (rec[j] - rec[i]))
+            c = f * cost[i] + (1 - f) * cost[j]
+            if best is None or c < best[0]:
+                best = (float(c), int(i), int(j), float(f))
+    return None if best is None else best[1:]
