@@ -241,9 +241,9 @@ def run_set(name: str, V: np.ndarray, U: np.ndarray, Utrain: np.ndarray, args: a
     exact_s = time.perf_counter() - t0
     idx: dict[str, Any] = fortify_indexes(V, [n for n in INDEXES.names() if n not in args.skip], args.index_cache)
     if not args.no_backends:
-        idx.update(faiss_indexes(V))
-        idx.update(hnswlib_index(V))
-        idx.update(scann_index(V))
+        for name, make in (("faiss", faiss_indexes), ("hnswlib", hnswlib_index), ("scann", scann_index)):
+            if name in args.backends:
+                idx.update(make(V))
     builds = {k: {"build_s": v[3], "bytes": v[4]} for k, v in idx.items()}
     for k, v in builds.items():
         print(f"  build {k}: {v['build_s']:.1f} s, {v['bytes'] / 2**20:.0f} MiB", flush=True)
@@ -384,6 +384,7 @@ def main() -> None:
     p.add_argument("--sets", default="clustered,gaussian,realhead")
     p.add_argument("--skip", default="", help="fortify indexes to skip, comma separated")
     p.add_argument("--no-backends", action="store_true")
+    p.add_argument("--backends", default="faiss,hnswlib,scann", help="backends to run (comma separated)")
     p.add_argument("--graph-max", type=int, default=256, help="largest graph ef swept (default 256)")
     p.add_argument("--ivf-frac", type=float, default=0.25, help="largest IVF probe count, fraction of nlist")
     p.add_argument("--index-cache", default="", help="folder of saved fortify indexes (reused by a later run)")
