@@ -271,7 +271,9 @@ def selector_result(idx: dict[str, Any], Utrain: np.ndarray, U: np.ndarray, trut
         out[str(target)] = {"recall": rep.recall, "ips": rep.inner_products, "qps": U.shape[0] / res.cost.seconds,
                             "best": list(rep.best) if rep.best else None, "best_recall": rep.best_recall,
                             "best_ips": rep.best_inner_products, "cost_ratio": rep.cost_ratio,
-                            "choices": {f"{a}@{b}": c for (a, b), c in rep.choices.items()}}
+                            "choices": {f"{a}@{b}": c for (a, b), c in rep.choices.items()}, "rule": sel.rule,
+                            "mix": [list(c) for c in rep.mix] if rep.mix else None, "mix_weight": rep.mix_weight,
+                            "mix_recall": rep.mix_recall, "mix_ips": rep.mix_inner_products}
         print(f"  selector target {target}: recall {rep.recall:.3f} at {rep.inner_products:.0f} ips; best single "
               f"{rep.best} {rep.best_recall:.3f} at {rep.best_inner_products:.0f} ips", flush=True)
     return out
@@ -365,9 +367,12 @@ def markdown(out: dict[str, Any]) -> str:
         lines.append(f"- recall@10 >= 0.95 at >= 50x fewer inner products than exact: "
                      f"{'met by ' + ', '.join(sorted({r['index'] + '@' + str(r['budget']) for r in g})) if g else 'not met'}")
         for t, sel in res.get("selector", {}).items():
-            lines.append(f"- selector (target {t}, trained on held-out queries): recall {sel['recall']:.3f} at "
-                         f"{sel['ips']:,.0f} ips/query vs best single {sel['best']} {sel['best_recall']:.3f} at "
-                         f"{sel['best_ips']:,.0f} (cost ratio {sel['cost_ratio']:.2f}: > 1 means the selector is cheaper)")
+            mix = (f"; cheapest random mix of two fixed configurations {sel['mix'][0]} ({sel['mix_weight']:.2f}) + "
+                   f"{sel['mix'][1]}: {sel['mix_recall']:.3f} at {sel['mix_ips']:,.0f}") if sel.get("mix") else ""
+            lines.append(f"- selector ({sel.get('rule', 'threshold')} rule, target {t}, trained on held-out queries): "
+                         f"recall {sel['recall']:.3f} at {sel['ips']:,.0f} ips/query vs best single {sel['best']} "
+                         f"{sel['best_recall']:.3f} at {sel['best_ips']:,.0f} (cost ratio {sel['cost_ratio']:.3f}: > 1 "
+                         f"means the selector is cheaper){mix}; choices {sel['choices']}")
         for cfg, fh in res.get("fasthead", {}).items():
             lines.append(f"- FastHead {cfg}: recall@10 {fh['recall@10']:.3f} vs the exact torch head, {fh['ips']:,.0f} "
                          f"inner products per row of {fh['classes']:,}, {fh['speedup']:.2f}x the exact head's speed")
