@@ -74,9 +74,10 @@ class TrainConfig:
         available, else cpu): the Trainer checks the model is there (ConfigError naming both devices; a
         user's model is never moved); models fortify builds (pipeline) are created there. Not compared on
         resume, like ``nproc``.
-    amp: mixed precision (``torch.autocast`` bfloat16/float16 forward with a gradient scaler) for the
-        training forward/backward; honoured on CUDA only (ignored on cpu/mps, where it is not safe or
-        not faster), never for evaluation or attacks outside the training step.
+    amp: mixed precision (``torch.autocast`` bfloat16 forward; bfloat16 has float32's exponent range, so no
+        gradient scaler) for the training forward/backward; honoured on CUDA devices with bfloat16 support
+        only (ignored on cpu/mps and older GPUs, where it is not safe or not faster), never for evaluation
+        or attacks outside the training step.
     """
 
     epochs: int = 10
