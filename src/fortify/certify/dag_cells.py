@@ -132,8 +132,10 @@ def _windows(maps: torch.Tensor, w: _Win, cells: tuple[torch.Tensor, torch.Tenso
 
 def _dot(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """``sum over (h, w, C)`` of ``a (B', P, R, h, w, C) * m (B, P, 1, h, w, C)``: ``(B, P, R)``."""
-    af = a.reshape(a.shape[:3] + (-1,))
-    return af.matmul(m.reshape(m.shape[:2] + (-1, 1))).squeeze(-1)
+    af, mf = a.reshape(a.shape[:3] + (-1,)), m.reshape(m.shape[:2] + (-1,))
+    if af.shape[0] == 1 and mf.shape[0] > 1:  # shared rows: einsum, not a broadcast matmul (which copies)
+        return torch.einsum("prk,bpk->bpr", af[0], mf)
+    return torch.einsum("bprk,bpk->bpr", af, mf)  # batched matrix-vector products
 
 
 def _relu_step(w: _Win, maps: torch.Tensor, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor],
@@ -171,11 +173,32 @@ def _conv_step(op: ConvOp, w: _Win, const: torch.Tensor, cells: tuple[torch.Tens
     kh, kw = op.w.shape[2:]
     (s0, s1), (d0, d1) = op.stride, op.dilation
     out_hw = ((h - 1) * s0 + (kh - 1) * d0 + 1, (wd - 1) * s1 + (kw - 1) * d1 + 1)
-    x = a.reshape(-1, h, wd, c).permute(0, 3, 1, 2)  # channels-last view of (N, C, h, w)
-    out = conv_transpose(x, op.w, op.stride, (0, 0), op.dilation, op.groups, out_hw)
-    out = out.permute(0, 2, 3, 1).reshape(bp, p, r, out_hw[0], out_hw[1], -1)
+    cin = op.in_shape[0]
+    if op.groups == 1 and cin * kh * kw <= 64:  # few input channels (a grey stem): one GEMM + shifted adds
+        out = _conv_t_small(a.reshape(-1, h, wd, c), op.w, op.stride, op.dilation, out_hw)
+    else:
+        x = a.reshape(-1, h, wd, c).permute(0, 3, 1, 2)  # channels-last view of (N, C, h, w)
+        out = conv_transpose(x, op.w, op.stride, (0, 0), op.dilation, op.groups, out_hw).permute(0, 2, 3, 1)
+    out = out.reshape(bp, p, r, out_hw[0], out_hw[1], cin)
     nw = _Win(out, w.oy * s0 - op.padding[0], w.ox * s1 - op.padding[1], w.sy * s0, w.sx * s1, True, False)
     return _crop(nw, cells, op.in_shape[1:]), const
+
+
+def _conv_t_small(a: torch.Tensor, w: torch.Tensor, stride: tuple[int, ...], dilation: tuple[int, ...],
+                  out_hw: tuple[int, int]) -> torch.Tensor:
+    """Transposed convolution without padding of ``a (N, h, w, C_out)`` (channels last) with
+    ``w (C_out, C_in, kh, kw)``: ``(N, H', W', C_in)``. One GEMM gives every kernel tap's
+    contribution, ``kh * kw`` strided slice additions place them (the CPU kernels for few output
+    channels, and ``fold``'s per-sample loop, are several times slower)."""
+    n, h, wd, cout = a.shape
+    _, cin, kh, kw = w.shape
+    cols = a.reshape(-1, cout).matmul(w.reshape(cout, -1)).reshape(n, h, wd, cin, kh, kw)
+    out = a.new_zeros(n, out_hw[0], out_hw[1], cin)
+    (s0, s1), (d0, d1) = stride, dilation
+    for dy in range(kh):
+        for dx in range(kw):
+            out[:, dy * d0:dy * d0 + (h - 1) * s0 + 1:s0, dx * d1:dx * d1 + (wd - 1) * s1 + 1:s1] += cols[..., dy, dx]
+    return out
 
 
 def _scale_step(op: ScaleShiftOp, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor]
