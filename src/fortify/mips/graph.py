@@ -209,7 +209,8 @@ class GraphIndex(Index):
 
     def entry_points(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per-query entry points of validated ``U (q, d)``: ``(seed ids (q, s), their exact scores (q, s),
-        router scores (q, m) of the keys scored (-inf pads, best first), inner products per query (q,))``.
+        router scores (q, m) of the keys scored (-inf pads; the best ``max(entry, 10)`` first, sorted, then the
+        others unsorted), inner products per query (q,))``.
         Seeds: the longest members of the ``entry`` best-scoring clusters and every representative of the best
         quarter of them. The router scores are the selector's features; the seeds start :meth:`search_from`."""
         q = U.shape[0]
@@ -225,7 +226,12 @@ class GraphIndex(Index):
             cs = U @ keys.T
             ips = np.full(q, float(keys.shape[0]))
         e = min(self.entry, cs.shape[1])
-        pos, csort = topk_rows(cs.astype(np.float32), cs.shape[1])
+        cs = cs.astype(np.float32)
+        pos, csort = topk_rows(cs, min(max(e, 10), cs.shape[1]))  # the best sorted, the rest as they come
+        if pos.shape[1] < cs.shape[1]:
+            rest = np.ones(cs.shape, dtype=bool)
+            np.put_along_axis(rest, pos, False, axis=1)
+            csort = np.concatenate([csort, cs[rest].reshape(q, -1)], axis=1)
         best = np.where(np.isfinite(csort[:, :e]), np.take_along_axis(cid, pos[:, :e], axis=1), -1)
         rep = np.where(best[:, :, None] >= 0, self.members[np.maximum(best, 0)], -1)
         seeds = np.concatenate([rep[:, :, 0], rep[:, :max(1, e // 4), 1:].reshape(q, -1)], axis=1)
@@ -258,9 +264,10 @@ class GraphIndex(Index):
         pool_id[:, :e] = np.where(np.isfinite(sc0), np.take_along_axis(cand_id, pos, axis=1), -1)
         pool_sc[:, :e] = sc0
         done = ~np.isfinite(pool_sc)
-        vis = np.zeros((q, (self.n + 7) // 8), dtype=np.uint8)
+        nbytes = (self.n + 7) // 8
+        vis = np.zeros(q * nbytes, dtype=np.uint8)  # flat (q, nbytes): 1-D gathers and ufunc.at are the fast ones
         r0, c0 = np.nonzero(cand_id >= 0)
-        np.bitwise_or.at(vis, (r0, cand_id[r0, c0] >> 3), (1 << (cand_id[r0, c0] & 7)).astype(np.uint8))
+        np.bitwise_or.at(vis, r0 * nbytes + (cand_id[r0, c0] >> 3), (1 << (cand_id[r0, c0] & 7)).astype(np.uint8))
         active = np.arange(q)
         while active.size:
             pick_sc = np.where(done[active], -np.inf, pool_sc[active])
@@ -272,7 +279,7 @@ class GraphIndex(Index):
             nb = np.where(nodes[:, :, None] >= 0, self.edges[np.maximum(nodes, 0)], -1).reshape(active.size, -1)
             valid = nb >= 0
             nbc = np.maximum(nb, 0)
-            seen = (vis[active[:, None], nbc >> 3] >> (nbc & 7).astype(np.uint8)) & 1
+            seen = (np.take(vis, (active * nbytes)[:, None] + (nbc >> 3)) >> (nbc & 7).astype(np.uint8)) & 1
             valid &= seen == 0
             # the same id can appear under two expanded nodes of one row: keep its first occurrence
             srt = np.sort(np.where(valid, nb, -1), axis=1)
@@ -280,11 +287,12 @@ class GraphIndex(Index):
             first[:, 1:] = srt[:, 1:] != srt[:, :-1]
             nb = np.where(first & (srt >= 0), srt, -1)
             valid = nb >= 0
-            r, c = np.nonzero(valid)
-            np.bitwise_or.at(vis, (active[r], nb[r, c] >> 3), (1 << (nb[r, c] & 7)).astype(np.uint8))
+            cnt = valid.sum(axis=1)
+            new = nb[valid]  # row-major: row i's new ids, then row i + 1's
+            np.bitwise_or.at(vis, np.repeat(active * nbytes, cnt) + (new >> 3), (1 << (new & 7)).astype(np.uint8))
             s = np.full(nb.shape, -np.inf, dtype=np.float32)
-            s[r, c] = np.einsum("ij,ij->i", self.V[nb[r, c]], U[active[r]])
-            ips[active] += valid.sum(axis=1)
+            s[valid] = np.einsum("ij,ij->i", np.take(self.V, new, axis=0), np.repeat(U[active], cnt, axis=0))
+            ips[active] += cnt
             worst = pool_sc[active].min(axis=1)
             gain = (s > worst[:, None]).any(axis=1)  # rows where a new node enters the pool
             g, sg = active[gain], s[gain]
