@@ -104,8 +104,8 @@ def _mask(w: _Win, cells: tuple[torch.Tensor, torch.Tensor], hw: tuple[int, ...]
     my, mx = (ys >= 0) & (ys < hw[0]), (xs >= 0) & (xs < hw[1])
     if bool(my.all()) and bool(mx.all()):
         return _Win(w.a, w.oy, w.ox, w.sy, w.sx, w.owned, True)
-    m = (my[:, :, None] & mx[:, None, :]).to(w.a.dtype)  # (P, h, w)
-    return _Win(w.a * m[:, None, :, :, None], w.oy, w.ox, w.sy, w.sx, True, True)
+    m = (my[:, :, None] & mx[:, None, :]).to(w.a.dtype)[:, None, :, :, None]  # (P, 1, h, w, 1)
+    return _Win(w.a.mul_(m) if w.owned else w.a * m, w.oy, w.ox, w.sy, w.sx, True, True)
 
 
 def _crop(w: _Win, cells: tuple[torch.Tensor, torch.Tensor], hw: tuple[int, ...]) -> _Win:
@@ -148,8 +148,9 @@ def _relu_step(w: _Win, maps: torch.Tensor, const: torch.Tensor, cells: tuple[to
     const = const + _dot(neg, win[2])
     if fused:
         const = const + _dot(a, win[3])
-    new = torch.addcmul(a * win[0], neg, win[1])
-    return _Win(new, w.oy, w.ox, w.sy, w.sx, True, True), const
+    # in place when ``a`` is ours and already per sample: fewer large allocations (page faults)
+    new = a.mul_(win[0]) if w.owned and a.shape[0] == win.shape[1] else a * win[0]
+    return _Win(new.addcmul_(neg, win[1]), w.oy, w.ox, w.sy, w.sx, True, True), const
 
 
 def _relu_maps(op_bn: ScaleShiftOp | None, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -174,7 +175,9 @@ def _conv_step(op: ConvOp, w: _Win, const: torch.Tensor, cells: tuple[torch.Tens
     (s0, s1), (d0, d1) = op.stride, op.dilation
     out_hw = ((h - 1) * s0 + (kh - 1) * d0 + 1, (wd - 1) * s1 + (kw - 1) * d1 + 1)
     cin = op.in_shape[0]
-    if op.groups == 1 and cin * kh * kw <= 64:  # few input channels (a grey stem): one GEMM + shifted adds
+    if op.groups == 1 and h == wd == 1 and (d0, d1) == (1, 1):  # 1 x 1 windows: the kernel itself, one GEMM
+        out = a.reshape(-1, c).matmul(op.w.permute(0, 2, 3, 1).reshape(c, -1))
+    elif op.groups == 1 and cin * kh * kw <= 64:  # few input channels (a grey stem): one GEMM + shifted adds
         out = _conv_t_small(a.reshape(-1, h, wd, c), op.w, op.stride, op.dilation, out_hw)
     else:
         x = a.reshape(-1, h, wd, c).permute(0, 3, 1, 2)  # channels-last view of (N, C, h, w)
@@ -205,7 +208,7 @@ def _scale_step(op: ScaleShiftOp, w: _Win, const: torch.Tensor, cells: tuple[tor
                 ) -> tuple[_Win, torch.Tensor]:
     w = _mask(w, cells, op.out_shape[1:])
     const = const + w.a.sum(dim=(3, 4)).matmul(op.shift.expand(w.a.shape[-1]))
-    return _Win(w.a * op.scale, w.oy, w.ox, w.sy, w.sx, True, True), const
+    return _Win(w.a.mul_(op.scale) if w.owned else w.a * op.scale, w.oy, w.ox, w.sy, w.sx, True, True), const
 
 
 def _add(x: _Win, y: _Win) -> _Win:
@@ -234,9 +237,10 @@ def _concretize(inp: InputSet, w: _Win, const: torch.Tensor, cells: tuple[torch.
     """Lower bound ``(B, P, R)`` of the windows over the input set (as :meth:`InputSet.concretize`)."""
     mid_rad = torch.stack([(inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2])
     mid, rad = _windows(mid_rad, w, cells)  # zero outside the map
+    if inp.norm == "linf":  # |a| in place when ``a`` is ours (the last use of ``a``)
+        box = _dot(w.a, mid)
+        return box - _dot(w.a.abs_() if w.owned else w.a.abs(), rad) + const
     box = _dot(w.a, mid) - _dot(w.a.abs(), rad)
-    if inp.norm == "linf":
-        return box + const
     w = _mask(w, cells, tuple(inp.x.shape[-2:]))
     a = w.a
     q = 2.0 if inp.norm == "l2" else float("inf")
