@@ -191,17 +191,18 @@ def _conv_t_small(a: torch.Tensor, w: torch.Tensor, stride: tuple[int, ...], dil
                   out_hw: tuple[int, int]) -> torch.Tensor:
     """Transposed convolution without padding of ``a (N, h, w, C_out)`` (channels last) with
     ``w (C_out, C_in, kh, kw)``: ``(N, H', W', C_in)``. One GEMM gives every kernel tap's
-    contribution, ``kh * kw`` strided slice additions place them (the CPU kernels for few output
-    channels, and ``fold``'s per-sample loop, are several times slower)."""
+    contribution as planes ``(kh, kw, C_in, N, h, w)``, ``kh * kw`` strided plane additions place
+    them (the CPU kernels for few output channels, ``fold``'s per-sample loop and the skinny
+    ``(N h w, C_out) x (C_out, taps)`` GEMM are several times slower)."""
     n, h, wd, cout = a.shape
     _, cin, kh, kw = w.shape
-    cols = a.reshape(-1, cout).matmul(w.reshape(cout, -1)).reshape(n, h, wd, cin, kh, kw)
-    out = a.new_zeros(n, out_hw[0], out_hw[1], cin)
+    cols = w.permute(2, 3, 1, 0).reshape(-1, cout).mm(a.reshape(-1, cout).t()).reshape(kh, kw, cin, n, h, wd)
+    out = a.new_zeros(cin, n, out_hw[0], out_hw[1])
     (s0, s1), (d0, d1) = stride, dilation
     for dy in range(kh):
         for dx in range(kw):
-            out[:, dy * d0:dy * d0 + (h - 1) * s0 + 1:s0, dx * d1:dx * d1 + (wd - 1) * s1 + 1:s1] += cols[..., dy, dx]
-    return out
+            out[:, :, dy * d0:dy * d0 + (h - 1) * s0 + 1:s0, dx * d1:dx * d1 + (wd - 1) * s1 + 1:s1] += cols[dy, dx]
+    return out.permute(1, 2, 3, 0)
 
 
 def _scale_step(op: ScaleShiftOp, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor]
