@@ -121,10 +121,16 @@ def _crop(w: _Win, cells: tuple[torch.Tensor, torch.Tensor], hw: tuple[int, ...]
     return _Win(w.a[:, :, :, y0:y1, x0:x1], w.oy + y0, w.ox + x0, w.sy, w.sx, w.owned, clean)
 
 
-def _windows(maps: torch.Tensor, w: _Win, cells: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def _windows(maps: torch.Tensor, w: _Win, cells: tuple[torch.Tensor, torch.Tensor],
+             nhwc: torch.Tensor | None = None) -> torch.Tensor:
     """Windows of ``maps (K, B, C, H, W)`` at the cells' corners, zero outside the map:
-    ``(K, B, P, 1, h, w, C)``."""
+    ``(K, B, P, 1, h, w, C)``. One cell whose window lies inside the map: a view of ``nhwc``
+    (``maps`` channels last, ``(K, B, H, W, C)``), no copy."""
     h, wd = w.a.shape[-3:-1]
+    if nhwc is not None and cells[0].numel() == 1:
+        y0, x0 = int(cells[0][0]) * w.sy + w.oy, int(cells[1][0]) * w.sx + w.ox
+        if y0 >= 0 and x0 >= 0 and y0 + h <= nhwc.shape[2] and x0 + wd <= nhwc.shape[3]:
+            return nhwc[:, :, None, None, y0:y0 + h, x0:x0 + wd]
     g = Grid(cells[0], cells[1], w.sy, w.oy, w.sx, w.ox)
     out = gather(maps, g, h, wd)  # (K, B, P, C, h, w)
     return out.permute(0, 1, 2, 4, 5, 3).unsqueeze(3).contiguous()
@@ -138,13 +144,25 @@ def _dot(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bprk,bpk->bpr", af, mf)  # batched matrix-vector products
 
 
-def _relu_step(w: _Win, maps: torch.Tensor, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor],
-               fused: bool) -> tuple[_Win, torch.Tensor]:
+def _scratch(store: dict, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A scratch tensor of ``shape`` carved from one flat buffer kept in ``store`` (grown when
+    too small): the ReLU steps of a refinement reuse its pages instead of faulting in fresh ones."""
+    n = 1
+    for d in shape:
+        n *= d
+    buf = store.get("cells-scratch")
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        buf = store["cells-scratch"] = torch.empty(n, dtype=dtype)
+    return buf[:n].view(shape)
+
+
+def _relu_step(w: _Win, maps: tuple[torch.Tensor, torch.Tensor], const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor],
+               fused: bool, scratch: dict) -> tuple[_Win, torch.Tensor]:
     """CROWN-Ada step (a BatchNorm below fused when ``fused``): ``maps`` stacks ``(sl, gap, bu[, p])``
     with ``sl, gap`` already scaled by the BatchNorm and ``p = sl * shift``, ``bu += gap * shift``."""
-    win = _windows(maps, w, cells)
+    win = _windows(maps[0], w, cells, maps[1])
     a = w.a
-    neg = a.clamp(max=0)
+    neg = torch.clamp(a, max=0, out=_scratch(scratch, a.shape, a.dtype))
     const = const + _dot(neg, win[2])
     if fused:
         const = const + _dot(a, win[3])
@@ -153,14 +171,22 @@ def _relu_step(w: _Win, maps: torch.Tensor, const: torch.Tensor, cells: tuple[to
     return _Win(new.addcmul_(neg, win[1]), w.oy, w.ox, w.sy, w.sx, True, True), const
 
 
-def _relu_maps(op_bn: ScaleShiftOp | None, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``(K, B, C, H, W)``: ``sl, su - sl, bu`` of the ReLU (CROWN-Ada), composed with ``op_bn``."""
+def _relu_maps(op_bn: ScaleShiftOp | None, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, B, C, H, W)``: ``sl, su - sl, bu`` of the ReLU (CROWN-Ada), composed with ``op_bn``;
+    and the same channels last."""
     sl, su, bu = relu_relax(lo, hi)
     gap = su - sl
     if op_bn is None:
-        return torch.stack([sl, gap, bu])
-    sc, sh = op_bn.scale.reshape(-1, 1, 1), op_bn.shift.reshape(-1, 1, 1)
-    return torch.stack([sl * sc, gap * sc, bu + gap * sh, sl * sh])
+        maps = torch.stack([sl, gap, bu])
+    else:
+        sc, sh = op_bn.scale.reshape(-1, 1, 1), op_bn.shift.reshape(-1, 1, 1)
+        maps = torch.stack([sl * sc, gap * sc, bu + gap * sh, sl * sh])
+    return maps, _nhwc(maps)
+
+
+def _nhwc(maps: torch.Tensor) -> torch.Tensor:
+    """``(K, B, C, H, W) -> (K, B, H, W, C)`` contiguous."""
+    return maps.permute(0, 1, 3, 4, 2).contiguous()
 
 
 def _conv_step(op: ConvOp, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor]
@@ -233,11 +259,16 @@ def _add(x: _Win, y: _Win) -> _Win:
     return _Win(out, oy, ox, x.sy, x.sx, True, clean)
 
 
-def _concretize(inp: InputSet, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor]
-                ) -> torch.Tensor:
-    """Lower bound ``(B, P, R)`` of the windows over the input set (as :meth:`InputSet.concretize`)."""
+def _input_maps(inp: InputSet) -> tuple[torch.Tensor, torch.Tensor]:
     mid_rad = torch.stack([(inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2])
-    mid, rad = _windows(mid_rad, w, cells)  # zero outside the map
+    return mid_rad, _nhwc(mid_rad)
+
+
+def _concretize(inp: InputSet, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor],
+                cache: dict | None = None) -> torch.Tensor:
+    """Lower bound ``(B, P, R)`` of the windows over the input set (as :meth:`InputSet.concretize`)."""
+    mid_rad, mid_rad_nhwc = memo(cache, ("cells-input", id(inp.lo), id(inp.hi)), lambda: _input_maps(inp))
+    mid, rad = _windows(mid_rad, w, cells, mid_rad_nhwc)  # zero outside the map
     if inp.norm == "linf":  # |a| in place when ``a`` is ours (the last use of ``a``)
         box = _dot(w.a, mid)
         return box - _dot(w.a.abs_() if w.owned else w.a.abs(), rad) + const
@@ -262,6 +293,7 @@ def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: lis
     a0 = torch.cat([eye, -eye]).reshape(1, 1, 2 * cv, 1, 1, cv).expand(1, cells.numel(), -1, -1, -1, -1)
     coef: dict[int, _Win] = {plan.v: _Win(a0, 0, 0, 1, 1, False, True)}
     const = inp.lo.new_zeros(b, cells.numel(), 2 * cv)
+    scratch = cache if cache is not None else {}
     for t in range(plan.v - 1, -1, -1):
         w = coef.pop(t + 1, None)
         if w is None:
@@ -273,7 +305,7 @@ def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: lis
             op_bn = ops[bn] if bn is not None else None
             maps = memo(cache, ("cells-relu", t, id(bounds[ins[0]][0])),
                         lambda: _relu_maps(op_bn, *bounds[ins[0]]))  # type: ignore[arg-type]
-            w, const = _relu_step(w, maps, const, ij, op_bn is not None)
+            w, const = _relu_step(w, maps, const, ij, op_bn is not None, scratch)
             if bn is not None:
                 targets = list(inputs[bn])
             parts = [w]
@@ -292,7 +324,7 @@ def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: lis
             parts = [_Win(s, w.oy, w.ox, w.sy, w.sx, False, w.clean) for s in splits]
         for u, part in zip(targets, parts):
             coef[u] = _add(coef[u], part) if u in coef else part
-    return _concretize(inp, coef.pop(0), const, ij)
+    return _concretize(inp, coef.pop(0), const, ij, cache)
 
 
 def cell_bytes(dag: object, plan: Plan, batch: int) -> int:
