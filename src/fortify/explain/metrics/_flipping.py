@@ -37,7 +37,8 @@ def flip_plan(x: torch.Tensor, attributions: torch.Tensor, *, steps: int, baseli
     # effective[i, k]: features among the first counts[k] (in rank order) that differ from baseline;
     # two steps with the same count have the same input (the features between them equal baseline)
     moved = (flat_x != torch.full((), baseline, dtype=x.dtype, device=x.device)).gather(1, order)
-    cum = torch.cat([torch.zeros(n, 1, dtype=torch.long, device=x.device), moved.long().cumsum(dim=1)], dim=1)
+    cum = torch.cat([torch.zeros(n, 1, dtype=torch.int32, device=x.device),
+                     moved.cumsum(dim=1, dtype=torch.int32)], dim=1)
     effective = cum[:, counts]
     new = torch.ones_like(effective, dtype=torch.bool)
     new[:, 1:] = effective[:, 1:] != effective[:, :-1]
