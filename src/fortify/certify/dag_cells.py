@@ -137,11 +137,23 @@ def _windows(maps: torch.Tensor, w: _Win, cells: tuple[torch.Tensor, torch.Tenso
 
 
 def _dot(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``sum over (h, w, C)`` of ``a (B', P, R, h, w, C) * m (B, P, 1, h, w, C)``: ``(B, P, R)``."""
+    """``sum over (h, w, C)`` of ``a (B', P, R, h, w, C) * m (B, P, 1, h, w, C)``: ``(B, P, R)``.
+    Few (sample, cell) blocks: one matrix-vector product each (batched matrix-vector kernels and
+    einsum's reshapes are 2-10x slower at these shapes); shared rows (``B' = 1``): one GEMM per cell."""
     af, mf = a.reshape(a.shape[:3] + (-1,)), m.reshape(m.shape[:2] + (-1,))
-    if af.shape[0] == 1 and mf.shape[0] > 1:  # shared rows: einsum, not a broadcast matmul (which copies)
+    bp, p = af.shape[:2]
+    b = mf.shape[0]
+    if bp == 1 and b > 1:
+        if p <= _LOOP_BLOCKS:
+            return torch.stack([af[0, j].mm(mf[:, j].t()) for j in range(p)], dim=1).permute(2, 1, 0)
         return torch.einsum("prk,bpk->bpr", af[0], mf)
-    return torch.einsum("bprk,bpk->bpr", af, mf)  # batched matrix-vector products
+    if bp * p <= _LOOP_BLOCKS:
+        return torch.stack([af[i, j].mv(mf[i, j]) for i in range(bp) for j in range(p)]).reshape(bp, p, -1)
+    return torch.einsum("bprk,bpk->bpr", af, mf)
+
+
+#: at most this many (sample, cell) blocks: :func:`_dot` loops over them
+_LOOP_BLOCKS = 64
 
 
 def _scratch(store: dict, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
