@@ -33,6 +33,7 @@ import argparse
 import platform
 import warnings
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -129,7 +130,8 @@ def pairs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
 
 def quantus_pairs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
                   a: argparse.Namespace) -> dict[str, tuple[Fn, Fn, bool, str]]:
-    """``{metric: (fortify, Quantus, equal values expected, note)}`` on |saliency| maps: pixel flipping
+    """``{metric: (fortify, Quantus, equal values expected, note)}``: pixel flipping on ``--flip-maps`` maps
+    (|saliency| by default)
     (Quantus ``PixelFlipping`` with each ``features_in_step`` of ``--quantus-steps`` -- 1 is its
     default, 784 steps per image -- black = 0 baseline, softmax, its default batch of 64 images per
     step (``--quantus-batch``); fortify's ``deletion`` with ``steps = d / features_in_step``, its curve
@@ -145,21 +147,24 @@ def quantus_pairs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
     d = int(x[0].numel())
     qbs = a.quantus_batch
     sal = ATTRIBUTIONS.create("saliency")
-    attr = sal(model, x, t)
+    attr = sal(model, x, t)  # MPRT's reference: the saliency map it recomputes on the randomised models
     xn, tn, an = x.numpy(), t.numpy(), attr.numpy()
+    kw: dict[str, Any] = {"steps": a.ig_steps} if a.flip_maps == "integrated-gradients" else {}
+    flip_attr = attr if a.flip_maps == "saliency" else ATTRIBUTIONS.create(a.flip_maps, **kw)(model, x, t)
+    fan = flip_attr.numpy()
     out: dict[str, tuple[Fn, Fn, bool, str]] = {}
     for step in (int(v) for v in a.quantus_steps.split(",")):
         dele = ATTRIBUTION_METRICS.create("deletion", steps=d // step, baseline=0.0, batch_size=a.batch_size)
         pf = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", disable_warnings=True)
-        _, _, source, blank = flip_plan(x, attr, steps=d // step, baseline=0.0, insert=False)
+        _, _, source, blank = flip_plan(x, flip_attr, steps=d // step, baseline=0.0, insert=False)
         todo = (source == torch.arange(d // step + 1)) & ~blank
         note = f"fortify runs {int(todo.sum()) + int(blank.any())} of {len(x) * (d // step + 1)} rows"
 
         def q_pf(pf: Any = pf) -> torch.Tensor:
-            return torch.tensor(np.array(pf(model, xn, tn, a_batch=an, device="cpu", batch_size=qbs)))
+            return torch.tensor(np.array(pf(model, xn, tn, a_batch=fan, device="cpu", batch_size=qbs)))
 
         def f_pf(dele: Any = dele) -> torch.Tensor:
-            return dele(model, x, attr, t).extra["curve"][:, 1:]
+            return dele(model, x, flip_attr, t).extra["curve"][:, 1:]
 
         out[f"pixel flipping, {step} feature(s)/step"] = (f_pf, q_pf, True, note)
     rnd = ATTRIBUTION_METRICS.create("randomisation", attribution="saliency", batch_size=a.batch_size)
@@ -239,6 +244,10 @@ def main() -> None:
                    help="pixel flipping features per step, comma-separated (1: Quantus's default, 784 steps)")
     p.add_argument("--quantus-batch", type=int, default=64, help="Quantus batch_size (images; its default 64)")
     p.add_argument("--captum", type=int, default=1, help="0: skip the Captum table (Quantus only)")
+    p.add_argument("--flip-maps", default="saliency", help="attribution ranked by pixel flipping (saliency, "
+                   "integrated-gradients, ...); the number of distinct perturbed inputs fortify runs depends on it")
+    p.add_argument("--weights", default="random", choices=("random", "standard", "robust"),
+                   help="random (seed 0) or small-cnn trained by benchmarks/explain_table.py (its cache, 10 epochs)")
     a = p.parse_args()
     a.methods = set(a.methods.split(","))
     torch.set_num_threads(a.threads)
@@ -251,7 +260,8 @@ def main() -> None:
           f"n={len(x)} mnist-5k test images, {a.rounds} interleaved rounds, median CPU time per image")
     print(f"settings: batch {a.batch_size} rows, IG gausslegendre {a.ig_steps} steps, SmoothGrad {a.sg_samples} "
           f"samples std {a.sg_noise}, occlusion window {a.occ_window} stride {a.occ_stride} baseline 0, "
-          f"DeepLIFT baseline 0, infidelity/max-sensitivity {a.metric_samples} perturbations")
+          f"DeepLIFT baseline 0, infidelity/max-sensitivity {a.metric_samples} perturbations; "
+          f"pixel flipping on {a.flip_maps} maps, {a.weights} weights")
     quantus: Any = None
     try:
         import quantus
@@ -262,7 +272,13 @@ def main() -> None:
     for name in a.models.split(","):
         torch.manual_seed(0)
         model = fmodels.create(name, in_shape=(1, 28, 28), num_classes=10).eval()  # random weights, seed 0
-        print(f"\n### {name} (random weights, seed 0)\n", flush=True)
+        if a.weights != "random":
+            from recipe_models import recipe_model  # benchmarks/ is on sys.path when run as a script
+
+            if name != "small-cnn":
+                raise SystemExit("--weights standard/robust: small-cnn only (the explain_table.py models)")
+            model = recipe_model(a.weights, 10, 0.3, Path(__file__).resolve().parent / ".cache" / "explain")
+        print(f"\n### {name} ({a.weights} weights{', seed 0' if a.weights == 'random' else ''})\n", flush=True)
         if a.captum:
             print(bench(name, model, x, y, a), flush=True)
         if quantus is not None and a.quantus:
