@@ -335,7 +335,11 @@ def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: lis
             splits = torch.split(w.a, [s[0] for s in op.in_shapes], dim=-1)
             parts = [_Win(s, w.oy, w.ox, w.sy, w.sx, False, w.clean) for s in splits]
         for u, part in zip(targets, parts):
+            if part.a.shape[3] == 0 or part.a.shape[4] == 0:  # the window meets only zero padding
+                continue
             coef[u] = _add(coef[u], part) if u in coef else part
+    if 0 not in coef:  # no path reaches the input inside the map: the rows are constant
+        return const
     return _concretize(inp, coef.pop(0), const, ij, cache)
 
 
