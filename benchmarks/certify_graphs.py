@@ -6,8 +6,10 @@ first ``--n`` mnist-5k test images, linf ``--eps``: the lower bounds of ``z_y - 
 ``intersect_ibp=False``: the plain CROWN bound) and of auto_LiRPA's ``compute_bounds(method="CROWN")``
 with the same specification matrix. Each run is a fresh spawned child with one thread; its CPU
 time (``time.process_time``) and peak RSS (``ru_maxrss``) are reported, runs interleaved per
-repetition, medians over repetitions. Tightness: fortify's bound minus auto_LiRPA's per image
-(min over the margin rows), max / mean / min.
+repetition (the order alternates: odd repetitions run auto_LiRPA first), medians over repetitions,
+the per-repetition ratios (min-max) and the 1-minute load average before and after each run.
+Tightness: fortify's bound minus auto_LiRPA's per image (min over the margin rows), max / mean /
+min. ``--out FILE``: the figures as JSON (e.g. benchmarks/results/certify_graphs.json).
 
 auto_LiRPA is not a dependency of fortify: pass the folder holding its package with
 ``--lirpa-path`` (e.g. a checkout of github.com/Verified-Intelligence/auto_LiRPA, which imports on
@@ -15,11 +17,15 @@ torch 2.13 when stub ``appdirs`` / ``tqdm`` / ``graphviz`` modules sit next to i
 release needs torch < 1.13).
 
     .venv/bin/python benchmarks/certify_graphs.py --n 4 --reps 1 --lirpa-path /tmp/alirpa/new
+    nice -n 10 .venv/bin/python benchmarks/certify_graphs.py --n 8 --reps 3 --lirpa-path /tmp/alirpa/new \
+        --out benchmarks/results/certify_graphs.json
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -85,28 +91,44 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.01)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--lirpa-path", default="")
+    ap.add_argument("--out", default="")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     runs: dict[str, list[dict[str, Any]]] = {"fortify": [], "lirpa": []}
     methods = ["fortify"] + (["lirpa"] if args.lirpa_path else [])
-    for _ in range(args.reps):
-        for m in methods:
+    loads: list[float] = []
+    for rep in range(args.reps):
+        for m in (methods if rep % 2 == 0 else methods[::-1]):
             q = ctx.Queue()
             p = ctx.Process(target=_child, args=(m, args.n, args.eps, args.lirpa_path, q))
+            loads.append(os.getloadavg()[0])
             p.start()
             runs[m].append(q.get())
             p.join()
+            loads.append(os.getloadavg()[0])
+            print(f"rep {rep} {m:8s} cpu {runs[m][-1]['cpu']:7.1f} s  peak RSS {runs[m][-1]['rss_mb']:6.0f} MiB  "
+                  f"load {loads[-2]:.1f} -> {loads[-1]:.1f}", flush=True)
     print(f"# {platform.processor() or platform.machine()}, python {platform.python_version()}, 1 thread, "
-          f"resnet-mnist seed 0, {args.n} mnist-5k test images, linf {args.eps}, {args.reps} rep(s)")
+          f"resnet-mnist seed 0, {args.n} mnist-5k test images, linf {args.eps}, {args.reps} rep(s), "
+          f"load {min(loads):.1f}-{max(loads):.1f}")
+    summary: dict[str, Any] = {"n": args.n, "eps": args.eps, "reps": args.reps, "load": [min(loads), max(loads)],
+                               "machine": platform.processor() or platform.machine()}
     for m in methods:
         cpu = statistics.median(r["cpu"] for r in runs[m])
         rss = statistics.median(r["rss_mb"] for r in runs[m])
+        summary[m] = {"cpu_s": [r["cpu"] for r in runs[m]], "rss_mib": [r["rss_mb"] for r in runs[m]]}
         print(f"{m:8s} cpu {cpu:8.1f} s ({cpu / args.n:6.2f} s/image)  peak RSS {rss:7.0f} MiB")
     if args.lirpa_path:
         diff = [a - b for a, b in zip(runs["fortify"][0]["low"], runs["lirpa"][0]["low"])]
         ratio = statistics.median(r["cpu"] for r in runs["lirpa"]) / statistics.median(r["cpu"] for r in runs["fortify"])
+        per_rep = [b["cpu"] / a["cpu"] for a, b in zip(runs["fortify"], runs["lirpa"])]
+        summary.update(ratio=ratio, ratio_per_rep=per_rep, diff_max=max(diff), diff_min=min(diff))
         print(f"fortify - auto_LiRPA lower margin: max {max(diff):+.2e} mean {statistics.mean(diff):+.2e} "
-              f"min {min(diff):+.2e}; speed ratio (auto_LiRPA cpu / fortify cpu) {ratio:.2f}x")
+              f"min {min(diff):+.2e}; speed ratio (auto_LiRPA cpu / fortify cpu) {ratio:.2f}x "
+              f"(per repetition {min(per_rep):.2f}-{max(per_rep):.2f}x)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":
