@@ -20,12 +20,17 @@ Captum / fortify (``> 1``: fortify is faster) with the paired bootstrap 95% inte
 Every pair's outputs are compared once (max abs diff), so the timing compares equal work; SmoothGrad
 is checked against Captum's ``Saliency`` on fortify's noise (``NoiseTunnel`` draws its own).
 
-Models: small-cnn and madry-cnn with random weights (``torch.manual_seed(0)``; speed does not depend
-on training), float32, eval mode; images: the first ``n`` mnist-5k test images, target = label.
+Models: small-cnn and madry-cnn with random weights (``torch.manual_seed(0)``; the attributions' speed
+does not depend on training), float32, eval mode; images: the first ``n`` mnist-5k test images, target =
+label. Pixel flipping's does: fortify runs each distinct perturbed input once, and how many steps only
+flip baseline-valued pixels depends on the map (``--flip-maps``) and the model (``--weights standard``:
+the trained small-cnn of ``benchmarks/explain_table.py``).
 
     .venv/bin/python benchmarks/explain.py --n 64 --rounds 5 --threads 1
     .venv/bin/python benchmarks/explain.py --models small-cnn --methods saliency,occlusion
     nice -n 10 .venv/bin/python benchmarks/explain.py --n 64 --rounds 5 --threads 1 --captum 0 --quantus-steps 28,1
+    nice -n 10 .venv/bin/python benchmarks/explain.py --captum 0 --models small-cnn --weights standard \
+        --flip-maps integrated-gradients --ig-steps 16
 """
 from __future__ import annotations
 
