@@ -119,6 +119,8 @@ def test_average_ranks_equal_scipy_rankdata_with_ties() -> None:
     b = torch.rand(20, 50, generator=g, dtype=torch.float64)
     assert float((spearman_with(centred_ranks(a), b) - spearman(a, b)).abs().max()) < 1e-12
     assert float(spearman_with(centred_ranks(a), b)[0]) == 0.0  # constant row: 0
+    b[2, 3] = float("nan")  # a NaN row: 0, as similarity.spearman gives
+    assert float(spearman_with(centred_ranks(a), b)[2]) == 0.0 == float(spearman(a, b)[2])
 
 
 @pytest.mark.parametrize("absolute", [True, False])

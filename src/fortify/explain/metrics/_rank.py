@@ -1,8 +1,9 @@
-"""Row-wise Spearman correlation on the tensor side, for metrics that compare one reference map with
-many (cascading randomisation): the reference is ranked once, every other map once, with no numpy
-round trip. The ranks are those of :func:`scipy.stats.rankdata` (``method="average"``: tied values
-share the mean of their places, 1-based), so the correlation equals
-:func:`fortify.explain.similarity.spearman` (tests: to 1e-12).
+"""Row-wise Spearman rank correlation (Spearman 1904, "The proof and measurement of association
+between two things") for metrics that compare one reference map with many (cascading randomisation):
+the reference is ranked once, every other map once, on the tensor side. The ranks are those of
+:func:`scipy.stats.rankdata` (``method="average"``: tied values share the mean of their places,
+1-based), so the correlation equals :func:`fortify.explain.similarity.spearman` (tests: to 1e-12),
+including its 0 for a constant row and for a row with a NaN.
 """
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ def average_ranks(a: torch.Tensor) -> torch.Tensor:
 
 def centred_ranks(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranks of the flattened rows of ``(N, ...)`` minus their row mean, and their row norms:
-    ``((N, d), (N,))``, float64."""
-    r = average_ranks(a.reshape(a.shape[0], -1))
+    ``((N, d), (N,))``, float64; the norm is 0 for a row with a NaN."""
+    flat = a.reshape(a.shape[0], -1)
+    r = average_ranks(flat)
     r = r - r.mean(dim=1, keepdim=True)
-    return r, r.norm(dim=1)
+    nan_row = torch.isnan(flat).any(dim=1)  # scipy's ranks are NaN there, and similarity.spearman gives 0
+    return r, torch.where(nan_row, torch.zeros_like(r[:, 0]), r.norm(dim=1))
 
 
 def spearman_with(ref: tuple[torch.Tensor, torch.Tensor], b: torch.Tensor) -> torch.Tensor:
