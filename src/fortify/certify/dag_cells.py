@@ -118,7 +118,8 @@ def _crop(w: _Win, cells: tuple[torch.Tensor, torch.Tensor], hw: tuple[int, ...]
     clean = lo_y + y0 >= 0 and hi_y + y1 <= hw[0] and lo_x + x0 >= 0 and hi_x + x1 <= hw[1]
     if (y0, y1, x0, x1) == (0, h, 0, wd):
         return _Win(w.a, w.oy, w.ox, w.sy, w.sx, w.owned, clean)
-    return _Win(w.a[:, :, :, y0:y1, x0:x1], w.oy + y0, w.ox + x0, w.sy, w.sx, w.owned, clean)
+    # one compact copy: the steps below reshape the window (a strided view would be copied twice)
+    return _Win(w.a[:, :, :, y0:y1, x0:x1].contiguous(), w.oy + y0, w.ox + x0, w.sy, w.sx, True, clean)
 
 
 def _windows(maps: torch.Tensor, w: _Win, cells: tuple[torch.Tensor, torch.Tensor],
