@@ -19,7 +19,10 @@ exactly the chain driver's.
 * Intermediate bounds: every value read by a nonlinear operator and produced by a linear one is
   refined by the same backward pass from unit rows (only the rows the relaxation depends on:
   :meth:`Op.refine_rows`, e.g. a ReLU's unstable neurons, union over the batch), chunked so the
-  coefficients stay under ``memory_budget``; intersected with IBP.
+  coefficients stay under ``memory_budget``; intersected with IBP. Feature maps take receptive-field
+  windows: grouped by pixel when most channels of the refined pixels are needed
+  (:mod:`fortify.certify.dag_cells`, channels last, BatchNorm fused into the ReLU step), else one
+  window per row (:mod:`fortify.certify.dag_win`); both give the dense pass's bounds.
 * alpha-CROWN on the final specification (:func:`optimize_slopes`): the lower slopes of every
   ReLU are optimised by projected Adam with the intermediate bounds fixed, as the chain driver
   does; intermediate bounds stay CROWN-Ada's.
