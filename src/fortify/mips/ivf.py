@@ -28,10 +28,11 @@ def scan_clusters(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.nd
     (``V`` cluster-contiguous, ``perm`` its original ids; ``-1`` = no cluster). Returns ``(ids, scores, rows
     scanned per query)``; ids ``-1`` / scores ``-inf`` pad a row whose clusters hold fewer than ``k`` vectors.
 
-    Batched, cluster-major: each probed cluster's rows meet all the queries that probe it in one matrix product
-    (a matrix-vector product for one query), whose scores are written into a per-query buffer (each query's probed
-    rows side by side, ``(q, rows)``), and one top-k selection per block of queries ends the search (no
-    per-cluster selection). Queries go in blocks whose buffers hold at most ``max_cells`` floats."""
+    Batched, cluster-major: each probed cluster's rows meet all the queries that probe it (one matrix product
+    for 16 queries or more, one matrix-vector product per query below: OpenBLAS's few-row sgemm is 2-4x slower),
+    the scores go into a per-query buffer (each query's probed rows side by side, ``(q, rows)``), and one top-k
+    selection per block of queries ends the search (no per-cluster selection). Queries go in blocks whose
+    buffers hold at most ``max_cells`` floats."""
     q = probes.shape[0]
     sizes = np.diff(offsets)
     psz = np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0)
@@ -50,9 +51,10 @@ def scan_clusters(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.nd
 
 
 def _scan_block(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.ndarray, probes: np.ndarray,
-                psz: np.ndarray, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+                psz: np.ndarray, k: int, width: int, gemm_from: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """One block of :func:`scan_clusters`: queries ``U (b, d)``, their probes and probed sizes ``(b, p)``, a
-    ``(b, width)`` score buffer; returns ``(ids (b, k), scores (b, k))``."""
+    ``(b, width)`` score buffer; a cluster probed by ``gemm_from`` queries or more meets them in one matrix
+    product, fewer in one matrix-vector product each. Returns ``(ids (b, k), scores (b, k))``."""
     b, p = probes.shape
     base = ((np.cumsum(psz, axis=1) - psz) + (np.arange(b) * width)[:, None]).ravel()  # flat start per probe
     buf = np.full(b * width, -np.inf, dtype=np.float32)
@@ -65,10 +67,11 @@ def _scan_block(V: np.ndarray, perm: np.ndarray, offsets: np.ndarray, U: np.ndar
         if hi == lo:
             continue
         who = order[a:e]
-        if who.size == 1:
-            w0 = int(who[0])
-            o = int(base[w0])
-            buf[o:o + hi - lo] = V[lo:hi] @ U[w0 // p]
+        if who.size < gemm_from:  # one matrix-vector product per query (OpenBLAS's few-row sgemm is 2-4x slower)
+            Vt = V[lo:hi].T
+            for w in who.tolist():
+                o = int(base[w])
+                buf[o:o + hi - lo] = U[w // p] @ Vt
         else:
             buf[base[who][:, None] + np.arange(hi - lo)] = U[who // p] @ V[lo:hi].T
     kk = min(k, width)
