@@ -60,7 +60,8 @@ def gaussian(n: int, d: int, q: int, seed: int = 1) -> tuple[np.ndarray, np.ndar
 
 
 # -- peers ---------------------------------------------------------------------------------------
-def faiss_indexes(V: np.ndarray) -> dict[str, tuple[Any, list[int], Callable[[int], Searcher], float, int]]:
+def faiss_indexes(V: np.ndarray, hnsw: bool = True) -> dict[str, tuple[Any, list[int], Callable[[int], Searcher], float,
+                                                                      int]]:
     try:
         import faiss
     except ImportError:
@@ -86,6 +87,8 @@ def faiss_indexes(V: np.ndarray) -> dict[str, tuple[Any, list[int], Callable[[in
 
     ladder = sorted({int(x) for x in np.geomspace(1, nlist, 8).round()})
     out["faiss-ivf"] = (ivf, ladder, ivf_search, bt, int(faiss.serialize_index(ivf).nbytes))
+    if not hnsw:
+        return out
     t0 = time.perf_counter()
     hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = 40
@@ -241,8 +244,11 @@ def run_set(name: str, V: np.ndarray, U: np.ndarray, Utrain: np.ndarray, args: a
     exact_s = time.perf_counter() - t0
     idx: dict[str, Any] = fortify_indexes(V, [n for n in INDEXES.names() if n not in args.skip], args.index_cache)
     if not args.no_backends:
-        for name, make in (("faiss", faiss_indexes), ("hnswlib", hnswlib_index), ("scann", scann_index)):
-            if name in args.backends:
+        wanted = set(args.backends.split(","))
+        if wanted & {"faiss", "faiss-ivf"}:
+            idx.update(faiss_indexes(V, hnsw="faiss" in wanted))
+        for name, make in (("hnswlib", hnswlib_index), ("scann", scann_index)):
+            if name in wanted:
                 idx.update(make(V))
     builds = {k: {"build_s": v[3], "bytes": v[4]} for k, v in idx.items()}
     for k, v in builds.items():
@@ -389,7 +395,7 @@ def main() -> None:
     p.add_argument("--sets", default="clustered,gaussian,realhead")
     p.add_argument("--skip", default="", help="fortify indexes to skip, comma separated")
     p.add_argument("--no-backends", action="store_true")
-    p.add_argument("--backends", default="faiss,hnswlib,scann", help="backends to run (comma separated)")
+    p.add_argument("--backends", default="faiss,hnswlib,scann", help="backends to run (comma separated; faiss-ivf: faiss without its HNSW)")
     p.add_argument("--graph-max", type=int, default=256, help="largest graph ef swept (default 256)")
     p.add_argument("--ivf-frac", type=float, default=0.25, help="largest IVF probe count, fraction of nlist")
     p.add_argument("--index-cache", default="", help="folder of saved fortify indexes (reused by a later run)")
