@@ -157,15 +157,15 @@ def _dot(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 _LOOP_BLOCKS = 64
 
 
-def _scratch(store: dict, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+def _scratch(store: dict, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
     """A scratch tensor of ``shape`` carved from one flat buffer kept in ``store`` (grown when
     too small): the ReLU steps of a refinement reuse its pages instead of faulting in fresh ones."""
     n = 1
     for d in shape:
         n *= d
     buf = store.get("cells-scratch")
-    if buf is None or buf.numel() < n or buf.dtype != dtype:
-        buf = store["cells-scratch"] = torch.empty(n, dtype=dtype)
+    if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+        buf = store["cells-scratch"] = like.new_empty(n)
     return buf[:n].view(shape)
 
 
@@ -175,7 +175,7 @@ def _relu_step(w: _Win, maps: tuple[torch.Tensor, torch.Tensor], const: torch.Te
     with ``sl, gap`` already scaled by the BatchNorm and ``p = sl * shift``, ``bu += gap * shift``."""
     win = _windows(maps[0], w, cells, maps[1])
     a = w.a
-    neg = torch.clamp(a, max=0, out=_scratch(scratch, a.shape, a.dtype))
+    neg = torch.clamp(a, max=0, out=_scratch(scratch, a.shape, a))
     const = const + _dot(neg, win[2])
     if fused:
         const = const + _dot(a, win[3])
