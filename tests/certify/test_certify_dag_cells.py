@@ -93,6 +93,21 @@ def _setup(name: str, norm: str = "linf") -> tuple[nn.Module, Dag, InputSet, tor
     return model, dag, InputSet.from_threat(x, ThreatModel(norm, eps)), x
 
 
+def _count_cells(monkeypatch: pytest.MonkeyPatch, fill: float = 0.0) -> list[bool]:
+    """Route every feature-map refinement through the cells (``CELL_FILL = fill``); the returned
+    list records each cells call (True: a channel group)."""
+    calls: list[bool] = []
+    orig = dag_mod.cells_refine_lower
+
+    def counted(*args: object, **kw: object) -> torch.Tensor:
+        calls.append(len(args) > 6 and args[6] is not None)
+        return orig(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dag_mod, "cells_refine_lower", counted)
+    monkeypatch.setattr(dag_mod, "CELL_FILL", fill)
+    return calls
+
+
 def _dense_rows(dag: Dag, v: int, bounds: list, inp: InputSet) -> torch.Tensor:
     """Lower bounds ``(B, 2N)`` of ``+z_r`` then ``-z_r`` for every neuron of value ``v``, dense."""
     shape = dag.shape(v)
@@ -139,10 +154,14 @@ def test_cells_equal_the_dense_backward_on_every_supported_value(name: str, norm
 def test_cells_and_per_row_windows_give_the_same_bounds(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _, dag, inp, _ = _setup(name)
     c = torch.eye(dag.out_shape[0])[None].expand(inp.x.shape[0], -1, -1)
+    calls = _count_cells(monkeypatch)
     with torch.no_grad():
         low_cells, b_cells = dag_mod.crown_margin(dag, inp, c, intersect_ibp=False)
+        n_cells = len(calls)
+        assert n_cells >= 2
         monkeypatch.setattr(dag_mod, "CELL_FILL", 2.0)  # never cells: the per-row windowed path
         low_rows, b_rows = dag_mod.crown_margin(dag, inp, c, intersect_ibp=False)
+    assert len(calls) == n_cells
     torch.testing.assert_close(low_cells, low_rows, atol=2e-5, rtol=1e-5)
     for (l1, h1), (l2, h2) in zip(b_cells, b_rows):
         torch.testing.assert_close(l1, l2, atol=2e-5, rtol=1e-5)
@@ -157,10 +176,12 @@ def _values(dag: Dag, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ["resnet-mnist", "dense-mnist", "odd"])
-def test_cell_bounds_hold_on_samples_and_below_pgd(name: str) -> None:
+def test_cell_bounds_hold_on_samples_and_below_pgd(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model, dag, inp, x = _setup(name)
+    calls = _count_cells(monkeypatch)
     with torch.no_grad():
         bounds = layer_bounds(dag, inp)
+        assert calls
         g = torch.Generator().manual_seed(2)
         pts = (x[None] + (torch.rand((100,) + x.shape, generator=g) * 2 - 1) * 0.02).clamp(0, 1)
         for k in range(100):
@@ -194,3 +215,16 @@ def test_block_dot_products_match_einsum(bp: int, b: int, p: int) -> None:
     m = torch.randn(b, p, 1, 2, 3, 4, generator=g)
     ref = (a * m).sum(dim=(-3, -2, -1)).expand(b, p, 6)
     torch.testing.assert_close(_dot(a, m), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_channel_groups_under_a_small_memory_budget_give_the_same_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, dag, inp, _ = _setup("resnet-mnist")
+    calls = _count_cells(monkeypatch)
+    with torch.no_grad():
+        full = layer_bounds(dag, inp)
+        assert calls and not any(calls)
+        small = layer_bounds(dag, inp, memory_budget=1 << 14)  # a cell's channels split into groups
+        assert any(calls)
+    for (l1, h1), (l2, h2) in zip(full, small):
+        torch.testing.assert_close(l1, l2, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(h1, h2, atol=2e-5, rtol=1e-5)

@@ -219,15 +219,21 @@ def _refine_cells(dag: Dag, v: int, need: torch.Tensor, new_l: torch.Tensor, new
     if cells.numel() == 0 or int(need_u.sum()) < CELL_FILL * cv * cells.numel():
         return False
     b = new_l.shape[0]
-    per = max(1, min(memory_budget, _WIN_CHUNK_BYTES) // (cell_bytes(dag, plan, b) * _TEMP_FACTOR))
-    chan = torch.arange(cv, device=cells.device) * (hh * ww)
+    one = cell_bytes(dag, plan, b) * _TEMP_FACTOR  # one cell, every channel
+    per = max(1, min(memory_budget, _WIN_CHUNK_BYTES) // one)
+    # a cell over the whole budget: its channels in groups (they share the window all the same)
+    group = cv if one <= memory_budget else max(1, cv * memory_budget // one)
+    offs = torch.arange(cv, device=cells.device) * (hh * ww)
     for s in range(0, cells.numel(), per):
         cc = cells[s:s + per]
-        low = cells_refine_lower(dag, plan, cc, bounds, inp, cache)  # (B, P, 2 cv)
-        sel = need_u[:, cc].t()  # (P, cv): the needed neurons of these cells
-        idx = (cc[:, None] + chan[None, :])[sel]
-        new_l[:, idx] = torch.maximum(new_l[:, idx], low[:, :, :cv][:, sel])
-        new_h[:, idx] = torch.minimum(new_h[:, idx], -low[:, :, cv:][:, sel])
+        for c0 in range(0, cv, group):
+            ch = torch.arange(c0, min(cv, c0 + group), device=cells.device)
+            k = ch.numel()
+            low = cells_refine_lower(dag, plan, cc, bounds, inp, cache, None if k == cv else ch)  # (B, P, 2k)
+            sel = need_u[ch][:, cc].t()  # (P, k): the needed neurons of these cells
+            idx = (cc[:, None] + offs[ch][None, :])[sel]
+            new_l[:, idx] = torch.maximum(new_l[:, idx], low[:, :, :k][:, sel])
+            new_h[:, idx] = torch.minimum(new_h[:, idx], -low[:, :, k:][:, sel])
     return True
 
 

@@ -295,17 +295,21 @@ def _concretize(inp: InputSet, w: _Win, const: torch.Tensor, cells: tuple[torch.
 
 
 def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: list[Interval], inp: InputSet,
-                       cache: dict | None = None) -> torch.Tensor:
-    """Lower bounds ``(B, P, 2 C)`` of ``+z_(c, p)`` (first ``C``) and ``-z_(c, p)`` (last ``C``) for
-    every channel ``c`` of the flat pixels ``cells (P,)`` of value ``plan.v`` (a ``(C, H, W)`` map)."""
+                       cache: dict | None = None, chans: torch.Tensor | None = None) -> torch.Tensor:
+    """Lower bounds ``(B, P, 2 k)`` of ``+z_(c, p)`` (first ``k``) and ``-z_(c, p)`` (last ``k``) for
+    the channels ``c`` in ``chans (k,)`` (default: all ``C``) of the flat pixels ``cells (P,)`` of
+    value ``plan.v`` (a ``(C, H, W)`` map)."""
     ops, inputs = dag.ops, dag.inputs  # type: ignore[attr-defined]
     cv, hv, wv = dag.shape(plan.v)  # type: ignore[attr-defined]
     ij = (cells // wv, cells % wv)
     b = inp.x.shape[0]
     eye = torch.eye(cv, dtype=inp.lo.dtype, device=inp.lo.device)
-    a0 = torch.cat([eye, -eye]).reshape(1, 1, 2 * cv, 1, 1, cv).expand(1, cells.numel(), -1, -1, -1, -1)
+    if chans is not None:
+        eye = eye[chans]
+    k = eye.shape[0]
+    a0 = torch.cat([eye, -eye]).reshape(1, 1, 2 * k, 1, 1, cv).expand(1, cells.numel(), -1, -1, -1, -1)
     coef: dict[int, _Win] = {plan.v: _Win(a0, 0, 0, 1, 1, False, True)}
-    const = inp.lo.new_zeros(b, cells.numel(), 2 * cv)
+    const = inp.lo.new_zeros(b, cells.numel(), 2 * k)
     scratch = cache if cache is not None else {}
     for t in range(plan.v - 1, -1, -1):
         w = coef.pop(t + 1, None)
