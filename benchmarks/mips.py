@@ -26,6 +26,7 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
@@ -60,7 +61,7 @@ def gaussian(n: int, d: int, q: int, seed: int = 1) -> tuple[np.ndarray, np.ndar
 
 
 # -- peers ---------------------------------------------------------------------------------------
-def faiss_indexes(V: np.ndarray, hnsw: bool = True) -> dict[str, tuple[Any, list[int], Callable[[int], Searcher], float,
+def faiss_indexes(V: np.ndarray, with_hnsw: bool = True) -> dict[str, tuple[Any, list[int], Callable[[int], Searcher], float,
                                                                       int]]:
     try:
         import faiss
@@ -87,7 +88,7 @@ def faiss_indexes(V: np.ndarray, hnsw: bool = True) -> dict[str, tuple[Any, list
 
     ladder = sorted({int(x) for x in np.geomspace(1, nlist, 8).round()})
     out["faiss-ivf"] = (ivf, ladder, ivf_search, bt, int(faiss.serialize_index(ivf).nbytes))
-    if not hnsw:
+    if not with_hnsw:
         return out
     t0 = time.perf_counter()
     hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
@@ -246,7 +247,7 @@ def run_set(name: str, V: np.ndarray, U: np.ndarray, Utrain: np.ndarray, args: a
     if not args.no_backends:
         wanted = set(args.backends.split(","))
         if wanted & {"faiss", "faiss-ivf"}:
-            idx.update(faiss_indexes(V, hnsw="faiss" in wanted))
+            idx.update(faiss_indexes(V, with_hnsw="faiss" in wanted))
         for name, make in (("hnswlib", hnswlib_index), ("scann", scann_index)):
             if name in wanted:
                 idx.update(make(V))
@@ -386,6 +387,51 @@ def markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def old_vs_new(rev: str, name: str, V: np.ndarray, U: np.ndarray, args: argparse.Namespace) -> None:
+    """fortify.mips at git revision ``rev`` (ivf, graph: its code on today's index arrays) vs now, interleaved
+    with faiss IVF and ScaNN, 5 rounds; asserts equal ids and inner products; writes results/mips_speed_<set>_s<scale>.json."""
+    import importlib
+    import subprocess
+    import sys
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "oldmips").mkdir()
+    (tmp / "oldmips" / "__init__.py").write_text("")
+    for f in ("base", "ivf", "graph", "_kmeans", "exact"):
+        src = subprocess.run(["git", "show", f"{rev}:src/fortify/mips/{f}.py"], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).parent).stdout
+        (tmp / "oldmips" / f"{f}.py").write_text(src.replace("fortify.mips.", "oldmips."))
+    sys.path.insert(0, str(tmp))
+    truth = exact_topk(V, U, 10)[0]
+    runs: list[tuple[str, Callable[[], Any], Any]] = []
+    for kind, budgets in (("ivf", (1, 3, 6)), ("graph", (10, 22, 47))):
+        new, _ = _built(kind, V, args.index_cache)
+        old = getattr(importlib.import_module(f"oldmips.{kind}"), type(new).__name__)(**new._options())
+        old._restore(new._arrays())
+        for b in budgets:
+            a, o = new.search(U, 10, b), old.search(U, 10, b)
+            assert np.array_equal(a.ids, o.ids) and np.array_equal(a.cost.per_query, o.cost.per_query)
+            runs += [(f"{kind}@{b} new", partial(new.search, U, 10, b), a),
+                     (f"{kind}@{b} old", partial(old.search, U, 10, b), None)]
+    peers = {**faiss_indexes(V, with_hnsw=False), **scann_index(V)}
+    for peer, (_, _, make, _, _) in peers.items():
+        runs += [(f"{peer}@{b}", partial(make(b), U, 10), make(b)(U, 10)) for b in (1, 3, 6 if "faiss" in peer else 8)]
+    times: dict[str, list[float]] = {r[0]: [] for r in runs}
+    for rep in range(5):
+        for label, run, _ in runs[rep % len(runs):] + runs[:rep % len(runs)]:
+            t0 = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - t0)
+    rows = {}
+    for label, _, res in runs:
+        ids, ips = (res.ids, res.cost.inner_products) if hasattr(res, "ids") else res if res else (None, None)
+        rows[label] = {"qps": U.shape[0] / float(np.median(times[label])), "ips": ips,
+                       "recall@10": None if ids is None else float(recall_at_k(ids, truth).mean())}
+        print(f"  {label:16s} {rows[label]['qps']:9,.0f} q/s  recall@10 {rows[label]['recall@10']}  ips {ips}")
+    out = {"rev": rev, "rows": rows, "load": os.getloadavg()}
+    (RESULTS / f"mips_speed_{name}_s{args.scale:g}.json").write_text(json.dumps(out, indent=1, default=float))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes (1M, 200k, 200k items)")
@@ -400,6 +446,7 @@ def main() -> None:
     p.add_argument("--ivf-frac", type=float, default=0.25, help="largest IVF probe count, fraction of nlist")
     p.add_argument("--index-cache", default="", help="folder of saved fortify indexes (reused by a later run)")
     p.add_argument("--tag", default="", help="suffix of the results files (a partial re-run beside the full one)")
+    p.add_argument("--old", metavar="REV", help="old-vs-new speed of ivf and graph against git revision REV, exit")
     p.add_argument("--report", metavar="JSON", nargs="+", help="print the markdown tables of results files and exit")
     args = p.parse_args()
     if args.report:
@@ -426,6 +473,9 @@ def main() -> None:
             items = max(20_000, int(200_000 * args.scale))
             head = real_head(items, 20_000, cache=RESULTS / f"mips_realhead_{items}.npz")
             V, U = head.V, head.queries[np.random.default_rng(0).permutation(head.users.shape[0])[:q + qt]]
+        if args.old:
+            old_vs_new(args.old, name, V, U[:q], args)
+            continue
         res = run_set(name, V, U[:q], U[q:], args)
         if name == "realhead":
             res["fasthead"] = fasthead_result(head, head.users[np.random.default_rng(0).permutation(
