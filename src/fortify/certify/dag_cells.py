@@ -27,15 +27,27 @@ with ``h x w`` at most the map; every step is one or two passes over ``a``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from fortify.certify.bounds import InputSet
-from fortify.certify.ops import CatOp, ConvOp, Interval, ReLUOp, ScaleShiftOp, SumOp
+from fortify.certify.ops import CatOp, ConvOp, Interval, Op, ReLUOp, ScaleShiftOp, SumOp
 from fortify.certify.ops.affine import conv_transpose
 from fortify.certify.ops.cache import memo
 from fortify.certify.ops.relu import relu_relax
 from fortify.certify.ops.window import Grid, gather
+
+class Graph(Protocol):
+    """What this module reads of a :class:`fortify.certify.dag.Dag` (no import: dag imports us)."""
+
+    ops: list[Op]
+    inputs: list[tuple[int, ...]]
+
+    def shape(self, v: int) -> tuple[int, ...]: ...
+
+    def users(self) -> list[list[int]]: ...
+
 
 #: operator types this module steps through
 CELL_OPS = (ConvOp, ScaleShiftOp, ReLUOp, SumOp, CatOp)
@@ -66,12 +78,12 @@ class _Win:
     clean: bool
 
 
-def plan_cells(dag: object, v: int) -> Plan | None:
+def plan_cells(dag: Graph, v: int) -> Plan | None:
     """The plan for value ``v`` of ``dag`` (a :class:`fortify.certify.dag.Dag`), or ``None`` when an
     ancestor is not a supported operator, a value is not a ``(C, H, W)`` map, or two paths reach a
     value at different strides."""
-    ops, inputs, shape = dag.ops, dag.inputs, dag.shape  # type: ignore[attr-defined]
-    users = dag.users()  # type: ignore[attr-defined]
+    ops, inputs, shape = dag.ops, dag.inputs, dag.shape
+    users = dag.users()
     scale: dict[int, tuple[int, int]] = {v: (1, 1)}
     fuse: dict[int, int] = {}
     for t in range(v - 1, -1, -1):
@@ -246,6 +258,7 @@ def _conv_t_small(a: torch.Tensor, w: torch.Tensor, stride: tuple[int, ...], dil
 
 def _scale_step(op: ScaleShiftOp, w: _Win, const: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor]
                 ) -> tuple[_Win, torch.Tensor]:
+    """A scale-shift not fused into a ReLU: ``a -> a scale``, ``const += a . shift``."""
     w = _mask(w, cells, op.out_shape[1:])
     const = const + w.a.sum(dim=(3, 4)).matmul(op.shift.expand(w.a.shape[-1]))
     return _Win(w.a.mul_(op.scale) if w.owned else w.a * op.scale, w.oy, w.ox, w.sy, w.sx, True, True), const
@@ -273,6 +286,7 @@ def _add(x: _Win, y: _Win) -> _Win:
 
 
 def _input_maps(inp: InputSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input box's centre and radius ``(2, B, C, H, W)``, and the same channels last."""
     mid_rad = torch.stack([(inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2])
     return mid_rad, _nhwc(mid_rad)
 
@@ -294,13 +308,13 @@ def _concretize(inp: InputSet, w: _Win, const: torch.Tensor, cells: tuple[torch.
     return torch.maximum(box, dual) + const
 
 
-def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: list[Interval], inp: InputSet,
+def cells_refine_lower(dag: Graph, plan: Plan, cells: torch.Tensor, bounds: list[Interval], inp: InputSet,
                        cache: dict | None = None, chans: torch.Tensor | None = None) -> torch.Tensor:
     """Lower bounds ``(B, P, 2 k)`` of ``+z_(c, p)`` (first ``k``) and ``-z_(c, p)`` (last ``k``) for
     the channels ``c`` in ``chans (k,)`` (default: all ``C``) of the flat pixels ``cells (P,)`` of
     value ``plan.v`` (a ``(C, H, W)`` map)."""
-    ops, inputs = dag.ops, dag.inputs  # type: ignore[attr-defined]
-    cv, hv, wv = dag.shape(plan.v)  # type: ignore[attr-defined]
+    ops, inputs = dag.ops, dag.inputs
+    cv, hv, wv = dag.shape(plan.v)
     ij = (cells // wv, cells % wv)
     b = inp.x.shape[0]
     eye = torch.eye(cv, dtype=inp.lo.dtype, device=inp.lo.device)
@@ -319,9 +333,10 @@ def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: lis
         targets = list(ins)
         if isinstance(op, ReLUOp):
             bn = plan.fuse.get(t)
-            op_bn = ops[bn] if bn is not None else None
-            maps = memo(cache, ("cells-relu", t, id(bounds[ins[0]][0])),
-                        lambda: _relu_maps(op_bn, *bounds[ins[0]]))  # type: ignore[arg-type]
+            bn_op = ops[bn] if bn is not None else None
+            op_bn = bn_op if isinstance(bn_op, ScaleShiftOp) else None  # plan_cells fuses scale-shifts only
+            lo_hi = bounds[ins[0]]
+            maps = memo(cache, ("cells-relu", t, id(lo_hi[0])), lambda: _relu_maps(op_bn, *lo_hi))
             w, const = _relu_step(w, maps, const, ij, op_bn is not None, scratch)
             if bn is not None:
                 targets = list(inputs[bn])
@@ -348,10 +363,10 @@ def cells_refine_lower(dag: object, plan: Plan, cells: torch.Tensor, bounds: lis
     return _concretize(inp, coef.pop(0), const, ij, cache)
 
 
-def cell_bytes(dag: object, plan: Plan, batch: int) -> int:
+def cell_bytes(dag: Graph, plan: Plan, batch: int) -> int:
     """Bytes of one cell's widest coefficient (all ``2 C_v`` rows, ``batch`` samples): an upper
     estimate from the uncropped windows."""
-    ops, inputs, shape = dag.ops, dag.inputs, dag.shape  # type: ignore[attr-defined]
+    ops, inputs, shape = dag.ops, dag.inputs, dag.shape
     size: dict[int, tuple[int, int]] = {plan.v: (1, 1)}
     widest = shape(plan.v)[0]
     for t in range(plan.v - 1, -1, -1):
@@ -370,4 +385,4 @@ def cell_bytes(dag: object, plan: Plan, batch: int) -> int:
     return widest * 4 * 2 * shape(plan.v)[0] * batch
 
 
-__all__ = ["CELL_OPS", "Plan", "cell_bytes", "cells_refine_lower", "plan_cells"]
+__all__ = ["CELL_OPS", "Graph", "Plan", "cell_bytes", "cells_refine_lower", "plan_cells"]
