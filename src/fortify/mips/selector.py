@@ -10,9 +10,8 @@ the gaps best - 2nd and best - 10th and the softmax entropy of the scores (all s
 the early-probe statistic of learned adaptive early termination (Li, Zhang, Andersen, He 2020): the gap between
 the k-th best inner product found so far (seeds, or the best cluster's members) and the 2nd best score, and the
 same against the best. For every configuration ``(index, budget)`` a logistic model of the per-query recall@k
-(soft targets, L2-regularised, fitted by Newton steps in numpy) is trained on held-out queries; a query goes to
-a rule then picks per query (costs: mean inner products measured on the training queries, as the selector runs
-them). ``rule="budget"`` (default): the target is a mean recall, so the choice is the Lagrangian relaxation of
+(soft targets, L2-regularised, fitted by Newton steps in numpy) is trained on held-out queries, and a rule picks
+per query (costs: mean inner products measured on the training queries, as the selector runs them). ``rule="budget"`` (default): the target is a mean recall, so the choice is the Lagrangian relaxation of
 "least mean cost subject to mean recall >= target": each query goes to the configuration maximising its predicted
 recall minus a price times its cost, and queries that gain little from more work get less of it (a single fixed
 configuration that overshoots the target leaves that slack unused). ``rule="threshold"``: the cheapest
@@ -83,7 +82,10 @@ class Selector:
     """Choose ``(index, budget)`` per query among ``indexes`` (name -> built index, same ``V``) for ``target``
     recall@``k``. ``budgets``: the budgets tried per index (default: each index's ladder); ``features``: the
     index whose first search step gives the features (a :class:`GraphIndex` or an :class:`IVFIndex`; default the
-    pool's ``"graph"``, else its ``"ivf"``); ``ivf``: kept for the IVF features (same as ``features=``)."""
+    pool's ``"graph"``, else its ``"ivf"``); ``ivf``: kept for the IVF features (same as ``features=``);
+    ``rule``: ``"budget"`` (least mean cost at mean recall >= target, default) or ``"threshold"`` (each query's
+    predicted recall >= target + a margin); ``confidence``: standard errors of the out-of-fold mean recall kept
+    above the target when calibrating (0: the plain mean)."""
 
     def __init__(self, indexes: Mapping[str, Index], *, target: float = 0.95, k: int = 10,
                  budgets: Mapping[str, list[int]] | None = None, ivf: IVFIndex | None = None,
@@ -233,7 +235,7 @@ class Selector:
             pred[fold == f] = 1.0 / (1.0 + np.exp(-np.clip(X[fold == f] @ w.T, -30, 30)))
             ws.append(w)
         self.weights = np.stack(ws)  # (2, configs, features + 1)
-        self.margin = self._calibrate(pred, R, fold)
+        self.margin = self._calibrate(pred, R, fold)  # the rule's knob: a price ("budget") or a margin
         return self
 
     def _calibrate(self, pred: np.ndarray, R: np.ndarray, fold: np.ndarray) -> float:
