@@ -483,6 +483,8 @@ def main() -> None:
         out[name] = res
         plot(res, RESULTS / f"mips_{name}_{tag}.png")
         (RESULTS / f"mips_{tag}.json").write_text(json.dumps(out, indent=1, default=float))
+    if args.old:
+        return
     out["machine"]["load_after"] = os.getloadavg()
     (RESULTS / f"mips_{tag}.json").write_text(json.dumps(out, indent=1, default=float))
     (RESULTS / f"mips_{tag}.md").write_text(markdown(out) + "\n")

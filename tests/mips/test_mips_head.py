@@ -11,6 +11,7 @@ from torch import nn
 
 from fortify.errors import ConfigError, InputError
 from fortify.mips import build, recall_at_k
+from fortify.mips.graph import GraphIndex
 from fortify.mips.head import FastHead
 from fortify.mips.selector import Selector
 from fortify.models.state import fingerprint
@@ -76,7 +77,8 @@ def test_selector_reaches_target_and_reports_against_best_single(data: tuple[np.
     res = sel.search(U[250:])
     assert float(recall_at_k(res.ids, truth).mean()) == pytest.approx(rep.recall)
     g = indexes["graph"]
-    assert isinstance(sel.probe, type(g)) and ("graph", 0) in sel.configs, "graph features by default"
+    assert isinstance(g, GraphIndex) and isinstance(sel.probe, GraphIndex) and ("graph", 0) in sel.configs, \
+        "graph features by default"
     assert (res.cost.per_query >= g.entry_points(U[250:])[3]).all(), "the features' inner products are counted"
     # reuse is exact: a graph configuration continued from the features equals the graph searched alone, and its
     # marginal cost plus the features' cost is the graph's own cost
