@@ -115,7 +115,8 @@ def row_norms(prefix: list[Op], q: float, chunk: int = 2048) -> torch.Tensor:
     """``||W_i||_q`` of every output neuron ``i`` of a composite linear block, shaped like its output."""
     out_shape = prefix[-1].out_shape
     n_out = numel(out_shape)
-    ref = next((t for t in vars(prefix[-1]).values() if isinstance(t, torch.Tensor)), torch.zeros(()))
+    ref = next((t for op in reversed(prefix) for t in vars(op).values() if isinstance(t, torch.Tensor)),
+               torch.zeros(()))
     norms = []
     for s in range(0, n_out, chunk):
         e = min(n_out, s + chunk)

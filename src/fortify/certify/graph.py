@@ -139,7 +139,7 @@ def _unsupported(node: GraphNode, why: str) -> UnsupportedLayerError:
     return UnsupportedLayerError(f"operator {node.op} at node {node.name!r} is not supported by bound propagation: {why}")
 
 
-def _function_ops(node: GraphNode, g: ModelGraph, tensors: list[int]) -> list[Op]:
+def _function_ops(node: GraphNode, g: ModelGraph, tensors: list[int], ref: torch.Tensor) -> list[Op]:
     """Operators of a ``function`` node with tensor inputs ``tensors`` (graph node indices)."""
     op, name = node.op, node.name
     if op == "relu":
@@ -172,7 +172,8 @@ def _function_ops(node: GraphNode, g: ModelGraph, tensors: list[int]) -> list[Op
         raise _unsupported(node, "only tensor +- tensor and tensor (+ - * /) Python number are")
     c = scalars[0] if scalars else None
     ch = (node.shape or (1,))[0]
-    ones, zeros = torch.ones(ch), torch.zeros(ch)
+    ones = torch.ones(ch, dtype=ref.dtype, device=ref.device)
+    zeros = torch.zeros(ch, dtype=ref.dtype, device=ref.device)
     first = isinstance(operands[0], Ref)
     if op == "neg":
         return [ScaleShiftOp(-ones, zeros, name)]
@@ -255,4 +256,4 @@ def _node_ops(node: GraphNode, g: ModelGraph, tensors: list[int], in_shape: tupl
                                         f"supported: {supported}, and the functions add, sub, cat, scalar mul/div, "
                                         "flatten/view, relu, sigmoid, tanh, leaky_relu")
         return builder(node.target, node.name, in_shape, ref)
-    return _function_ops(node, g, tensors)
+    return _function_ops(node, g, tensors, ref)

@@ -97,7 +97,8 @@ class FastHead:
             t0 = time.perf_counter()
             if exact_head is not None:
                 with torch.no_grad():
-                    truth = torch.topk(exact_head(torch.from_numpy(q)), k, dim=1).indices.numpy()
+                    dev = next(iter(exact_head.parameters()), torch.empty(0)).device
+                    truth = torch.topk(exact_head(torch.from_numpy(q).to(dev)), k, dim=1).indices.cpu().numpy()
             else:
                 truth = self.exact(q, k)[0]
             exact_t.append(time.perf_counter() - t0)

@@ -34,7 +34,7 @@ class RealHead:
 
     @property
     def V(self) -> np.ndarray:
-        return np.hstack([self.layer.weight.detach().numpy(), self.layer.bias.detach().numpy()[:, None]])
+        return np.hstack([self.layer.weight.detach().cpu().numpy(), self.layer.bias.detach().cpu().numpy()[:, None]])
 
     @property
     def queries(self) -> np.ndarray:
@@ -89,7 +89,7 @@ def train_bpr(pairs: np.ndarray, users: int, items: int, *, dim: int = 64, epoch
     with torch.no_grad():
         layer.weight.copy_(Q.weight)
         layer.bias.copy_(b.weight[:, 0])
-    return RealHead(layer=layer, users=P.weight.detach().numpy().astype(np.float32), final_loss=loss_v)
+    return RealHead(layer=layer, users=P.weight.detach().cpu().numpy().astype(np.float32), final_loss=loss_v)
 
 
 def real_head(items: int = 50_000, users: int = 20_000, *, dim: int = 64, epochs: int = 4, seed: int = 0,
@@ -109,6 +109,6 @@ def real_head(items: int = 50_000, users: int = 20_000, *, dim: int = 64, epochs
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_target(path, what="real-head cache") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, weight=head.layer.weight.detach().numpy(), bias=head.layer.bias.detach().numpy(),
+            np.savez(fh, weight=head.layer.weight.detach().cpu().numpy(), bias=head.layer.bias.detach().cpu().numpy(),
                      users=head.users, loss=np.array([head.final_loss]))
     return head

@@ -103,7 +103,8 @@ class Op:
     def rows_back(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(e_r W, e_r . b)`` for the unit functionals of output neurons ``rows (S,)`` (flat
         indices): ``(1, S, *in)`` and ``(1, S)``. Subclasses avoid the dense one-hot product."""
-        ref = next((t for t in vars(self).values() if isinstance(t, torch.Tensor)), torch.zeros(()))
+        ref = next((t for t in vars(self).values() if isinstance(t, torch.Tensor)),
+                   torch.zeros((), device=rows.device))
         n = numel(self.out_shape)
         a = torch.zeros(1, rows.numel(), n, dtype=ref.dtype, device=ref.device)
         a[0, torch.arange(rows.numel(), device=ref.device), rows] = 1.0

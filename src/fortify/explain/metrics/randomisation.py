@@ -84,6 +84,6 @@ class CascadingRandomisation(AttributionMetric):
             out = out.abs() if self.absolute else out
             rows.append(spearman_with(ranked, out).to(ref.dtype) if ranked is not None
                         else similarity(ref, out, self.similarity))
-        per_layer = torch.stack(rows, dim=1) if rows else torch.zeros(x.shape[0], 0, dtype=x.dtype)
-        values = per_layer.mean(dim=1) if rows else torch.zeros(x.shape[0], dtype=x.dtype)
+        per_layer = torch.stack(rows, dim=1) if rows else torch.zeros(x.shape[0], 0, dtype=x.dtype, device=x.device)
+        values = per_layer.mean(dim=1) if rows else torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         return values, {"per_layer": per_layer, "layers": [n for n, _ in layers]}
