@@ -73,3 +73,18 @@ def strong_attack_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thr
             xa = threat.project(xa.detach() + step * d, x)
         best = torch.minimum(best, margin(model(xa), y).detach())
     return best
+
+
+def randomise_bn(m: nn.Module, seed: int | None = 0) -> nn.Module:
+    """Non-trivial running statistics and affine terms for every BatchNorm of ``m``, drawn after
+    ``torch.manual_seed(seed)`` (``None``: from the global generator as it stands); ``m`` in eval mode."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.1, 0.1)
+    return m.eval()

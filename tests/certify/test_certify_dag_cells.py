@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _certify_nets import randomise_bn
+
 from fortify import models
 from fortify.attacks import ATTACKS
 from fortify.certify import dag as dag_mod
@@ -64,24 +66,12 @@ class PadDag(nn.Module):
         return self.head(torch.relu(self.c3(torch.relu(self.c2(h))) + h))
 
 
-def _randomise_bn(m: nn.Module) -> nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.1, 0.1)
-    return m.eval()
-
-
 def _net(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(0)
     if name in ("odd", "pad"):
-        return _randomise_bn(OddDag() if name == "odd" else PadDag()), (2, 9, 9) if name == "odd" else (2, 8, 8)
+        return randomise_bn(OddDag() if name == "odd" else PadDag()), (2, 9, 9) if name == "odd" else (2, 8, 8)
     kw = {"widths": (4, 8, 8)} if name == "resnet-mnist" else {"stem": 4, "growth": 4, "layers": (2, 2)}
-    return _randomise_bn(models.create(name, in_shape=(1, 8, 8), num_classes=4, **kw)), (1, 8, 8)
+    return randomise_bn(models.create(name, in_shape=(1, 8, 8), num_classes=4, **kw)), (1, 8, 8)
 
 
 def _setup(name: str, norm: str = "linf") -> tuple[nn.Module, Dag, InputSet, torch.Tensor]:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _certify_nets import randomise_bn
+
 from fortify import models
 from fortify.attacks import ATTACKS
 from fortify.certify import CERTIFIERS, margin_lower_bound
@@ -53,14 +55,7 @@ def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _zoo(name: str, shape: tuple[int, ...], **kw: object) -> nn.Module:
     torch.manual_seed(0)
     m = models.create(name, in_shape=shape, num_classes=4, **kw)
-    with torch.no_grad():  # non-trivial running statistics
-        for mod in m.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.1, 0.1)
-    return m.eval()
+    return randomise_bn(m, seed=None)  # non-trivial running statistics
 
 
 CASES = [

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -49,35 +50,37 @@ def sparse_images(baseline: float) -> torch.Tensor:
     return x
 
 
-def reference_curve(model: nn.Module, x: torch.Tensor, attr: torch.Tensor, target: torch.Tensor, steps: int,
-                    baseline: float, insert: bool) -> torch.Tensor:
-    """One forward per image and step: the top ``round(k d / steps)`` features (stable descending
-    order of the attribution) removed from ``x`` or inserted into a ``baseline`` image."""
+def perturbed(x: torch.Tensor, attr: torch.Tensor, steps: int, baseline: float,
+              insert: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(image i, step k, flat input)`` for every image and step: the top ``round(k d / steps)`` features
+    (stable descending order of the attribution) removed from ``x[i]`` or inserted into a ``baseline`` image."""
     n, d = x.shape[0], x[0].numel()
-    curve = torch.zeros(n, steps + 1, dtype=x.dtype)
     for i in range(n):
         order = torch.argsort(attr[i].reshape(-1), descending=True, stable=True).tolist()
         for k in range(steps + 1):
             top = order[:round(k * d / steps)]
             flat = (torch.full((d,), baseline, dtype=x.dtype) if insert else x[i].reshape(-1).clone())
             flat[top] = x[i].reshape(-1)[top] if insert else baseline
-            with torch.no_grad():
-                p = torch.softmax(model(flat.reshape((1,) + tuple(x.shape[1:]))), dim=1)
-            curve[i, k] = p[0, target[i]]
+            yield i, k, flat
+
+
+def reference_curve(model: nn.Module, x: torch.Tensor, attr: torch.Tensor, target: torch.Tensor, steps: int,
+                    baseline: float, insert: bool) -> torch.Tensor:
+    """One forward per image and step: the top ``round(k d / steps)`` features (stable descending
+    order of the attribution) removed from ``x`` or inserted into a ``baseline`` image."""
+    curve = torch.zeros(x.shape[0], steps + 1, dtype=x.dtype)
+    for i, k, flat in perturbed(x, attr, steps, baseline, insert):
+        with torch.no_grad():
+            p = torch.softmax(model(flat.reshape((1,) + tuple(x.shape[1:]))), dim=1)
+        curve[i, k] = p[0, target[i]]
     return curve
 
 
 def distinct_rows(x: torch.Tensor, attr: torch.Tensor, steps: int, baseline: float, insert: bool) -> int:
     """Distinct non-blank perturbed inputs per image, plus one shared all-baseline input if any."""
-    n, d = x.shape[0], x[0].numel()
     seen: set[tuple[float, ...]] = set()
-    for i in range(n):
-        order = torch.argsort(attr[i].reshape(-1), descending=True, stable=True).tolist()
-        for k in range(steps + 1):
-            top = order[:round(k * d / steps)]
-            flat = (torch.full((d,), baseline, dtype=x.dtype) if insert else x[i].reshape(-1).clone())
-            flat[top] = x[i].reshape(-1)[top] if insert else baseline
-            seen.add((i,) + tuple(flat.tolist()) if bool((flat != baseline).any()) else (-1,))
+    for i, _, flat in perturbed(x, attr, steps, baseline, insert):
+        seen.add((i,) + tuple(flat.tolist()) if bool((flat != baseline).any()) else (-1,))
     return len(seen)
 
 
