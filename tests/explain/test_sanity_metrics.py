@@ -154,3 +154,20 @@ def test_roar_oracle_beats_random_removal() -> None:
         ATTRIBUTION_METRICS.create("roar")(model, x, PatchOracle()(model, x), y)
     with pytest.raises(InputError):
         ATTRIBUTION_METRICS.create("roar", train=(xt[:, :, :4], yt))(model, x, PatchOracle()(model, x), y)
+
+
+def test_similarity_spearman_equals_scipy_per_row() -> None:
+    """similarity.spearman (tensor-side average ranks) equals scipy's spearmanr row by row, ties included;
+    a constant row scores 0 (scipy: NaN)."""
+    from scipy.stats import spearmanr
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(12, 1, 6, 6, generator=g, dtype=torch.float64)
+    b = a + 0.7 * torch.randn(a.shape, generator=g, dtype=torch.float64)
+    b[2] = torch.round(b[2])  # many ties
+    a[4] = a[4].abs().round()  # ties on the other side
+    b[7] = 1.0  # constant row
+    got = spearman(a, b)
+    assert got[7].item() == 0.0
+    for i in [j for j in range(a.shape[0]) if j != 7]:
+        rho = spearmanr(a[i].reshape(-1).numpy(), b[i].reshape(-1).numpy()).statistic
+        assert got[i].item() == pytest.approx(float(rho), abs=1e-12)

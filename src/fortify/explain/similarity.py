@@ -12,24 +12,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 
 from fortify.errors import ConfigError
+from fortify.explain.metrics._rank import centred_ranks, spearman_with
 
 SIMILARITIES = ("spearman", "ssim")
 _C1, _C2 = 0.01 ** 2, 0.03 ** 2
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise Spearman correlation of ``(N, ...)`` tensors (average ranks for ties); 0 where a row
-    is constant. Returns ``(N,)`` in ``a``'s dtype and device."""
-    n = a.shape[0]
-    ra = torch.as_tensor(rankdata(a.reshape(n, -1).double().cpu().numpy(), axis=1))
-    rb = torch.as_tensor(rankdata(b.reshape(n, -1).double().cpu().numpy(), axis=1))
-    ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
-    den = ra.norm(dim=1) * rb.norm(dim=1)
-    return torch.where(den > 0, (ra * rb).sum(dim=1) / torch.where(den > 0, den, torch.ones_like(den)),
-                       torch.zeros_like(den)).to(device=a.device, dtype=a.dtype)
+    """Row-wise Spearman correlation of ``(N, ...)`` tensors (average ranks for ties, as scipy's
+    ``rankdata``; tensor-side ranks, :mod:`fortify.explain.metrics._rank`); 0 where a row is constant or
+    holds a NaN. Returns ``(N,)`` in ``a``'s dtype and device."""
+    return spearman_with(centred_ranks(a), b).to(device=a.device, dtype=a.dtype)
 
 
 def _unit(m: torch.Tensor) -> torch.Tensor:
