@@ -66,14 +66,14 @@ def cell_key(opt: str, batch: int, args: argparse.Namespace, n_train: int) -> tu
     """What makes a row the same measurement (used to skip rows already in ``--out`` on a rerun)."""
     lr, rule = cell_lr(opt, batch, args)
     return (opt, batch, round(lr, 12), rule, args.warmup, args.epochs, args.task, args.dataset, n_train,
-            args.eps_ramp, args.tag)
+            args.eps_ramp, args.tag, args.seed)
 
 
 def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
     """:func:`cell_key` of a stored row (older rows lack some fields: their defaults are filled in)."""
     return (r["optimizer"], r["batch"], round(r.get("lr", r["peak_lr"]), 12), r.get("lr_scaling", "?"),
             r.get("warmup", 0.1), r["epochs"], r["task"], r["dataset"], r["n_train"], r.get("eps_ramp", 0.4),
-            r.get("tag", ""))
+            r.get("tag", ""), r.get("seed", 0))
 
 
 def run_cell(opt: str, batch: int, args: argparse.Namespace, train: Any, test: Any,
