@@ -12,7 +12,11 @@ same images. Results are appended as JSON lines to ``--out`` and printed as a ma
 
     # the issue's scale (full MNIST, linf 0.3, PGD-AT; a GPU is advisable):
     .venv/bin/python benchmarks/large_batch.py --dataset mnist --epochs 20 --task pgd_at --steps 10
-    # what benchmarks/README.md reports (shared 2-core CPU):
+    # the full-MNIST table of benchmarks/README.md (12 epochs, PGD-3 AT, lr tuned on the val split at 4k):
+    nice -n 10 .venv/bin/python benchmarks/large_batch.py --dataset mnist --epochs 12 --task pgd_at --steps 3 \\
+        --test-limit 1000 --val-limit 1000 --out benchmarks/results/large_batch_full.jsonl \\
+        --optimizers lamb --batches 4096 --peak-lr 0.06 --warmup 0.25 --tag sweep4k
+    # the earlier reduced-scale table (shared 2-core CPU):
     nice -n 10 .venv/bin/python benchmarks/large_batch.py --dataset mnist --epochs 2 --task fast_at \\
         --batches 64,1024,4096,8192 --test-limit 1000
 """
