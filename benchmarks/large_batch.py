@@ -17,8 +17,8 @@ same images. Results are appended as JSON lines to ``--out`` and printed as a ma
         --test-limit 1000 --val-limit 1000 --out benchmarks/results/large_batch_full.jsonl \\
         --optimizers lamb --batches 4096 --peak-lr 0.06 --warmup 0.25 --tag sweep4k
     # the earlier reduced-scale table (shared 2-core CPU):
-    nice -n 10 .venv/bin/python benchmarks/large_batch.py --dataset mnist --epochs 2 --task fast_at \\
-        --batches 64,1024,4096,8192 --test-limit 1000
+    nice -n 10 .venv/bin/python benchmarks/large_batch.py --dataset mnist --train-limit 20000 --epochs 4 \\
+        --test-limit 1000
 """
 from __future__ import annotations
 
