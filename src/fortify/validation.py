@@ -291,19 +291,26 @@ def check_batch(model: object, x: object, y: object, bounds: Bounds, *, x_name: 
     return x, check_labels(y, x.shape[0], classes, name=y_name).to(x.device), classes
 
 
-def check_device(model: nn.Module, x: torch.Tensor, *, name: str = "x") -> None:
-    """InputError if ``x`` is not on the model's device; ConfigError naming both devices if the model's
-    parameters and buffers are split over several devices (fortify never moves the model)."""
+def model_device(model: nn.Module, what: str = "model") -> torch.device | None:
+    """The one device of ``model``'s parameters and buffers (``None`` for a stateless model); ConfigError
+    naming both devices when they are split over several (fortify runs a model on one device and never
+    moves it)."""
     first: torch.device | None = None
     for t in list(model.parameters()) + list(model.buffers()):
         if first is None:
             first = t.device
-            if t.device != x.device:
-                raise InputError(f"{name} is on {x.device} but the model is on {t.device}; fortify never moves the "
-                                 "model")
         elif t.device != first:
-            raise ConfigError(f"the model has parameters or buffers on {first} and on {t.device}; put the whole "
-                              "model on one device (model.to(...)) before handing it to fortify")
+            raise ConfigError(f"the {what} has parameters or buffers on {first} and on {t.device}; put the whole "
+                              f"model on one device (model.to(...)) before handing it to fortify")
+    return first
+
+
+def check_device(model: nn.Module, x: torch.Tensor, *, name: str = "x") -> None:
+    """InputError if ``x`` is not on the model's device; ConfigError naming both devices if the model's
+    parameters and buffers are split over several devices (:func:`model_device`; fortify never moves the model)."""
+    dev = model_device(model)
+    if dev is not None and dev != x.device:
+        raise InputError(f"{name} is on {x.device} but the model is on {dev}; fortify never moves the model")
 
 
 def generator_for(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
@@ -447,5 +454,5 @@ def check_finite_number(value: object, name: str, *, error: type[ConfigError] = 
 __all__ = [
     "MAX_THREADS", "Bounds", "broadcasts_to", "build", "check_batch", "check_device", "check_finite_number", "check_images", "check_kwargs",
     "check_labels", "check_logits", "check_model_input", "check_pair", "check_threads", "expected_input_shape",
-    "forward_checked", "generator_for", "model_dtype", "probe_num_classes", "resource_guard", "strict_keywords", "thread_limit",
+    "forward_checked", "generator_for", "model_device", "model_dtype", "probe_num_classes", "resource_guard", "strict_keywords", "thread_limit",
 ]

@@ -12,13 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from fortify.cli.base import (UsageError, add_device_option, add_resume_option, add_run_options, build_raw,
-                              device_overrides, register_verb, run_with_config, set_threads, store_path)
+from fortify.cli.base import (UsageError, add_resume_option, add_run_options, build_raw, register_verb, run_with_config,
+                              set_threads, store_path)
 from fortify.errors import FortifyError, WorkerError
 
 TRAIN_STAGES = ("train", "accuracy", "save", "report")
-__all__ = ["TrainVerb", "TRAIN_STAGES", "run_ranked", "add_device_option", "device_overrides"]  # the latter two moved
-# to fortify.cli.base (every verb that runs a model takes --device); re-exported for existing imports
 
 
 @register_verb

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fortify.errors import ConfigError
+from fortify.validation import model_device  # the one split-device check, re-exported here
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 
@@ -80,20 +81,6 @@ def check_model_device(model: nn.Module, device: torch.device, what: str = "mode
         if not same(t.device, device):
             raise ConfigError(f"the {what} is on {t.device} but the requested device is {device}; move it "
                               f"yourself (model.to('{device}')) or pass --device {t.device.type}")
-
-
-def model_device(model: nn.Module, what: str = "model") -> torch.device | None:
-    """The one device of ``model``'s parameters and buffers (``None`` for a stateless model);
-    ConfigError naming both devices when they are split over several (fortify runs a model on one
-    device and never moves it)."""
-    first: torch.device | None = None
-    for t in list(model.parameters()) + list(model.buffers()):
-        if first is None:
-            first = t.device
-        elif not same(t.device, first):
-            raise ConfigError(f"the {what} has parameters or buffers on {first} and on {t.device}; put the whole "
-                              f"model on one device (model.to(...)) before handing it to fortify")
-    return first
 
 
 def describe(device: torch.device) -> str:
