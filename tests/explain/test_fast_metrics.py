@@ -19,9 +19,8 @@ from scipy.stats import rankdata
 from torch import nn
 
 from fortify.explain import ATTRIBUTION_METRICS, ATTRIBUTIONS
-from fortify.explain.metrics._rank import average_ranks, centred_ranks, spearman_with
 from fortify.explain.metrics.randomisation import layers_by_execution, randomise
-from fortify.explain.similarity import spearman
+from fortify.explain.similarity import average_ranks, centred_ranks, spearman, spearman_with
 from fortify.models.state import fingerprint
 from tests.explain.helpers import images, relu_cnn
 

@@ -26,10 +26,9 @@ from torch import nn
 from fortify.errors import ConfigError
 from fortify.models.graph import execution_order
 from fortify.explain.base import DEFAULT_BATCH_SIZE, Attribution
-from fortify.explain.metrics._rank import centred_ranks, spearman_with
 from fortify.explain.metrics.base import ATTRIBUTION_METRICS, AttributionMetric
 from fortify.explain.metrics.sensitivity import build_method
-from fortify.explain.similarity import SIMILARITIES, similarity, spearman
+from fortify.explain.similarity import SIMILARITIES, centred_ranks, similarity, spearman, spearman_with
 
 __all__ = ["CascadingRandomisation", "layers_by_execution", "randomise", "spearman"]
 
